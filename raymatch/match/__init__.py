@@ -1,0 +1,25 @@
+"""The mathematics of raymatch: neuron-activation subspace matches on plain arrays.
+
+No Ray, no IO: arrays (numpy or torch) or :class:`Factor` objects in, dataclasses out.
+"""
+
+from .api import candidate_order, match_curve, max_match, minimal_match, simple_matches
+from .factor import Factor, factor
+from .inputs import DEAD_RTOL, EXACT_TOL, RANK_RTOL
+from .results import Match, MatchCurve, SimpleMatch
+
+__all__ = [
+    "DEAD_RTOL",
+    "EXACT_TOL",
+    "RANK_RTOL",
+    "Factor",
+    "Match",
+    "MatchCurve",
+    "SimpleMatch",
+    "candidate_order",
+    "factor",
+    "match_curve",
+    "max_match",
+    "minimal_match",
+    "simple_matches",
+]

@@ -1,0 +1,224 @@
+"""The public functions of the match core: arrays (or factors) in, dataclasses out."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .engine import Pair, PairState
+from .factor import Factor, factor
+from .inputs import check_eps, check_same_samples, effective_eps
+from .results import Match, MatchCurve, SimpleMatch
+
+
+def _factors(A, B, center: bool | None) -> tuple[Factor, Factor]:
+    out = []
+    for value, name in ((A, "A"), (B, "B")):
+        if isinstance(value, Factor):
+            if center is not None and value.centered != center:
+                raise ValueError(f"{name} is a Factor with center={value.centered}, but center={center} was asked")
+            out.append(value)
+        else:
+            out.append(factor(value, center=bool(center), name=name))
+    fa, fb = out
+    check_same_samples(fa.n_samples, fb.n_samples)
+    if fa.centered != fb.centered:
+        raise ValueError("A and B must both be centered or both not: factor them with the same center=")
+    return fa, fb
+
+
+def _match(fa: Factor, fb: Factor, eps: float, keep_a, keep_b, cls=Match, **extra) -> Match:
+    return cls(
+        a=fa.live[keep_a].astype(np.int64),
+        b=fb.live[keep_b].astype(np.int64),
+        eps=eps,
+        n_samples=fa.n_samples,
+        n_a=fa.n_neurons,
+        n_b=fb.n_neurons,
+        dead_a=fa.dead,
+        dead_b=fb.dead,
+        **extra,
+    )
+
+
+def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
+    """The maximum ε-match between the neurons of two layers (Algorithm 1).
+
+    A neuron is kept when its ratio to the span of the other side's kept neurons is at most
+    ``max(eps, EXACT_TOL)``; dead neurons are in no match.
+
+    Parameters
+    ----------
+    A : array_like, torch.Tensor or Factor, shape (n_samples, n_a)
+        Activations of the first layer, one column per neuron.
+    B : array_like, torch.Tensor or Factor, shape (n_samples, n_b)
+    eps : float in [0, 1]
+    center : bool, optional
+        Subtract column means first (default False; factors keep the choice they were made with).
+
+    Returns
+    -------
+    Match
+    """
+    eps = check_eps(eps)
+    fa, fb = _factors(A, B, center)
+    state = PairState(Pair.from_factors(fa, fb))
+    state.cascade(effective_eps(eps))
+    return _match(fa, fb, eps, state.alive_a, state.alive_b)
+
+
+def match_curve(A, B, *, center: bool | None = None) -> MatchCurve:
+    """Every neuron's critical ε in one peeling pass: the maximum match at every ε.
+
+    Parameters
+    ----------
+    A : array_like, torch.Tensor or Factor, shape (n_samples, n_a)
+    B : array_like, torch.Tensor or Factor, shape (n_samples, n_b)
+    center : bool, optional
+
+    Returns
+    -------
+    MatchCurve
+        ``critical_a`` has shape (n_a,), ``critical_b`` shape (n_b,); ``inf`` marks dead neurons.
+    """
+    fa, fb = _factors(A, B, center)
+    live_a, live_b = PairState(Pair.from_factors(fa, fb)).peel()
+    critical_a = np.full(fa.n_neurons, np.inf)
+    critical_b = np.full(fb.n_neurons, np.inf)
+    critical_a[fa.live] = live_a
+    critical_b[fb.live] = live_b
+    return MatchCurve(critical_a, critical_b, fa.n_samples, fa.dead, fb.dead)
+
+
+def candidate_order(keep_a: np.ndarray, keep_b: np.ndarray, order) -> tuple[list[tuple[str, int]], str | int]:
+    """The order in which the v-minimal procedure tries to delete neurons.
+
+    Parameters
+    ----------
+    keep_a, keep_b : numpy.ndarray of int
+        The neurons of A and of B to order.
+    order : None, "index" or int
+        ``None`` or ``"index"``: A's neurons by index, then B's (the authors' order); an int:
+        a random permutation of all of them drawn with ``numpy.random.default_rng(order)``.
+
+    Returns
+    -------
+    candidates : list of (side, index)
+    label : "index" or the seed
+    """
+    candidates = [("a", int(j)) for j in keep_a] + [("b", int(j)) for j in keep_b]
+    if order is None or order == "index":
+        return candidates, "index"
+    if isinstance(order, numbers.Integral) and not isinstance(order, bool):
+        permutation = np.random.default_rng(int(order)).permutation(len(candidates))
+        return [candidates[i] for i in permutation], int(order)
+    raise ValueError(f"order must be None, 'index' or an integer seed; got {order!r}")
+
+
+def _check_neuron(neuron, n_a: int, n_b: int) -> tuple[str, int]:
+    try:
+        side, index = neuron
+    except (TypeError, ValueError):
+        raise ValueError(f"neuron must be ('a', j) or ('b', j); got {neuron!r}") from None
+    size = {"a": n_a, "b": n_b}.get(side)
+    if size is None:
+        raise ValueError(f"neuron side must be 'a' or 'b'; got {side!r}")
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < size:
+        raise ValueError(f"neuron index must be an integer in [0, {size}) for side {side!r}; got {index!r}")
+    return side, int(index)
+
+
+class _Minimiser:
+    """The maximum match of a pair at one ε, ready for v-minimal searches inside it."""
+
+    def __init__(self, fa: Factor, fb: Factor, eps: float):
+        self.fa, self.fb, self.eps = fa, fb, eps
+        pair = Pair.from_factors(fa, fb)
+        state = PairState(pair)
+        state.cascade(effective_eps(eps))
+        self.keep_a = np.flatnonzero(state.alive_a)  # positions among live neurons
+        self.keep_b = np.flatnonzero(state.alive_b)
+        self.state = PairState(pair.restrict(self.keep_a, self.keep_b))
+
+    def search(self, neuron: tuple[str, int], order) -> SimpleMatch | None:
+        side, index = neuron
+        f, keep = (self.fa, self.keep_a) if side == "a" else (self.fb, self.keep_b)
+        live_pos = np.searchsorted(f.live, index)
+        if live_pos >= f.live.size or f.live[live_pos] != index:
+            return None  # dead
+        local = np.searchsorted(keep, live_pos)
+        if local >= keep.size or keep[local] != live_pos:
+            return None  # not in the maximum match
+        # Candidates are named by local positions; the order is drawn over original indices.
+        candidates, label = candidate_order(self.fa.live[self.keep_a], self.fb.live[self.keep_b], order)
+        to_local = {("a", int(j)): i for i, j in enumerate(self.fa.live[self.keep_a])}
+        to_local.update({("b", int(j)): i for i, j in enumerate(self.fb.live[self.keep_b])})
+        local_order = [(s, to_local[(s, j)]) for s, j in candidates]
+        state = self.state.copy()
+        state.minimal(effective_eps(self.eps), (side, int(local)), local_order)
+        return _match(
+            self.fa, self.fb, self.eps,
+            self.keep_a[state.alive_a], self.keep_b[state.alive_b],
+            cls=SimpleMatch, neuron=(side, index), order=label,
+        )
+
+
+def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None = None) -> SimpleMatch | None:
+    """A v-minimal match containing ``neuron``: a match with no proper sub-match containing it.
+
+    The authors' procedure: start from the maximum match at ``eps``; try deleting each other
+    neuron once, in ``order``; keep a deletion when ``neuron`` survives in the maximum match of
+    what is left (which becomes the current set). v-minimal matches are exactly the simple matches.
+
+    Parameters
+    ----------
+    A : array_like, torch.Tensor or Factor, shape (n_samples, n_a)
+    B : array_like, torch.Tensor or Factor, shape (n_samples, n_b)
+    eps : float in [0, 1]
+    neuron : ("a", j) or ("b", j)
+        Column ``j`` of A or of B.
+    order : None, "index" or int
+        Deletion order, see :func:`candidate_order`; recorded in the result.
+    center : bool, optional
+
+    Returns
+    -------
+    SimpleMatch or None
+        None when the neuron is dead or outside the maximum match (no match contains it).
+    """
+    eps = check_eps(eps)
+    fa, fb = _factors(A, B, center)
+    neuron = _check_neuron(neuron, fa.n_neurons, fb.n_neurons)
+    candidate_order([], [], order)  # validate before any work
+    return _Minimiser(fa, fb, eps).search(neuron, order)
+
+
+def simple_matches(A, B, eps: float, *, order=None, center: bool | None = None) -> list[SimpleMatch]:
+    """The distinct simple matches found by a v-minimal search for every v in the maximum match.
+
+    Parameters
+    ----------
+    A : array_like, torch.Tensor or Factor, shape (n_samples, n_a)
+    B : array_like, torch.Tensor or Factor, shape (n_samples, n_b)
+    eps : float in [0, 1]
+    order : None, "index" or int
+        Deletion order used for every v.
+    center : bool, optional
+
+    Returns
+    -------
+    list of SimpleMatch
+        Deduplicated, sorted by (size, neurons of A, neurons of B); each records the first v it
+        was found for. Their union is the maximum match.
+    """
+    eps = check_eps(eps)
+    fa, fb = _factors(A, B, center)
+    candidate_order([], [], order)
+    minimiser = _Minimiser(fa, fb, eps)
+    found: dict[tuple, SimpleMatch] = {}
+    for side, keep, f in (("a", minimiser.keep_a, fa), ("b", minimiser.keep_b, fb)):
+        for index in f.live[keep]:
+            match = minimiser.search((side, int(index)), order)
+            found.setdefault((tuple(match.a), tuple(match.b)), match)
+    return sorted(found.values(), key=lambda m: (m.size_a + m.size_b, tuple(m.a), tuple(m.b)))

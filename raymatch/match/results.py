@@ -1,0 +1,162 @@
+"""Result dataclasses: plain values that convert to dicts / table rows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .inputs import check_eps, effective_eps
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+class _Row:
+    """Equality by value (arrays compared element-wise) and conversion to a plain dict."""
+
+    def to_dict(self) -> dict:
+        """The fields (and derived sizes) as plain Python values (lists, ints, floats, strs)."""
+        row = {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
+        row.update({name: _plain(getattr(self, name)) for name in self._derived})
+        return row
+
+    _derived: tuple[str, ...] = ()
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+
+    __hash__ = None
+
+
+@dataclass(frozen=True, eq=False)
+class Match(_Row):
+    """A match between neurons of two layers (for :func:`max_match`, the maximum match).
+
+    Attributes
+    ----------
+    a, b : numpy.ndarray, shape (size_a,), (size_b,), int64
+        Sorted column indices of the matched neurons of A and of B.
+    eps : float
+        The ε of the match.
+    n_samples : int
+        Number of samples (rows) the activation vectors run over.
+    n_a, n_b : int
+        Number of neurons (columns) of A and of B, dead ones included.
+    dead_a, dead_b : numpy.ndarray, int64
+        Sorted indices of the dead neurons (in no match, counted in the similarity's denominator).
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    eps: float
+    n_samples: int
+    n_a: int
+    n_b: int
+    dead_a: np.ndarray
+    dead_b: np.ndarray
+
+    _derived = ("size_a", "size_b", "similarity")
+
+    @property
+    def size_a(self) -> int:
+        return int(self.a.size)
+
+    @property
+    def size_b(self) -> int:
+        return int(self.b.size)
+
+    @property
+    def similarity(self) -> float:
+        """``(len(a) + len(b)) / (n_a + n_b)``."""
+        return (self.a.size + self.b.size) / (self.n_a + self.n_b)
+
+
+@dataclass(frozen=True, eq=False)
+class SimpleMatch(Match):
+    """A v-minimal (hence simple) match.
+
+    Attributes
+    ----------
+    neuron : tuple[str, int]
+        The neuron v, as ``("a", j)`` or ``("b", j)``, that the match was searched for.
+    order : str or int
+        The deletion order used: ``"index"`` (A's neurons by index, then B's) or the integer seed
+        of a random permutation. For ε > 0 v-minimal matches need not be unique.
+    """
+
+    neuron: tuple[str, int] = ("a", 0)
+    order: str | int = "index"
+
+
+@dataclass(frozen=True, eq=False)
+class MatchCurve(_Row):
+    """Every neuron's critical ε: the maximum match at every ε at once.
+
+    Attributes
+    ----------
+    critical_a, critical_b : numpy.ndarray, shape (n_a,), (n_b,), float64
+        Smallest ε at which each neuron belongs to the maximum match; ``inf`` for dead neurons,
+        0 for neurons in the exact match (ratios at most ``EXACT_TOL``).
+    n_samples : int
+    dead_a, dead_b : numpy.ndarray, int64
+    """
+
+    critical_a: np.ndarray
+    critical_b: np.ndarray
+    n_samples: int
+    dead_a: np.ndarray
+    dead_b: np.ndarray
+
+    _derived = ("n_a", "n_b", "max_epsilon")
+
+    @property
+    def n_a(self) -> int:
+        return int(self.critical_a.size)
+
+    @property
+    def n_b(self) -> int:
+        return int(self.critical_b.size)
+
+    def at(self, eps: float) -> Match:
+        """The maximum match at ``eps`` (the same :class:`Match` as ``max_match(A, B, eps)``)."""
+        eps = check_eps(eps)
+        threshold = effective_eps(eps)
+        return Match(
+            a=np.flatnonzero(self.critical_a <= threshold).astype(np.int64),
+            b=np.flatnonzero(self.critical_b <= threshold).astype(np.int64),
+            eps=eps,
+            n_samples=self.n_samples,
+            n_a=self.n_a,
+            n_b=self.n_b,
+            dead_a=self.dead_a,
+            dead_b=self.dead_b,
+        )
+
+    @property
+    def max_epsilon(self) -> float:
+        """Smallest ε at which every live neuron of both sides is matched (0 with none live)."""
+        finite = np.concatenate([self.critical_a, self.critical_b])
+        finite = finite[np.isfinite(finite)]
+        return float(finite.max()) if finite.size else 0.0
+
+    def min_epsilon(self, size: int) -> float:
+        """Smallest ε with ``min(|X*|, |Y*|) >= size``; ``inf`` when no ε reaches it."""
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+            raise ValueError(f"size must be a non-negative integer; got {size!r}")
+        if size == 0:
+            return 0.0
+        sides = [np.sort(c[np.isfinite(c)]) for c in (self.critical_a, self.critical_b)]
+        if any(side.size < size for side in sides):
+            return math.inf
+        return float(max(side[size - 1] for side in sides))

@@ -1,0 +1,37 @@
+"""The command line: the demo main job and the benchmark command (smoke sizes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from raymatch.bench import main as bench_main
+from raymatch.cli import main
+
+
+def test_demo_prints_the_match_table(capsys):
+    assert main(["demo", "--samples", "400", "--neurons", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "similarity" in out and "0.25" in out
+
+
+def test_bench_match_quick_prints_every_row(capsys):
+    assert bench_main(["match", "--quick", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("1 ", "2 ", "3 ", "4 ", "5 ", "6a", "6b"):
+        assert f"\n{row}" in out
+    assert "median s" in out
+
+
+def test_module_entry_point_runs_as_a_subprocess():
+    done = subprocess.run([sys.executable, "-m", "raymatch", "--version"], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.startswith("raymatch ")
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    try:
+        main(["nonsense"])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    assert "invalid choice" in capsys.readouterr().err

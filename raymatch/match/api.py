@@ -110,10 +110,10 @@ def candidate_order(keep_a: np.ndarray, keep_b: np.ndarray, order) -> tuple[list
     candidates = [("a", int(j)) for j in keep_a] + [("b", int(j)) for j in keep_b]
     if order is None or order == "index":
         return candidates, "index"
-    if isinstance(order, numbers.Integral) and not isinstance(order, bool):
+    if isinstance(order, numbers.Integral) and not isinstance(order, bool) and order >= 0:
         permutation = np.random.default_rng(int(order)).permutation(len(candidates))
         return [candidates[i] for i in permutation], int(order)
-    raise ValueError(f"order must be None, 'index' or an integer seed; got {order!r}")
+    raise ValueError(f"order must be None, 'index' or a non-negative integer seed; got {order!r}")
 
 
 def _check_neuron(neuron, n_a: int, n_b: int) -> tuple[str, int]:

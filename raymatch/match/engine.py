@@ -15,11 +15,14 @@ A block of deletions removes ``span(d_J)`` in one BLAS-3 step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 from .factor import Factor, Prepared, orthonormal_coords
 from .inputs import EXACT_TOL, RANK_RTOL
@@ -61,7 +64,9 @@ class Pair:
         the rest are B's; each side is then re-factored in that small space.
         """
         k_a = la.live.size
-        joint = np.hstack([la.columns, lb.columns])
+        joint = np.empty((la.n_samples, k_a + lb.live.size), order="F")  # LAPACK's layout: no copy
+        joint[:, :k_a] = la.columns
+        joint[:, k_a:] = lb.columns
         (r,) = scipy.linalg.qr(joint, mode="r", check_finite=False, overwrite_a=True)
         r = r[: min(r.shape)]
         qa, ca = _coords_of(r[:, :k_a].copy())
@@ -111,8 +116,13 @@ class _Span:
         self.slot_of[basis] = np.arange(rank)
         self.owner = basis.astype(np.int64)
         square = coords[:, basis]
-        if rank == k and not np.tril(square, -1).any():
-            self.dual = scipy.linalg.solve_triangular(square, np.eye(rank), trans="T", check_finite=False)
+        if rank == 0:
+            self.dual = np.zeros((0, 0))
+        elif rank == k and not np.tril(square, -1).any():
+            inverse, info = lapack.dtrtri(square, lower=0)
+            if info != 0:  # pragma: no cover - the factorisation keeps the triangle non-singular
+                raise np.linalg.LinAlgError(f"singular triangular factor (dtrtri info {info})")
+            self.dual = inverse.T
         else:
             self.dual = np.linalg.solve(square.T, np.eye(rank))
         redundant = np.setdiff1d(np.arange(k), basis)
@@ -240,79 +250,138 @@ class _Span:
         return span
 
 
+def _one_blas_thread(method: Callable) -> Callable:
+    """Run ``method`` with single-threaded BLAS.
+
+    The peeling and search loops make thousands of small BLAS-2 calls; waking a second BLAS thread
+    for each costs more than it saves and makes timings erratic (measured: a 512 + 512 peel takes
+    0.06 s steadily with one thread, 0.10–0.41 s with two). The large GEMM / QR of the set-up keep
+    every thread.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with threadpool_limits(limits=1, user_api="blas"):
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+class _Side:
+    """One side's remaining neurons and their squared ratios to the other side's span.
+
+    Attributes
+    ----------
+    span : _Span
+        This side's own span (what the *other* side's ratios are measured against).
+    proj : numpy.ndarray, shape (r_other, n_cols)
+        This side's neurons projected onto the other side's span, in the other side's coordinates.
+        Columns of deleted neurons are zeroed (so rank-one updates leave them alone) and dropped
+        at compaction.
+    cols : numpy.ndarray, shape (n_cols,)
+        The neuron of each column of ``proj``.
+    res2 : numpy.ndarray, shape (k,)
+        Squared ratio of each neuron; -1 once deleted.
+    """
+
+    def __init__(self, coords: np.ndarray, proj: np.ndarray, other_empty: bool):
+        self.span = _Span(coords)
+        self.proj = proj
+        k = coords.shape[1]
+        self.cols = np.arange(k)
+        self.col_of = np.arange(k)
+        if other_empty:  # nothing to project on: every ratio is 1
+            self.res2 = np.ones(k)
+        else:
+            self.res2 = np.clip(1.0 - np.einsum("ij,ij->j", proj, proj), 0.0, 1.0)
+        self.n_alive = k
+
+    def copy(self) -> _Side:
+        twin = object.__new__(_Side)
+        twin.__dict__.update(self.__dict__)
+        twin.span = self.span.copy()
+        twin.res2 = self.res2.copy()
+        twin.proj = self.proj.copy()
+        return twin
+
+    def alive(self, neuron: int) -> bool:
+        return bool(self.res2[neuron] >= 0.0)
+
+    def remove(self, neurons: np.ndarray) -> np.ndarray:
+        """Delete ``neurons``; return the orthonormal directions their side's span lost."""
+        self.res2[neurons] = -1.0
+        self.proj[:, self.col_of[neurons]] = 0.0
+        self.n_alive -= neurons.size
+        return self.span.delete(neurons)
+
+    def grow(self, lost: np.ndarray) -> None:
+        """Raise the squared ratios by the squared projections onto the other side's lost directions."""
+        gain = lost.T @ self.proj
+        increase = gain[0] * gain[0] if gain.shape[0] == 1 else np.einsum("ij,ij->j", gain, gain)
+        self.res2[self.cols] = np.minimum(self.res2[self.cols] + increase, 1.0)
+
+    def compact_columns(self) -> None:
+        if self.cols.size >= _COMPACT_MIN and self.n_alive <= _COMPACT_FRACTION * self.cols.size:
+            keep = self.res2[self.cols] >= 0.0
+            self.cols = self.cols[keep]
+            self.proj = self.proj[:, keep]
+            self.col_of = np.full(self.res2.size, -1)
+            self.col_of[self.cols] = np.arange(self.cols.size)
+
+
 class PairState:
-    """The remaining neurons of both sides and every remaining neuron's current ratio."""
+    """The remaining neurons of both sides and every remaining neuron's current squared ratio.
+
+    Attributes
+    ----------
+    a, b : _Side
+    """
 
     def __init__(self, pair: Pair):
-        self.span_a = _Span(pair.coords_a)
-        self.span_b = _Span(pair.coords_b)
-        # Neurons of A expressed in B's coordinates (and vice versa): their projections onto span(B).
-        self.proj_a = pair.cross.T @ pair.coords_a
-        self.proj_b = pair.cross @ pair.coords_b
-        self.cols_a = np.arange(pair.coords_a.shape[1])
-        self.cols_b = np.arange(pair.coords_b.shape[1])
-        self.res2_a = np.clip(1.0 - np.einsum("ij,ij->j", self.proj_a, self.proj_a), 0.0, 1.0)
-        self.res2_b = np.clip(1.0 - np.einsum("ij,ij->j", self.proj_b, self.proj_b), 0.0, 1.0)
-        self.alive_a = np.ones(pair.coords_a.shape[1], dtype=bool)
-        self.alive_b = np.ones(pair.coords_b.shape[1], dtype=bool)
-        self.ratio_a = np.sqrt(self.res2_a)
-        self.ratio_b = np.sqrt(self.res2_b)
-        if pair.coords_b.shape[1] == 0:
-            self.ratio_a[:] = self.res2_a[:] = 1.0
-        if pair.coords_a.shape[1] == 0:
-            self.ratio_b[:] = self.res2_b[:] = 1.0
+        k_a, k_b = pair.coords_a.shape[1], pair.coords_b.shape[1]
+        # Neurons of A expressed in B's coordinates (their projections onto span B), and vice versa.
+        self.a = _Side(pair.coords_a, pair.cross.T @ pair.coords_a, other_empty=k_b == 0)
+        self.b = _Side(pair.coords_b, pair.cross @ pair.coords_b, other_empty=k_a == 0)
 
     def copy(self) -> PairState:
         twin = object.__new__(PairState)
-        twin.__dict__.update({key: (value.copy() if hasattr(value, "copy") else value)
-                              for key, value in self.__dict__.items()})
+        twin.a, twin.b = self.a.copy(), self.b.copy()
         return twin
+
+    def side(self, name: str) -> _Side:
+        return self.a if name == "a" else self.b
+
+    @property
+    def alive_a(self) -> np.ndarray:
+        return self.a.res2 >= 0.0
+
+    @property
+    def alive_b(self) -> np.ndarray:
+        return self.b.res2 >= 0.0
 
     def delete(self, drop_a: np.ndarray, drop_b: np.ndarray) -> None:
         """Delete remaining neurons ``drop_a`` of A and ``drop_b`` of B (index arrays)."""
-        if drop_a.size:
-            self.alive_a[drop_a] = False
-            lost = self.span_a.delete(drop_a)
-            if lost.shape[1]:
-                self._grow(self.proj_b, self.cols_b, self.alive_b, self.res2_b, self.ratio_b, lost)
-        if drop_b.size:
-            self.alive_b[drop_b] = False
-            lost = self.span_b.delete(drop_b)
-            if lost.shape[1]:
-                self._grow(self.proj_a, self.cols_a, self.alive_a, self.res2_a, self.ratio_a, lost)
-        self._compact()
+        for side, other, drop in ((self.a, self.b, drop_a), (self.b, self.a, drop_b)):
+            if drop.size:
+                lost = side.remove(drop)
+                if lost.shape[1] and other.n_alive:
+                    other.grow(lost)
+        for side, other in ((self.a, self.b), (self.b, self.a)):
+            span = side.span.compact()
+            if span is not None:  # re-base the other side's projections onto the smaller span
+                other.proj = span.T @ other.proj
+            side.compact_columns()
 
-    @staticmethod
-    def _grow(proj, cols, alive, res2, ratio, lost) -> None:
-        """Add the squared projections onto the lost directions to the other side's residuals."""
-        gain = lost.T @ proj
-        idx = cols
-        res2[idx] = np.minimum(res2[idx] + np.einsum("ij,ij->j", gain, gain), 1.0)
-        ratio[idx] = np.sqrt(res2[idx])
-
-    def _compact(self) -> None:
-        span = self.span_b.compact()
-        if span is not None:
-            self.proj_a = span.T @ self.proj_a
-        span = self.span_a.compact()
-        if span is not None:
-            self.proj_b = span.T @ self.proj_b
-        for side in "ab":
-            cols = getattr(self, f"cols_{side}")
-            alive = getattr(self, f"alive_{side}")
-            if cols.size >= _COMPACT_MIN and np.count_nonzero(alive[cols]) <= _COMPACT_FRACTION * cols.size:
-                keep = alive[cols]
-                setattr(self, f"cols_{side}", cols[keep])
-                setattr(self, f"proj_{side}", getattr(self, f"proj_{side}")[:, keep])
-
+    @_one_blas_thread
     def cascade(self, eps: float, watch: tuple[str, int] | None = None) -> bool:
         """Algorithm 1 from the current state: delete every neuron with ratio > ``eps`` until none.
 
         Returns False (leaving the state part-way) as soon as neuron ``watch`` would be deleted.
         """
+        eps2 = eps * eps
         while True:
-            drop_a = np.flatnonzero(self.alive_a & (self.ratio_a > eps))
-            drop_b = np.flatnonzero(self.alive_b & (self.ratio_b > eps))
+            drop_a = np.flatnonzero(self.a.res2 > eps2)
+            drop_b = np.flatnonzero(self.b.res2 > eps2)
             if drop_a.size == 0 and drop_b.size == 0:
                 return True
             if watch is not None:
@@ -321,6 +390,7 @@ class PairState:
                     return False
             self.delete(drop_a, drop_b)
 
+    @_one_blas_thread
     def peel(self) -> tuple[np.ndarray, np.ndarray]:
         """Every remaining neuron's critical ε, by peeling the largest ratio first.
 
@@ -333,37 +403,65 @@ class PairState:
         critical_a : numpy.ndarray, shape (k_a,)
         critical_b : numpy.ndarray, shape (k_b,)
         """
-        critical_a = np.zeros(self.alive_a.size)
-        critical_b = np.zeros(self.alive_b.size)
-        level = np.inf
-        while self.alive_a.any() or self.alive_b.any():
-            top = max(_masked_max(self.ratio_a, self.alive_a), _masked_max(self.ratio_b, self.alive_b))
-            level = min(level, top)
-            if level <= EXACT_TOL:  # everything left is an exact match
+        a, b = self.a, self.b
+        critical_a = np.zeros(a.res2.size)
+        critical_b = np.zeros(b.res2.size)
+        level2 = np.inf
+        floor2 = EXACT_TOL * EXACT_TOL
+        while a.n_alive or b.n_alive:
+            top = max(a.res2.max(initial=-1.0), b.res2.max(initial=-1.0))
+            level2 = min(level2, top)
+            if level2 <= floor2:  # everything left is an exact match
                 break
-            drop_a = np.flatnonzero(self.alive_a & (self.ratio_a >= level))
-            drop_b = np.flatnonzero(self.alive_b & (self.ratio_b >= level))
+            drop_a = np.flatnonzero(a.res2 >= level2)
+            drop_b = np.flatnonzero(b.res2 >= level2)
+            level = np.sqrt(level2)
             critical_a[drop_a] = level
             critical_b[drop_b] = level
             self.delete(drop_a, drop_b)
         return critical_a, critical_b
 
+    @_one_blas_thread
     def minimal(self, eps: float, neuron: tuple[str, int], order: Sequence[tuple[str, int]]) -> None:
         """Shrink the state (a match containing ``neuron``) to a ``neuron``-minimal match.
 
         Each candidate of ``order`` still present is deleted in turn; the deletion is kept when
         ``neuron`` survives in the maximum match of what is left, which becomes the new state.
         """
+        none = np.zeros(0, dtype=np.int64)
         for side, index in order:
-            if (side, index) == neuron or not (self.alive_a if side == "a" else self.alive_b)[index]:
+            if (side, index) == neuron or not self.side(side).alive(index):
                 continue
-            trial = self.copy()
             one = np.array([index])
-            none = np.zeros(0, dtype=np.int64)
-            trial.delete(one, none) if side == "a" else trial.delete(none, one)
-            if trial.cascade(eps, watch=neuron):
-                self.__dict__.update(trial.__dict__)
+            drop = (one, none) if side == "a" else (none, one)
+            verdict = self._one_step_verdict(side, index, eps, neuron)
+            if verdict is True:
+                self.delete(*drop)
+            elif verdict is None:
+                trial = self.copy()
+                trial.delete(*drop)
+                if trial.cascade(eps, watch=neuron):
+                    self.a, self.b = trial.a, trial.b
 
+    def _one_step_verdict(self, side: str, index: int, eps: float, neuron: tuple[str, int]) -> bool | None:
+        """Decide a trial deletion from its first step alone, without touching the state.
 
-def _masked_max(values: np.ndarray, mask: np.ndarray) -> float:
-    return float(values[mask].max()) if mask.any() else -np.inf
+        True: nothing else rises above ``eps`` (the rest is still a match: keep the deletion).
+        False: ``neuron`` itself rises above ``eps`` (undo). None: a cascade follows, or the span has
+        redundant neurons: run the trial in full.
+        """
+        span = self.side(side).span
+        if span.redundant_live.any():
+            return None
+        d = span._current(np.array([span.slot_of[index]]))
+        lost = d / np.linalg.norm(d)
+        other_name = "b" if side == "a" else "a"
+        other = self.side(other_name)
+        gain = (lost.T @ other.proj)[0]
+        res2 = np.minimum(other.res2[other.cols] + gain * gain, 1.0)
+        over = other.cols[res2 > eps * eps]
+        if over.size == 0:
+            return True
+        if neuron[0] == other_name and neuron[1] in over:
+            return False
+        return None

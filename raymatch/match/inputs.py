@@ -30,7 +30,9 @@ EXACT_TOL = 1e-6
 
 
 def as_activation_matrix(value: Any, name: str) -> np.ndarray:
-    """Return ``value`` as a C-contiguous float64 matrix, or raise a ``ValueError``.
+    """Return ``value`` as a fresh column-major float64 matrix, or raise a ``ValueError``.
+
+    Column-major (Fortran) order is LAPACK's: the QR that follows reads it without another copy.
 
     Parameters
     ----------
@@ -62,7 +64,7 @@ def as_activation_matrix(value: Any, name: str) -> np.ndarray:
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {array.shape}")
-    array = np.array(array, dtype=np.float64, order="C", copy=True)  # callers may work in place
+    array = np.array(array, dtype=np.float64, order="F", copy=True)  # callers may work in place
     finite = np.isfinite(array)
     if not finite.all():
         bad = int(array.size - np.count_nonzero(finite))

@@ -7,28 +7,35 @@ import numbers
 import numpy as np
 
 from .engine import Pair, PairState
-from .factor import Factor, factor
+from .factor import Factor, Prepared, factor
 from .inputs import check_eps, check_same_samples, effective_eps
 from .results import Match, MatchCurve, SimpleMatch
 
 
-def _factors(A, B, center: bool | None) -> tuple[Factor, Factor]:
-    out = []
-    for value, name in ((A, "A"), (B, "B")):
+def _pair(A, B, center: bool | None) -> tuple[Pair, Factor | Prepared, Factor | Prepared]:
+    """Validate both sides and bring them to reduced coordinates.
+
+    Two arrays share one in-place QR of the joint ``[A B]``; when either side is already a
+    :class:`Factor`, the other is factored too and the pair needs only the cross GEMM.
+    """
+    if not isinstance(A, Factor) and not isinstance(B, Factor):
+        return Pair.from_arrays(A, B, center=bool(center))
+    sides = []
+    for value, name, other in ((A, "A", B), (B, "B", A)):
         if isinstance(value, Factor):
             if center is not None and value.centered != center:
                 raise ValueError(f"{name} is a Factor with center={value.centered}, but center={center} was asked")
-            out.append(value)
+            sides.append(value)
         else:
-            out.append(factor(value, center=bool(center), name=name))
-    fa, fb = out
+            sides.append(factor(value, center=other.centered if center is None else center, name=name))
+    fa, fb = sides
     check_same_samples(fa.n_samples, fb.n_samples)
     if fa.centered != fb.centered:
         raise ValueError("A and B must both be centered or both not: factor them with the same center=")
-    return fa, fb
+    return Pair.from_factors(fa, fb), fa, fb
 
 
-def _match(fa: Factor, fb: Factor, eps: float, keep_a, keep_b, cls=Match, **extra) -> Match:
+def _match(fa, fb, eps: float, keep_a, keep_b, cls=Match, **extra) -> Match:
     return cls(
         a=fa.live[keep_a].astype(np.int64),
         b=fb.live[keep_b].astype(np.int64),
@@ -62,8 +69,8 @@ def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
     Match
     """
     eps = check_eps(eps)
-    fa, fb = _factors(A, B, center)
-    state = PairState(Pair.from_factors(fa, fb))
+    pair, fa, fb = _pair(A, B, center)
+    state = PairState(pair)
     state.cascade(effective_eps(eps))
     return _match(fa, fb, eps, state.alive_a, state.alive_b)
 
@@ -82,8 +89,8 @@ def match_curve(A, B, *, center: bool | None = None) -> MatchCurve:
     MatchCurve
         ``critical_a`` has shape (n_a,), ``critical_b`` shape (n_b,); ``inf`` marks dead neurons.
     """
-    fa, fb = _factors(A, B, center)
-    live_a, live_b = PairState(Pair.from_factors(fa, fb)).peel()
+    pair, fa, fb = _pair(A, B, center)
+    live_a, live_b = PairState(pair).peel()
     critical_a = np.full(fa.n_neurons, np.inf)
     critical_b = np.full(fb.n_neurons, np.inf)
     critical_a[fa.live] = live_a
@@ -132,9 +139,8 @@ def _check_neuron(neuron, n_a: int, n_b: int) -> tuple[str, int]:
 class _Minimiser:
     """The maximum match of a pair at one ε, ready for v-minimal searches inside it."""
 
-    def __init__(self, fa: Factor, fb: Factor, eps: float):
+    def __init__(self, pair: Pair, fa, fb, eps: float):
         self.fa, self.fb, self.eps = fa, fb, eps
-        pair = Pair.from_factors(fa, fb)
         state = PairState(pair)
         state.cascade(effective_eps(eps))
         self.keep_a = np.flatnonzero(state.alive_a)  # positions among live neurons
@@ -188,10 +194,10 @@ def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None =
         None when the neuron is dead or outside the maximum match (no match contains it).
     """
     eps = check_eps(eps)
-    fa, fb = _factors(A, B, center)
+    pair, fa, fb = _pair(A, B, center)
     neuron = _check_neuron(neuron, fa.n_neurons, fb.n_neurons)
     candidate_order([], [], order)  # validate before any work
-    return _Minimiser(fa, fb, eps).search(neuron, order)
+    return _Minimiser(pair, fa, fb, eps).search(neuron, order)
 
 
 def simple_matches(A, B, eps: float, *, order=None, center: bool | None = None) -> list[SimpleMatch]:
@@ -213,9 +219,9 @@ def simple_matches(A, B, eps: float, *, order=None, center: bool | None = None) 
         was found for. Their union is the maximum match.
     """
     eps = check_eps(eps)
-    fa, fb = _factors(A, B, center)
+    pair, fa, fb = _pair(A, B, center)
     candidate_order([], [], order)
-    minimiser = _Minimiser(fa, fb, eps)
+    minimiser = _Minimiser(pair, fa, fb, eps)
     found: dict[tuple, SimpleMatch] = {}
     for side, keep, f in (("a", minimiser.keep_a, fa), ("b", minimiser.keep_b, fb)):
         for index in f.live[keep]:

@@ -15,17 +15,16 @@ A block of deletions removes ``span(d_J)`` in one BLAS-3 step.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
-from threadpoolctl import threadpool_limits
 
-from .factor import Factor, Prepared, orthonormal_coords
-from .inputs import EXACT_TOL, RANK_RTOL
+from ._blas import one_thread, one_thread_method, small
+from .factor import Factor, Prepared, orthonormal_coords, prepare
+from .inputs import EXACT_TOL, RANK_RTOL, activation_array, check_same_samples
 
 # Arrays are compacted (deleted columns dropped, the span re-based) once the live part of a side
 # falls below this fraction of the stored width, and the width exceeds _COMPACT_MIN.
@@ -54,24 +53,39 @@ class Pair:
 
     @classmethod
     def from_factors(cls, fa: Factor, fb: Factor) -> Pair:
-        return cls(fa.coords, fb.coords, fa.basis.T @ fb.basis)
+        with one_thread(small(fa.basis.size + fb.basis.size)):
+            return cls(fa.coords, fb.coords, fa.basis.T @ fb.basis)
 
     @classmethod
-    def from_layers(cls, la: Prepared, lb: Prepared) -> Pair:
-        """One triangular factorisation of the joint matrix ``[A B]`` (no basis is formed).
+    def from_arrays(cls, A, B, center: bool) -> tuple[Pair, Prepared, Prepared]:
+        """Validate two activation matrices and reduce them with one QR of the joint ``[A B]``.
 
-        The first ``k_a`` columns of the joint R factor are A's coordinates in the joint basis,
-        the rest are B's; each side is then re-factored in that small space.
+        Both sides are normalised straight into one column-major buffer, which LAPACK factors in
+        place (no basis is formed). The first ``k_a`` columns of R are A's coordinates in the joint
+        basis, the rest B's; each side is then re-factored in that small space.
         """
-        k_a = la.live.size
-        joint = np.empty((la.n_samples, k_a + lb.live.size), order="F")  # LAPACK's layout: no copy
-        joint[:, :k_a] = la.columns
-        joint[:, k_a:] = lb.columns
-        (r,) = scipy.linalg.qr(joint, mode="r", check_finite=False, overwrite_a=True)
-        r = r[: min(r.shape)]
-        qa, ca = _coords_of(r[:, :k_a].copy())
-        qb, cb = _coords_of(r[:, k_a:].copy())
-        return cls(ca, cb, qa.T @ qb)
+        array_a, array_b = activation_array(A, "A"), activation_array(B, "B")
+        check_same_samples(array_a.shape[0], array_b.shape[0])
+        n_a = array_a.shape[1]
+        joint = np.empty((array_a.shape[0], n_a + array_b.shape[1]), order="F")
+        la = prepare(array_a, center=center, name="A", out=joint[:, :n_a])
+        lb = prepare(array_b, center=center, name="B", out=joint[:, n_a:])
+        k_a, k_b = la.live.size, lb.live.size
+        if k_a < n_a:
+            joint[:, k_a : k_a + k_b] = lb.columns
+        joint = joint[:, : k_a + k_b]
+        with one_thread(small(joint.size)):
+            if joint.shape[1]:
+                lwork = int(lapack.dgeqrf_lwork(*joint.shape)[0])
+                qr, _, _, info = lapack.dgeqrf(joint, lwork=lwork, overwrite_a=1)
+                if info != 0:  # pragma: no cover - only for invalid arguments
+                    raise np.linalg.LinAlgError(f"dgeqrf failed (info {info})")
+                r = np.triu(qr[: min(qr.shape)])
+            else:
+                r = np.zeros((0, 0))
+            qa, ca = _coords_of(r[:k_a, :k_a].copy())
+            qb, cb = _coords_of(r[:, k_a:].copy())
+            return cls(ca, cb, qa.T @ qb[:k_a]), la, lb
 
     def restrict(self, keep_a: np.ndarray, keep_b: np.ndarray) -> Pair:
         """The same geometry restricted to neurons ``keep_a`` of A and ``keep_b`` of B."""
@@ -250,23 +264,6 @@ class _Span:
         return span
 
 
-def _one_blas_thread(method: Callable) -> Callable:
-    """Run ``method`` with single-threaded BLAS.
-
-    The peeling and search loops make thousands of small BLAS-2 calls; waking a second BLAS thread
-    for each costs more than it saves and makes timings erratic (measured: a 512 + 512 peel takes
-    0.06 s steadily with one thread, 0.10–0.41 s with two). The large GEMM / QR of the set-up keep
-    every thread.
-    """
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=1, user_api="blas"):
-            return method(*args, **kwargs)
-
-    return wrapper
-
-
 class _Side:
     """One side's remaining neurons and their squared ratios to the other side's span.
 
@@ -372,7 +369,7 @@ class PairState:
                 other.proj = span.T @ other.proj
             side.compact_columns()
 
-    @_one_blas_thread
+    @one_thread_method
     def cascade(self, eps: float, watch: tuple[str, int] | None = None) -> bool:
         """Algorithm 1 from the current state: delete every neuron with ratio > ``eps`` until none.
 
@@ -390,7 +387,7 @@ class PairState:
                     return False
             self.delete(drop_a, drop_b)
 
-    @_one_blas_thread
+    @one_thread_method
     def peel(self) -> tuple[np.ndarray, np.ndarray]:
         """Every remaining neuron's critical ε, by peeling the largest ratio first.
 
@@ -421,7 +418,7 @@ class PairState:
             self.delete(drop_a, drop_b)
         return critical_a, critical_b
 
-    @_one_blas_thread
+    @one_thread_method
     def minimal(self, eps: float, neuron: tuple[str, int], order: Sequence[tuple[str, int]]) -> None:
         """Shrink the state (a match containing ``neuron``) to a ``neuron``-minimal match.
 

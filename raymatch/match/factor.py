@@ -15,7 +15,8 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
 
-from .inputs import DEAD_RTOL, RANK_RTOL, as_activation_matrix
+from ._blas import one_thread, small
+from .inputs import DEAD_RTOL, RANK_RTOL, activation_array
 
 # Unpivoted QR is trusted as rank-revealing only when its triangle is this well conditioned
 # (reciprocal condition estimate); below it the rank is settled by an SVD of the small factor.
@@ -81,7 +82,7 @@ class Prepared:
         return _complement(self.live, self.n_neurons)
 
 
-def prepare(activations, *, center: bool = False, name: str = "A") -> Prepared:
+def prepare(activations, *, center: bool = False, name: str = "A", out: np.ndarray | None = None) -> Prepared:
     """Validate, optionally center, find the dead neurons and normalise the live ones.
 
     Parameters
@@ -90,8 +91,12 @@ def prepare(activations, *, center: bool = False, name: str = "A") -> Prepared:
     center : bool
     name : str
         Name used in error messages.
+    out : numpy.ndarray, shape (n_samples, n_neurons), float64, column-major, optional
+        Storage to work in (a slice of a joint matrix); the live columns end up first.
     """
-    matrix = as_activation_matrix(activations, name)
+    array = activation_array(activations, name)
+    matrix = np.empty(array.shape, order="F") if out is None else out
+    matrix[...] = array
     if center:
         matrix -= matrix.mean(axis=0)
     n_samples, n_neurons = matrix.shape
@@ -101,9 +106,11 @@ def prepare(activations, *, center: bool = False, name: str = "A") -> Prepared:
     live = live.astype(np.int64)
     if live.size == n_neurons:
         matrix /= norms
+        columns = matrix
     else:
-        matrix = matrix[:, live] / norms[live]
-    return Prepared(matrix, live, n_samples, n_neurons, center)
+        columns = matrix[:, : live.size]
+        columns[...] = matrix[:, live] / norms[live]
+    return Prepared(columns, live, n_samples, n_neurons, center)
 
 
 def factor(activations, *, center: bool = False, name: str = "A") -> Factor:
@@ -152,11 +159,12 @@ def orthonormal_coords(columns: np.ndarray, *, overwrite: bool = False) -> tuple
     coords : numpy.ndarray, shape (rank, k)
         Directions with singular value at most ``RANK_RTOL`` times the largest are dropped.
     """
-    q, r = scipy.linalg.qr(columns, mode="economic", check_finite=False, overwrite_a=overwrite)
-    p = min(r.shape)
-    rcond, info = lapack.dtrcon(np.asfortranarray(r[:p, :p]), norm="1", uplo="U", diag="N")
-    if info == 0 and rcond > _TRUST_RCOND:
-        return q, r
-    u, s, vt = scipy.linalg.svd(r, full_matrices=False, check_finite=False)
-    rank = int(np.count_nonzero(s > RANK_RTOL * s[0]))
-    return q @ u[:, :rank], s[:rank, None] * vt[:rank]
+    with one_thread(small(columns.size)):
+        q, r = scipy.linalg.qr(columns, mode="economic", check_finite=False, overwrite_a=overwrite)
+        p = min(r.shape)
+        rcond, info = lapack.dtrcon(np.asfortranarray(r[:p, :p]), norm="1", uplo="U", diag="N")
+        if info == 0 and rcond > _TRUST_RCOND:
+            return q, r
+        u, s, vt = scipy.linalg.svd(r, full_matrices=False, check_finite=False)
+        rank = int(np.count_nonzero(s > RANK_RTOL * s[0]))
+        return q @ u[:, :rank], s[:rank, None] * vt[:rank]

@@ -1,7 +1,7 @@
 """Input conversion, validation and the documented numerical tolerances.
 
 Every public function of :mod:`raymatch.match` passes its arrays through
-:func:`as_activation_matrix`, so bad input fails the same way everywhere: one ``ValueError``
+:func:`activation_array`, so bad input fails the same way everywhere: one ``ValueError``
 that names the argument and the problem.
 """
 
@@ -29,10 +29,8 @@ RANK_RTOL = 1e-10
 EXACT_TOL = 1e-6
 
 
-def as_activation_matrix(value: Any, name: str) -> np.ndarray:
-    """Return ``value`` as a fresh column-major float64 matrix, or raise a ``ValueError``.
-
-    Column-major (Fortran) order is LAPACK's: the QR that follows reads it without another copy.
+def activation_array(value: Any, name: str) -> np.ndarray:
+    """Validate ``value`` as an activation matrix and return it as a numpy array (no copy if possible).
 
     Parameters
     ----------
@@ -43,7 +41,7 @@ def as_activation_matrix(value: Any, name: str) -> np.ndarray:
 
     Returns
     -------
-    numpy.ndarray, shape (n_samples, n_neurons), dtype float64
+    numpy.ndarray, shape (n_samples, n_neurons), the input's own dtype
     """
     if type(value).__module__.startswith("torch"):
         value = value.detach().to("cpu")
@@ -64,12 +62,20 @@ def as_activation_matrix(value: Any, name: str) -> np.ndarray:
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {array.shape}")
-    array = np.array(array, dtype=np.float64, order="F", copy=True)  # callers may work in place
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = int(array.size - np.count_nonzero(finite))
-        raise ValueError(f"{name} has {bad} non-finite values (NaN or Inf) out of {array.size}")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - np.count_nonzero(finite))
+            raise ValueError(f"{name} has {bad} non-finite values (NaN or Inf) out of {array.size}")
     return array
+
+
+def as_activation_matrix(value: Any, name: str) -> np.ndarray:
+    """Validate ``value`` and return it as a fresh column-major float64 matrix (n_samples, n_neurons).
+
+    Column-major (Fortran) order is LAPACK's: a QR reads it without another copy.
+    """
+    return np.array(activation_array(value, name), dtype=np.float64, order="F", copy=True)
 
 
 def check_eps(eps: Any, name: str = "eps") -> float:

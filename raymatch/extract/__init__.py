@@ -1,0 +1,6 @@
+"""Activation extraction: layer selection, forward hooks with row sampling, Ray actor pool."""
+
+from .extractor import ExtractionJob, extract_model, read_checkpoint, run_job
+from .layers import LAYER_TYPES, select_layers
+
+__all__ = ["LAYER_TYPES", "ExtractionJob", "extract_model", "read_checkpoint", "run_job", "select_layers"]

@@ -1,0 +1,201 @@
+"""Run a probe through one model and stream the chosen layers' activations into the store.
+
+A layer output of shape (N, C, H, W) becomes C neurons over rows (image, y, x); (N, F) becomes F
+neurons over N rows. Under the paper's sampling protocol the (image, position) rows are a function
+of the probe and the layer's spatial shape only (:func:`raymatch.probes.sample_rows`), so every model
+of a population gets identical rows; they are picked batch by batch inside the forward hook, so
+N·H·W rows of a layer are never materialised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import torch
+from torch import nn
+
+from ..models import load_model
+from ..probes import ProbeSpec, RowSample, load_probe, sample_rows
+from ..store import ActivationKey, ActivationWriter, Store, is_stored
+from ..store.activations import DEFAULT_FORMAT, DEFAULT_SHARD_ROWS
+from .layers import select_layers
+
+
+@dataclass(frozen=True)
+class ExtractionJob:
+    """One model of a population: which checkpoint, which architecture, which probe and layers.
+
+    Attributes
+    ----------
+    checkpoint : str
+        A key in the store (``checkpoints/seed0.safetensors``), or a local path / URI of its own.
+    arch : str
+        Registry name of the architecture (``raymatch.models.available_models()``).
+    probe : ProbeSpec
+    layers : tuple of str
+        Layer selectors (names, globs or types).
+    arch_kwargs : dict
+        Constructor arguments (in_channels, num_classes, width, input_size).
+    batch_size : int
+    """
+
+    checkpoint: str
+    arch: str
+    probe: ProbeSpec
+    layers: tuple[str, ...] = ("relu",)
+    arch_kwargs: dict = field(default_factory=dict)
+    batch_size: int = 256
+
+
+def read_checkpoint(store: Store, checkpoint: str) -> bytes:
+    """Checkpoint bytes from the store (a relative key) or from a path / URI of its own."""
+    if checkpoint.startswith("/") or "://" in checkpoint:
+        try:
+            with fsspec.open(checkpoint, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist") from None
+    if not store.exists(checkpoint):
+        raise FileNotFoundError(f"checkpoint {checkpoint!r} is not in {store.uri}")
+    return store.read_bytes(checkpoint)
+
+
+class _LayerTap:
+    """Forward hook that turns one layer's batch outputs into rows for its writers (one per repeat)."""
+
+    def __init__(self, name: str, model_id: str, probe: ProbeSpec, n_images: int, make_writer):
+        self.name, self.model_id, self.probe, self.n_images = name, model_id, probe, n_images
+        self.make_writer = make_writer
+        self.offset = 0  # index of the next image this layer expects
+        self.batch_start = 0  # index of the current batch's first image
+        self.writers: list[ActivationWriter] = []
+        self.rows: list[np.ndarray | None] = []  # sampled flat (image, y, x) indices per repeat
+        self.shape: tuple[int, ...] | None = None
+
+    def _start(self, output: torch.Tensor) -> None:
+        self.shape = tuple(output.shape[1:])
+        n_neurons = self.shape[0]
+        spatial = int(np.prod(self.shape[1:])) if len(self.shape) > 1 else 1
+        sampled = isinstance(self.probe.rows, RowSample) and spatial > 1
+        repeats = self.probe.rows.repeats if sampled else 1
+        for repeat in range(repeats):
+            if sampled:
+                height, width = (self.shape[1], int(np.prod(self.shape[2:]))) if len(self.shape) > 2 else (spatial, 1)
+                rows = sample_rows(self.probe, self.n_images, height, width, repeat)
+                self.rows.append(rows)
+                policy = {"rows": self.probe.rows.rows, "repeats": repeats, "seed": self.probe.rows.seed,
+                          "rows_sha256": hashlib.sha256(rows.astype("<i8").tobytes()).hexdigest()}
+            else:
+                self.rows.append(None)
+                policy = "all"
+            meta = {"layer_shape": list(self.shape), "row_policy": policy, "n_images": self.n_images}
+            self.writers.append(self.make_writer(self.name, repeat, n_neurons, meta))
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        if self.offset != self.batch_start:
+            raise ValueError(f"layer {self.name} runs more than once per forward pass (a reused module); "
+                             "its activations are ambiguous: choose another layer")
+        if self.shape is None:
+            self._start(output)
+        batch = output.shape[0]
+        flat = output.detach().reshape(batch, self.shape[0], -1)  # (B, C, positions)
+        positions = flat.shape[2]
+        for writer, rows in zip(self.writers, self.rows, strict=True):
+            if rows is None:
+                # (C, B·positions), columns ordered (image, position); a copy, so a later in-place op
+                # on `output` (an in-place ReLU after a conv) cannot change what was captured.
+                block = flat.permute(1, 0, 2).reshape(self.shape[0], -1).to("cpu", torch.float32, copy=True)
+            else:
+                lo, hi = np.searchsorted(rows, [self.offset * positions, (self.offset + batch) * positions])
+                local = torch.from_numpy(rows[lo:hi] - self.offset * positions).to(flat.device)
+                block = flat[local // positions, :, local % positions].T.to("cpu", torch.float32, copy=True)
+            if not torch.isfinite(block.sum()):  # NaN / Inf anywhere make the sum non-finite
+                bad = int((~torch.isfinite(block)).sum())
+                raise ValueError(f"activations of model {self.model_id}, layer {self.name} have {bad} "
+                                 "non-finite values (NaN or Inf)")
+            writer.append(block.numpy().T)  # (rows, C), column-major: taken without another copy
+        self.offset += batch
+
+
+def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.Tensor, probe: ProbeSpec,
+                  layers: list[str], *, batch_size: int = 256, device: str | torch.device = "cpu",
+                  shard_rows: int = DEFAULT_SHARD_ROWS, fmt: str = DEFAULT_FORMAT) -> dict[str, dict]:
+    """Run ``images`` (N, C, H, W) through ``model`` and store the activations of ``layers``.
+
+    Every (layer, repeat) becomes visible only when complete (its manifest is written last); on any
+    error the parts written so far are removed.
+
+    Returns
+    -------
+    dict
+        For each layer, its output shape and the manifests of its repeats.
+    """
+    modules = dict(model.named_modules())
+    made: list[ActivationWriter] = []
+    io_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raymatch-write")  # IO overlaps compute
+
+    def make_writer(name, repeat, n_neurons, meta):
+        key = ActivationKey(probe.id, model_id, name, repeat)
+        writer = ActivationWriter(store, key, n_neurons, metadata=meta, shard_rows=shard_rows, fmt=fmt,
+                                  executor=io_thread)
+        made.append(writer)
+        return writer
+
+    taps = {name: _LayerTap(name, model_id, probe, images.shape[0], make_writer) for name in layers}
+    handles = [modules[name].register_forward_hook(tap) for name, tap in taps.items()]
+    model = model.to(device).eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                for tap in taps.values():
+                    tap.batch_start = start
+                model(images[start : start + batch_size].to(device))
+        summary = {}
+        for name, tap in taps.items():
+            manifests = [writer.close() for writer in tap.writers]
+            summary[name] = {"shape": list(tap.shape or ()), "repeats": len(manifests),
+                             "rows": [m["shape"][0] for m in manifests]}
+        return summary
+    except BaseException:
+        for writer in made:
+            writer.abort()
+        raise
+    finally:
+        for handle in handles:
+            handle.remove()
+        io_thread.shutdown(wait=True)
+
+
+def _layer_stored(store: Store, probe: ProbeSpec, model_id: str, layer: str) -> bool:
+    key = ActivationKey(probe.id, model_id, layer, 0)
+    if not is_stored(store, key):
+        return False
+    repeats = store.read_json(key.manifest).get("row_policy", "all")
+    n = repeats["repeats"] if isinstance(repeats, dict) else 1
+    return all(is_stored(store, ActivationKey(probe.id, model_id, layer, r)) for r in range(n))
+
+
+def run_job(store: Store, job: ExtractionJob, *, device: str | torch.device = "cpu",
+            images: torch.Tensor | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
+            fmt: str = DEFAULT_FORMAT) -> dict:
+    """Extract one model's activations unless already stored; returns a summary row."""
+    started = time.perf_counter()
+    data = read_checkpoint(store, job.checkpoint)
+    model, model_id = load_model(job.arch, data, name=job.checkpoint, **job.arch_kwargs)
+    layers = select_layers(model, job.layers)
+    todo = [layer for layer in layers if not _layer_stored(store, job.probe, model_id, layer)]
+    summary = {"checkpoint": job.checkpoint, "model_id": model_id, "probe_id": job.probe.id,
+               "layers": layers, "computed": todo, "skipped": [layer for layer in layers if layer not in todo]}
+    if todo:
+        if images is None:
+            images = load_probe(job.probe)
+        summary["outputs"] = extract_model(store, model, model_id, images, job.probe, todo,
+                                           batch_size=job.batch_size, device=device, shard_rows=shard_rows,
+                                           fmt=fmt)
+    summary["seconds"] = time.perf_counter() - started
+    return summary

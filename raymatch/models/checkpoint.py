@@ -1,0 +1,252 @@
+"""Checkpoint IO: state dicts as safetensors bytes, content ids, and checked loading into the zoo's models.
+
+A model's id is derived from the bytes of its checkpoint (:func:`checkpoint_id`), so every object the
+store derives from the model can be keyed by it. Checkpoints are read from safetensors or from a
+``torch.save`` zip archive loaded with ``weights_only=True``; nothing else is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .zoo import build_model
+
+_TORCH_ZIP_MAGIC = b"PK\x03\x04"
+_SAFETENSORS_LENGTH_BYTES = 8
+_ID_HEX_CHARS = 16
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or does not fit the architecture it is loaded into."""
+
+
+def checkpoint_bytes(model: nn.Module) -> bytes:
+    """Serialise a model's ``state_dict()`` (parameters and buffers) as safetensors bytes.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    bytes
+        Deterministic for given weights: the same state gives the same bytes, hence the same
+        :func:`checkpoint_id`.
+    """
+    # Copying every tensor makes it contiguous and CPU-resident, and keeps safetensors from refusing
+    # state dicts whose entries share storage (tied weights).
+    tensors = {
+        key: tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for key, tensor in model.state_dict().items()
+    }
+    return safetensors.torch.save(tensors)
+
+
+def checkpoint_id(data: bytes) -> str:
+    """Return a checkpoint's id: the first 16 hex characters of the SHA-256 of its bytes.
+
+    Parameters
+    ----------
+    data : bytes
+        The checkpoint exactly as stored.
+
+    Returns
+    -------
+    str
+    """
+    return hashlib.sha256(data).hexdigest()[:_ID_HEX_CHARS]
+
+
+def _unreadable(name: str, reason: str) -> CheckpointError:
+    return CheckpointError(f"{name} is not a readable safetensors or torch state_dict checkpoint: {reason}")
+
+
+def _safetensors_header_problem(data: bytes) -> str | None:
+    """Return why ``data`` does not start like a safetensors file, or None when it does."""
+    if len(data) < _SAFETENSORS_LENGTH_BYTES + 1:
+        return f"it is only {len(data)} bytes long"
+    header_length = int.from_bytes(data[:_SAFETENSORS_LENGTH_BYTES], "little")
+    if data[_SAFETENSORS_LENGTH_BYTES : _SAFETENSORS_LENGTH_BYTES + 1] != b"{":
+        return "it starts with neither a safetensors header nor a torch zip archive signature"
+    available = len(data) - _SAFETENSORS_LENGTH_BYTES
+    if header_length > available:
+        return f"its safetensors header claims {header_length} bytes but only {available} follow (truncated?)"
+    return None
+
+
+def _torch_load_reason(error: Exception) -> str:
+    message = str(error)
+    # torch's weights-only refusal is a multi-paragraph advice text; the one line naming the refused
+    # global is the reason worth reporting.
+    for line in message.splitlines():
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0].strip()
+            return f"torch.load(weights_only=True) refused it: {detail}"
+    first_line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    return f"torch.load failed: {first_line}"
+
+
+def _as_state_dict(loaded: Any, name: str) -> dict[str, torch.Tensor]:
+    if not isinstance(loaded, Mapping):
+        raise _unreadable(name, f"it holds an object of type {type(loaded).__name__}, not a dict of tensors")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in loaded.items():
+        if not isinstance(key, str):
+            raise _unreadable(name, f"it holds a dict with a non-string key {key!r}")
+        if not isinstance(value, torch.Tensor):
+            raise _unreadable(name, f"entry {key!r} is of type {type(value).__name__}, not a tensor")
+        state[key] = value
+    return state
+
+
+def load_state_dict(data: bytes, *, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors bytes or from a ``torch.save`` zip archive.
+
+    The format is detected from the first bytes: a ``torch.save`` zip archive starts with
+    ``PK\\x03\\x04`` and is loaded with ``torch.load(..., weights_only=True)``; safetensors starts
+    with an 8-byte little-endian header length followed by a JSON object. Anything else (including
+    legacy non-zip ``torch.save`` files and plain pickles) is refused without being unpickled.
+
+    Parameters
+    ----------
+    data : bytes
+        The checkpoint's bytes.
+    name : str, default "checkpoint"
+        What to call the checkpoint in error messages, e.g. its path.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        On the CPU, in the checkpoint's own order.
+
+    Raises
+    ------
+    CheckpointError
+        When the bytes are empty, truncated, corrupt, in another format, or hold anything other than
+        a flat dict of tensors.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name}: checkpoint data must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise _unreadable(name, "it is empty")
+    if data.startswith(_TORCH_ZIP_MAGIC):
+        try:
+            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise _unreadable(name, _torch_load_reason(error)) from error
+        return _as_state_dict(loaded, name)
+    problem = _safetensors_header_problem(data)
+    if problem is not None:
+        raise _unreadable(name, problem)
+    try:
+        loaded = safetensors.torch.load(data)
+    except Exception as error:
+        raise _unreadable(name, f"safetensors failed: {error}") from error
+    return _as_state_dict(loaded, name)
+
+
+def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def _first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str | None:
+    """Describe the first entry, in the model's order, where ``found`` does not fit ``expected``."""
+    for key, tensor in expected.items():
+        if key not in found:
+            return f"parameter {key!r} (shape {_shape(tensor)}) is missing from the checkpoint"
+        if found[key].shape != tensor.shape:
+            return (
+                f"parameter {key!r} has shape {_shape(found[key])} in the checkpoint but {_shape(tensor)} in the model"
+            )
+    for key, tensor in found.items():
+        if key not in expected:
+            return f"the checkpoint has an unexpected parameter {key!r} (shape {_shape(tensor)})"
+    return None
+
+
+def load_model(arch: str, data: bytes, *, name: str = "checkpoint", **arch_kwargs: Any) -> tuple[nn.Module, str]:
+    """Build a zoo model and load a checkpoint into it, checking that every parameter fits.
+
+    Parameters
+    ----------
+    arch : str
+        A :func:`~raymatch.models.build_model` name.
+    data : bytes
+        The checkpoint's bytes (safetensors or a ``torch.save`` zip archive of a state dict).
+    name : str, default "checkpoint"
+        What to call the checkpoint in error messages, e.g. its path.
+    **arch_kwargs
+        Passed to :func:`~raymatch.models.build_model` (``in_channels``, ``num_classes``, ``width``,
+        ``input_size``).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode, on the CPU.
+    model_id : str
+        :func:`checkpoint_id` of ``data``.
+
+    Raises
+    ------
+    CheckpointError
+        When the checkpoint cannot be read, or does not fit: the first parameter or buffer, in the
+        model's order, that is missing or has another shape is named; failing that, the first unexpected one.
+    ValueError
+        When ``arch`` or ``arch_kwargs`` are not valid for :func:`~raymatch.models.build_model`.
+    """
+    model = build_model(arch, **arch_kwargs)
+    state = load_state_dict(data, name=name)
+    mismatch = _first_mismatch(model.state_dict(), state)
+    if mismatch is not None:
+        raise CheckpointError(f"checkpoint {name} does not fit {arch}: {mismatch}")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, checkpoint_id(data)
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> str:
+    """Write a model's :func:`checkpoint_bytes` to a local file atomically and return its id.
+
+    The bytes go to a temporary file in the same folder, which is then renamed over ``path``, so
+    readers never see a half-written checkpoint; on failure the temporary file is removed.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    path : str or os.PathLike
+        The destination file; its folder must exist. An existing file is replaced.
+
+    Returns
+    -------
+    str
+        :func:`checkpoint_id` of the bytes written.
+    """
+    data = checkpoint_bytes(model)
+    path = os.fspath(path)
+    folder, file_name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{file_name}.{uuid.uuid4().hex}.tmp")
+    # os.open with mode 0o666 lets the umask decide the permissions, as for any ordinary file.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.remove(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    return checkpoint_id(data)

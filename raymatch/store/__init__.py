@@ -1,0 +1,31 @@
+"""Storage: one store URI (local folder or S3), atomic whole-object writes, activations and factors."""
+
+from .activations import (
+    ActivationKey,
+    ActivationWriter,
+    is_stored,
+    iter_shards,
+    read_activations,
+    read_manifest,
+    write_activations,
+)
+from .factors import cached_factor, factor_prefix, read_factor, write_factor
+from .store import Store, StoreError, check_key, check_name
+
+__all__ = [
+    "ActivationKey",
+    "ActivationWriter",
+    "Store",
+    "StoreError",
+    "cached_factor",
+    "check_key",
+    "check_name",
+    "factor_prefix",
+    "is_stored",
+    "iter_shards",
+    "read_activations",
+    "read_factor",
+    "read_manifest",
+    "write_activations",
+    "write_factor",
+]

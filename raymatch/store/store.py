@@ -1,0 +1,209 @@
+"""One study store: a root URI on a local folder or an S3 bucket, one code path for both.
+
+Every object is written whole: locally to a temporary name in the same folder and then renamed,
+on S3 with a single PUT (an object is never visible half-written). Keys are relative, ``/``-separated
+and restricted to a safe alphabet, so ids and layer names cannot escape the store root.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import uuid
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
+
+
+class StoreError(OSError):
+    """A store that cannot be reached, read or written (the message names the store, never secrets)."""
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative key, else raise ``ValueError`` naming it.
+
+    A key is ``/``-separated parts of letters, digits and ``_ . = + -``, none starting with ``.``
+    or ``-`` (so no ``..``, no hidden names, no absolute paths, no escape from the root).
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"store key must be a non-empty string; got {key!r}")
+    parts = key.split("/")
+    bad = [part for part in parts if not _KEY_PART.match(part)]
+    if bad:
+        raise ValueError(f"store key {key!r} has an unsafe part {bad[0]!r} (allowed: letters, digits, _ . = + -)")
+    return key
+
+
+def check_name(name: str, what: str) -> str:
+    """Validate one key part (an id, a layer name) and return it."""
+    if not isinstance(name, str) or "/" in name or not _KEY_PART.match(name):
+        raise ValueError(f"{what} {name!r} cannot be used in a store key (allowed: letters, digits, _ . = + -)")
+    return name
+
+
+class Store:
+    """A study store rooted at ``uri``.
+
+    Parameters
+    ----------
+    uri : str
+        A local path, ``file://…``, or ``s3://bucket/prefix``.
+    endpoint_url, key, secret : str, optional
+        S3 endpoint and credentials; by default the standard AWS environment and config apply.
+        Passed explicitly, they travel with the store (to Ray workers, whose environment may differ).
+    storage_options : dict, optional
+        Further fsspec options for the filesystem.
+    """
+
+    def __init__(self, uri: str, *, endpoint_url: str | None = None, key: str | None = None,
+                 secret: str | None = None, storage_options: dict | None = None):
+        if not isinstance(uri, str) or not uri:
+            raise ValueError(f"store URI must be a non-empty string; got {uri!r}")
+        self.uri = uri
+        self.endpoint_url = endpoint_url
+        options = dict(storage_options or {})
+        protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+        if protocol not in ("file", "s3"):
+            raise ValueError(f"store URI {uri!r}: unsupported scheme {protocol!r} (use a local path, file:// or s3://)")
+        self.protocol = protocol
+        if protocol == "s3":
+            if endpoint_url:
+                options.setdefault("client_kwargs", {})["endpoint_url"] = endpoint_url
+            if key is not None:
+                options["key"] = key
+            if secret is not None:
+                options["secret"] = secret
+            options.setdefault("skip_instance_cache", True)
+            self.root = uri.split("://", 1)[1].strip("/")
+            if not self.root:
+                raise ValueError(f"store URI {uri!r} names no bucket")
+        else:
+            path = uri.split("://", 1)[1] if uri.startswith("file://") else uri
+            self.root = os.path.abspath(os.path.expanduser(path))
+        self._options = options
+        self.fs = fsspec.filesystem(protocol, **options)
+
+    # Pickled into Ray workers: rebuild the filesystem there from the options (no live sessions).
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["fs"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.fs = fsspec.filesystem(self.protocol, **self._options)
+
+    def __repr__(self) -> str:
+        endpoint = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
+        return f"Store({self.uri!r}{endpoint})"
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    def path(self, key: str) -> str:
+        """Full filesystem path of ``key`` under the root."""
+        return f"{self.root}/{check_key(key)}"
+
+    def _describe(self) -> str:
+        return f"store {self.uri}" + (f" (endpoint {self.endpoint_url})" if self.endpoint_url else "")
+
+    def _fail(self, action: str, key: str, error: Exception) -> StoreError:
+        reason = str(error) or type(error).__name__
+        return StoreError(f"cannot {action} {key!r} in {self._describe()}: {reason}")
+
+    def check(self, *, write: bool = True) -> None:
+        """Fail early, with one clear error, when the store cannot be reached (or written)."""
+        probe = f"_raymatch_probe/{uuid.uuid4().hex}"
+        try:
+            if self.is_local:
+                os.makedirs(self.root, exist_ok=True)
+                if write:
+                    self.write_bytes(probe, b"")
+                    self.delete(probe)
+            else:
+                self.fs.ls(self.root.split("/", 1)[0], refresh=True)
+                if write:
+                    self.write_bytes(probe, b"")
+                    self.delete(probe)
+        except StoreError:
+            raise
+        except Exception as error:
+            raise self._fail("reach", "", error) from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            return self.fs.exists(self.path(key))
+        except Exception as error:
+            raise self._fail("check", key, error) from None
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{key!r} is not in {self._describe()}") from None
+        except Exception as error:
+            raise self._fail("read", key, error) from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` under ``key`` whole: never visible half-written."""
+        path = self.path(key)
+        try:
+            if self.is_local:
+                folder = os.path.dirname(path)
+                os.makedirs(folder, exist_ok=True)
+                temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+                try:
+                    with open(temporary, "wb") as handle:
+                        handle.write(data)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                    os.replace(temporary, path)
+                finally:
+                    if os.path.exists(temporary):
+                        os.remove(temporary)
+            else:
+                self.fs.pipe_file(path, data)  # one PUT (multipart completes atomically too)
+        except Exception as error:
+            raise self._fail("write", key, error) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            if self.fs.exists(self.path(key)):
+                self.fs.rm(self.path(key), recursive=True)
+        except Exception as error:
+            raise self._fail("delete", key, error) from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys of the objects under ``prefix`` (recursively), sorted; temporaries excluded."""
+        base = self.path(prefix) if prefix else self.root
+        try:
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base)
+        except Exception as error:
+            raise self._fail("list", prefix, error) from None
+        start = len(self.root) + 1
+        keys = [path[start:] if path.startswith(self.root + "/") else path for path in found]
+        return sorted(k for k in keys if not any(part.startswith(".") for part in k.split("/")))
+
+    def write_json(self, key: str, value: Any) -> None:
+        self.write_bytes(key, json.dumps(value, sort_keys=True, indent=1).encode())
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def write_table(self, key: str, table: pa.Table, *, compression: str = "zstd") -> None:
+        """Write an Arrow table as one Parquet object."""
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression=compression)
+        self.write_bytes(key, sink.getvalue())
+
+    def read_table(self, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(key)))

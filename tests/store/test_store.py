@@ -95,7 +95,7 @@ def test_a_failed_local_write_leaves_nothing(local_store, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(StoreError, match="cannot write 'x/y.bin'.*No space left"):
+    with pytest.raises(StoreError, match=r"cannot write 'x/y\.bin'.*No space left"):
         local_store.write_bytes("x/y.bin", b"payload")
     folder = os.path.join(local_store.root, "x")
     assert os.listdir(folder) == []
@@ -159,7 +159,7 @@ def test_missing_bucket_and_wrong_credentials_are_clear_errors(s3_store, moto_en
 def test_unreachable_endpoint_is_a_clear_error():
     store = Store("s3://bucket/x", endpoint_url="http://127.0.0.1:9", key="k", secret="sshh-secret",
                   storage_options={"config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}})
-    with pytest.raises(StoreError, match="127.0.0.1:9") as info:
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1:9") as info:
         store.check()
     assert "sshh-secret" not in str(info.value)
 
@@ -167,3 +167,42 @@ def test_unreachable_endpoint_is_a_clear_error():
 def test_unsupported_scheme_is_refused():
     with pytest.raises(ValueError, match="unsupported scheme 'gs'"):
         Store("gs://bucket/x")
+
+
+def test_wrong_credentials_are_a_clear_error_without_the_secret(s3_store, moto_endpoint, monkeypatch):
+    from moto import settings
+
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto now checks access keys
+    wrong = Store(s3_store.uri, endpoint_url=moto_endpoint, key="AKIAWRONGWRONGWRONG1", secret="wrong-secret-xyz")
+    with pytest.raises(StoreError, match="raymatch-test") as info:
+        wrong.check()
+    assert "wrong-secret-xyz" not in str(info.value)
+
+
+def test_a_writer_killed_mid_matrix_leaves_nothing_visible(local_store):
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time, numpy as np\n"
+        "from raymatch.store import Store, ActivationKey, ActivationWriter\n"
+        "store = Store(sys.argv[1])\n"
+        "writer = ActivationWriter(store, ActivationKey('probe', 'model', 'layer'), 8, shard_rows=10)\n"
+        "while True:\n"
+        "    writer.append(np.ones((10, 8), np.float32))\n"
+        "    time.sleep(0.01)\n"
+    )
+    key = ActivationKey("probe", "model", "layer")
+    process = subprocess.Popen([sys.executable, "-c", script, local_store.root])
+    try:
+        deadline = time.monotonic() + 60
+        while len(local_store.list(key.prefix)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.kill()  # SIGKILL: no cleanup runs
+        process.wait()
+    assert len(local_store.list(key.prefix)) >= 3  # parts were written ...
+    assert not is_stored(local_store, key)  # ... but the matrix is not visible
+    with pytest.raises(FileNotFoundError):
+        read_activations(local_store, key)

@@ -160,6 +160,8 @@ def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.T
             manifests = [writer.close() for writer in tap.writers]
             summary[name] = {"shape": list(tap.shape or ()), "repeats": len(manifests),
                              "rows": [m["shape"][0] for m in manifests]}
+        for writer in made:
+            writer.result()
         return summary
     except BaseException:
         for writer in made:

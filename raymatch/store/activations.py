@@ -119,27 +119,39 @@ class ActivationWriter:
             raise errors[0]
 
     def close(self) -> dict:
-        """Write what is left and the manifest; return the manifest."""
+        """Write what is left, then the manifest (only once every part is written); return the manifest.
+
+        With an executor the manifest is queued behind the parts and :meth:`result` waits for it.
+        """
         if self._buffered or not self._parts:
-            if self._buffered:
-                self._flush(self._buffered)
-            else:  # an empty matrix still gets one (empty) part
-                self._buffer = [np.zeros((0, self.n_neurons), np.float32)]
-                self._flush(0)
-        self._wait()
+            if not self._buffered:  # an empty matrix still gets one (empty) part
+                self._buffer = [np.zeros((self.n_neurons, 0), np.float32)]
+            self._flush(self._buffered)
         n_rows = sum(part["rows"] for part in self._parts)
         manifest = {**self.metadata, "format": self.fmt, "shape": [n_rows, self.n_neurons], "parts": self._parts}
-        self.store.write_json(self.key.manifest, manifest)
+        if self._executor is None:
+            self.store.write_json(self.key.manifest, manifest)
+        else:  # a single writer thread runs this after the parts queued before it
+            self._pending.append(self._executor.submit(self._finish, list(self._pending), manifest))
         return manifest
 
+    def _finish(self, parts: list[Future], manifest: dict) -> None:
+        for future in parts:
+            future.result()  # a failed part means no manifest: the matrix stays invisible
+        self.store.write_json(self.key.manifest, manifest)
+
+    def result(self) -> None:
+        """Wait for queued writes; raise the first error."""
+        self._wait()
+
     def abort(self) -> None:
-        """Remove the parts written so far (best effort); nothing was visible anyway."""
+        """Remove what was written (best effort), manifest first, so nothing half-done stays visible."""
         for future in self._pending:
             future.exception()  # wait; the error, if any, is the caller's to report
         self._pending = []
-        for part in self._parts:
-            try:
-                self.store.delete(f"{self.key.prefix}/{part['name']}")
+        for key in [self.key.manifest] + [f"{self.key.prefix}/{part['name']}" for part in self._parts]:
+            try:  # the manifest goes first: the matrix stops being visible before its parts go
+                self.store.delete(key)
             except OSError:
                 pass
         self._parts = []

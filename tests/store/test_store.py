@@ -206,3 +206,26 @@ def test_a_writer_killed_mid_matrix_leaves_nothing_visible(local_store):
     assert not is_stored(local_store, key)  # ... but the matrix is not visible
     with pytest.raises(FileNotFoundError):
         read_activations(local_store, key)
+
+
+def test_a_failed_part_in_the_writer_thread_means_no_manifest(local_store, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    real_write = Store.write_bytes
+
+    def failing(self, key, data):
+        if key.endswith("part-00001.arrow"):
+            raise StoreError("cannot write: disk full")
+        real_write(self, key, data)
+
+    monkeypatch.setattr(Store, "write_bytes", failing)
+    key = ActivationKey("probe0", "model9", "relu")
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        writer = ActivationWriter(local_store, key, 4, shard_rows=10, executor=executor)
+        writer.append(relu_matrix(25, 4))
+        writer.close()
+        with pytest.raises(StoreError, match="disk full"):
+            writer.result()
+    assert not is_stored(local_store, key)
+    writer.abort()
+    assert local_store.list(key.prefix) == []

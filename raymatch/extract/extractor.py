@@ -109,7 +109,10 @@ class _LayerTap:
             if rows is None:
                 # (C, B·positions), columns ordered (image, position); a copy, so a later in-place op
                 # on `output` (an in-place ReLU after a conv) cannot change what was captured.
-                block = flat.permute(1, 0, 2).reshape(self.shape[0], -1).to("cpu", torch.float32, copy=True)
+                block = flat.permute(1, 0, 2).reshape(self.shape[0], -1)
+                if block.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
+                    block = block.clone()  # the reshape was a view (a single image, or one position)
+                block = block.to("cpu", torch.float32)
             else:
                 lo, hi = np.searchsorted(rows, [self.offset * positions, (self.offset + batch) * positions])
                 local = torch.from_numpy(rows[lo:hi] - self.offset * positions).to(flat.device)

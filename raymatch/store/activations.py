@@ -103,7 +103,8 @@ class ActivationWriter:
         self._buffer = [rest] if rest.shape[1] else []
         self._buffered = rest.shape[1]
         name = f"part-{len(self._parts):05d}.{self.fmt}"
-        meta = {**self.metadata, "part": len(self._parts), "rows": int(shard.shape[1])}
+        meta = {**self.metadata, "part": len(self._parts), "rows": int(shard.shape[1]),
+                "shape": [int(shard.shape[1]), self.n_neurons]}
         data = encode(matrix_to_table(shard.T, meta), self.fmt)
         self._parts.append({"name": name, "rows": int(shard.shape[1])})
         if self._executor is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -38,9 +37,9 @@ def table_metadata(table: pa.Table) -> dict:
     return json.loads(meta[_META]) if _META in meta else {}
 
 
-def encode(table: pa.Table, fmt: str) -> bytes:
-    """Serialise a table as Parquet (zstd) or as an Arrow IPC file (uncompressed)."""
-    sink = io.BytesIO()
+def encode(table: pa.Table, fmt: str) -> memoryview:
+    """Serialise a table as Parquet (zstd) or as an Arrow IPC file (uncompressed); no extra copy."""
+    sink = pa.BufferOutputStream()
     if fmt == "parquet":
         pq.write_table(table, sink, compression="zstd")
     elif fmt == "arrow":
@@ -48,7 +47,7 @@ def encode(table: pa.Table, fmt: str) -> bytes:
             writer.write_table(table)
     else:
         raise ValueError(f"unknown array format {fmt!r}; use one of {FORMATS}")
-    return sink.getvalue()
+    return memoryview(sink.getvalue())
 
 
 def decode(data: bytes, fmt: str) -> pa.Table:

@@ -151,8 +151,8 @@ class Store:
         except Exception as error:
             raise self._fail("read", key, error) from None
 
-    def write_bytes(self, key: str, data: bytes) -> None:
-        """Write ``data`` under ``key`` whole: never visible half-written."""
+    def write_bytes(self, key: str, data: bytes | memoryview) -> None:
+        """Write ``data`` (any bytes-like object) under ``key`` whole: never visible half-written."""
         path = self.path(key)
         try:
             if self.is_local:
@@ -169,7 +169,7 @@ class Store:
                     if os.path.exists(temporary):
                         os.remove(temporary)
             else:
-                self.fs.pipe_file(path, data)  # one PUT (multipart completes atomically too)
+                self.fs.pipe_file(path, bytes(data))  # one PUT (multipart completes atomically too)
         except Exception as error:
             raise self._fail("write", key, error) from None
 

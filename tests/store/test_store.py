@@ -65,7 +65,7 @@ def test_every_part_carries_its_provenance(store):
     part = read_manifest(store, key)["parts"][0]["name"]
     meta = table_metadata(decode(store.read_bytes(f"{key.prefix}/{part}"), "parquet"))
     assert meta["model_id"] == "modelM" and meta["layer"] == "relu1" and meta["probe_id"] == "probeP"
-    assert meta["row_policy"] == "all" and meta["dtype"] == "float32"
+    assert meta["row_policy"] == "all" and meta["dtype"] == "float32" and meta["shape"] == [50, 4]
 
 
 def test_an_interrupted_write_is_invisible_and_leaves_no_parts(store):

@@ -1,0 +1,121 @@
+"""Pair work units: blocks of models, and the task that matches every pair inside one block.
+
+Models are split into blocks of ``block`` models; a task covers the pairs between two blocks
+(or within one) and loads each model's factor once, so over a whole study every stored matrix is
+read about ⌈M / block⌉ times for M models instead of M − 1 times. The whole ε grid of a pair comes
+from one ``match_curve`` (every critical ε in one peel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import __version__
+from .match import match_curve
+from .store import ActivationKey, Store, cached_factor
+
+
+@dataclass(frozen=True)
+class MatchTask:
+    """The pairs between two blocks of models for one layer and sampling repeat.
+
+    Attributes
+    ----------
+    study, config_hash : str
+        Provenance recorded in every row.
+    probe_id, layer : str
+    repeat : int
+    pairs : tuple of (model_a, model_b)
+    eps : tuple of float
+    center : bool
+    """
+
+    study: str
+    config_hash: str
+    probe_id: str
+    layer: str
+    repeat: int
+    pairs: tuple[tuple[str, str], ...]
+    eps: tuple[float, ...]
+    center: bool = False
+
+    @property
+    def task_id(self) -> str:
+        """Deterministic id: the same work always has the same id (and the same result file)."""
+        digest = hashlib.sha256(repr((self.config_hash, self.probe_id, self.layer, self.repeat, self.pairs,
+                                      self.eps, self.center)).encode()).hexdigest()[:16]
+        return f"{self.layer}.r{self.repeat}.{digest}"
+
+    @property
+    def models(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for a, b in self.pairs:
+            seen.setdefault(a)
+            seen.setdefault(b)
+        return list(seen)
+
+
+def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat: int,
+                pairs: list[tuple[str, str]], eps: tuple[float, ...], *, block: int,
+                center: bool = False) -> list[MatchTask]:
+    """Group ``pairs`` into tasks by the blocks of their models (models in order of first appearance)."""
+    if block < 1:
+        raise ValueError(f"block must be a positive integer; got {block}")
+    order: dict[str, int] = {}
+    for a, b in pairs:
+        order.setdefault(a, len(order))
+        order.setdefault(b, len(order))
+    grouped: dict[tuple[int, int], list[tuple[str, str]]] = {}
+    for a, b in pairs:
+        i, j = sorted((order[a] // block, order[b] // block))
+        grouped.setdefault((i, j), []).append((a, b))
+    return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), tuple(eps), center)
+            for _, group in sorted(grouped.items())]
+
+
+def chance_level(n_neurons: int, n_samples: int) -> float:
+    """√(1 − k/d): the ratio of a random vector against a random k-dimensional subspace of R^d."""
+    return math.sqrt(1.0 - n_neurons / n_samples) if n_neurons < n_samples else 0.0
+
+
+def run_match_task(store: Store, task: MatchTask) -> list[dict]:
+    """Every pair × ε of ``task`` as ``matches`` rows; a failing pair becomes a failed row with its error."""
+    factors, errors = {}, {}
+    for model in task.models:
+        try:
+            factors[model] = cached_factor(store, ActivationKey(task.probe_id, model, task.layer, task.repeat),
+                                           center=task.center)
+        except Exception as error:  # an application error: recorded in the rows, not retried
+            errors[model] = f"{type(error).__name__}: {error}"
+    rows = []
+    for a, b in task.pairs:
+        started = time.perf_counter()
+        base = {"study": task.study, "layer": task.layer, "model_a": a, "model_b": b, "repeat": task.repeat,
+                "code_version": __version__, "config_hash": task.config_hash}
+        try:
+            if a in errors or b in errors:
+                raise RuntimeError(errors.get(a) or errors.get(b))
+            curve = match_curve(factors[a], factors[b])
+        except Exception as error:
+            message = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+            rows += [{**base, "eps": float(eps), "status": "failed", "error": message,
+                      "seconds": time.perf_counter() - started} for eps in task.eps]
+            continue
+        seconds = (time.perf_counter() - started) / len(task.eps)
+        chance = chance_level(max(curve.n_a, curve.n_b), curve.n_samples)
+        for eps in task.eps:
+            match = curve.at(eps)
+            rows.append({
+                **base, "eps": float(eps), "n_samples": curve.n_samples, "n_a": curve.n_a, "n_b": curve.n_b,
+                "dead_a": int(curve.dead_a.size), "dead_b": int(curve.dead_b.size),
+                "size_a": match.size_a, "size_b": match.size_b, "similarity": match.similarity,
+                "max_epsilon": curve.max_epsilon, "chance": chance,
+                "neurons_a": match.a.astype(np.int32).tolist(), "neurons_b": match.b.astype(np.int32).tolist(),
+                "seconds": seconds, "status": "ok", "error": None,
+            })
+    return rows

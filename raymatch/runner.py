@@ -1,0 +1,100 @@
+"""Running many small tasks on Ray with bounded work in flight.
+
+Backpressure keeps at most ``max_in_flight`` tasks submitted, so the object store never fills with
+results nobody has collected. System failures (a worker killed, a node lost) are retried by Ray up to
+``max_retries`` times; application errors are not retried: they come back as the task's outcome, so a
+study records them as failed rows instead of failing as a whole.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+
+@dataclass
+class Outcome:
+    """What one task came to: its result, or the error it raised."""
+
+    item: Any
+    result: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_flight: int = 8, num_cpus: float = 1,
+                max_retries: int = 3, label: str = "tasks", progress: bool | None = None) -> list[Outcome]:
+    """Run ``fn(*args, item)`` for every item as Ray tasks, at most ``max_in_flight`` at once.
+
+    Returns the outcomes in the order of ``items``. ``progress`` shows a bar on an interactive
+    terminal and periodic lines otherwise (default: on when stderr is a terminal).
+    """
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be a positive integer; got {max_in_flight}")
+    items = list(items)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)(_timed).options(
+        name=getattr(fn, "__name__", label))
+    shared = [ray.put(arg) for arg in args]  # put large shared arguments (a store) once
+    outcomes: list[Outcome | None] = [None] * len(items)
+    pending: dict[ray.ObjectRef, int] = {}
+    reporter = _Progress(len(items), label, progress)
+    next_index = 0
+    while next_index < len(items) or pending:
+        while next_index < len(items) and len(pending) < max_in_flight:
+            pending[remote.remote(fn, *shared, items[next_index])] = next_index
+            next_index += 1
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            index = pending.pop(ref)
+            try:
+                result, seconds = ray.get(ref)
+                outcomes[index] = Outcome(items[index], result, None, seconds)
+            except ray.exceptions.RayTaskError as error:
+                cause = error.cause if getattr(error, "cause", None) is not None else error
+                outcomes[index] = Outcome(items[index], None, f"{type(cause).__name__}: {cause}")
+            reporter.step()
+    reporter.close()
+    return outcomes  # type: ignore[return-value]
+
+
+def _timed(fn: Callable, *args) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - started
+
+
+class _Progress:
+    """done / total / ETA on the driver: a redrawn line on a terminal, a line every 10 % otherwise."""
+
+    def __init__(self, total: int, label: str, enabled: bool | None):
+        self.total, self.label, self.done = total, label, 0
+        self.started = time.monotonic()
+        self.interactive = sys.stderr.isatty() if enabled is None else enabled
+        self.quiet = enabled is False
+        self.next_report = 0.1
+
+    def step(self) -> None:
+        self.done += 1
+        if self.quiet or not self.total:
+            return
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        line = f"{self.label}: {self.done}/{self.total} done, {elapsed:.0f} s elapsed, ETA {eta:.0f} s"
+        if self.interactive:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        elif self.done / self.total >= self.next_report or self.done == self.total:
+            print(line, file=sys.stderr, flush=True)
+            self.next_report += 0.1
+
+    def close(self) -> None:
+        if self.interactive and not self.quiet and self.total:
+            print(file=sys.stderr, flush=True)

@@ -1,0 +1,38 @@
+"""Bounded task execution on a real local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from raymatch.runner import run_bounded
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def square_slowly(counter_dir, x):
+    marker = os.path.join(counter_dir, f"running-{x}")
+    open(marker, "w").close()
+    running = len([n for n in os.listdir(counter_dir) if n.startswith("running-")])
+    time.sleep(0.05)
+    os.remove(marker)
+    if x == 3:
+        raise ValueError("three is not allowed")
+    return x * x, running
+
+
+def test_results_in_order_errors_recorded_and_in_flight_bounded(tmp_path):
+    outcomes = run_bounded(square_slowly, range(8), args=(str(tmp_path),), max_in_flight=2, progress=False)
+    assert [o.item for o in outcomes] == list(range(8))
+    assert [o.result[0] for o in outcomes if o.ok] == [x * x for x in range(8) if x != 3]
+    failed = [o for o in outcomes if not o.ok]
+    assert len(failed) == 1 and failed[0].item == 3 and "three is not allowed" in failed[0].error
+    assert max(o.result[1] for o in outcomes if o.ok) <= 2  # never more than two at once
+    assert all(o.seconds > 0 for o in outcomes if o.ok)
+
+
+def test_max_in_flight_must_be_positive():
+    with pytest.raises(ValueError, match="max_in_flight must be a positive integer"):
+        run_bounded(square_slowly, [1], args=("x",), max_in_flight=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -28,9 +29,46 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def query(args: argparse.Namespace) -> int:
+    """Run one SQL query over a store's results tables and print (or save) the result."""
+    from .results import format_frame
+    from .results import query as run_query
+    from .store import Store
+
+    if args.format == "parquet" and args.output is None and sys.stdout.isatty():
+        raise ValueError("--format parquet writes binary: give --output FILE or redirect stdout")
+    store = Store(args.store, endpoint_url=args.endpoint_url)
+    if store.is_local:
+        if not os.path.isdir(store.root):
+            raise ValueError(f"store {args.store!r} does not exist (no folder {store.root})")
+    else:
+        store.check(write=False)
+    output = format_frame(run_query(store, args.sql), args.format)
+    if args.output is not None and isinstance(output, bytes):
+        with open(args.output, "wb") as handle:
+            handle.write(output)
+    elif args.output is not None:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(output)
+    elif isinstance(output, bytes):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(output)
+        sys.stdout.buffer.flush()
+    else:
+        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    return 0
+
+
+def _user_error(error: BaseException) -> str:
+    """The first line of an error's message, for a one-line report."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raymatch", description="Neuron-activation subspace matches on Ray.")
     parser.add_argument("--version", action="version", version=f"raymatch {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     bench = commands.add_parser("bench", help="run a benchmark and print its table", add_help=False)
@@ -42,6 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.add_argument("--seed", type=int, default=0)
     run_demo.set_defaults(run=demo)
 
+    run_query = commands.add_parser(
+        "query", help="run SQL over a store's results tables (matches, simple_matches, cka)",
+        description="Run one DuckDB SQL query over the results tables of a store. S3 credentials come from the "
+                    "standard AWS environment.")
+    run_query.add_argument("store", metavar="STORE", help="store URI: a local path, file://… or s3://bucket/prefix")
+    run_query.add_argument("sql", metavar="SQL", help="the query, e.g. 'SELECT layer, avg(similarity) FROM matches "
+                                                     "GROUP BY layer'")
+    run_query.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",
+                           help="output format (default: table)")
+    run_query.add_argument("--output", metavar="FILE", help="write the result to FILE instead of stdout")
+    run_query.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (for S3-compatible stores)")
+    run_query.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="show the full traceback of an error")
+    run_query.set_defaults(run=query)
+
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         from .bench import main as bench_main
@@ -49,7 +102,15 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return args.run(args)
+    if args.command != "query":
+        return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, OSError) as error:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {_user_error(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

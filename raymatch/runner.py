@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from tqdm import tqdm
 
 
 @dataclass
@@ -73,28 +74,28 @@ def _timed(fn: Callable, *args) -> tuple[Any, float]:
 
 
 class _Progress:
-    """done / total / ETA on the driver: a redrawn line on a terminal, a line every 10 % otherwise."""
+    """done / total / ETA on the driver: a tqdm bar on a terminal, a plain line every 10 % otherwise."""
 
     def __init__(self, total: int, label: str, enabled: bool | None):
         self.total, self.label, self.done = total, label, 0
         self.started = time.monotonic()
-        self.interactive = sys.stderr.isatty() if enabled is None else enabled
-        self.quiet = enabled is False
+        interactive = sys.stderr.isatty() if enabled is None else enabled
+        self.quiet = enabled is False or not total
+        show_bar = interactive and not self.quiet
+        self.bar = tqdm(total=total, desc=label, unit="task", file=sys.stderr) if show_bar else None
         self.next_report = 0.1
 
     def step(self) -> None:
         self.done += 1
-        if self.quiet or not self.total:
-            return
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / self.done * (self.total - self.done)
-        line = f"{self.label}: {self.done}/{self.total} done, {elapsed:.0f} s elapsed, ETA {eta:.0f} s"
-        if self.interactive:
-            print(f"\r{line}", end="", file=sys.stderr, flush=True)
-        elif self.done / self.total >= self.next_report or self.done == self.total:
-            print(line, file=sys.stderr, flush=True)
+        if self.bar is not None:
+            self.bar.update()
+        elif not self.quiet and (self.done / self.total >= self.next_report or self.done == self.total):
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / self.done * (self.total - self.done)
+            print(f"{self.label}: {self.done}/{self.total} done, {elapsed:.0f} s elapsed, ETA {eta:.0f} s",
+                  file=sys.stderr, flush=True)
             self.next_report += 0.1
 
     def close(self) -> None:
-        if self.interactive and not self.quiet and self.total:
-            print(file=sys.stderr, flush=True)
+        if self.bar is not None:
+            self.bar.close()

@@ -59,6 +59,56 @@ def query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one; reuse a live session."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports: no traffic off this machine
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    options = {"include_dashboard": False, "num_cpus": num_cpus} if address == "local" else {}
+    ray.init(address=address, logging_level="ERROR", **options)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a study file: extraction, then every (pair block × layer × repeat) task; skip what is stored."""
+    from .orchestrate import run_study
+    from .study import load_study
+
+    study = load_study(args.study)
+    _connect_ray(args.address, args.num_cpus)
+    summary = run_study(study, progress=None)
+    print(f"study {summary['study']} (config {summary['config_hash']}) finished in {summary['seconds']:.1f} s")
+    print(f"{'stage':<8} {'computed':>9} {'skipped':>8} {'failed':>7} {'seconds':>8}")
+    for stage, counts in summary["stages"].items():
+        print(f"{stage:<8} {counts['computed']:>9} {counts['skipped']:>8} {counts['failed']:>7} "
+              f"{counts['seconds']:>8.1f}")
+    match = summary["stages"]["match"]
+    if match.get("failed_rows"):
+        print(f"{match['failed_rows']} result rows failed; see: raymatch query STORE "
+              "\"SELECT * FROM matches WHERE status = 'failed'\"")
+    for error in match.get("errors", []):
+        print(f"failed task: {error}", file=sys.stderr)
+    return 1 if match["failed"] else 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    """Print, per stage, how much of a study is stored and how much is left, without running anything."""
+    from .orchestrate import make_plan
+    from .study import load_study
+
+    study = load_study(args.study)
+    counts = make_plan(study, study.store.open()).counts()
+    print(f"study {study.name} (config {study.config_hash})")
+    print(f"{'stage':<8} {'done':>6} {'to do':>6}")
+    for stage, (done, todo) in counts.items():
+        print(f"{stage:<8} {done:>6} {todo:>6}")
+    if counts["extract"][1]:
+        print("(pair tasks are counted once the activations they need are stored)")
+    return 0
+
+
 def _user_error(error: BaseException) -> str:
     """The first line of an error's message, for a one-line report."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -95,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
                            help="show the full traceback of an error")
     run_query.set_defaults(run=query)
 
+    run_study_cmd = commands.add_parser("run", help="run a study file (YAML) on Ray")
+    run_study_cmd.add_argument("study", metavar="STUDY.yaml")
+    run_study_cmd.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    run_study_cmd.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    run_study_cmd.set_defaults(run=run)
+
+    plan_cmd = commands.add_parser("plan", help="count what a study has stored and what is left, per stage")
+    plan_cmd.add_argument("study", metavar="STUDY.yaml")
+    plan_cmd.set_defaults(run=plan)
+
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         from .bench import main as bench_main
@@ -102,10 +162,19 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command != "query":
+    if args.command == "demo":
         return args.run(args)
+    from .study import StudyError
+
     try:
         return args.run(args)
+    except StudyError as error:  # every problem of the file, one per line
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {args.study}: {len(error.problems)} problem(s)", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as error:
         if args.debug:
             raise

@@ -1,0 +1,126 @@
+"""Planning and running a study: extraction, then the pair tasks, everything already stored skipped.
+
+Stages (DESIGN.md §2): extraction per model (the actor pool), then one task per (block of pairs,
+layer, repeat) computing the whole ε grid from one ``match_curve`` and writing its own result file
+``results/matches/<task id>.parquet``. A stage reads only what the one before it stored, so a rerun —
+or a run on another machine — computes exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .extract import ExtractionJob
+from .extract.extractor import _layer_stored, read_checkpoint
+from .models import checkpoint_id
+from .pairs import MatchTask, block_tasks, run_match_task
+from .results import write_rows
+from .store import ActivationKey, Store
+
+
+@dataclass
+class Plan:
+    """What a study needs and what of it is already stored."""
+
+    checkpoints: list[str]
+    model_ids: dict[str, str]  # checkpoint → model id
+    layers: list[str]
+    extraction_todo: list[str] = field(default_factory=list)  # checkpoints
+    match_tasks: list[MatchTask] = field(default_factory=list)
+    match_done: int = 0
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Per stage: (done, to do)."""
+        n = len(self.checkpoints)
+        return {"extract": (n - len(self.extraction_todo), len(self.extraction_todo)),
+                "match": (self.match_done, len(self.match_tasks))}
+
+
+def resolve_population(study, store: Store) -> list[str]:
+    """The study's checkpoints: the explicit list, or the store keys matching its glob (sorted)."""
+    if study.population.checkpoints:
+        return list(study.population.checkpoints)
+    pattern = study.population.glob
+    prefix = pattern.split("*", 1)[0].rsplit("/", 1)[0] if "/" in pattern else ""
+    found = [key for key in store.list(prefix) if fnmatch.fnmatch(key, pattern)]
+    if len(found) < 2:
+        raise ValueError(f"population.glob {pattern!r} matches {len(found)} checkpoint(s) in {store.uri}; "
+                         "a study needs at least 2 models")
+    return found
+
+
+def _repeats(store: Store, probe_id: str, model_id: str, layer: str) -> int:
+    policy = store.read_json(ActivationKey(probe_id, model_id, layer, 0).manifest).get("row_policy", "all")
+    return policy["repeats"] if isinstance(policy, dict) else 1
+
+
+def make_plan(study, store: Store) -> Plan:
+    """Resolve the population and count what is stored, without running anything."""
+    checkpoints = resolve_population(study, store)
+    model_ids = {key: checkpoint_id(read_checkpoint(store, key)) for key in checkpoints}
+    layers = list(study.layer_names)
+    probe = study.probe
+    plan = Plan(checkpoints, model_ids, layers)
+    plan.extraction_todo = [key for key in checkpoints
+                            if not all(_layer_stored(store, probe, model_ids[key], layer) for layer in layers)]
+    if plan.extraction_todo:  # repeats (and so the pair tasks) are known once activations exist
+        return plan
+    pairs = [(model_ids[a], model_ids[b]) for a, b in study.pairs_of(checkpoints)]
+    for layer in layers:
+        repeats = _repeats(store, probe.id, model_ids[checkpoints[0]], layer)
+        for repeat in range(repeats):
+            for task in block_tasks(study.name, study.config_hash, probe.id, layer, repeat, pairs, study.eps,
+                                    block=study.resources.pair_block, center=study.center):
+                if store.exists(f"results/matches/{task.task_id}.parquet"):
+                    plan.match_done += 1
+                else:
+                    plan.match_tasks.append(task)
+    return plan
+
+
+def match_and_write(store: Store, task: MatchTask) -> dict:
+    """One pair task: compute its rows and write them to the task's own result file."""
+    created_at = datetime.now(timezone.utc)
+    rows = [{**row, "created_at": created_at} for row in run_match_task(store, task)]
+    write_rows(store, "matches", task.task_id, rows)
+    return {"rows": len(rows), "failed": sum(row["status"] != "ok" for row in rows)}
+
+
+def run_study(study, *, progress: bool | None = None) -> dict:
+    """Run every stage of ``study`` on the connected Ray cluster; returns the run's summary."""
+    from .extract.pool import extract_population
+    from .runner import run_bounded
+
+    started = time.perf_counter()
+    store = study.store.open()
+    store.check()
+    summary: dict = {"study": study.name, "config_hash": study.config_hash, "stages": {}}
+    plan = make_plan(study, store)
+    stage_start = time.perf_counter()
+    arch = study.architecture
+    kwargs = {"in_channels": arch.in_channels, "num_classes": arch.num_classes, "width": arch.width,
+              "input_size": arch.input_size}
+    jobs = [ExtractionJob(key, arch.name, study.probe, tuple(study.layers), kwargs) for key in plan.extraction_todo]
+    extract_population(store, jobs, gpus_per_actor=study.resources.gpus_per_actor,
+                       cpus_per_actor=study.resources.cpus_per_task)
+    summary["stages"]["extract"] = {"computed": len(jobs), "skipped": len(plan.checkpoints) - len(jobs),
+                                    "failed": 0, "seconds": time.perf_counter() - stage_start}
+    if jobs:
+        plan = make_plan(study, store)
+    stage_start = time.perf_counter()
+    outcomes = run_bounded(match_and_write, plan.match_tasks, args=(store,),
+                           max_in_flight=study.resources.max_in_flight, num_cpus=study.resources.cpus_per_task,
+                           label="match", progress=progress)
+    failed_tasks = [o for o in outcomes if not o.ok]
+    summary["stages"]["match"] = {
+        "computed": sum(o.ok for o in outcomes), "skipped": plan.match_done, "failed": len(failed_tasks),
+        "failed_rows": sum(o.result["failed"] for o in outcomes if o.ok),
+        "in_task_seconds": sum(o.seconds for o in outcomes), "seconds": time.perf_counter() - stage_start,
+        "errors": [o.error for o in failed_tasks][:10],
+    }
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+

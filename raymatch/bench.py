@@ -217,13 +217,69 @@ def print_extract(rows: list[dict], formats: list[dict], n_images: int) -> None:
         print(f"{row['format']:<8} | {row['seconds']:>8.4f} | {row['runs']:>4} | {row['bytes'] / 2**20:>6.1f}")
 
 
+def bench_pipeline(sizes: tuple[int, ...], n_examples: int) -> list[dict]:
+    """Whole studies of M small models on a local Ray: match-stage wall time against in-task compute time."""
+    import tempfile
+
+    import ray
+    import torch
+
+    from .models import build_model, checkpoint_bytes
+    from .orchestrate import run_study
+    from .study import Study
+
+    rows = []
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    for n_models in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            from .store import Store
+
+            store = Store(folder)
+            for seed in range(n_models):
+                torch.manual_seed(seed)
+                model = build_model("small_cnn", in_channels=1, input_size=8, width=1.0)
+                store.write_bytes(f"checkpoints/seed{seed}.safetensors", checkpoint_bytes(model))
+            study = Study.from_dict({
+                "name": f"bench-{n_models}", "store": {"uri": folder},
+                "population": {"glob": "checkpoints/*.safetensors"},
+                "architecture": {"name": "small_cnn", "in_channels": 1, "input_size": 8, "width": 1.0},
+                "probe": {"dataset": "digits", "split": "all", "n_examples": n_examples, "rows": "all"},
+                "layers": ["relu"], "eps": [0.15, 0.2, 0.25, 0.3, 0.5],
+                "resources": {"gpus_per_actor": 0, "pair_block": 4, "max_in_flight": 4},
+            })
+            summary = run_study(study, progress=False)
+        match = summary["stages"]["match"]
+        n_pairs = n_models * (n_models - 1) // 2
+        rows.append({"models": n_models, "pairs": n_pairs, "tasks": match["computed"], "wall": match["seconds"],
+                     "in_task": match["in_task_seconds"], "extract": summary["stages"]["extract"]["seconds"]})
+    return rows
+
+
+def print_pipeline(rows: list[dict]) -> None:
+    print(f"{'models':>6} | {'pairs':>5} | {'tasks':>5} | {'extract s':>9} | {'match wall s':>12} | "
+          f"{'in-task s':>9} | {'overhead':>8} | {'wall s / pair':>13}")
+    for row in rows:
+        # Two CPUs run tasks side by side: the ideal wall time is the in-task time spread over them.
+        ideal = row["in_task"] / min(2, max(1, row["tasks"]))
+        overhead = row["wall"] / ideal - 1 if ideal else float("nan")
+        print(f"{row['models']:>6} | {row['pairs']:>5} | {row['tasks']:>5} | {row['extract']:>9.2f} | "
+              f"{row['wall']:>12.2f} | {row['in_task']:>9.2f} | {100 * overhead:>7.0f} % | "
+              f"{row['wall'] / row['pairs']:>13.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raymatch bench", description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=["match", "extract"], help="which benchmark to run")
+    parser.add_argument("suite", choices=["match", "extract", "pipeline"], help="which benchmark to run")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (a smoke run; the targets refer to the full sizes)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per fast row (median reported)")
     args = parser.parse_args(argv)
+    if args.suite == "pipeline":
+        print(f"raymatch bench pipeline — {machine()}\n")
+        print_pipeline(bench_pipeline((4, 8) if args.quick else (4, 8, 16), 360 if args.quick else 1797))
+        return 0
     if args.suite == "extract":
         n_images = 256 if args.quick else 2048
         arch, width = ("vgg11_bn", 0.25) if args.quick else ("vgg11_bn", 0.5)

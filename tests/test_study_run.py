@@ -82,3 +82,11 @@ def test_a_bad_study_file_lists_every_problem_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "problem(s)" in err and "eps[0]" in err and "frobnicate" in err and "Traceback" not in err
     assert np.all([line.startswith(("raymatch: error", "  ")) for line in err.strip().splitlines()])
+
+
+def test_pipeline_benchmark_smoke():
+    from raymatch.bench import bench_pipeline
+
+    (row,) = bench_pipeline((3,), 60)
+    assert row["models"] == 3 and row["pairs"] == 3 and row["tasks"] >= 1
+    assert row["wall"] > 0 and row["in_task"] > 0

@@ -85,12 +85,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{stage:<8} {counts['computed']:>9} {counts['skipped']:>8} {counts['failed']:>7} "
               f"{counts['seconds']:>8.1f}")
     match = summary["stages"]["match"]
+    failed_tasks = sum(counts["failed"] for counts in summary["stages"].values())
     if match.get("failed_rows"):
         print(f"{match['failed_rows']} result rows failed; see: raymatch query STORE "
               "\"SELECT * FROM matches WHERE status = 'failed'\"")
-    for error in match.get("errors", []):
-        print(f"failed task: {error}", file=sys.stderr)
-    return 1 if match["failed"] else 0
+    for counts in summary["stages"].values():
+        for error in counts.get("errors", []):
+            print(f"failed task: {error}", file=sys.stderr)
+    return 1 if failed_tasks else 0
 
 
 def plan(args: argparse.Namespace) -> int:

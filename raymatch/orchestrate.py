@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 
 from .extract import ExtractionJob
 from .extract.extractor import _layer_stored, read_checkpoint
+from .extract.layers import select_layers
 from .models import checkpoint_id
-from .pairs import MatchTask, block_tasks, run_match_task
+from .pairs import MatchTask, SimpleTask, block_tasks, run_cka_task, run_match_task, run_simple_task
 from .results import write_rows
 from .store import ActivationKey, Store
 
@@ -31,12 +32,18 @@ class Plan:
     extraction_todo: list[str] = field(default_factory=list)  # checkpoints
     match_tasks: list[MatchTask] = field(default_factory=list)
     match_done: int = 0
+    simple_tasks: list[SimpleTask] = field(default_factory=list)
+    simple_done: int = 0
+    cka_tasks: list[MatchTask] = field(default_factory=list)
+    cka_done: int = 0
 
     def counts(self) -> dict[str, tuple[int, int]]:
         """Per stage: (done, to do)."""
         n = len(self.checkpoints)
         return {"extract": (n - len(self.extraction_todo), len(self.extraction_todo)),
-                "match": (self.match_done, len(self.match_tasks))}
+                "match": (self.match_done, len(self.match_tasks)),
+                "simple": (self.simple_done, len(self.simple_tasks)),
+                "cka": (self.cka_done, len(self.cka_tasks))}
 
 
 def resolve_population(study, store: Store) -> list[str]:
@@ -69,24 +76,53 @@ def make_plan(study, store: Store) -> Plan:
     if plan.extraction_todo:  # repeats (and so the pair tasks) are known once activations exist
         return plan
     pairs = [(model_ids[a], model_ids[b]) for a, b in study.pairs_of(checkpoints)]
+    simple = study.simple_matches
+    simple_layers = set(select_layers(study.architecture.module_tree(), simple.layers)) if simple.enabled else set()
     for layer in layers:
         repeats = _repeats(store, probe.id, model_ids[checkpoints[0]], layer)
         for repeat in range(repeats):
-            for task in block_tasks(study.name, study.config_hash, probe.id, layer, repeat, pairs, study.eps,
-                                    block=study.resources.pair_block, center=study.center):
-                if store.exists(f"results/matches/{task.task_id}.parquet"):
-                    plan.match_done += 1
-                else:
-                    plan.match_tasks.append(task)
+            blocks = block_tasks(study.name, study.config_hash, probe.id, layer, repeat, pairs, study.eps,
+                                 block=study.resources.pair_block, center=study.center)
+            for task in blocks:
+                _sort(plan, "match", task, store)
+                if study.cka:
+                    _sort(plan, "cka", task, store)
+            if layer in simple_layers:
+                for pair in pairs:
+                    for eps in simple.eps:
+                        _sort(plan, "simple", SimpleTask(study.name, study.config_hash, probe.id, layer, repeat,
+                                                         pair, eps, study.center, simple.max_neurons), store)
     return plan
+
+
+_TABLES = {"match": "matches", "simple": "simple_matches", "cka": "cka"}
+
+
+def _sort(plan: Plan, stage: str, task, store: Store) -> None:
+    """File ``task`` under done or to do, by whether its result file exists."""
+    if store.exists(f"results/{_TABLES[stage]}/{task.task_id}.parquet"):
+        setattr(plan, f"{stage}_done", getattr(plan, f"{stage}_done") + 1)
+    else:
+        getattr(plan, f"{stage}_tasks").append(task)
 
 
 def match_and_write(store: Store, task: MatchTask) -> dict:
     """One pair task: compute its rows and write them to the task's own result file."""
+    return _write(store, "matches", task.task_id, run_match_task(store, task))
+
+
+def cka_and_write(store: Store, task: MatchTask) -> dict:
+    return _write(store, "cka", task.task_id, run_cka_task(store, task))
+
+
+def simple_and_write(store: Store, task: SimpleTask) -> dict:
+    return _write(store, "simple_matches", task.task_id, run_simple_task(store, task))
+
+
+def _write(store: Store, table: str, task_id: str, rows: list[dict]) -> dict:
     created_at = datetime.now(timezone.utc)
-    rows = [{**row, "created_at": created_at} for row in run_match_task(store, task)]
-    write_rows(store, "matches", task.task_id, rows)
-    return {"rows": len(rows), "failed": sum(row["status"] != "ok" for row in rows)}
+    write_rows(store, table, task_id, [{**row, "created_at": created_at} for row in rows])
+    return {"rows": len(rows), "failed": sum(row.get("status", "ok") != "ok" for row in rows)}
 
 
 def run_study(study, *, progress: bool | None = None) -> dict:
@@ -121,6 +157,16 @@ def run_study(study, *, progress: bool | None = None) -> dict:
         "in_task_seconds": sum(o.seconds for o in outcomes), "seconds": time.perf_counter() - stage_start,
         "errors": [o.error for o in failed_tasks][:10],
     }
+    for stage, fn, tasks, done in (("simple", simple_and_write, plan.simple_tasks, plan.simple_done),
+                                   ("cka", cka_and_write, plan.cka_tasks, plan.cka_done)):
+        stage_start = time.perf_counter()
+        outcomes = run_bounded(fn, tasks, args=(store,), max_in_flight=study.resources.max_in_flight,
+                               num_cpus=study.resources.cpus_per_task, label=stage, progress=progress)
+        summary["stages"][stage] = {
+            "computed": sum(o.ok for o in outcomes), "skipped": done, "failed": sum(not o.ok for o in outcomes),
+            "in_task_seconds": sum(o.seconds for o in outcomes), "seconds": time.perf_counter() - stage_start,
+            "errors": [o.error for o in outcomes if not o.ok][:10],
+        }
     summary["seconds"] = time.perf_counter() - started
     return summary
 

@@ -119,3 +119,54 @@ def run_match_task(store: Store, task: MatchTask) -> list[dict]:
                 "seconds": seconds, "status": "ok", "error": None,
             })
     return rows
+
+
+def run_cka_task(store: Store, task: MatchTask) -> list[dict]:
+    """Linear CKA of every pair of ``task`` (``cka`` rows); each activation matrix is read once."""
+    from .match import linear_cka
+    from .store import read_activations
+
+    matrices = {model: read_activations(store, ActivationKey(task.probe_id, model, task.layer, task.repeat))
+                for model in task.models}
+    return [{"study": task.study, "layer": task.layer, "model_a": a, "model_b": b, "repeat": task.repeat,
+             "cka": linear_cka(matrices[a], matrices[b]), "code_version": __version__,
+             "config_hash": task.config_hash} for a, b in task.pairs]
+
+
+@dataclass(frozen=True)
+class SimpleTask:
+    """The simple matches of one pair, layer, repeat and ε (a v-minimal search for every v)."""
+
+    study: str
+    config_hash: str
+    probe_id: str
+    layer: str
+    repeat: int
+    pair: tuple[str, str]
+    eps: float
+    center: bool = False
+    max_neurons: int = 256
+
+    @property
+    def task_id(self) -> str:
+        digest = hashlib.sha256(repr((self.config_hash, self.probe_id, self.layer, self.repeat, self.pair, self.eps,
+                                      self.center, self.max_neurons)).encode()).hexdigest()[:16]
+        return f"{self.layer}.r{self.repeat}.{digest}"
+
+
+def run_simple_task(store: Store, task: SimpleTask) -> list[dict]:
+    """``simple_matches`` rows of one pair; none when the maximum match exceeds ``max_neurons`` neurons."""
+    from .match import max_match, simple_matches
+
+    a, b = task.pair
+    fa, fb = (cached_factor(store, ActivationKey(task.probe_id, model, task.layer, task.repeat), center=task.center)
+              for model in task.pair)
+    largest = max_match(fa, fb, task.eps)
+    if largest.size_a + largest.size_b > task.max_neurons:
+        return []
+    return [{"study": task.study, "layer": task.layer, "model_a": a, "model_b": b, "eps": float(task.eps),
+             "repeat": task.repeat, "match_id": i, "neurons_a": m.a.astype(np.int32).tolist(),
+             "neurons_b": m.b.astype(np.int32).tolist(), "size_a": m.size_a, "size_b": m.size_b,
+             "neuron": f"{m.neuron[0]}:{m.neuron[1]}", "search_order": str(m.order),
+             "code_version": __version__, "config_hash": task.config_hash}
+            for i, m in enumerate(simple_matches(fa, fb, task.eps))]

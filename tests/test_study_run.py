@@ -26,6 +26,8 @@ probe: {{dataset: digits, split: test, n_examples: 120, seed: 0, rows: all}}
 layers: [relu1, relu3]
 eps: [0.15, 0.25, 0.5]
 pairs: all
+simple_matches: {{enabled: true, eps: [0.5], layers: [relu3], max_neurons: 64}}
+cka: true
 resources: {{gpus_per_actor: 0, pair_block: 2, max_in_flight: 2}}
 """
 
@@ -54,6 +56,18 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
         assert list(row.neurons_a) == want.a.tolist() and list(row.neurons_b) == want.b.tolist()
         assert row.similarity == pytest.approx(want.similarity)
 
+    # simple matches: each is a match inside the maximum match of its pair, and they cover it
+    simple = load(local_store, "simple_matches")
+    assert set(simple["layer"]) == {"relu3"} and set(simple["eps"]) == {0.5}
+    for (a, b), group in simple.groupby(["model_a", "model_b"]):
+        whole = table[(table.model_a == a) & (table.model_b == b) & (table.layer == "relu3") & (table.eps == 0.5)]
+        (whole_a,), (whole_b,) = whole["neurons_a"].tolist(), whole["neurons_b"].tolist()
+        union_a = sorted({int(n) for ns in group["neurons_a"] for n in ns})
+        union_b = sorted({int(n) for ns in group["neurons_b"] for n in ns})
+        assert union_a == sorted(whole_a) and union_b == sorted(whole_b)
+    cka = load(local_store, "cka")
+    assert len(cka) == 3 * 2 and cka["cka"].between(0, 1).all()
+
     assert main(["query", local_store.root, "SELECT layer, eps, count(*) AS pairs FROM matches "
                  "GROUP BY layer, eps ORDER BY layer, eps", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -63,6 +77,7 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
     assert main(["run", str(study_file)]) == 0
     out = capsys.readouterr().out
     assert "extract          0        3       0" in out and "match            0 " in out
+    assert "simple           0 " in out and "cka              0 " in out
     assert sorted(local_store.list("results")) == before
 
     assert main(["plan", str(study_file)]) == 0

@@ -4,6 +4,7 @@ No Ray, no IO: arrays (numpy or torch) or :class:`Factor` objects in, dataclasse
 """
 
 from .api import candidate_order, match_curve, max_match, minimal_match, simple_matches
+from .cka import linear_cka
 from .factor import Factor, factor
 from .inputs import DEAD_RTOL, EXACT_TOL, RANK_RTOL
 from .results import Match, MatchCurve, SimpleMatch
@@ -18,6 +19,7 @@ __all__ = [
     "SimpleMatch",
     "candidate_order",
     "factor",
+    "linear_cka",
     "match_curve",
     "max_match",
     "minimal_match",

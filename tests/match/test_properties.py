@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -756,3 +757,17 @@ def test_factor_inputs_give_the_same_result_as_arrays(pair, center):
             )
     # a factor is reusable: the same factor in many pairs gives the same results
     assert raymatch.match_curve(fa, fb) == raymatch.match_curve(fa, fb)
+
+
+def test_linear_cka_is_one_for_a_layer_and_its_rotation_and_invariant_to_isotropic_scaling():
+    from raymatch.match import linear_cka
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((200, 12))
+    Q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+    assert linear_cka(A, A @ Q * 3.0) == pytest.approx(1.0)
+    B = rng.standard_normal((200, 9))
+    value = linear_cka(A, B)
+    assert 0.0 < value < 0.5
+    assert linear_cka(B, A) == pytest.approx(value)
+    assert linear_cka(A, np.ones((200, 3))) == 0.0

@@ -11,14 +11,12 @@ from __future__ import annotations
 import fnmatch
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from .extract import ExtractionJob
 from .extract.extractor import _layer_stored, read_checkpoint
 from .extract.layers import select_layers
 from .models import checkpoint_id
-from .pairs import MatchTask, SimpleTask, block_tasks, run_cka_task, run_match_task, run_simple_task
-from .results import write_rows
+from .pairs import MatchTask, SimpleTask, block_tasks, cka_and_write, match_and_write, simple_and_write
 from .store import ActivationKey, Store
 
 
@@ -104,25 +102,6 @@ def _sort(plan: Plan, stage: str, task, store: Store) -> None:
         setattr(plan, f"{stage}_done", getattr(plan, f"{stage}_done") + 1)
     else:
         getattr(plan, f"{stage}_tasks").append(task)
-
-
-def match_and_write(store: Store, task: MatchTask) -> dict:
-    """One pair task: compute its rows and write them to the task's own result file."""
-    return _write(store, "matches", task.task_id, run_match_task(store, task))
-
-
-def cka_and_write(store: Store, task: MatchTask) -> dict:
-    return _write(store, "cka", task.task_id, run_cka_task(store, task))
-
-
-def simple_and_write(store: Store, task: SimpleTask) -> dict:
-    return _write(store, "simple_matches", task.task_id, run_simple_task(store, task))
-
-
-def _write(store: Store, table: str, task_id: str, rows: list[dict]) -> dict:
-    created_at = datetime.now(timezone.utc)
-    write_rows(store, table, task_id, [{**row, "created_at": created_at} for row in rows])
-    return {"rows": len(rows), "failed": sum(row.get("status", "ok") != "ok" for row in rows)}
 
 
 def run_study(study, *, progress: bool | None = None) -> dict:

@@ -12,11 +12,13 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 
 from . import __version__
 from .match import match_curve
+from .results import write_rows
 from .store import ActivationKey, Store, cached_factor
 
 
@@ -170,3 +172,26 @@ def run_simple_task(store: Store, task: SimpleTask) -> list[dict]:
              "neuron": f"{m.neuron[0]}:{m.neuron[1]}", "search_order": str(m.order),
              "code_version": __version__, "config_hash": task.config_hash}
             for i, m in enumerate(simple_matches(fa, fb, task.eps))]
+
+
+# The task bodies live here, not beside the planner, so that a fresh Ray worker imports no torch:
+# its first task starts ~0.3 s after the worker does instead of ~1.2 s.
+
+
+def match_and_write(store: Store, task: MatchTask) -> dict:
+    """One pair task: compute its rows and write them to the task's own result file."""
+    return _write(store, "matches", task.task_id, run_match_task(store, task))
+
+
+def cka_and_write(store: Store, task: MatchTask) -> dict:
+    return _write(store, "cka", task.task_id, run_cka_task(store, task))
+
+
+def simple_and_write(store: Store, task: SimpleTask) -> dict:
+    return _write(store, "simple_matches", task.task_id, run_simple_task(store, task))
+
+
+def _write(store: Store, table: str, task_id: str, rows: list[dict]) -> dict:
+    created_at = datetime.now(timezone.utc)
+    write_rows(store, table, task_id, [{**row, "created_at": created_at} for row in rows])
+    return {"rows": len(rows), "failed": sum(row.get("status", "ok") != "ok" for row in rows)}

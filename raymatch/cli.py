@@ -6,8 +6,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 from . import __version__
 
 
@@ -15,6 +13,7 @@ def demo(args: argparse.Namespace) -> int:
     """Placeholder main job: the maximum match of a synthetic pair over the paper's ε grid."""
     from .match import match_curve
     from .match.synthetic import relu_pair
+    from .pairs import chance_level
 
     A, B = relu_pair(args.samples, args.neurons, args.neurons, seed=args.seed)
     curve = match_curve(A, B)
@@ -24,7 +23,7 @@ def demo(args: argparse.Namespace) -> int:
     for eps in (0.0, 0.15, 0.2, 0.25, 0.3, 0.5):
         m = curve.at(eps)
         print(f"{eps:>6.2f} {m.size_a:>6d} {m.size_b:>6d} {m.similarity:>10.4f}")
-    chance = np.sqrt(max(0.0, 1 - args.neurons / args.samples))
+    chance = chance_level(args.neurons, args.samples)
     print(f"chance ratio of a random vector against one layer's span: √(1 − k/d) ≈ {chance:.3f}")
     return 0
 

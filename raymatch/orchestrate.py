@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 
 from .extract import ExtractionJob
-from .extract.extractor import _layer_stored, read_checkpoint
+from .extract.extractor import read_checkpoint, stored_repeats
 from .extract.layers import select_layers
 from .models import checkpoint_id
 from .pairs import MatchTask, SimpleTask, block_tasks, cka_and_write, match_and_write, simple_and_write
-from .store import ActivationKey, Store
+from .store import Store
 
 
 @dataclass
@@ -57,11 +57,6 @@ def resolve_population(study, store: Store) -> list[str]:
     return found
 
 
-def _repeats(store: Store, probe_id: str, model_id: str, layer: str) -> int:
-    policy = store.read_json(ActivationKey(probe_id, model_id, layer, 0).manifest).get("row_policy", "all")
-    return policy["repeats"] if isinstance(policy, dict) else 1
-
-
 def make_plan(study, store: Store) -> Plan:
     """Resolve the population and count what is stored, without running anything."""
     checkpoints = resolve_population(study, store)
@@ -70,14 +65,14 @@ def make_plan(study, store: Store) -> Plan:
     probe = study.probe
     plan = Plan(checkpoints, model_ids, layers)
     plan.extraction_todo = [key for key in checkpoints
-                            if not all(_layer_stored(store, probe, model_ids[key], layer) for layer in layers)]
+                            if any(stored_repeats(store, probe.id, model_ids[key], layer) is None for layer in layers)]
     if plan.extraction_todo:  # repeats (and so the pair tasks) are known once activations exist
         return plan
     pairs = [(model_ids[a], model_ids[b]) for a, b in study.pairs_of(checkpoints)]
     simple = study.simple_matches
     simple_layers = set(select_layers(study.architecture.module_tree(), simple.layers)) if simple.enabled else set()
     for layer in layers:
-        repeats = _repeats(store, probe.id, model_ids[checkpoints[0]], layer)
+        repeats = stored_repeats(store, probe.id, model_ids[checkpoints[0]], layer)
         for repeat in range(repeats):
             blocks = block_tasks(study.name, study.config_hash, probe.id, layer, repeat, pairs, study.eps,
                                  block=study.resources.pair_block, center=study.center)

@@ -176,13 +176,15 @@ def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.T
         io_thread.shutdown(wait=True)
 
 
-def _layer_stored(store: Store, probe: ProbeSpec, model_id: str, layer: str) -> bool:
-    key = ActivationKey(probe.id, model_id, layer, 0)
-    if not is_stored(store, key):
-        return False
-    repeats = store.read_json(key.manifest).get("row_policy", "all")
-    n = repeats["repeats"] if isinstance(repeats, dict) else 1
-    return all(is_stored(store, ActivationKey(probe.id, model_id, layer, r)) for r in range(n))
+def stored_repeats(store: Store, probe_id: str, model_id: str, layer: str) -> int | None:
+    """How many row-sampling repeats of a layer are stored, or None unless all of them are."""
+    first = ActivationKey(probe_id, model_id, layer, 0)
+    if not is_stored(store, first):
+        return None
+    policy = store.read_json(first.manifest).get("row_policy", "all")
+    repeats = policy["repeats"] if isinstance(policy, dict) else 1
+    complete = all(is_stored(store, ActivationKey(probe_id, model_id, layer, r)) for r in range(1, repeats))
+    return repeats if complete else None
 
 
 def run_job(store: Store, job: ExtractionJob, *, device: str | torch.device = "cpu",
@@ -193,7 +195,7 @@ def run_job(store: Store, job: ExtractionJob, *, device: str | torch.device = "c
     data = read_checkpoint(store, job.checkpoint)
     model, model_id = load_model(job.arch, data, name=job.checkpoint, **job.arch_kwargs)
     layers = select_layers(model, job.layers)
-    todo = [layer for layer in layers if not _layer_stored(store, job.probe, model_id, layer)]
+    todo = [layer for layer in layers if stored_repeats(store, job.probe.id, model_id, layer) is None]
     summary = {"checkpoint": job.checkpoint, "model_id": model_id, "probe_id": job.probe.id,
                "layers": layers, "computed": todo, "skipped": [layer for layer in layers if layer not in todo]}
     if todo:

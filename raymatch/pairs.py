@@ -35,6 +35,8 @@ class MatchTask:
     pairs : tuple of (model_a, model_b)
     eps : tuple of float
     center : bool
+    population : str
+        ``"trained"``, or ``"untrained"`` for the null baseline's pairs.
     """
 
     study: str
@@ -45,12 +47,13 @@ class MatchTask:
     pairs: tuple[tuple[str, str], ...]
     eps: tuple[float, ...]
     center: bool = False
+    population: str = "trained"
 
     @property
     def task_id(self) -> str:
         """Deterministic id: the same work always has the same id (and the same result file)."""
         digest = hashlib.sha256(repr((self.config_hash, self.probe_id, self.layer, self.repeat, self.pairs,
-                                      self.eps, self.center)).encode()).hexdigest()[:16]
+                                      self.eps, self.center, self.population)).encode()).hexdigest()[:16]
         return f"{self.layer}.r{self.repeat}.{digest}"
 
     @property
@@ -64,7 +67,7 @@ class MatchTask:
 
 def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat: int,
                 pairs: list[tuple[str, str]], eps: tuple[float, ...], *, block: int,
-                center: bool = False) -> list[MatchTask]:
+                center: bool = False, population: str = "trained") -> list[MatchTask]:
     """Group ``pairs`` into tasks by the blocks of their models (models in order of first appearance)."""
     if block < 1:
         raise ValueError(f"block must be a positive integer; got {block}")
@@ -76,7 +79,7 @@ def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat:
     for a, b in pairs:
         i, j = sorted((order[a] // block, order[b] // block))
         grouped.setdefault((i, j), []).append((a, b))
-    return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), tuple(eps), center)
+    return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), tuple(eps), center, population)
             for _, group in sorted(grouped.items())]
 
 
@@ -97,8 +100,8 @@ def run_match_task(store: Store, task: MatchTask) -> list[dict]:
     rows = []
     for a, b in task.pairs:
         started = time.perf_counter()
-        base = {"study": task.study, "layer": task.layer, "model_a": a, "model_b": b, "repeat": task.repeat,
-                "code_version": __version__, "config_hash": task.config_hash}
+        base = {"study": task.study, "population": task.population, "layer": task.layer, "model_a": a,
+                "model_b": b, "repeat": task.repeat, "code_version": __version__, "config_hash": task.config_hash}
         try:
             if a in errors or b in errors:
                 raise RuntimeError(errors.get(a) or errors.get(b))
@@ -130,8 +133,8 @@ def run_cka_task(store: Store, task: MatchTask) -> list[dict]:
 
     matrices = {model: read_activations(store, ActivationKey(task.probe_id, model, task.layer, task.repeat))
                 for model in task.models}
-    return [{"study": task.study, "layer": task.layer, "model_a": a, "model_b": b, "repeat": task.repeat,
-             "cka": linear_cka(matrices[a], matrices[b]), "code_version": __version__,
+    return [{"study": task.study, "population": task.population, "layer": task.layer, "model_a": a, "model_b": b,
+             "repeat": task.repeat, "cka": linear_cka(matrices[a], matrices[b]), "code_version": __version__,
              "config_hash": task.config_hash} for a, b in task.pairs]
 
 
@@ -148,11 +151,12 @@ class SimpleTask:
     eps: float
     center: bool = False
     max_neurons: int = 256
+    population: str = "trained"
 
     @property
     def task_id(self) -> str:
         digest = hashlib.sha256(repr((self.config_hash, self.probe_id, self.layer, self.repeat, self.pair, self.eps,
-                                      self.center, self.max_neurons)).encode()).hexdigest()[:16]
+                                      self.center, self.max_neurons, self.population)).encode()).hexdigest()[:16]
         return f"{self.layer}.r{self.repeat}.{digest}"
 
 
@@ -166,7 +170,8 @@ def run_simple_task(store: Store, task: SimpleTask) -> list[dict]:
     largest = max_match(fa, fb, task.eps)
     if largest.size_a + largest.size_b > task.max_neurons:
         return []
-    return [{"study": task.study, "layer": task.layer, "model_a": a, "model_b": b, "eps": float(task.eps),
+    return [{"study": task.study, "population": task.population, "layer": task.layer, "model_a": a, "model_b": b,
+             "eps": float(task.eps),
              "repeat": task.repeat, "match_id": i, "neurons_a": m.a.astype(np.int32).tolist(),
              "neurons_b": m.b.astype(np.int32).tolist(), "size_a": m.size_a, "size_b": m.size_b,
              "neuron": f"{m.neuron[0]}:{m.neuron[1]}", "search_order": str(m.order),

@@ -10,6 +10,8 @@ Tables
 ``matches`` (:data:`MATCHES`) — one row per (pair, layer, ε, repeat):
 
 - ``study`` : string — the study the pair belongs to.
+- ``population`` : string — ``"trained"`` for the study's models, ``"untrained"`` for the null baseline (the same
+  architecture at initialisation, compared with the same pairs policy).
 - ``layer`` : string — the layer compared (the same layer name in both networks).
 - ``model_a``, ``model_b`` : string — ids of the two networks.
 - ``eps`` : float64 — the ε of the maximum match.
@@ -35,7 +37,7 @@ Identity, ``status`` and provenance are always required. An ``"ok"`` row needs e
 
 ``simple_matches`` (:data:`SIMPLE_MATCHES`) — one row per simple (v-minimal) match found:
 
-- ``study``, ``layer``, ``model_a``, ``model_b``, ``eps``, ``repeat`` — as in ``matches``.
+- ``study``, ``population``, ``layer``, ``model_a``, ``model_b``, ``eps``, ``repeat`` — as in ``matches``.
 - ``match_id`` : int32 — index of the simple match within its (pair, layer, ε, repeat).
 - ``neurons_a``, ``neurons_b`` : list<int32> — the neurons of the simple match.
 - ``size_a``, ``size_b`` : int32 — their counts.
@@ -45,7 +47,7 @@ Identity, ``status`` and provenance are always required. An ``"ok"`` row needs e
 
 ``cka`` (:data:`CKA`) — one row per (pair, layer, repeat):
 
-- ``study``, ``layer``, ``model_a``, ``model_b``, ``repeat`` — as in ``matches``.
+- ``study``, ``population``, ``layer``, ``model_a``, ``model_b``, ``repeat`` — as in ``matches``.
 - ``cka`` : float64 — linear centred kernel alignment of the two layers.
 - ``code_version``, ``config_hash``, ``created_at`` — as in ``matches``.
 
@@ -78,8 +80,8 @@ def _field(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
 
 
 def _identity(*, with_eps: bool) -> list[pa.Field]:
-    fields = [_field("study", pa.string()), _field("layer", pa.string()), _field("model_a", pa.string()),
-              _field("model_b", pa.string())]
+    fields = [_field("study", pa.string()), _field("population", pa.string()), _field("layer", pa.string()),
+              _field("model_a", pa.string()), _field("model_b", pa.string())]
     if with_eps:
         fields.append(_field("eps", pa.float64()))
     fields.append(_field("repeat", _INT32))
@@ -335,6 +337,8 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None
 
 
 def _ok_rows(matches: pd.DataFrame, columns: list[str], what: str) -> pd.DataFrame:
+    if "population" in columns and "population" not in matches.columns:  # rows of a single, trained population
+        matches = matches.assign(population="trained")
     _require_columns(matches, [*columns, "status"], what)
     return matches.loc[matches["status"] == "ok", columns]
 
@@ -343,7 +347,7 @@ def _in_order_of_appearance(values: pd.Series) -> pd.Categorical:
     return pd.Categorical(values, categories=pd.unique(values), ordered=True)
 
 
-FIGURE_COLUMNS = ["study", "layer", "eps", "similarity_mean", "similarity_std", "similarity_min",
+FIGURE_COLUMNS = ["study", "population", "layer", "eps", "similarity_mean", "similarity_std", "similarity_min",
                   "similarity_max", "chance", "n_pairs"]
 
 
@@ -361,18 +365,20 @@ def figure_data(matches: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per (study, layer, eps) with columns ``study``, ``layer``, ``eps``, ``similarity_mean``,
+        One row per (study, population, layer, eps) with columns ``study``, ``population`` (``"trained"`` where
+        ``matches`` has no such column), ``layer``, ``eps``, ``similarity_mean``,
         ``similarity_std`` (sample standard deviation over pairs; NaN for a single pair), ``similarity_min``,
         ``similarity_max``, ``chance`` (mean chance level) and ``n_pairs``. Studies and layers appear in the
         order they first appear in ``matches``, ε ascending.
     """
-    keys = ["study", "layer", "eps"]
+    keys = ["study", "population", "layer", "eps"]
     pair = ["model_a", "model_b"]
     rows = _ok_rows(matches, [*keys, *pair, "similarity", "chance"], "figure_data")
     if rows.empty:
         return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in zip(
-            FIGURE_COLUMNS, [str, str, "float64", *["float64"] * 5, "int64"], strict=True)})
-    rows = rows.assign(study=_in_order_of_appearance(rows["study"]), layer=_in_order_of_appearance(rows["layer"]))
+            FIGURE_COLUMNS, [str, str, str, "float64", *["float64"] * 5, "int64"], strict=True)})
+    rows = rows.assign(study=_in_order_of_appearance(rows["study"]), layer=_in_order_of_appearance(rows["layer"]),
+                       population=_in_order_of_appearance(rows["population"]))
     per_pair = rows.groupby([*keys, *pair], observed=True, sort=False)[["similarity", "chance"]].mean()
     summary = per_pair.groupby(level=keys, observed=True, sort=True).agg(
         similarity_mean=("similarity", "mean"),
@@ -382,8 +388,8 @@ def figure_data(matches: pd.DataFrame) -> pd.DataFrame:
         chance=("chance", "mean"),
         n_pairs=("similarity", "size"),
     ).reset_index()
-    summary["study"] = summary["study"].astype(str)
-    summary["layer"] = summary["layer"].astype(str)
+    for column in ("study", "population", "layer"):
+        summary[column] = summary[column].astype(str)
     summary["n_pairs"] = summary["n_pairs"].astype("int64")
     return summary[FIGURE_COLUMNS]
 
@@ -406,11 +412,11 @@ def pair_summary(matches: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns ``study``, ``model_a``, ``model_b``, ``layer``, ``max_epsilon``, then one column
+        Columns ``study``, ``population``, ``model_a``, ``model_b``, ``layer``, ``max_epsilon``, then one column
         ``similarity@<eps>`` per ε, ascending (see :func:`similarity_column`). Studies and layers in the order
         they first appear in ``matches``, pairs sorted by name.
     """
-    keys = ["study", "model_a", "model_b", "layer"]
+    keys = ["study", "population", "model_a", "model_b", "layer"]
     rows = _ok_rows(matches, [*keys, "eps", "max_epsilon", "similarity"], "pair_summary")
     if rows.empty:
         return pd.DataFrame({name: pd.Series(dtype=str) for name in keys} | {
@@ -421,8 +427,8 @@ def pair_summary(matches: pd.DataFrame) -> pd.DataFrame:
     similarity = similarity.reindex(columns=sorted(similarity.columns))
     similarity.columns = [similarity_column(eps) for eps in similarity.columns]
     summary = pd.concat([max_epsilon, similarity], axis=1).sort_index().reset_index()
-    summary["study"] = summary["study"].astype(str)
-    summary["layer"] = summary["layer"].astype(str)
+    for column in ("study", "population", "layer"):
+        summary[column] = summary[column].astype(str)
     summary.columns.name = None
     return summary
 

@@ -35,7 +35,8 @@ CREATED = dt.datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
 
 def match_row(**fields) -> dict:
     row = {
-        "study": "s1", "layer": "conv1", "model_a": "m0", "model_b": "m1", "eps": 0.25, "repeat": 0,
+        "study": "s1", "population": "trained", "layer": "conv1", "model_a": "m0", "model_b": "m1", "eps": 0.25,
+        "repeat": 0,
         "n_samples": 1000, "n_a": 4, "n_b": 4, "dead_a": 0, "dead_b": 1, "size_a": 2, "size_b": 3,
         "similarity": 0.625, "max_epsilon": 0.4, "chance": math.sqrt(1 - 4 / 1000),
         "neurons_a": [0, 2], "neurons_b": np.array([1, 2, 3], dtype=np.int64), "seconds": 0.01,
@@ -46,7 +47,8 @@ def match_row(**fields) -> dict:
 
 
 def failed_row(**fields) -> dict:
-    row = {"study": "s1", "layer": "conv2", "model_a": "m0", "model_b": "m1", "eps": 0.25, "repeat": 0,
+    row = {"study": "s1", "population": "trained",
+           "layer": "conv2", "model_a": "m0", "model_b": "m1", "eps": 0.25, "repeat": 0,
            "status": "failed", "error": "MemoryError: out of memory", "code_version": "0.1.0",
            "config_hash": "abc123", "created_at": CREATED}
     row.update(fields)
@@ -54,7 +56,8 @@ def failed_row(**fields) -> dict:
 
 
 def simple_row(**fields) -> dict:
-    row = {"study": "s1", "layer": "conv1", "model_a": "m0", "model_b": "m1", "eps": 0.0, "repeat": 0,
+    row = {"study": "s1", "population": "trained",
+           "layer": "conv1", "model_a": "m0", "model_b": "m1", "eps": 0.0, "repeat": 0,
            "match_id": 0, "neurons_a": [3], "neurons_b": [5], "size_a": 1, "size_b": 1, "neuron": "a:3",
            "search_order": "index", "code_version": "0.1.0", "config_hash": "abc123", "created_at": CREATED}
     row.update(fields)
@@ -62,7 +65,8 @@ def simple_row(**fields) -> dict:
 
 
 def cka_row(**fields) -> dict:
-    row = {"study": "s1", "layer": "conv1", "model_a": "m0", "model_b": "m1", "repeat": 0, "cka": 0.9,
+    row = {"study": "s1", "population": "trained",
+           "layer": "conv1", "model_a": "m0", "model_b": "m1", "repeat": 0, "cka": 0.9,
            "code_version": "0.1.0", "config_hash": "abc123", "created_at": CREATED}
     row.update(fields)
     return row
@@ -190,8 +194,8 @@ def hand_made_matches() -> pd.DataFrame:
 
 def test_figure_data_summarises_pairs_per_layer_and_eps():
     figure = figure_data(hand_made_matches())
-    assert list(figure.columns) == ["study", "layer", "eps", "similarity_mean", "similarity_std", "similarity_min",
-                                    "similarity_max", "chance", "n_pairs"]
+    assert list(figure.columns) == ["study", "population", "layer", "eps", "similarity_mean", "similarity_std",
+                                    "similarity_min", "similarity_max", "chance", "n_pairs"]
     assert figure[["layer", "eps"]].values.tolist() == [["fc", 0.1], ["fc", 0.2], ["conv", 0.1], ["conv", 0.2]]
     fc_01 = figure.iloc[0]
     assert fc_01["similarity_mean"] == pytest.approx(0.4)  # pair means 0.3 and 0.5
@@ -219,8 +223,8 @@ def load_empty_matches() -> pd.DataFrame:
 
 def test_pair_summary_has_max_epsilon_and_a_column_per_eps():
     summary = pair_summary(hand_made_matches())
-    assert list(summary.columns) == ["study", "model_a", "model_b", "layer", "max_epsilon", similarity_column(0.1),
-                                     similarity_column(0.2)]
+    assert list(summary.columns) == ["study", "population", "model_a", "model_b", "layer", "max_epsilon",
+                                     similarity_column(0.1), similarity_column(0.2)]
     assert similarity_column(0.1) == "similarity@0.1"
     assert summary[["model_b", "layer"]].values.tolist() == [["m1", "fc"], ["m1", "conv"], ["m2", "fc"]]
     fc_m1 = summary.iloc[0]

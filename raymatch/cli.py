@@ -32,16 +32,10 @@ def query(args: argparse.Namespace) -> int:
     """Run one SQL query over a store's results tables and print (or save) the result."""
     from .results import format_frame
     from .results import query as run_query
-    from .store import Store
 
     if args.format == "parquet" and args.output is None and sys.stdout.isatty():
         raise ValueError("--format parquet writes binary: give --output FILE or redirect stdout")
-    store = Store(args.store, endpoint_url=args.endpoint_url)
-    if store.is_local:
-        if not os.path.isdir(store.root):
-            raise ValueError(f"store {args.store!r} does not exist (no folder {store.root})")
-    else:
-        store.check(write=False)
+    store = _open_existing_store(args.store, args.endpoint_url)
     output = format_frame(run_query(store, args.sql), args.format)
     if args.output is not None and isinstance(output, bytes):
         with open(args.output, "wb") as handle:
@@ -71,20 +65,23 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a study file: extraction, then every (pair block × layer × repeat) task; skip what is stored."""
+    """Run a study file: training, extraction, then every (pair block × layer × repeat) task; skip what is stored."""
     from .orchestrate import run_study
     from .study import load_study
 
     study = load_study(args.study)
     _connect_ray(args.address, args.num_cpus)
-    summary = run_study(study, progress=None)
-    print(f"study {summary['study']} (config {summary['config_hash']}) finished in {summary['seconds']:.1f} s")
+    summary = run_study(study, progress=None, only=getattr(args, "only", None))
+    print(f"study {summary['study']} (config {summary['config_hash']}, run {summary['run_id']}) finished in "
+          f"{summary['seconds']:.1f} s")
     print(f"{'stage':<8} {'computed':>9} {'skipped':>8} {'failed':>7} {'seconds':>8}")
     for stage, counts in summary["stages"].items():
         print(f"{stage:<8} {counts['computed']:>9} {counts['skipped']:>8} {counts['failed']:>7} "
               f"{counts['seconds']:>8.1f}")
-    match = summary["stages"]["match"]
+    match = summary["stages"].get("match", {})
     failed_tasks = sum(counts["failed"] for counts in summary["stages"].values())
+    if "match" in summary["stages"] and not args.quiet:
+        _print_similarity(study)
     if match.get("failed_rows"):
         print(f"{match['failed_rows']} result rows failed; see: raymatch query STORE "
               "\"SELECT * FROM matches WHERE status = 'failed'\"")
@@ -92,6 +89,72 @@ def run(args: argparse.Namespace) -> int:
         for error in counts.get("errors", []):
             print(f"failed task: {error}", file=sys.stderr)
     return 1 if failed_tasks else 0
+
+
+def _print_similarity(study) -> None:
+    """The layer × ε table of mean similarity over pairs (the null baseline beside it), after a run."""
+    from .report import format_similarity_table, similarity_table
+    from .results import load
+
+    matches = load(study.store.open(), "matches", study=study.name)
+    if not matches.empty:
+        null = ", null baseline in brackets" if study.null_baseline else ""
+        print(f"\nmean maximum-match similarity over pairs (layer × ε{null}):")
+        print(format_similarity_table(similarity_table(matches)))
+
+
+def train(args: argparse.Namespace) -> int:
+    """Train (only) the population of a study file: its seeds and the null baseline's untrained models."""
+    from .orchestrate import run_study
+    from .study import load_study
+
+    study = load_study(args.study)
+    if study.population.training is None and not study.null_baseline:
+        raise ValueError(f"{args.study}: the study trains nothing (no population.training, no null_baseline)")
+    _connect_ray(args.address, args.num_cpus)
+    counts = run_study(study, progress=None, only="train")["stages"]["train"]
+    print(f"study {study.name}: trained {counts['computed']} model(s), {counts['skipped']} already stored, "
+          f"{counts['failed']} failed ({counts['seconds']:.1f} s)")
+    return 1 if counts["failed"] else 0
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print a store's latest runs, what each recorded study still has to do, and the failed rows."""
+    from .orchestrate import store_status
+    from .results import format_frame
+
+    store = _open_existing_store(args.store, args.endpoint_url)
+    report = store_status(store, runs=args.runs)
+    runs = report["runs"]
+    print(f"latest runs in {store.uri}:" if not runs.empty else f"no runs recorded in {store.uri}")
+    if not runs.empty:
+        shown = runs[["run_id", "status", "started_at", "ended_at", "computed", "skipped", "failed", "host"]]
+        print(format_frame(shown, "table"))
+        if (runs["status"] == "running").any():
+            print("(a run still 'running' is going on, or its driver died: rerun the study to finish it)")
+    for name, counts in report["pending"].items():
+        if isinstance(counts, str):
+            print(f"study {name}: cannot plan: {counts}")
+            continue
+        todo = ", ".join(f"{stage} {left}" for stage, (_, left) in counts.items() if left)
+        print(f"study {name}: " + (f"to do: {todo}" if todo else "complete"))
+    failed = report["failed"]
+    if not failed.empty:
+        print(f"{len(failed)} failed match row(s):")
+        print(format_frame(failed.drop_duplicates(["study", "population", "layer", "model_a", "model_b"]), "table"))
+    return 0
+
+
+def _open_existing_store(uri: str, endpoint_url: str | None):
+    from .store import Store
+
+    store = Store(uri, endpoint_url=endpoint_url)
+    if store.is_local:
+        if not os.path.isdir(store.root):
+            raise ValueError(f"store {uri!r} does not exist (no folder {store.root})")
+    else:
+        store.check(write=False)
+    return store
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -150,7 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     run_study_cmd.add_argument("study", metavar="STUDY.yaml")
     run_study_cmd.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     run_study_cmd.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    run_study_cmd.add_argument("--quiet", action="store_true", help="no similarity table after the run")
     run_study_cmd.set_defaults(run=run)
+
+    train_cmd = commands.add_parser("train", help="train a study's population (population.training, null baseline)")
+    train_cmd.add_argument("study", metavar="STUDY.yaml")
+    train_cmd.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    train_cmd.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    train_cmd.set_defaults(run=train)
+
+    status_cmd = commands.add_parser("status", help="latest runs, what each study still has to do, failed rows")
+    status_cmd.add_argument("store", metavar="STORE", help="store URI: a local path, file://… or s3://bucket/prefix")
+    status_cmd.add_argument("--runs", type=int, default=10, help="how many of the latest runs to show (default 10)")
+    status_cmd.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (for S3-compatible stores)")
+    status_cmd.set_defaults(run=status)
 
     plan_cmd = commands.add_parser("plan", help="count what a study has stored and what is left, per stage")
     plan_cmd.add_argument("study", metavar="STUDY.yaml")

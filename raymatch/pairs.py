@@ -67,11 +67,17 @@ class MatchTask:
 
 def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat: int,
                 pairs: list[tuple[str, str]], eps: tuple[float, ...], *, block: int,
-                center: bool = False, population: str = "trained") -> list[MatchTask]:
-    """Group ``pairs`` into tasks by the blocks of their models (models in order of first appearance)."""
+                center: bool = False, population: str = "trained",
+                positions: dict[str, int] | None = None) -> list[MatchTask]:
+    """Group ``pairs`` into tasks by the blocks of their models.
+
+    A model's block is its position (``positions``; default: order of first appearance in ``pairs``) divided
+    by ``block``. Passing the positions of the whole population keeps a block's task the same whichever of its
+    pairs are still to do, so runs that plan from the same stored state plan the same tasks.
+    """
     if block < 1:
         raise ValueError(f"block must be a positive integer; got {block}")
-    order: dict[str, int] = {}
+    order: dict[str, int] = dict(positions or {})
     for a, b in pairs:
         order.setdefault(a, len(order))
         order.setdefault(b, len(order))

@@ -52,6 +52,18 @@ Identity, ``status`` and provenance are always required. An ``"ok"`` row needs e
 - ``code_version``, ``config_hash``, ``created_at`` — as in ``matches``.
 
 Every field of ``simple_matches`` and ``cka`` is required.
+
+``runs`` (:data:`RUNS`) — one row per run of a study (``results/runs/<run_id>.parquet``):
+
+- ``run_id`` : string — ``<study>.<UTC start time>.<random suffix>``.
+- ``study``, ``config_hash``, ``code_version`` — as in ``matches``; ``host`` : string — the driver's host name.
+- ``started_at``, ``ended_at`` : timestamp[us, tz=UTC] — ``ended_at`` is null while the run is going (or if its
+  driver died).
+- ``status`` : string — ``"running"``, ``"succeeded"`` (nothing failed) or ``"failed"``.
+- ``computed``, ``skipped``, ``failed`` : int64 — tasks over all stages.
+- ``stages`` : string — JSON object: per stage (train, extract, match, simple, cka) its computed, skipped and
+  failed counts and seconds.
+- ``error`` : string — why the run stopped, when it did not finish; else null.
 """
 
 from __future__ import annotations
@@ -124,7 +136,27 @@ CKA = pa.schema([
     *_PROVENANCE,
 ])
 
-TABLES: dict[str, pa.Schema] = {"matches": MATCHES, "simple_matches": SIMPLE_MATCHES, "cka": CKA}
+RUNS = pa.schema([
+    _field("run_id", pa.string()),
+    _field("study", pa.string()),
+    _field("config_hash", pa.string()),
+    _field("host", pa.string()),
+    _field("code_version", pa.string()),
+    _field("started_at", _TIMESTAMP),
+    _field("ended_at", _TIMESTAMP, True),
+    _field("status", pa.string()),
+    _field("computed", pa.int64()),
+    _field("skipped", pa.int64()),
+    _field("failed", pa.int64()),
+    _field("stages", pa.string()),
+    _field("error", pa.string(), True),
+])
+
+TABLES: dict[str, pa.Schema] = {"matches": MATCHES, "simple_matches": SIMPLE_MATCHES, "cka": CKA, "runs": RUNS}
+
+#: The states of a ``runs`` row: written ``"running"`` when a run starts and replaced when it ends. A run whose
+#: driver died stays ``"running"`` for ever: :func:`raymatch.orchestrate.run_status` tells those apart.
+RUN_STATUSES = ("running", "succeeded", "failed")
 
 STATUSES = ("ok", "failed")
 
@@ -186,6 +218,9 @@ def _check_row(schema: pa.Schema, table: str, row: Mapping, index: int) -> None:
         _check_value(field, value, where)
     if table == "matches":
         _check_status(row, where)
+    elif table == "runs" and row["status"] not in RUN_STATUSES:
+        raise ValueError(f"{where}: field 'status' must be one of {', '.join(map(repr, RUN_STATUSES))}; "
+                         f"got {row['status']!r}")
 
 
 def _check_status(row: Mapping, where: str) -> None:
@@ -445,7 +480,7 @@ def _table_glob(store: Store, table: str) -> str:
 def connect(store: Store):
     """A DuckDB connection with one view per results table of ``store``.
 
-    Views ``matches``, ``simple_matches`` and ``cka`` read the store's Parquet objects through the store's own
+    Views ``matches``, ``simple_matches``, ``cka`` and ``runs`` read the store's Parquet objects through the store's own
     fsspec filesystem (no DuckDB extension is loaded or downloaded); a table without objects yet is an empty
     view with the table's columns. Times are in UTC.
 
@@ -485,7 +520,8 @@ def query(store: Store, sql: str) -> pd.DataFrame:
     store : Store
         The study store.
     sql : str
-        The query; it may use the views ``matches``, ``simple_matches`` and ``cka`` (see :func:`connect`).
+        The query; it may use the views ``matches``, ``simple_matches``, ``cka`` and ``runs`` (see
+        :func:`connect`).
 
     Returns
     -------
@@ -562,6 +598,8 @@ __all__ = [
     "FIGURE_COLUMNS",
     "FORMATS",
     "MATCHES",
+    "RUNS",
+    "RUN_STATUSES",
     "SIMPLE_MATCHES",
     "STATUSES",
     "TABLES",

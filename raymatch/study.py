@@ -221,7 +221,7 @@ def _check_keys(
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (_Section, ProbeSpec)):
+    if isinstance(value, (_Section, ProbeSpec, Training)):
         return value.to_dict()
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
@@ -403,21 +403,23 @@ class Population(_Section):
         A pattern of store keys (``checkpoints/vgg11/*.safetensors``), resolved against the store when the study
         runs. Give either ``checkpoints`` or ``glob``, not both.
 
-    Notes
-    -----
-    A ``training:`` key (models trained by the study itself) is recognised in study files but not supported yet.
+    training : Training, optional
+        Models the study trains itself: seeds of the architecture trained with a recipe (see
+        :mod:`raymatch.train`); their checkpoints are stored under :attr:`Training.prefix`. Give exactly one of
+        ``checkpoints``, ``glob`` and ``training``.
     """
 
     checkpoints: tuple[str, ...] = ()
     glob: str | None = None
+    training: Training | None = None
 
     _PATH = "population"
-    _RECOGNISED = ("training",)
 
     @classmethod
     def _check(cls, values: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
-        if "training" in values:
-            problems.append("population.training: training specs are not supported yet; list checkpoints or a glob")
+        training = values["training"]
+        if training is not None and not isinstance(training, Training):
+            training = _read_training(training, problems)
         checkpoints = _check_strings(
             values["checkpoints"], "population.checkpoints", problems, what="checkpoint keys", non_empty=False
         )
@@ -435,13 +437,80 @@ class Population(_Section):
                 f"population.glob: must be a pattern of store keys, relative to the store root; got {pattern!r}"
             )
         if checkpoints is not _INVALID and pattern is not _INVALID:
-            if checkpoints and pattern is not None:
-                problems.append("population: give either checkpoints or glob, not both")
-            elif not checkpoints and pattern is None and "training" not in values:
-                problems.append("population: give checkpoints (a list of store keys) or glob (a pattern of store keys)")
+            given = [name for name, value in (("checkpoints", checkpoints), ("glob", pattern),
+                                              ("training", values["training"])) if value]
+            if len(given) > 1:
+                problems.append(f"population: give one of checkpoints, glob and training, not {' and '.join(given)}")
+            elif not given:
+                problems.append("population: give checkpoints (a list of store keys), glob (a pattern of store keys) "
+                                "or training (seeds and a recipe)")
             elif len(checkpoints) == 1:
                 problems.append("population.checkpoints: a study needs at least 2 models; got 1")
-        return {"checkpoints": checkpoints, "glob": pattern}
+        return {"checkpoints": checkpoints, "glob": pattern, "training": training}
+
+
+@dataclass(frozen=True)
+class Training:
+    """A population the study trains itself: one model per seed, all with one training recipe.
+
+    Parameters
+    ----------
+    seeds : tuple of int
+        Distinct non-negative seeds, at least two; their order is the population order.
+    spec : raymatch.train.TrainingSpec
+        The recipe and its settings (dataset, epochs, optimiser, held-out split …).
+
+    In a study file the seeds and the spec's fields sit side by side::
+
+        training: {seeds: [0, 1, 2, 3], recipe: quick, dataset: digits, epochs: 8}
+    """
+
+    seeds: tuple[int, ...]
+    spec: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seeds": list(self.seeds), **self.spec.to_dict()}
+
+    def prefix(self, architecture: Architecture) -> str:
+        """Store prefix of the trained checkpoints: ``checkpoints/<arch>/<digest of architecture and spec>``."""
+        content = {"architecture": architecture.to_dict(), "training": self.spec.id}
+        return f"checkpoints/{architecture.name}/trained-{_digest(content)}"
+
+
+def untrained_prefix(architecture: Architecture) -> str:
+    """Store prefix of the null baseline's initialisation-only checkpoints of ``architecture``."""
+    return f"checkpoints/{architecture.name}/untrained-{_digest(architecture.to_dict())}"
+
+
+def _digest(content: Any) -> str:
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+
+
+def _read_training(value: Any, problems: list[str]) -> Any:
+    from .train import recipe  # torch-heavy: only where a study trains its population
+
+    if not isinstance(value, Mapping):
+        problems.append(f"population.training: must be a mapping of seeds, recipe and training settings; got "
+                        f"{_shown(value)}")
+        return _INVALID
+    settings = dict(value)
+    seeds = settings.pop("seeds", None)
+    if seeds is None:
+        problems.append("population.training.seeds: required key is missing")
+        seeds = _INVALID
+    elif not _is_list(seeds) or not all(_is_integer(seed) and seed >= 0 for seed in seeds):
+        problems.append(f"population.training.seeds: must be a list of non-negative integers; got {_shown(seeds)}")
+        seeds = _INVALID
+    elif len(set(seeds)) != len(seeds) or len(seeds) < 2:
+        problems.append(f"population.training.seeds: need at least 2 distinct seeds; got {_shown(list(seeds))}")
+        seeds = _INVALID
+    try:
+        spec = recipe(settings.pop("recipe", "quick"), **settings)
+    except (TypeError, ValueError) as error:
+        problems.append(f"population.training: {error}")
+        return _INVALID
+    return _INVALID if seeds is _INVALID else Training(tuple(int(seed) for seed in seeds), spec)
 
 
 @functools.lru_cache(maxsize=16)
@@ -513,6 +582,12 @@ class Architecture(_Section):
             width=self.width,
             input_size=self.input_size,
         )
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The size parameters, as keyword arguments of :func:`~raymatch.models.build_model`."""
+        return {"in_channels": self.in_channels, "num_classes": self.num_classes, "width": self.width,
+                "input_size": self.input_size}
 
     def module_tree(self) -> nn.Module:
         """The architecture's modules on the ``meta`` device (no weights), shared between calls: do not modify."""
@@ -671,6 +746,10 @@ def _check_reference(checked: Mapping[str, Any], problems: list[str]) -> None:
     population = checked.get("population", _INVALID)
     if population is not _INVALID and population.checkpoints and reference not in population.checkpoints:
         problems.append(f"reference: {reference!r} is not one of population.checkpoints")
+    if population is not _INVALID and population.training is not None:
+        names = [f"seed{seed}" for seed in population.training.seeds]
+        if reference not in names:
+            problems.append(f"reference: name a trained seed as seed<k>, one of {', '.join(names)}; got {reference!r}")
 
 
 @dataclass(frozen=True)
@@ -702,6 +781,10 @@ class Study(_Section):
     simple_matches : SimpleMatchesConfig, default disabled
     cka : bool, default True
         Also compute linear CKA per pair and layer.
+    null_baseline : bool, default False
+        Also compare untrained networks of the same architecture (one per model of the population, seeds 0, 1,
+        … or the training seeds), with the same pairs policy, layers and ε grid: their rows have
+        ``population = 'untrained'``.
     center : bool, default False
         Centre activations (subtract each neuron's mean) before matching.
     resources : Resources
@@ -719,6 +802,7 @@ class Study(_Section):
     reference: str | None = None
     simple_matches: SimpleMatchesConfig = field(default_factory=SimpleMatchesConfig)
     cka: bool = True
+    null_baseline: bool = False
     center: bool = False
     resources: Resources = field(default_factory=Resources)
 
@@ -749,6 +833,7 @@ class Study(_Section):
         checked["reference"] = _check_optional_string(values["reference"], "reference", problems)
         checked["simple_matches"] = SimpleMatchesConfig._read(values["simple_matches"], problems)
         checked["cka"] = _check_bool(values["cka"], "cka", problems)
+        checked["null_baseline"] = _check_bool(values["null_baseline"], "null_baseline", problems)
         checked["center"] = _check_bool(values["center"], "center", problems)
         checked["resources"] = Resources._read(values["resources"], problems)
         _check_reference(checked, problems)
@@ -798,13 +883,30 @@ class Study(_Section):
         repeated = sorted({model for model in ids if ids.count(model) > 1})
         if repeated:
             raise ValueError(f"model ids must be distinct; repeated: {', '.join(map(repr, repeated))}")
-        if self.pairs == "all":
-            return list(itertools.combinations(ids, 2))
-        if self.pairs == "consecutive":
-            return list(itertools.pairwise(ids))
-        if self.reference not in ids:
-            raise ValueError(f"the reference {self.reference!r} is not among the {len(ids)} model ids")
-        return [(self.reference, model) for model in ids if model != self.reference]
+        reference = None
+        if self.pairs == "reference":
+            if self.reference not in ids:
+                raise ValueError(f"the reference {self.reference!r} is not among the {len(ids)} model ids")
+            reference = ids.index(self.reference)
+        return [(ids[i], ids[j]) for i, j in pair_positions(self.pairs, len(ids), reference)]
+
+
+def pair_positions(policy: str, n: int, reference: int | None = None) -> list[tuple[int, int]]:
+    """A pairs policy over ``n`` models in population order, as pairs of positions (see :meth:`Study.pairs_of`).
+
+    Parameters
+    ----------
+    policy : {'all', 'reference', 'consecutive'}
+    n : int
+        Number of models.
+    reference : int, optional
+        Position of the reference model; required by ``'reference'``.
+    """
+    if policy == "all":
+        return list(itertools.combinations(range(n), 2))
+    if policy == "consecutive":
+        return list(itertools.pairwise(range(n)))
+    return [(reference, i) for i in range(n) if i != reference]
 
 
 # ------------------------------------------------------------------------------------------------ study files

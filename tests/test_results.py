@@ -19,6 +19,7 @@ from raymatch.cli import main
 from raymatch.results import (
     CKA,
     MATCHES,
+    RUNS,
     SIMPLE_MATCHES,
     TABLES,
     figure_data,
@@ -72,8 +73,8 @@ def cka_row(**fields) -> dict:
     return row
 
 
-def test_tables_name_the_three_schemas():
-    assert TABLES == {"matches": MATCHES, "simple_matches": SIMPLE_MATCHES, "cka": CKA}
+def test_tables_name_the_four_schemas():
+    assert TABLES == {"matches": MATCHES, "simple_matches": SIMPLE_MATCHES, "cka": CKA, "runs": RUNS}
     assert MATCHES.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert MATCHES.field("neurons_a").type == pa.list_(pa.int32())
     assert MATCHES.field("error").nullable and not MATCHES.field("study").nullable

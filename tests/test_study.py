@@ -30,8 +30,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "jobs" / "examples" / "tiny.yaml
 SMALL_CNN_LEAVES = "conv1, relu1, conv2, relu2, pool, flatten, fc1, relu3, fc2"
 CREDENTIALS = "credentials do not belong in a study file; pass them through the environment (runtime_env on a cluster)"
 TOP_LEVEL_KEYS = (
-    "name, store, population, architecture, probe, layers, eps, pairs, reference, simple_matches, cka, center, "
-    "resources"
+    "name, store, population, architecture, probe, layers, eps, pairs, reference, simple_matches, cka, null_baseline, "
+    "center, resources"
 )
 
 
@@ -152,7 +152,7 @@ def test_round_trip_with_every_field_set():
 
 def test_config_hash_is_pinned(example):
     # Pinned so that a change of the canonical form, which would orphan every stored result, cannot pass unnoticed.
-    assert example.config_hash == "6a4bead090726f7f"
+    assert example.config_hash == "8ac510d4803a893e"
     assert Study.from_dict(example.to_dict()).config_hash == example.config_hash
 
 
@@ -398,11 +398,12 @@ CATALOGUE = {
     # population
     "checkpoints and glob": (
         edited(population__glob="checkpoints/tiny/*.safetensors"),
-        ["population: give either checkpoints or glob, not both"],
+        ["population: give one of checkpoints, glob and training, not checkpoints and glob"],
     ),
     "neither checkpoints nor glob": (
         edited(population={}),
-        ["population: give checkpoints (a list of store keys) or glob (a pattern of store keys)"],
+        ["population: give checkpoints (a list of store keys), glob (a pattern of store keys) or training (seeds "
+         "and a recipe)"],
     ),
     "one checkpoint": (
         edited(population__checkpoints=["checkpoints/tiny/seed0.safetensors"]),
@@ -421,9 +422,13 @@ CATALOGUE = {
         edited(population={"glob": "/data/*.safetensors"}),
         ["population.glob: must be a pattern of store keys, relative to the store root; got '/data/*.safetensors'"],
     ),
-    "training spec": (
+    "training seeds not a list": (
         edited(population={"training": {"seeds": 3}}),
-        ["population.training: training specs are not supported yet; list checkpoints or a glob"],
+        ["population.training.seeds: must be a list of non-negative integers; got 3"],
+    ),
+    "training seeds repeated": (
+        edited(population={"training": {"seeds": [1, 1]}}),
+        ["population.training.seeds: need at least 2 distinct seeds; got [1, 1]"],
     ),
     # credentials
     "store secret": (edited(store__secret="s3cr3t"), [f"store.secret: {CREDENTIALS}"]),

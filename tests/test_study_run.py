@@ -73,12 +73,25 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 6 and all(r["pairs"] == 3 for r in rows)
 
-    before = sorted(local_store.list("results"))
+    def computed_results():
+        return sorted(key for key in local_store.list("results") if not key.startswith("results/runs/"))
+
+    before = computed_results()
     assert main(["run", str(study_file)]) == 0
     out = capsys.readouterr().out
-    assert "extract          0        3       0" in out and "match            0 " in out
+    assert "extract          0        3       0" in out and "match            0        6" in out
     assert "simple           0 " in out and "cka              0 " in out
-    assert sorted(local_store.list("results")) == before
+    assert computed_results() == before
+
+    # every run is recorded: the first computed, the second only skipped
+    runs = load(local_store, "runs").sort_values("started_at")
+    assert runs["status"].tolist() == ["succeeded", "succeeded"] and runs["ended_at"].notna().all()
+    assert runs["computed"].tolist()[1] == 0 and runs["computed"].tolist()[0] > 0
+    assert json.loads(runs["stages"].iloc[1])["match"] == {"computed": 0, "skipped": 6, "failed": 0,
+                                                          "seconds": pytest.approx(0, abs=5)}
+    assert main(["status", local_store.root]) == 0
+    status_out = capsys.readouterr().out
+    assert "study tiny-e2e: complete" in status_out and status_out.count("succeeded") == 2
 
     assert main(["plan", str(study_file)]) == 0
     plan_out = capsys.readouterr().out

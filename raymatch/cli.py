@@ -222,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     train_cmd.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     train_cmd.set_defaults(run=train)
 
+    from . import report as report_cmd
+
+    report_parser = commands.add_parser(
+        "report", help="figures (PNG) and summary.md from a store's results tables",
+        description="Write the paper's figures and a short markdown summary of one study's results.")
+    report_cmd.add_arguments(report_parser)
+    report_parser.set_defaults(run=report_cmd.command)
+
     status_cmd = commands.add_parser("status", help="latest runs, what each study still has to do, failed rows")
     status_cmd.add_argument("store", metavar="STORE", help="store URI: a local path, file://… or s3://bucket/prefix")
     status_cmd.add_argument("--runs", type=int, default=10, help="how many of the latest runs to show (default 10)")

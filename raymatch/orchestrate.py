@@ -291,7 +291,8 @@ def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool |
         prefix = untrained_prefix(study.architecture) if untrained else training.prefix(study.architecture)
         outcomes += train_population(store, study.architecture.name, study.architecture.kwargs, spec,
                                      population.train_todo, prefix=prefix, untrained=untrained,
-                                     cpus_per_task=resources.cpus_per_task, max_in_flight=resources.max_in_flight,
+                                     cpus_per_task=resources.cpus_per_task, gpus_per_task=resources.gpus_per_actor,
+                                     max_in_flight=resources.max_in_flight,
                                      progress=progress)
     stages["train"] = _counts(outcomes, len(plan.checkpoints) - plan.train_todo, stage_start)
     if stages["train"]["failed"]:

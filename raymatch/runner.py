@@ -33,7 +33,8 @@ class Outcome:
 
 
 def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_flight: int = 8, num_cpus: float = 1,
-                max_retries: int = 3, label: str = "tasks", progress: bool | None = None) -> list[Outcome]:
+                num_gpus: float = 0, max_retries: int = 3, label: str = "tasks",
+                progress: bool | None = None) -> list[Outcome]:
     """Run ``fn(*args, item)`` for every item as Ray tasks, at most ``max_in_flight`` at once.
 
     Returns the outcomes in the order of ``items``. ``progress`` shows a bar on an interactive
@@ -42,7 +43,8 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be a positive integer; got {max_in_flight}")
     items = list(items)
-    remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=False)(_timed).options(
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                        retry_exceptions=False)(_timed).options(
         name=getattr(fn, "__name__", label))
     shared = [ray.put(arg) for arg in args]  # put large shared arguments (a store) once
     outcomes: list[Outcome | None] = [None] * len(items)

@@ -80,6 +80,8 @@ class Store:
             if secret is not None:
                 options["secret"] = secret
             options.setdefault("skip_instance_cache", True)
+            # Other processes write to the same bucket: a cached listing would hide their objects from exists().
+            options.setdefault("use_listings_cache", False)
             self.root = uri.split("://", 1)[1].strip("/")
             if not self.root:
                 raise ValueError(f"store URI {uri!r} names no bucket")

@@ -64,14 +64,29 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> None:
     ray.init(address=address, logging_level="ERROR", **options)
 
 
+def _load_checked(args: argparse.Namespace):
+    """Read and check a study file; refuse layers given no more samples than neurons unless --allow-few-samples."""
+    from .study import StudyError, few_samples, load_study
+
+    study = load_study(args.study)
+    few = few_samples(study)
+    if few and not args.allow_few_samples:
+        raise StudyError([f"layers: {layer} has {neurons} neurons but the probe gives it only {samples} samples, so "
+                          f"every neuron matches trivially: raise {field} (or pass --allow-few-samples)"
+                          for layer, neurons, samples, field in few])
+    for layer, neurons, samples, _ in few:
+        print(f"raymatch: warning: layer {layer} has {neurons} neurons and only {samples} samples: its rows match "
+              "trivially (chance = 0)", file=sys.stderr)
+    return study
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a study file: training, extraction, then every (pair block × layer × repeat) task; skip what is stored."""
     from .orchestrate import run_study
-    from .study import load_study
 
-    study = load_study(args.study)
-    _connect_ray(args.address, args.num_cpus)
-    summary = run_study(study, progress=None, only=getattr(args, "only", None))
+    study = _load_checked(args)
+    summary = run_study(study, progress=None, only=getattr(args, "only", None),
+                        connect=lambda: _connect_ray(args.address, args.num_cpus))  # Ray once the inputs are good
     print(f"study {summary['study']} (config {summary['config_hash']}, run {summary['run_id']}) finished in "
           f"{summary['seconds']:.1f} s")
     print(f"{'stage':<8} {'computed':>9} {'skipped':>8} {'failed':>7} {'seconds':>8}")
@@ -100,7 +115,7 @@ def _print_similarity(study) -> None:
     if not matches.empty:
         null = ", null baseline in brackets" if study.null_baseline else ""
         print(f"\nmean maximum-match similarity over pairs (layer × ε{null}):")
-        print(format_similarity_table(similarity_table(matches)))
+        print(format_similarity_table(similarity_table(matches, layers=list(study.layer_names))))
 
 
 def train(args: argparse.Namespace) -> int:
@@ -111,8 +126,8 @@ def train(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     if study.population.training is None and not study.null_baseline:
         raise ValueError(f"{args.study}: the study trains nothing (no population.training, no null_baseline)")
-    _connect_ray(args.address, args.num_cpus)
-    counts = run_study(study, progress=None, only="train")["stages"]["train"]
+    counts = run_study(study, progress=None, only="train",
+                       connect=lambda: _connect_ray(args.address, args.num_cpus))["stages"]["train"]
     print(f"study {study.name}: trained {counts['computed']} model(s), {counts['skipped']} already stored, "
           f"{counts['failed']} failed ({counts['seconds']:.1f} s)")
     return 1 if counts["failed"] else 0
@@ -160,10 +175,12 @@ def _open_existing_store(uri: str, endpoint_url: str | None):
 def plan(args: argparse.Namespace) -> int:
     """Print, per stage, how much of a study is stored and how much is left, without running anything."""
     from .orchestrate import make_plan
-    from .study import load_study
 
-    study = load_study(args.study)
-    counts = make_plan(study, study.store.open()).counts()
+    study = _load_checked(args)
+    store = study.store.open()
+    if not store.is_local:  # an unreachable endpoint, a missing bucket, refused credentials: said as such
+        store.check(write=False)
+    counts = make_plan(study, store).counts()
     print(f"study {study.name} (config {study.config_hash})")
     print(f"{'stage':<8} {'done':>6} {'to do':>6}")
     for stage, (done, todo) in counts.items():
@@ -174,7 +191,11 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def _user_error(error: BaseException) -> str:
-    """The first line of an error's message, for a one-line report."""
+    """The first line of an error's message, for a one-line report (for an error raised in a Ray task or actor,
+    of its cause: the first line of the wrapper only names the remote function)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:
+        error = error.cause
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 
@@ -214,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     run_study_cmd.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     run_study_cmd.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     run_study_cmd.add_argument("--quiet", action="store_true", help="no similarity table after the run")
+    run_study_cmd.add_argument("--allow-few-samples", action="store_true",
+                               help="run layers the probe gives no more samples than neurons (they match trivially)")
     run_study_cmd.set_defaults(run=run)
 
     train_cmd = commands.add_parser("train", help="train a study's population (population.training, null baseline)")
@@ -238,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
     plan_cmd = commands.add_parser("plan", help="count what a study has stored and what is left, per stage")
     plan_cmd.add_argument("study", metavar="STUDY.yaml")
+    plan_cmd.add_argument("--allow-few-samples", action="store_true",
+                          help="plan layers the probe gives no more samples than neurons (they match trivially)")
     plan_cmd.set_defaults(run=plan)
 
     args, rest = parser.parse_known_args(argv)

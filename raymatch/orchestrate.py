@@ -29,9 +29,10 @@ from .extract import ExtractionJob
 from .extract.extractor import read_checkpoint, stored_repeats
 from .extract.layers import select_layers
 from .models import checkpoint_id
+from .models.checkpoint import check_checkpoint
 from .pairs import MatchTask, SimpleTask, block_tasks, cka_and_write, match_and_write, simple_and_write
 from .results import write_rows
-from .store import Store
+from .store import Store, StoreError
 from .study import pair_positions, untrained_prefix
 
 STAGES = ("train", "extract", "match", "simple", "cka")
@@ -129,11 +130,14 @@ def make_plan(study, store: Store) -> Plan:
     plan = Plan(_populations(study, store), list(study.layer_names))
     if plan.train_todo:  # model ids (and everything after) are known once the checkpoints exist
         return plan
-    plan.model_ids = {key: checkpoint_id(read_checkpoint(store, key)) for key in plan.checkpoints}
-    _check_distinct(plan)
     probe = study.probe
-    plan.extraction_todo = [key for key in plan.checkpoints if any(
-        stored_repeats(store, probe.id, plan.model_ids[key], layer) is None for layer in plan.layers)]
+    for key in plan.checkpoints:
+        data = read_checkpoint(store, key)
+        model = plan.model_ids[key] = checkpoint_id(data)
+        if any(stored_repeats(store, probe.id, model, layer) is None for layer in plan.layers):
+            plan.extraction_todo.append(key)  # refused here, before Ray, if corrupt, of another shape, or NaN
+            check_checkpoint(study.architecture.module_tree(), data, arch=study.architecture.name, name=key)
+    _check_distinct(plan)
     if plan.extraction_todo:  # repeats (and so the pair tasks) are known once activations exist
         return plan
     simple = study.simple_matches
@@ -237,7 +241,7 @@ class RunRecord:
 # ------------------------------------------------------------------------------------------------ running
 
 
-def run_study(study, *, progress: bool | None = None, only: str | None = None) -> dict:
+def run_study(study, *, progress: bool | None = None, only: str | None = None, connect=None) -> dict:
     """Run every stage of ``study`` on the connected Ray cluster; returns the run's summary.
 
     Parameters
@@ -247,6 +251,9 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None) -
         Progress bars (default: when stderr is a terminal; periodic lines otherwise).
     only : {'train'}, optional
         Stop after that stage.
+    connect : callable, optional
+        Called without arguments once the population is planned and the store is known writable, before
+        anything is written: connect to Ray there, so that bad inputs fail without starting it.
 
     Returns
     -------
@@ -256,8 +263,12 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None) -
     """
     started = time.perf_counter()
     store = study.store.open()
+    if not store.is_local:  # an unreachable endpoint, a missing bucket, refused credentials: one clear line
+        store.check(write=False)
+    plan = make_plan(study, store)  # bad populations and checkpoints fail here, before anything is written
     store.check()
-    plan = make_plan(study, store)  # bad populations fail here, before anything is recorded
+    if connect is not None:
+        connect()
     write_study_record(study, store)
     record = RunRecord(study, store)
     summary: dict = {"study": study.name, "config_hash": study.config_hash, "run_id": record.row["run_id"],
@@ -265,7 +276,10 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None) -
     try:
         _run_stages(study, store, plan, summary, progress, only)
     except BaseException as error:
-        record.finish(summary["stages"], error=f"{type(error).__name__}: {error}")
+        try:
+            record.finish(summary["stages"], error=f"{type(error).__name__}: {error}")
+        except StoreError:  # the store is what failed (unreachable, full): report the run's own error
+            pass
         raise
     record.finish(summary["stages"])
     summary["seconds"] = time.perf_counter() - started
@@ -273,7 +287,9 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None) -
 
 
 def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool | None, only: str | None) -> None:
-    from .extract.pool import extract_population
+    import ray
+
+    from .extract.pool import actor_options, extract_population, start_actors
     from .runner import run_bounded
 
     stages = summary["stages"]
@@ -301,30 +317,47 @@ def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool |
         return
     if plan.train_todo:
         plan = make_plan(study, store)
-    stage_start = time.perf_counter()
-    jobs = [ExtractionJob(key, study.architecture.name, study.probe, tuple(study.layers), study.architecture.kwargs)
-            for key in plan.extraction_todo]
-    extract_population(store, jobs, gpus_per_actor=resources.gpus_per_actor, cpus_per_actor=resources.cpus_per_task)
-    stages["extract"] = {"computed": len(jobs), "skipped": len(plan.checkpoints) - len(jobs), "failed": 0,
-                         "seconds": time.perf_counter() - stage_start}
-    if jobs:
-        plan = make_plan(study, store)
-    for stage, fn, tasks, done in (("match", match_and_write, plan.match_tasks, plan.match_done),
-                                   ("simple", simple_and_write, plan.simple_tasks, plan.simple_done),
-                                   ("cka", cka_and_write, plan.cka_tasks, plan.cka_done)):
+    # Where extraction runs on CPUs, one pool of actors does every stage after training: the pair stages then
+    # start in warm processes (no worker start-up, torch and the store already loaded) instead of cold tasks.
+    # GPU actors are kept for extraction only: pair work is CPU work and must not hold a GPU.
+    options, capacity = actor_options(gpus_per_actor=resources.gpus_per_actor, cpus_per_actor=resources.cpus_per_task)
+    shared_actors = "num_gpus" not in options
+    actors = None
+    try:
         stage_start = time.perf_counter()
-        outcomes = run_bounded(fn, tasks, args=(store,), max_in_flight=resources.max_in_flight,
-                               num_cpus=resources.cpus_per_task, label=stage, progress=progress)
-        stages[stage] = _counts(outcomes, done, stage_start, units=(lambda task: len(task.pairs))
-                                if stage != "simple" else None)
-        if stage == "match":
-            stages[stage]["failed_rows"] = sum(o.result["failed"] for o in outcomes if o.ok)
+        jobs = [ExtractionJob(key, study.architecture.name, study.probe, tuple(study.layers),
+                              study.architecture.kwargs) for key in plan.extraction_todo]
+        if jobs and shared_actors:
+            actors = start_actors(store, capacity, gpus_per_actor=0, cpus_per_actor=resources.cpus_per_task)
+        extract_population(store, jobs, gpus_per_actor=resources.gpus_per_actor,
+                           cpus_per_actor=resources.cpus_per_task, progress=progress, actors=actors)
+        stages["extract"] = {"computed": len(jobs), "skipped": len(plan.checkpoints) - len(jobs), "failed": 0,
+                             "seconds": time.perf_counter() - stage_start}
+        if jobs:
+            plan = make_plan(study, store)
+        pair_stages = (("match", match_and_write, plan.match_tasks, plan.match_done),
+                       ("simple", simple_and_write, plan.simple_tasks, plan.simple_done),
+                       ("cka", cka_and_write, plan.cka_tasks, plan.cka_done))
+        if actors is None and shared_actors and any(tasks for _, _, tasks, _ in pair_stages):
+            actors = start_actors(store, capacity, gpus_per_actor=0, cpus_per_actor=resources.cpus_per_task)
+        for stage, fn, tasks, done in pair_stages:
+            stage_start = time.perf_counter()
+            outcomes = run_bounded(fn, tasks, args=(store,), max_in_flight=resources.max_in_flight,
+                                   num_cpus=resources.cpus_per_task, label=stage, progress=progress, actors=actors,
+                                   fatal=(StoreError,))  # the store is down or full: stop, rerun later
+            stages[stage] = _counts(outcomes, done, stage_start, units=(lambda task: len(task.pairs))
+                                    if stage != "simple" else None)
+            if stage == "match":
+                stages[stage]["failed_rows"] = sum(o.result["failed"] for o in outcomes if o.ok)
+    finally:
+        for actor in actors or ():
+            ray.kill(actor)
 
 
 def _counts(outcomes: list, skipped: int, stage_start: float, units=None) -> dict:
     """A stage's summary; ``units(task)`` counts work in pairs instead of tasks (match and CKA)."""
     size = units or (lambda item: 1)
-    return {"computed": sum(size(o.item) for o in outcomes if o.ok), "skipped": skipped,
+    return {"computed": sum(size(o.item) for o in outcomes if o.ok), "skipped": skipped, "tasks": len(outcomes),
             "failed": sum(size(o.item) for o in outcomes if not o.ok),
             "in_task_seconds": sum(o.seconds for o in outcomes), "seconds": time.perf_counter() - stage_start,
             "errors": [o.error for o in outcomes if not o.ok][:10]}

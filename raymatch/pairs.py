@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .match import match_curve
 from .results import write_rows
-from .store import ActivationKey, Store, cached_factor
+from .store import ActivationKey, Store, StoreError, cached_factor
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,17 @@ def chance_level(n_neurons: int, n_samples: int) -> float:
 
 
 def run_match_task(store: Store, task: MatchTask) -> list[dict]:
-    """Every pair × ε of ``task`` as ``matches`` rows; a failing pair becomes a failed row with its error."""
+    """Every pair × ε of ``task`` as ``matches`` rows; a failing pair becomes a failed row with its error.
+
+    A store that fails (:class:`~raymatch.store.StoreError`: unreachable, full) fails the task instead: no rows, so
+    that a rerun computes its pairs rather than keeping a transient failure as their result."""
     factors, errors = {}, {}
     for model in task.models:
         try:
             factors[model] = cached_factor(store, ActivationKey(task.probe_id, model, task.layer, task.repeat),
                                            center=task.center)
+        except StoreError:  # the store failed, not the pair: no row (a rerun computes the pair), the task fails
+            raise
         except Exception as error:  # an application error: recorded in the rows, not retried
             errors[model] = f"{type(error).__name__}: {error}"
     rows = []

@@ -34,8 +34,17 @@ class Outcome:
 
 def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_flight: int = 8, num_cpus: float = 1,
                 num_gpus: float = 0, max_retries: int = 3, label: str = "tasks",
-                progress: bool | None = None) -> list[Outcome]:
-    """Run ``fn(*args, item)`` for every item as Ray tasks, at most ``max_in_flight`` at once.
+                progress: bool | None = None, actors: list | None = None,
+                fatal: tuple[type[BaseException], ...] = ()) -> list[Outcome]:
+    """Run ``fn(*args, item)`` for every item on Ray, at most ``max_in_flight`` at once.
+
+    Two interchangeable executors: Ray tasks (default), or method calls ``actor.run_task.remote(fn, *args,
+    item)`` on ``actors`` that are already running (warm processes: no worker start-up, libraries imported;
+    each actor runs its calls one after another, and the least busy one gets the next item). Actors are
+    expected to restart and retry calls after a crash (``max_restarts``/``max_task_retries``); tasks are
+    retried ``max_retries`` times after a system failure. Application errors are never retried.
+    An item failing with an error of a ``fatal`` type (a store that cannot be reached: every other item would
+    fail the same way, one retry timeout after another) cancels the items still in flight and raises it.
 
     Returns the outcomes in the order of ``items``. ``progress`` shows a bar on an interactive
     terminal and periodic lines otherwise (default: on when stderr is a terminal).
@@ -43,39 +52,63 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be a positive integer; got {max_in_flight}")
     items = list(items)
-    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
-                        retry_exceptions=False)(_timed).options(
-        name=getattr(fn, "__name__", label))
     shared = [ray.put(arg) for arg in args]  # put large shared arguments (a store) once
+    busy = dict.fromkeys(range(len(actors)), 0) if actors else {}
+    if actors:
+        def submit(item) -> tuple[ray.ObjectRef, int]:
+            if not busy:
+                raise RuntimeError(f"{label}: every worker actor died (out of restarts); rerun to finish")
+            chosen = min(busy, key=busy.get)
+            busy[chosen] += 1
+            return actors[chosen].run_task.remote(fn, *shared, item), chosen
+    else:
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                            retry_exceptions=False)(timed).options(name=getattr(fn, "__name__", label))
+
+        def submit(item) -> tuple[ray.ObjectRef, int]:
+            return remote.remote(fn, *shared, item), -1
     outcomes: list[Outcome | None] = [None] * len(items)
-    pending: dict[ray.ObjectRef, int] = {}
-    reporter = _Progress(len(items), label, progress)
+    pending: dict[ray.ObjectRef, tuple[int, int]] = {}
+    reporter = Progress(len(items), label, progress)
     next_index = 0
     while next_index < len(items) or pending:
         while next_index < len(items) and len(pending) < max_in_flight:
-            pending[remote.remote(fn, *shared, items[next_index])] = next_index
+            ref, actor = submit(items[next_index])
+            pending[ref] = (next_index, actor)
             next_index += 1
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            index = pending.pop(ref)
+            index, actor = pending.pop(ref)
+            if actor in busy:
+                busy[actor] -= 1
             try:
                 result, seconds = ray.get(ref)
                 outcomes[index] = Outcome(items[index], result, None, seconds)
             except ray.exceptions.RayTaskError as error:
                 cause = error.cause if getattr(error, "cause", None) is not None else error
+                if fatal and isinstance(cause, fatal):
+                    if not actors:  # calls on actors end with the actors, which their owner stops
+                        for other in pending:
+                            ray.cancel(other)
+                    reporter.close()
+                    raise cause from error
                 outcomes[index] = Outcome(items[index], None, f"{type(cause).__name__}: {cause}")
+            except ray.exceptions.RayActorError as error:  # an actor out of restarts: this item fails, not the run
+                outcomes[index] = Outcome(items[index], None, f"{type(error).__name__}: {error}")
+                busy.pop(actor, None)
             reporter.step()
     reporter.close()
     return outcomes  # type: ignore[return-value]
 
 
-def _timed(fn: Callable, *args) -> tuple[Any, float]:
+def timed(fn: Callable, *args) -> tuple[Any, float]:
+    """``fn(*args)`` and the seconds it took (the body of every task and actor call)."""
     started = time.perf_counter()
     result = fn(*args)
     return result, time.perf_counter() - started
 
 
-class _Progress:
+class Progress:
     """done / total / ETA on the driver: a tqdm bar on a terminal, a plain line every 10 % otherwise."""
 
     def __init__(self, total: int, label: str, enabled: bool | None):

@@ -43,6 +43,7 @@ __all__ = [
     "StoreConfig",
     "Study",
     "StudyError",
+    "few_samples",
     "load_study",
 ]
 
@@ -731,6 +732,70 @@ def _check_layers(checked: Mapping[str, Any], problems: list[str]) -> None:
             )
 
 
+@functools.lru_cache(maxsize=16)
+def _output_shapes(architecture: Architecture, image_shape: tuple[int, ...]) -> dict:
+    """Each module's output shape without the batch dimension, from a forward pass of images of ``image_shape``
+    on the ``meta`` device (no weights, the global RNG untouched); raises what that forward pass raises."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_model(architecture.name, **architecture.kwargs)
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def record(key: str, output: torch.Tensor) -> None:  # a hook returning None leaves the output alone
+            shapes.setdefault(key, tuple(output.shape[1:]))
+
+        for module_name, module in model.named_modules():
+            module.register_forward_hook(lambda _m, _i, output, key=module_name: record(key, output))
+        with torch.no_grad():
+            model(torch.empty(2, *image_shape))
+    return shapes
+
+
+def _check_probe_fit(checked: Mapping[str, Any], problems: list[str]) -> None:
+    """A probe subset no larger than its split, and images the architecture can take (nothing is loaded: the
+    split's published size and image shape, and a forward pass on the ``meta`` device)."""
+    from .probes.datasets import IMAGE_SHAPES, SPLIT_SIZES
+
+    probe, architecture = checked.get("probe", _INVALID), checked.get("architecture", _INVALID)
+    if probe is _INVALID:
+        return
+    available = SPLIT_SIZES[probe.dataset][probe.split]
+    if probe.n_examples is not None and probe.n_examples > available:
+        problems.append(f"probe.n_examples: asks for {probe.n_examples} examples but {probe.dataset}/{probe.split} "
+                        f"has {available}")
+    if architecture is _INVALID:
+        return
+    try:
+        _output_shapes(architecture, IMAGE_SHAPES[probe.dataset])
+    except (RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        problems.append(f"probe: {probe.dataset} images are {'×'.join(map(str, IMAGE_SHAPES[probe.dataset]))}, which "
+                        f"architecture {architecture.name} (in_channels {architecture.in_channels}, input_size "
+                        f"{architecture.input_size}) cannot take: {reason}")
+
+
+def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
+    """``(layer, neurons, samples, field to raise)`` for each layer the probe gives no more samples than neurons.
+
+    Such a layer's activation vectors span the whole sample space, so every neuron matches trivially (the rows'
+    ``chance`` is 0). ``raymatch run`` and ``plan`` refuse such a study unless given ``--allow-few-samples``.
+    Samples are counted as the extractor keeps rows: a conv layer has images × positions rows (or the sampled
+    ``probe.rows.rows``), a linear layer one row per image; without ``n_examples``, the split's published size.
+    """
+    from .probes.datasets import IMAGE_SHAPES, SPLIT_SIZES
+
+    probe = study.probe
+    n_images = probe.n_examples or SPLIT_SIZES[probe.dataset][probe.split]
+    shapes = _output_shapes(study.architecture, IMAGE_SHAPES[probe.dataset])
+    found = []
+    for layer in (name for name in study.layer_names if name in shapes):  # (modules the forward pass calls)
+        neurons, spatial = shapes[layer][0], math.prod(shapes[layer][1:])
+        sampled = isinstance(probe.rows, RowSample) and spatial > 1  # as the extractor decides
+        samples = min(probe.rows.rows, n_images * spatial) if sampled else n_images * spatial
+        if samples <= neurons:
+            found.append((layer, neurons, samples, "probe.rows.rows" if sampled else "probe.n_examples"))
+    return found
+
+
 def _check_reference(checked: Mapping[str, Any], problems: list[str]) -> None:
     pairs = checked.get("pairs", _INVALID)
     reference = checked.get("reference", _INVALID)
@@ -838,6 +903,7 @@ class Study(_Section):
         checked["resources"] = Resources._read(values["resources"], problems)
         _check_reference(checked, problems)
         _check_layers(checked, problems)
+        _check_probe_fit(checked, problems)
         return checked
 
     @functools.cached_property

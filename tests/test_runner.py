@@ -36,3 +36,28 @@ def test_results_in_order_errors_recorded_and_in_flight_bounded(tmp_path):
 def test_max_in_flight_must_be_positive():
     with pytest.raises(ValueError, match="max_in_flight must be a positive integer"):
         run_bounded(square_slowly, [1], args=("x",), max_in_flight=0)
+
+
+def test_warm_actors_are_an_interchangeable_executor(tmp_path, local_store):
+    """The same items through the extraction actors' warm processes: same outcomes, work spread over them."""
+    import ray
+
+    from raymatch.extract.pool import start_actors
+
+    actors = start_actors(local_store, 2, gpus_per_actor=0, cpus_per_actor=1)
+    try:
+        outcomes = run_bounded(pid_of_square, range(8), args=(str(tmp_path),), max_in_flight=4, progress=False,
+                               actors=actors)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    assert [o.item for o in outcomes] == list(range(8))
+    assert [o.result[0] for o in outcomes if o.ok] == [x * x for x in range(8) if x != 3]
+    (failed,) = [o for o in outcomes if not o.ok]
+    assert failed.item == 3 and "three is not allowed" in failed.error
+    assert len({o.result[1] for o in outcomes if o.ok}) == 2  # both actors worked
+
+
+def pid_of_square(counter_dir, x):
+    value, _ = square_slowly(counter_dir, x)
+    return value, os.getpid()

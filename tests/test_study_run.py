@@ -115,6 +115,6 @@ def test_a_bad_study_file_lists_every_problem_and_exits_2(tmp_path, capsys):
 def test_pipeline_benchmark_smoke():
     from raymatch.bench import bench_pipeline
 
-    (row,) = bench_pipeline((3,), 60)
+    (row,) = bench_pipeline((3,), 100)
     assert row["models"] == 3 and row["pairs"] == 3 and row["tasks"] >= 1
     assert row["wall"] > 0 and row["in_task"] > 0

@@ -28,6 +28,12 @@ class ExtractionActor:
         return {"pid": os.getpid(), "gpu_ids": self.gpu_ids, "device": self.device,
                 "threads": torch.get_num_threads()}
 
+    def run_task(self, fn, *args):
+        """Run a pair task (``fn(*args)``) in this warm process: (result, seconds); see ``run_bounded``."""
+        from ..runner import timed
+
+        return timed(fn, *args)
+
     def run_indexed(self, index: int, job: ExtractionJob) -> tuple[int, dict]:
         return index, self.run(job)
 
@@ -49,19 +55,41 @@ def actor_options(*, gpus_per_actor: float = 1.0, cpus_per_actor: int = 1) -> tu
     return {"num_cpus": cpus_per_actor}, max(1, int(resources.get("CPU", 1) // cpus_per_actor))
 
 
+def start_actors(store: Store, n_actors: int, *, gpus_per_actor: float = 1.0, cpus_per_actor: int = 1) -> list:
+    """Up to ``n_actors`` extraction actors (as many as the cluster holds at once); kill them when done."""
+    options, capacity = actor_options(gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)
+    return [ExtractionActor.options(**options).remote(store, cpus_per_actor)
+            for _ in range(max(1, min(n_actors, capacity)))]
+
+
 def extract_population(store: Store, jobs: list[ExtractionJob], *, gpus_per_actor: float = 1.0,
-                       cpus_per_actor: int = 1, max_actors: int | None = None) -> list[dict]:
-    """Extract every job's activations on the connected Ray cluster; summaries in job order."""
+                       cpus_per_actor: int = 1, max_actors: int | None = None,
+                       progress: bool | None = None, actors: list | None = None) -> list[dict]:
+    """Extract every job's activations on the connected Ray cluster; summaries in job order.
+
+    ``progress`` shows done / total / ETA on the driver (a bar on a terminal, periodic lines otherwise).
+    ``actors`` (from :func:`start_actors`) are used instead of a pool of new ones, and left running.
+    """
+    from ..runner import Progress
+
     if not jobs:
         return []
-    options, capacity = actor_options(gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)
-    n_actors = min(len(jobs), capacity, max_actors or capacity)
-    actors = [ExtractionActor.options(**options).remote(store, cpus_per_actor) for _ in range(n_actors)]
+    own = actors is None
+    if own:
+        capacity = actor_options(gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)[1]
+        actors = start_actors(store, min(len(jobs), max_actors or capacity), gpus_per_actor=gpus_per_actor,
+                              cpus_per_actor=cpus_per_actor)
     try:
         pool = ActorPool(actors)
         indexed = list(enumerate(jobs))
-        results = pool.map_unordered(lambda actor, item: actor.run_indexed.remote(*item), indexed)
+        reporter = Progress(len(jobs), "extract", progress)
+        results = []
+        for result in pool.map_unordered(lambda actor, item: actor.run_indexed.remote(*item), indexed):
+            results.append(result)
+            reporter.step()
+        reporter.close()
         return [summary for _, summary in sorted(results, key=lambda pair: pair[0])]
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        if own:
+            for actor in actors:
+                ray.kill(actor)

@@ -91,6 +91,10 @@ def _torch_load_reason(error: Exception) -> str:
         if "WeightsUnpickler error:" in line:
             detail = line.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0].strip()
             return f"torch.load(weights_only=True) refused it: {detail}"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
+        # a global from a blocked module (os, posix, builtins …) is named on the line after the advice
+        return f"torch.load(weights_only=True) refused it: {lines[1]}"
     first_line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
     return f"torch.load failed: {first_line}"
 
@@ -172,6 +176,34 @@ def _first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, to
         if key not in expected:
             return f"the checkpoint has an unexpected parameter {key!r} (shape {_shape(tensor)})"
     return None
+
+
+def check_checkpoint(model: nn.Module, data: bytes, *, arch: str, name: str = "checkpoint") -> None:
+    """Refuse a checkpoint before any work is spent on it: unreadable, not fitting ``model``, or not finite.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The architecture; it may live on the ``meta`` device (only its state's names and shapes are used).
+    data : bytes
+    arch, name : str
+        The architecture's and the checkpoint's names, for messages.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load_model` does, and for a tensor holding NaN or Inf (a diverged training run): its
+        activations would be NaN.
+    """
+    state = load_state_dict(data, name=name)
+    mismatch = _first_mismatch(model.state_dict(), state)
+    if mismatch is not None:
+        raise CheckpointError(f"checkpoint {name} does not fit {arch}: {mismatch}")
+    for key, tensor in state.items():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            raise CheckpointError(f"checkpoint {name}: {key!r} holds {int((~finite).sum())} non-finite values "
+                                  "(NaN or Inf)")
 
 
 def load_model(arch: str, data: bytes, *, name: str = "checkpoint", **arch_kwargs: Any) -> tuple[nn.Module, str]:

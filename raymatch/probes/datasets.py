@@ -27,7 +27,9 @@ __all__ = [
     "CIFAR10_DIR_ENV",
     "FASHION_MNIST_DEFAULT_DIR",
     "FASHION_MNIST_DIR_ENV",
+    "IMAGE_SHAPES",
     "SPLITS",
+    "SPLIT_SIZES",
     "DatasetError",
     "available_datasets",
     "load_dataset",
@@ -51,6 +53,16 @@ CIFAR10_DIR_ENV = "RAYMATCH_CIFAR10_DIR"
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TRAIN_SIZE = 1437
+
+#: Images per split as published (nothing is read), so that a study can be checked before anything loads.
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "digits": {"train": DIGITS_TRAIN_SIZE, "test": 1797 - DIGITS_TRAIN_SIZE, "all": 1797},
+    "fashion-mnist": {"train": 60_000, "test": 10_000},
+    "cifar10": {"train": 50_000, "test": 10_000},
+}
+#: Each dataset's image shape (channels, height, width), as its loader returns it.
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "fashion-mnist": (1, 28, 28),
+                                                 "cifar10": (3, 32, 32)}
 
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

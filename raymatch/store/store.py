@@ -80,6 +80,14 @@ class Store:
             if secret is not None:
                 options["secret"] = secret
             options.setdefault("skip_instance_cache", True)
+            # Transient failures (an endpoint restarting, a connection refused or dropped, a throttled request)
+            # are retried by botocore with exponential backoff and full jitter: 6 attempts, waiting at most
+            # 1 + 2 + 4 + 8 + 16 = 31 s in all, then the call fails (docs/reliability.md, "Faults"). The standard
+            # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE variables, or storage_options' config_kwargs, override this.
+            config = dict(options.get("config_kwargs") or {})
+            if not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):
+                config.setdefault("retries", {"mode": "standard", "total_max_attempts": 6})
+            options["config_kwargs"] = config
             # Other processes write to the same bucket: a cached listing would hide their objects from exists().
             options.setdefault("use_listings_cache", False)
             self.root = uri.split("://", 1)[1].strip("/")
@@ -118,11 +126,12 @@ class Store:
 
     def _fail(self, action: str, key: str, error: Exception) -> StoreError:
         reason = str(error) or type(error).__name__
-        return StoreError(f"cannot {action} {key!r} in {self._describe()}: {reason}")
+        what = f"{key!r} in " if key else ""
+        return StoreError(f"cannot {action} {what}{self._describe()}: {reason}")
 
     def check(self, *, write: bool = True) -> None:
         """Fail early, with one clear error, when the store cannot be reached (or written)."""
-        probe = f"_raymatch_probe/{uuid.uuid4().hex}"
+        probe = f"_raymatch_probe-{uuid.uuid4().hex}"  # at the root: deleting it leaves no folder behind
         try:
             if self.is_local:
                 os.makedirs(self.root, exist_ok=True)

@@ -342,6 +342,8 @@ def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool |
             actors = start_actors(store, capacity, gpus_per_actor=0, cpus_per_actor=resources.cpus_per_task)
         for stage, fn, tasks, done in pair_stages:
             stage_start = time.perf_counter()
+            if stage != "simple":  # the biggest blocks first, so that no CPU is left with a long task at the end
+                tasks = sorted(tasks, key=lambda task: len(task.pairs), reverse=True)
             outcomes = run_bounded(fn, tasks, args=(store,), max_in_flight=resources.max_in_flight,
                                    num_cpus=resources.cpus_per_task, label=stage, progress=progress, actors=actors,
                                    fatal=(StoreError,))  # the store is down or full: stop, rerun later
@@ -359,7 +361,9 @@ def _counts(outcomes: list, skipped: int, stage_start: float, units=None) -> dic
     size = units or (lambda item: 1)
     return {"computed": sum(size(o.item) for o in outcomes if o.ok), "skipped": skipped, "tasks": len(outcomes),
             "failed": sum(size(o.item) for o in outcomes if not o.ok),
-            "in_task_seconds": sum(o.seconds for o in outcomes), "seconds": time.perf_counter() - stage_start,
+            "in_task_seconds": sum(o.seconds for o in outcomes),
+            "task_seconds": sorted((o.seconds for o in outcomes), reverse=True),
+            "seconds": time.perf_counter() - stage_start,
             "errors": [o.error for o in outcomes if not o.ok][:10]}
 
 

@@ -118,3 +118,12 @@ def test_pipeline_benchmark_smoke():
     (row,) = bench_pipeline((3,), 100)
     assert row["models"] == 3 and row["pairs"] == 3 and row["tasks"] >= 1
     assert row["wall"] > 0 and row["in_task"] > 0
+
+
+def test_ideal_wall_is_a_lower_bound_of_two_cpu_schedules():
+    from raymatch.bench import ideal_wall
+
+    assert ideal_wall([1.0, 1.0, 1.0]) == 2.0  # three equal tasks on two CPUs: two share one
+    assert ideal_wall([4.0, 1.0, 1.0]) == 4.0  # the longest task
+    assert ideal_wall([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]) == 3.0  # spread evenly
+    assert ideal_wall([0.5]) == 0.5

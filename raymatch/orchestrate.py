@@ -30,12 +30,22 @@ from .extract.extractor import read_checkpoint, stored_repeats
 from .extract.layers import select_layers
 from .models import checkpoint_id
 from .models.checkpoint import check_checkpoint
-from .pairs import MatchTask, SimpleTask, block_tasks, cka_and_write, match_and_write, simple_and_write
+from .pairs import (
+    FactorTask,
+    MatchTask,
+    SimpleTask,
+    block_tasks,
+    cka_and_write,
+    factor_and_store,
+    match_and_write,
+    simple_and_write,
+)
 from .results import write_rows
-from .store import Store, StoreError
+from .store import ActivationKey, Store, StoreError
+from .store.factors import FACTOR_VERSION, factor_prefix
 from .study import pair_positions, untrained_prefix
 
-STAGES = ("train", "extract", "match", "simple", "cka")
+STAGES = ("train", "extract", "factor", "match", "simple", "cka")
 
 
 @dataclass
@@ -56,6 +66,8 @@ class Plan:
     layers: list[str]
     model_ids: dict[str, str] = field(default_factory=dict)  # checkpoint → model id
     extraction_todo: list[str] = field(default_factory=list)  # checkpoints
+    factor_tasks: list[FactorTask] = field(default_factory=list)  # one per (model, layer, repeat) not stored
+    factor_done: int = 0
     match_tasks: list[MatchTask] = field(default_factory=list)  # only the pairs still to do
     match_done: int = 0  # pairs × layers × repeats stored
     simple_tasks: list[SimpleTask] = field(default_factory=list)
@@ -73,11 +85,13 @@ class Plan:
         return sum(len(population.train_todo) for population in self.populations)
 
     def counts(self) -> dict[str, tuple[int, int]]:
-        """Per stage: (done, to do), in models (train, extract), pairs × layers × repeats (match, cka) or
+        """Per stage: (done, to do), in models (train, extract), models × layers × repeats (factor),
+        pairs × layers × repeats (match, cka) or
         pairs × layers × repeats × ε (simple)."""
         n = len(self.checkpoints)
         return {"train": (n - self.train_todo, self.train_todo),
                 "extract": (n - len(self.extraction_todo), len(self.extraction_todo)),
+                "factor": (self.factor_done, len(self.factor_tasks)),
                 "match": (self.match_done, sum(len(task.pairs) for task in self.match_tasks)),
                 "simple": (self.simple_done, len(self.simple_tasks)),
                 "cka": (self.cka_done, sum(len(task.pairs) for task in self.cka_tasks))}
@@ -143,6 +157,7 @@ def make_plan(study, store: Store) -> Plan:
     simple = study.simple_matches
     simple_layers = set(select_layers(study.architecture.module_tree(), simple.layers)) if simple.enabled else set()
     stored = {table: _stored_pairs(store, table, study) for table in ("matches", "cka")}
+    stored_factors = set(store.list(f"factors/{FACTOR_VERSION}/{probe.id}"))
     for population in plan.populations:
         ids = [plan.model_ids[key] for key in population.checkpoints]
         positions = {model: index for index, model in enumerate(ids)}
@@ -150,6 +165,9 @@ def make_plan(study, store: Store) -> Plan:
         for layer in plan.layers:
             repeats = stored_repeats(store, probe.id, ids[0], layer)
             for repeat in range(repeats):
+                for model in ids:
+                    key = ActivationKey(probe.id, model, layer, repeat)
+                    plan.factor_done += f"{factor_prefix(key, study.center)}/_manifest.json" in stored_factors
                 for stage, table in (("match", "matches"), ("cka", "cka")):
                     if stage == "cka" and not study.cka:
                         continue
@@ -167,6 +185,15 @@ def make_plan(study, store: Store) -> Plan:
                             plan.simple_done += 1
                         else:
                             plan.simple_tasks.append(task)
+    # Factors only where a pair still to do needs one (CKA reads the activations): a matrix that cannot be
+    # factored (its pairs recorded as failed rows) is not asked for again.
+    needed = {ActivationKey(task.probe_id, model, task.layer, task.repeat)
+              for task in plan.match_tasks for model in task.models}
+    needed |= {ActivationKey(task.probe_id, model, task.layer, task.repeat)
+               for task in plan.simple_tasks for model in task.pair}
+    for key in sorted(needed, key=lambda key: (key.layer, key.repeat, key.model_id)):
+        if f"{factor_prefix(key, study.center)}/_manifest.json" not in stored_factors:
+            plan.factor_tasks.append(FactorTask(key, study.center))
     return plan
 
 
@@ -335,20 +362,21 @@ def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool |
                              "seconds": time.perf_counter() - stage_start}
         if jobs:
             plan = make_plan(study, store)
-        pair_stages = (("match", match_and_write, plan.match_tasks, plan.match_done),
+        pair_stages = (("factor", factor_and_store, plan.factor_tasks, plan.factor_done),
+                       ("match", match_and_write, plan.match_tasks, plan.match_done),
                        ("simple", simple_and_write, plan.simple_tasks, plan.simple_done),
                        ("cka", cka_and_write, plan.cka_tasks, plan.cka_done))
         if actors is None and shared_actors and any(tasks for _, _, tasks, _ in pair_stages):
             actors = start_actors(store, capacity, gpus_per_actor=0, cpus_per_actor=resources.cpus_per_task)
         for stage, fn, tasks, done in pair_stages:
             stage_start = time.perf_counter()
-            if stage != "simple":  # the biggest blocks first, so that no CPU is left with a long task at the end
+            if stage in ("match", "cka"):  # biggest blocks first: no CPU is left alone with a long task at the end
                 tasks = sorted(tasks, key=lambda task: len(task.pairs), reverse=True)
             outcomes = run_bounded(fn, tasks, args=(store,), max_in_flight=resources.max_in_flight,
                                    num_cpus=resources.cpus_per_task, label=stage, progress=progress, actors=actors,
                                    fatal=(StoreError,))  # the store is down or full: stop, rerun later
             stages[stage] = _counts(outcomes, done, stage_start, units=(lambda task: len(task.pairs))
-                                    if stage != "simple" else None)
+                                    if stage in ("match", "cka") else None)
             if stage == "match":
                 stages[stage]["failed_rows"] = sum(o.result["failed"] for o in outcomes if o.ok)
     finally:

@@ -190,6 +190,20 @@ def run_simple_task(store: Store, task: SimpleTask) -> list[dict]:
             for i, m in enumerate(simple_matches(fa, fb, task.eps))]
 
 
+@dataclass(frozen=True)
+class FactorTask:
+    """The factor of one stored activation matrix (model, layer, repeat), computed once for every pair."""
+
+    key: ActivationKey
+    center: bool = False
+
+
+def factor_and_store(store: Store, task: FactorTask) -> dict:
+    """One factor task: factor the stored matrix and store the factor (a no-op if it is already stored)."""
+    value = cached_factor(store, task.key, center=task.center)
+    return {"rank": value.rank}
+
+
 # The task bodies live here, not beside the planner, so that a fresh Ray worker imports no torch:
 # its first task starts ~0.3 s after the worker does instead of ~1.2 s.
 

@@ -80,6 +80,7 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
     assert main(["run", str(study_file)]) == 0
     out = capsys.readouterr().out
     assert "extract          0        3       0" in out and "match            0        6" in out
+    assert "factor           0        6       0" in out  # 3 models × 2 layers, factored once in the first run
     assert "simple           0 " in out and "cka              0 " in out
     assert computed_results() == before
 

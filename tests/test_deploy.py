@@ -33,7 +33,21 @@ DEPLOY = ROOT / "deploy"
 KUBERAY = DEPLOY / "kuberay"
 LAUNCHER = DEPLOY / "cluster" / "aws-gpu.yaml"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
-CRD_DIR = ROOT.parent / "shared" / "kuberay-crds-v1.7.0"
+
+
+def _crd_dir() -> Path:
+    """The KubeRay v1.7.0 CRDs: ``$RAYMATCH_KUBERAY_CRDS``, else ``shared/kuberay-crds-v1.7.0`` beside the checkout
+    or beside any folder above it (a clone in a sub-folder of the workspace still finds them)."""
+    if os.environ.get("RAYMATCH_KUBERAY_CRDS"):
+        return Path(os.environ["RAYMATCH_KUBERAY_CRDS"])
+    for folder in ROOT.parents:
+        candidate = folder / "shared" / "kuberay-crds-v1.7.0"
+        if candidate.is_dir():
+            return candidate
+    return ROOT.parent / "shared" / "kuberay-crds-v1.7.0"
+
+
+CRD_DIR = _crd_dir()
 
 MANIFESTS = {"raycluster.yaml": "RayCluster", "rayjob.yaml": "RayJob", "raycronjob.yaml": "RayCronJob"}
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
@@ -48,7 +62,9 @@ INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 
 needs_crds = pytest.mark.skipif(
-    not CRD_DIR.is_dir(), reason=f"KubeRay v1.7.0 CRDs not found at {CRD_DIR} (the shared folder beside the checkout)"
+    not CRD_DIR.is_dir(),
+    reason=f"KubeRay v1.7.0 CRDs not found at {CRD_DIR} (the shared folder beside the checkout, or set "
+           "RAYMATCH_KUBERAY_CRDS)"
 )
 
 

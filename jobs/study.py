@@ -1,6 +1,6 @@
 """Entry point for `ray job submit`: run one study file on the cluster the job runs in.
 
-    ray job submit --working-dir . -- python jobs/study.py jobs/examples/tiny.yaml
+    ray job submit --working-dir . -- python jobs/study.py jobs/examples/quickstart.yaml
 
 Store credentials must reach the workers through the job's runtime_env (driver environment
 variables do not), e.g. --runtime-env-json '{"env_vars": {"AWS_ACCESS_KEY_ID": "...", ...}}'.

@@ -60,8 +60,12 @@ def _connect_ray(address: str | None, num_cpus: int | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    options = {"include_dashboard": False, "num_cpus": num_cpus} if address == "local" else {}
-    ray.init(address=address, logging_level="ERROR", **options)
+    if address == "local":
+        # A Ray started here serves this process only: keep it on the loopback interface (DESIGN.md §5).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address="local", logging_level="ERROR", include_dashboard=False, num_cpus=num_cpus)
+    else:
+        ray.init(address=address, logging_level="ERROR")
 
 
 def _load_checked(args: argparse.Namespace):

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.set_defaults(run=demo)
 
     run_query = commands.add_parser(
-        "query", help="run SQL over a store's results tables (matches, simple_matches, cka)",
+        "query", help="run SQL over a store's results tables (matches, simple_matches, cka, runs)",
         description="Run one DuckDB SQL query over the results tables of a store. S3 credentials come from the "
                     "standard AWS environment.")
     run_query.add_argument("store", metavar="STORE", help="store URI: a local path, file://… or s3://bucket/prefix")

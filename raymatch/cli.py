@@ -32,10 +32,11 @@ def query(args: argparse.Namespace) -> int:
     """Run one SQL query over a store's results tables and print (or save) the result."""
     from .results import format_frame
     from .results import query as run_query
+    from .store import Store
 
     if args.format == "parquet" and args.output is None and sys.stdout.isatty():
         raise ValueError("--format parquet writes binary: give --output FILE or redirect stdout")
-    store = _open_existing_store(args.store, args.endpoint_url)
+    store = Store.open_existing(args.store, endpoint_url=args.endpoint_url)
     output = format_frame(run_query(store, args.sql), args.format)
     if args.output is not None and isinstance(output, bytes):
         with open(args.output, "wb") as handle:
@@ -141,8 +142,9 @@ def status(args: argparse.Namespace) -> int:
     """Print a store's latest runs, what each recorded study still has to do, and the failed rows."""
     from .orchestrate import store_status
     from .results import format_frame
+    from .store import Store
 
-    store = _open_existing_store(args.store, args.endpoint_url)
+    store = Store.open_existing(args.store, endpoint_url=args.endpoint_url)
     report = store_status(store, runs=args.runs)
     runs = report["runs"]
     print(f"latest runs in {store.uri}:" if not runs.empty else f"no runs recorded in {store.uri}")
@@ -162,18 +164,6 @@ def status(args: argparse.Namespace) -> int:
         print(f"{len(failed)} failed match row(s):")
         print(format_frame(failed.drop_duplicates(["study", "population", "layer", "model_a", "model_b"]), "table"))
     return 0
-
-
-def _open_existing_store(uri: str, endpoint_url: str | None):
-    from .store import Store
-
-    store = Store(uri, endpoint_url=endpoint_url)
-    if store.is_local:
-        if not os.path.isdir(store.root):
-            raise ValueError(f"store {uri!r} does not exist (no folder {store.root})")
-    else:
-        store.check(write=False)
-    return store
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -202,6 +192,11 @@ def _user_error(error: BaseException) -> str:
         error = error.cause
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def _add_ray_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    command.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_study_cmd = commands.add_parser("run", help="run a study file (YAML) on Ray")
     run_study_cmd.add_argument("study", metavar="STUDY.yaml")
-    run_study_cmd.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    run_study_cmd.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    _add_ray_arguments(run_study_cmd)
     run_study_cmd.add_argument("--quiet", action="store_true", help="no similarity table after the run")
     run_study_cmd.add_argument("--allow-few-samples", action="store_true",
                                help="run layers the probe gives no more samples than neurons (they match trivially)")
@@ -245,8 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train_cmd = commands.add_parser("train", help="train a study's population (population.training, null baseline)")
     train_cmd.add_argument("study", metavar="STUDY.yaml")
-    train_cmd.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    train_cmd.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    _add_ray_arguments(train_cmd)
     train_cmd.set_defaults(run=train)
 
     from . import report as report_cmd

@@ -900,9 +900,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """Run ``raymatch report``: write the report, print the similarity table and the files written."""
-    store = Store(args.store, endpoint_url=getattr(args, "endpoint_url", None))
-    if not store.is_local:
-        store.check(write=False)
+    store = Store.open_existing(args.store, endpoint_url=getattr(args, "endpoint_url", None))
     report = write_report(store, study=args.study, out_dir=args.out, eps=getattr(args, "eps", DEFAULT_EPS))
     print(f"study {report.study}: mean maximum-match similarity (null in parentheses)")
     print(format_similarity_table(report.similarity_table))

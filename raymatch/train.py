@@ -260,14 +260,9 @@ def _check_spec(spec: TrainingSpec) -> tuple[dict[str, Any], list[str]]:
     from .probes.datasets import available_datasets  # imports torch through raymatch.probes
 
     def integer(value: Any, minimum: int) -> int:
-        if isinstance(value, bool):
+        number = _as_int(value, minimum)
+        if number is None:
             raise _Invalid(f"must be an integer ≥ {minimum}, got {value!r}")
-        try:
-            number = operator.index(value)
-        except TypeError:
-            raise _Invalid(f"must be an integer ≥ {minimum}, got {value!r}") from None
-        if number < minimum:
-            raise _Invalid(f"must be an integer ≥ {minimum}, got {number}")
         return number
 
     def real(value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> float:
@@ -577,22 +572,29 @@ def _record_base(kind: str, seed: int, arch: str, arch_kwargs: dict, dataset: st
             "device": device, "threads": threads, "torch_version": torch.__version__, "code_version": __version__}
 
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+def _as_int(value: Any, minimum: int) -> int | None:
+    """``value`` as an int when it is an integer (not a bool) ≥ ``minimum``, else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
     try:
-        seed = operator.index(seed)
+        number = operator.index(value)
     except TypeError:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}") from None
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    return seed
+        return None
+    return number if number >= minimum else None
+
+
+def _check_seed(seed: Any) -> int:
+    number = _as_int(seed, 0)
+    if number is None:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return number
 
 
 def _check_threads(threads: Any) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+    number = _as_int(threads, 1)
+    if number is None:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    return int(threads)
+    return number
 
 
 def _resolve_device(torch: Any, device: str) -> str:

@@ -99,6 +99,18 @@ class Store:
         self._options = options
         self.fs = fsspec.filesystem(protocol, **options)
 
+    @classmethod
+    def open_existing(cls, uri: str, *, endpoint_url: str | None = None) -> Store:
+        """A store to read from, which must already exist: a local folder that is there, or a bucket that
+        answers (a read-only check). Raises ``ValueError`` or :class:`StoreError` with one line naming it."""
+        store = cls(uri, endpoint_url=endpoint_url)
+        if store.is_local:
+            if not os.path.isdir(store.root):
+                raise ValueError(f"store {uri!r} does not exist (no folder {store.root})")
+        else:
+            store.check(write=False)
+        return store
+
     # Pickled into Ray workers: rebuild the filesystem there from the options (no live sessions).
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -14,7 +14,6 @@ from raymatch.probes import load_dataset
 from raymatch.train import (
     HOLDOUT_SEED,
     TrainingSpec,
-    _augment,
     holdout_split,
     pending_seeds,
     population_keys,
@@ -24,6 +23,7 @@ from raymatch.train import (
     train_population,
     untrained_model,
 )
+from raymatch.train.loop import _augment
 
 ARCH = "small_cnn"
 ARCH_KWARGS = {"in_channels": 1, "input_size": 8, "width": 0.5}

@@ -240,8 +240,8 @@ def _pipeline_run(n_models: int, n_examples: int) -> dict:
 
     import torch
 
+    from .engine.run import run_study
     from .models import build_model, checkpoint_bytes
-    from .orchestrate import run_study
     from .store import Store
     from .study import Study
 

@@ -11,9 +11,9 @@ from . import __version__
 
 def demo(args: argparse.Namespace) -> int:
     """Placeholder main job: the maximum match of a synthetic pair over the paper's ε grid."""
+    from .engine.tasks import chance_level
     from .match import match_curve
     from .match.synthetic import relu_pair
-    from .pairs import chance_level
 
     A, B = relu_pair(args.samples, args.neurons, args.neurons, seed=args.seed)
     curve = match_curve(A, B)
@@ -87,7 +87,7 @@ def _load_checked(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Run a study file: training, extraction, then every (pair block × layer × repeat) task; skip what is stored."""
-    from .orchestrate import run_study
+    from .engine.run import run_study
 
     study = _load_checked(args)
     summary = run_study(study, progress=None, only=getattr(args, "only", None),
@@ -125,7 +125,7 @@ def _print_similarity(study) -> None:
 
 def train(args: argparse.Namespace) -> int:
     """Train (only) the population of a study file: its seeds and the null baseline's untrained models."""
-    from .orchestrate import run_study
+    from .engine.run import run_study
     from .study import load_study
 
     study = load_study(args.study)
@@ -140,7 +140,7 @@ def train(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """Print a store's latest runs, what each recorded study still has to do, and the failed rows."""
-    from .orchestrate import store_status
+    from .engine.run import store_status
     from .results import format_frame
     from .store import Store
 
@@ -168,7 +168,7 @@ def status(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     """Print, per stage, how much of a study is stored and how much is left, without running anything."""
-    from .orchestrate import make_plan
+    from .engine.plan import make_plan
 
     study = _load_checked(args)
     store = study.store.open()

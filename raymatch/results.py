@@ -80,7 +80,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .store import Store, StoreError, check_name
+from .store import Store, StoreError, check_name, layout
 
 _INT32 = pa.int32()
 _LIST_INT32 = pa.list_(pa.int32())
@@ -155,7 +155,7 @@ RUNS = pa.schema([
 TABLES: dict[str, pa.Schema] = {"matches": MATCHES, "simple_matches": SIMPLE_MATCHES, "cka": CKA, "runs": RUNS}
 
 #: The states of a ``runs`` row: written ``"running"`` when a run starts and replaced when it ends. A run whose
-#: driver died stays ``"running"`` for ever: :func:`raymatch.orchestrate.run_status` tells those apart.
+#: driver died stays ``"running"`` for ever: ``raymatch status`` lists them.
 RUN_STATUSES = ("running", "succeeded", "failed")
 
 STATUSES = ("ok", "failed")
@@ -170,12 +170,13 @@ def _schema(table: str) -> pa.Schema:
 def table_prefix(table: str) -> str:
     """Store prefix under which the objects of ``table`` live (``results/<table>``)."""
     _schema(table)
-    return f"results/{table}"
+    return layout.table_prefix(table)
 
 
 def result_key(table: str, task_id: str) -> str:
     """Deterministic key of one task's object: ``results/<table>/<task_id>.parquet``."""
-    return f"{table_prefix(table)}/{check_name(task_id, 'task id')}.parquet"
+    _schema(table)
+    return layout.result_key(table, check_name(task_id, "task id"))
 
 
 def _is_integer(value) -> bool:

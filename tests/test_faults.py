@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from raymatch.cli import main
-from raymatch.orchestrate import make_plan, run_study
+from raymatch.engine.plan import make_plan
+from raymatch.engine.run import run_study
 from raymatch.results import load
 from raymatch.store import ActivationKey, Store, StoreError, read_activations
 from raymatch.store.activations import read_manifest, write_activations

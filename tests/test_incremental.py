@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 
-from raymatch.orchestrate import make_plan, run_study
+from raymatch.engine.plan import make_plan
+from raymatch.engine.run import run_study
 from raymatch.results import load
 from raymatch.study import load_study
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import raymatch
-from raymatch import pairs as pairs_module
+from raymatch.engine import tasks as pairs_module
+from raymatch.engine.tasks import block_tasks, chance_level, run_match_task
 from raymatch.match.synthetic import relu_pair
-from raymatch.pairs import block_tasks, chance_level, run_match_task
 from raymatch.store import ActivationKey, read_activations, write_activations
 
 EPS = (0.15, 0.25, 0.5)

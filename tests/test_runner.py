@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from raymatch.runner import run_bounded
+from raymatch.engine.runner import run_bounded
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -42,9 +42,9 @@ def test_warm_actors_are_an_interchangeable_executor(tmp_path, local_store):
     """The same items through the extraction actors' warm processes: same outcomes, work spread over them."""
     import ray
 
-    from raymatch.extract.pool import start_actors
+    from raymatch.engine.workers import start_actors
 
-    actors = start_actors(local_store, 2, gpus_per_actor=0, cpus_per_actor=1)
+    actors = start_actors(2, gpus_per_actor=0, cpus_per_actor=1)
     try:
         outcomes = run_bounded(pid_of_square, range(8), args=(str(tmp_path),), max_in_flight=4, progress=False,
                                actors=actors)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arrays import FORMATS, decode, encode, matrix_to_table, table_to_matrix
+from .layout import activation_prefix, manifest_key
 from .store import Store, check_name
 
 #: Default encoding of activation shards (see docs/benchmarks.md, "Activation store").
 DEFAULT_FORMAT = "arrow"
 #: Rows per shard by default (a 512-neuron float32 shard is then 128 MiB at most).
 DEFAULT_SHARD_ROWS = 65_536
-MANIFEST = "_manifest.json"
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,13 @@ class ActivationKey:
 
     @property
     def prefix(self) -> str:
-        return f"activations/{self.probe_id}/{self.model_id}/{self.layer}/r{self.repeat}"
+        """Where the matrix's shards and manifest live."""
+        return activation_prefix(self.probe_id, self.model_id, self.layer, self.repeat)
 
     @property
     def manifest(self) -> str:
-        return f"{self.prefix}/{MANIFEST}"
+        """The matrix's manifest: it is stored exactly when this exists."""
+        return manifest_key(self.prefix)
 
 
 class ActivationWriter:

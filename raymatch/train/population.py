@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..runner import Outcome
+    from ..engine.runner import Outcome
     from ..store import Store
 
 from ..store.layout import checkpoint_key, training_record_key
@@ -68,15 +68,15 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
         Ray ``num_cpus`` per task; the task's torch threads are ``max(1, int(cpus_per_task))``.
     gpus_per_task : float, default 0
         Ray ``num_gpus`` per task; when > 0 the task trains on ``'cuda'``. Needs
-        :func:`raymatch.runner.run_bounded` to accept ``num_gpus`` (raises NotImplementedError otherwise).
+        :func:`raymatch.engine.runner.run_bounded` to accept ``num_gpus`` (raises NotImplementedError otherwise).
     max_in_flight : int, default 4
         Tasks submitted at once.
     progress : bool, optional
-        Progress reporting, as in :func:`~raymatch.runner.run_bounded`.
+        Progress reporting, as in :func:`~raymatch.engine.runner.run_bounded`.
 
     Returns
     -------
-    list of raymatch.runner.Outcome
+    list of raymatch.engine.runner.Outcome
         One per seed submitted (``item`` = seed, ``result`` = the record as written, or ``error``), in the order
         of ``seeds``; empty when every seed was already done.
 
@@ -88,7 +88,7 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
     """
     import inspect
 
-    from ..runner import run_bounded
+    from ..engine.runner import run_bounded
     from ..store import check_key
 
     seeds = _check_seeds(seeds)
@@ -113,7 +113,7 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
     resources: dict[str, float] = {"num_cpus": cpus_per_task}
     if gpus_per_task > 0:
         if "num_gpus" not in inspect.signature(run_bounded).parameters:
-            raise NotImplementedError("gpus_per_task > 0 needs raymatch.runner.run_bounded to accept num_gpus")
+            raise NotImplementedError("gpus_per_task > 0 needs raymatch.engine.runner.run_bounded to accept num_gpus")
         resources["num_gpus"] = gpus_per_task
     threads = max(1, int(cpus_per_task))
     device = "cuda" if gpus_per_task > 0 else "cpu"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from raymatch.engine.workers import actor_options, extract_population
 from raymatch.extract import ExtractionJob
-from raymatch.extract.pool import actor_options, extract_population
 from raymatch.store import ActivationKey, read_activations
 
 from .helpers import DIGITS, probe, put_checkpoint

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -26,10 +26,19 @@ class Outcome:
     result: Any = None
     error: str | None = None
     seconds: float = 0.0
+    cause: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
+        """Whether the task returned a result."""
         return self.error is None
+
+    def reraise(self) -> None:
+        """Raise the task's own error again (its cause, not Ray's wrapper); nothing when it succeeded."""
+        if self.cause is not None:
+            raise self.cause
+        if self.error is not None:
+            raise RuntimeError(self.error)
 
 
 def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_flight: int = 8, num_cpus: float = 1,
@@ -92,10 +101,12 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
                             ray.cancel(other)
                     reporter.close()
                     raise cause from error
-                outcomes[index] = Outcome(items[index], None, f"{type(cause).__name__}: {cause}")
+                outcomes[index] = Outcome(items[index], None, f"{type(cause).__name__}: {cause}", cause=cause)
             except ray.exceptions.RayActorError as error:  # an actor out of restarts: this item fails, not the run
-                outcomes[index] = Outcome(items[index], None, f"{type(error).__name__}: {error}")
+                outcomes[index] = Outcome(items[index], None, f"{type(error).__name__}: {error}", cause=error)
                 busy.pop(actor, None)
+            except ray.exceptions.RayError as error:  # a worker lost after its retries, out of memory, …
+                outcomes[index] = Outcome(items[index], None, f"{type(error).__name__}: {error}", cause=error)
             reporter.step()
     reporter.close()
     return outcomes  # type: ignore[return-value]

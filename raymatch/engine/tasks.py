@@ -1,4 +1,4 @@
-"""Pair work units: blocks of models, and the task that matches every pair inside one block.
+"""Task units and their bodies: factors, blocks of pairs (match, CKA) and simple-match pairs.
 
 Models are split into blocks of ``block`` models; a task covers the pairs between two blocks
 (or within one) and loads each model's factor once, so over a whole study every stored matrix is
@@ -8,7 +8,6 @@ from one ``match_curve`` (every critical ε in one peel).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -16,10 +15,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from . import __version__
-from .match import match_curve
-from .results import write_rows
-from .store import ActivationKey, Store, StoreError, cached_factor
+from .. import __version__
+from ..match import match_curve
+from ..results import write_rows
+from ..store import ActivationKey, Store, StoreError, cached_factor, layout
 
 
 @dataclass(frozen=True)
@@ -52,9 +51,8 @@ class MatchTask:
     @property
     def task_id(self) -> str:
         """Deterministic id: the same work always has the same id (and the same result file)."""
-        digest = hashlib.sha256(repr((self.config_hash, self.probe_id, self.layer, self.repeat, self.pairs,
-                                      self.eps, self.center, self.population)).encode()).hexdigest()[:16]
-        return f"{self.layer}.r{self.repeat}.{digest}"
+        return layout.task_id(self.layer, self.repeat, [self.config_hash, self.probe_id, self.pairs, self.eps,
+                                                        self.center, self.population])
 
     @property
     def models(self) -> list[str]:
@@ -139,8 +137,8 @@ def run_match_task(store: Store, task: MatchTask) -> list[dict]:
 
 def run_cka_task(store: Store, task: MatchTask) -> list[dict]:
     """Linear CKA of every pair of ``task`` (``cka`` rows); each activation matrix is read once."""
-    from .match import linear_cka
-    from .store import read_activations
+    from ..match import linear_cka
+    from ..store import read_activations
 
     matrices = {model: read_activations(store, ActivationKey(task.probe_id, model, task.layer, task.repeat))
                 for model in task.models}
@@ -166,14 +164,13 @@ class SimpleTask:
 
     @property
     def task_id(self) -> str:
-        digest = hashlib.sha256(repr((self.config_hash, self.probe_id, self.layer, self.repeat, self.pair, self.eps,
-                                      self.center, self.max_neurons, self.population)).encode()).hexdigest()[:16]
-        return f"{self.layer}.r{self.repeat}.{digest}"
+        return layout.task_id(self.layer, self.repeat, [self.config_hash, self.probe_id, self.pair, self.eps,
+                                                        self.center, self.max_neurons, self.population])
 
 
 def run_simple_task(store: Store, task: SimpleTask) -> list[dict]:
     """``simple_matches`` rows of one pair; none when the maximum match exceeds ``max_neurons`` neurons."""
-    from .match import max_match, simple_matches
+    from ..match import max_match, simple_matches
 
     a, b = task.pair
     fa, fb = (cached_factor(store, ActivationKey(task.probe_id, model, task.layer, task.repeat), center=task.center)

@@ -1,0 +1,266 @@
+"""Planning a study from what its store holds: the model groups, and per stage the tasks still to do.
+
+Nothing here runs anything or writes to the store. :func:`make_plan` resolves the study's model groups (the
+trained population and the untrained null baseline), then asks every declared stage (:mod:`.stages`) what it
+has done and what is left. A stage whose inputs do not exist yet (extraction before the models are trained,
+pair tasks before the activations are stored) is planned as *not known yet*, and planned again once the stage
+before it has run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.compute as pc
+
+from ..store import Store
+
+__all__ = ["ModelGroup", "Plan", "PlanContext", "StagePlan", "make_plan", "resolve_population"]
+
+
+@dataclass
+class ModelGroup:
+    """One group of models a study compares among themselves: the trained population or the null baseline.
+
+    Attributes
+    ----------
+    name : {'trained', 'untrained'}
+        The ``population`` column of its rows.
+    checkpoints : list of str
+        Checkpoint keys in population order.
+    reference : int, optional
+        Position of the reference model (``pairs: reference``).
+    prefix : str, optional
+        Where the study trains (or initialises) the group's checkpoints; None for checkpoints given by the user.
+    train_todo : list of int
+        Seeds whose checkpoint is not stored yet.
+    """
+
+    name: str
+    checkpoints: list[str]
+    reference: int | None = None
+    prefix: str | None = None
+    train_todo: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StagePlan:
+    """What one stage has stored and what it still has to do.
+
+    Attributes
+    ----------
+    tasks : list
+        The stage's work items still to do (each run by the stage's task function).
+    done : int
+        Units already stored (in the stage's :attr:`~raymatch.engine.stages.Stage.unit`).
+    known : bool
+        False while the stage's inputs do not exist yet: ``tasks`` and ``done`` are then empty.
+    """
+
+    tasks: list = field(default_factory=list)
+    done: int = 0
+    known: bool = True
+
+
+#: A stage not plannable yet: what it needs is made by a stage before it.
+NOT_KNOWN_YET = StagePlan(known=False)
+
+
+@dataclass
+class Plan:
+    """What a study needs and what of it is already stored, per declared stage.
+
+    Attributes
+    ----------
+    groups : list of ModelGroup
+    layers : list of str
+        Module names in network order.
+    model_ids : dict
+        Checkpoint key → model id (content digest), once every checkpoint exists.
+    stages : dict
+        Stage name → :class:`StagePlan`, in the order of :data:`~raymatch.engine.stages.STAGES`.
+    """
+
+    groups: list[ModelGroup]
+    layers: list[str]
+    model_ids: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, StagePlan] = field(default_factory=dict)
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """Every checkpoint of every group (trained first)."""
+        return [key for group in self.groups for key in group.checkpoints]
+
+    def __getitem__(self, stage: str) -> StagePlan:
+        return self.stages[stage]
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Per stage in run order: ``(done, to do)`` in the stage's unit; ``(0, 0)`` for a stage not known yet.
+
+        Units: models (train, extract), models × layers × repeats (factor), pairs × layers × repeats (match,
+        cka), pairs × layers × repeats × ε (simple).
+        """
+        from .stages import STAGES
+
+        return {stage.name: (self.stages[stage.name].done, sum(map(stage.size, self.stages[stage.name].tasks)))
+                for stage in STAGES}
+
+    def known(self) -> dict[str, bool]:
+        """Per stage: whether its work is known yet (see :class:`StagePlan`)."""
+        return {name: stage.known for name, stage in self.stages.items()}
+
+
+class PlanContext:
+    """What the stage planners share: the study, its store, the plan so far, and store reads made once."""
+
+    def __init__(self, study, store: Store, plan: Plan):
+        self.study, self.store, self.plan = study, store, plan
+
+    @functools.cached_property
+    def pair_units(self) -> list[tuple[ModelGroup, str, int, list[tuple[str, str]], dict[str, int]]]:
+        """``(group, layer, repeat, pairs, positions)`` for every group × layer × stored repeat."""
+        from ..extract.extractor import stored_repeats
+        from ..study import pair_positions
+
+        units = []
+        for group in self.plan.groups:
+            ids = [self.plan.model_ids[key] for key in group.checkpoints]
+            positions = {model: index for index, model in enumerate(ids)}
+            pairs = [(ids[i], ids[j]) for i, j in pair_positions(self.study.pairs, len(ids), group.reference)]
+            for layer in self.plan.layers:
+                for repeat in range(stored_repeats(self.store, self.study.probe.id, ids[0], layer)):
+                    units.append((group, layer, repeat, pairs, positions))
+        return units
+
+    @functools.cache  # noqa: B019 - one context per planning pass
+    def stored_pairs(self, table: str) -> frozenset[tuple]:
+        """(population, layer, repeat, model_a, model_b) of every pair ``table`` holds rows of for this study.
+
+        Work is planned per pair, not per task object: when the population grows, only the new pairs are
+        computed, whichever blocks they fall in. A task writes all rows of its pairs in one object, so a pair
+        with any row is complete (failed rows included: ``raymatch status`` lists them).
+        """
+        from ..results import load_table
+
+        rows = load_table(self.store, table, study=self.study.name)
+        rows = rows.filter(pc.equal(rows.column("config_hash"), self.study.config_hash))
+        columns = [rows.column(name).to_pylist() for name in ("population", "layer", "repeat", "model_a", "model_b")]
+        return frozenset(zip(*columns, strict=True))
+
+    def missing_pairs(self, table: str, group: ModelGroup, layer: str, repeat: int,
+                      pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The pairs of one unit that ``table`` holds no rows of."""
+        stored = self.stored_pairs(table)
+        return [pair for pair in pairs if (group.name, layer, repeat, *pair) not in stored]
+
+    @functools.cached_property
+    def stored_factors(self) -> frozenset[str]:
+        """Every key under the probe's factor root (one listing)."""
+        from ..store.layout import factor_root
+
+        return frozenset(self.store.list(factor_root(self.study.probe.id)))
+
+    @functools.cached_property
+    def simple_tasks(self) -> tuple[list[Any], int]:
+        """The simple-match tasks still to do, and how many are stored."""
+        from ..extract.layers import select_layers
+        from ..store.layout import result_key
+        from .tasks import SimpleTask
+
+        study, simple = self.study, self.study.simple_matches
+        if not simple.enabled:
+            return [], 0
+        layers = set(select_layers(study.architecture.module_tree(), simple.layers))
+        stored = frozenset(self.store.list("results/simple_matches"))
+        todo, done = [], 0
+        for group, layer, repeat, pairs, _ in self.pair_units:
+            if layer not in layers or group.name != "trained":
+                continue
+            for pair in pairs:
+                for eps in simple.eps:
+                    task = SimpleTask(study.name, study.config_hash, study.probe.id, layer, repeat, pair, eps,
+                                      study.center, simple.max_neurons)
+                    if result_key("simple_matches", task.task_id) in stored:
+                        done += 1
+                    else:
+                        todo.append(task)
+        return todo, done
+
+
+def resolve_population(study, store: Store) -> list[str]:
+    """The study's checkpoints: the explicit list, the trained seeds' keys, or the store keys matching its glob.
+
+    Raises
+    ------
+    ValueError
+        A glob matching fewer than 2 checkpoints.
+    """
+    population = study.population
+    if population.checkpoints:
+        return list(population.checkpoints)
+    if population.training is not None:
+        from ..train import population_keys
+
+        return population_keys(population.training.prefix(study.architecture), population.training.seeds)
+    pattern = population.glob
+    prefix = pattern.split("*", 1)[0].rsplit("/", 1)[0] if "/" in pattern else ""
+    found = [key for key in store.list(prefix) if fnmatch.fnmatch(key, pattern)]
+    if len(found) < 2:
+        raise ValueError(f"population.glob {pattern!r} matches {len(found)} checkpoint(s) in {store.uri}; "
+                         "a study needs at least 2 models")
+    return found
+
+
+def _groups(study, store: Store) -> list[ModelGroup]:
+    from ..study import untrained_prefix
+    from ..train import pending_seeds, population_keys
+
+    checkpoints = resolve_population(study, store)
+    training = study.population.training
+    reference = None
+    if study.pairs == "reference":
+        names = [f"seed{seed}" for seed in training.seeds] if training is not None else checkpoints
+        if study.reference not in names:
+            raise ValueError(f"reference {study.reference!r} is not in the population ({len(names)} models)")
+        reference = names.index(study.reference)
+    trained = ModelGroup("trained", checkpoints, reference)
+    if training is not None:
+        trained.prefix = training.prefix(study.architecture)
+        trained.train_todo = pending_seeds(store, trained.prefix, training.seeds)
+    groups = [trained]
+    if study.null_baseline:
+        seeds = training.seeds if training is not None else tuple(range(len(checkpoints)))
+        prefix = untrained_prefix(study.architecture)
+        groups.append(ModelGroup("untrained", population_keys(prefix, seeds), reference, prefix,
+                                 pending_seeds(store, prefix, seeds)))
+    return groups
+
+
+def make_plan(study, store: Store) -> Plan:
+    """Resolve the model groups and ask every stage what is stored and what is left, running nothing.
+
+    Parameters
+    ----------
+    study : raymatch.study.Study
+    store : Store
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    ValueError
+        A population that cannot be resolved, a corrupt or mismatched checkpoint, or two checkpoints that are
+        the same model: before anything is written.
+    """
+    from .stages import STAGES
+
+    plan = Plan(_groups(study, store), list(study.layer_names))
+    context = PlanContext(study, store, plan)
+    for stage in STAGES:
+        plan.stages[stage.name] = stage.plan(context)
+    return plan

@@ -1,0 +1,276 @@
+"""Running a study: every declared stage in order, each computing only what the store lacks.
+
+Stages (DESIGN.md §2, declared in :mod:`.stages`): training per seed (only for a ``population.training`` study,
+and the null baseline's untrained models), extraction per model, factors per (model, layer, repeat), then one
+task per (block of pairs, layer, repeat) computing the whole ε grid from one ``match_curve``; simple-match and
+CKA tasks likewise. A stage reads only what the one before it stored, so a rerun — or a run on another
+machine — computes exactly what is missing.
+
+Each run records itself in the ``runs`` table (written when it starts and replaced when it ends) and the study's
+configuration in ``studies/<name>.json``, from which ``raymatch status`` and ``raymatch report`` work without
+the study file. Run and stage events go to the ``raymatch`` logger.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import secrets
+import socket
+import time
+
+from .. import __version__
+from ..results import write_rows
+from ..store import Store, StoreError
+from ..store.layout import study_record_key, study_records_prefix
+from .plan import Plan, make_plan
+from .stages import STAGES, Stage
+
+__all__ = ["RunRecord", "run_study", "store_status", "write_study_record"]
+
+log = logging.getLogger("raymatch")
+
+
+def write_study_record(study, store: Store) -> None:
+    """``studies/<name>.json``: the study's configuration and its layers in network order (for status, report)."""
+    store.write_json(study_record_key(study.name), {
+        "name": study.name, "config_hash": study.config_hash, "code_version": __version__,
+        "layers": list(study.layer_names), "eps": list(study.eps), "architecture": study.architecture.to_dict(),
+        "probe": study.probe.to_dict(), "config": study.to_dict(),
+    })
+
+
+class RunRecord:
+    """One row of the ``runs`` table, written when the run starts and replaced when it ends."""
+
+    def __init__(self, study, store: Store):
+        self.store = store
+        started = _dt.datetime.now(_dt.timezone.utc)
+        self.row = {"run_id": f"{study.name}.{started:%Y%m%dT%H%M%S}.{secrets.token_hex(4)}", "study": study.name,
+                    "config_hash": study.config_hash, "host": socket.gethostname(), "code_version": __version__,
+                    "started_at": started, "ended_at": None, "status": "running", "computed": 0, "skipped": 0,
+                    "failed": 0, "stages": "{}", "error": None}
+        self._write()
+
+    def _write(self) -> None:
+        write_rows(self.store, "runs", self.row["run_id"], [self.row])
+
+    def finish(self, stages: dict, error: str | None = None) -> None:
+        """Replace the row with the run's outcome: totals, per-stage counts, status and error."""
+        totals = {name: sum(counts.get(name, 0) for counts in stages.values())
+                  for name in ("computed", "skipped", "failed")}
+        failed = error is not None or totals["failed"] > 0
+        self.row.update(totals, ended_at=_dt.datetime.now(_dt.timezone.utc), error=error,
+                        status="failed" if failed else "succeeded",
+                        stages=json.dumps({name: {key: counts[key] for key in ("computed", "skipped", "failed",
+                                                                                "seconds") if key in counts}
+                                           for name, counts in stages.items()}, sort_keys=True))
+        self._write()
+
+
+def run_study(study, *, progress: bool | None = None, only: str | None = None, connect=None) -> dict:
+    """Run every stage of ``study`` on the connected Ray cluster; returns the run's summary.
+
+    Parameters
+    ----------
+    study : raymatch.study.Study
+    progress : bool, optional
+        Progress bars (default: when stderr is a terminal; periodic lines otherwise).
+    only : str, optional
+        The name of a stage to stop after (``'train'`` for ``raymatch train``).
+    connect : callable, optional
+        Called without arguments once the population is planned and the store is known writable, before
+        anything is written: connect to Ray there, so that bad inputs fail without starting it.
+
+    Returns
+    -------
+    dict
+        ``study``, ``config_hash``, ``run_id``, ``seconds`` and ``stages``: per stage run, its ``computed``,
+        ``skipped``, ``failed`` counts, ``seconds`` and the first ``errors``.
+    """
+    started = time.perf_counter()
+    store = study.store.open()
+    if not store.is_local:  # an unreachable endpoint, a missing bucket, refused credentials: one clear line
+        store.check(write=False)
+    plan = make_plan(study, store)  # bad populations and checkpoints fail here, before anything is written
+    store.check()
+    if connect is not None:
+        connect()
+    write_study_record(study, store)
+    record = RunRecord(study, store)
+    summary: dict = {"study": study.name, "config_hash": study.config_hash, "run_id": record.row["run_id"],
+                     "stages": {}}
+    log.info("run %s of study %s (config %s) started", record.row["run_id"], study.name, study.config_hash)
+    try:
+        _run_stages(study, store, plan, summary, progress, only)
+    except BaseException as error:
+        log.info("run %s ended with %s: %s", record.row["run_id"], type(error).__name__, error)
+        try:
+            record.finish(summary["stages"], error=f"{type(error).__name__}: {error}")
+        except StoreError:  # the store is what failed (unreachable, full): report the run's own error
+            pass
+        raise
+    record.finish(summary["stages"])
+    summary["seconds"] = time.perf_counter() - started
+    log.info("run %s finished in %.1f s", record.row["run_id"], summary["seconds"])
+    return summary
+
+
+class _Executors:
+    """The executors of one run: training tasks, extraction actors, and the pair workers (started when needed).
+
+    Where extraction runs on CPUs, one pool of actors does every stage after training: the pair stages then start
+    in warm processes (no worker start-up, torch and the store already loaded) instead of cold tasks. GPU actors
+    are kept for extraction only: pair work is CPU work and must not hold a GPU, so it runs as Ray tasks there.
+    """
+
+    def __init__(self, study, store: Store, progress: bool | None):
+        from .workers import actor_options
+
+        self.study, self.store, self.progress = study, store, progress
+        resources = study.resources
+        options, self.capacity = actor_options(gpus_per_actor=resources.gpus_per_actor,
+                                               cpus_per_actor=resources.cpus_per_task)
+        self.gpu_extraction = "num_gpus" in options
+        self.shared: list | None = None  # CPU actors for extraction and the pair stages
+
+    def _shared_actors(self) -> list:
+        from .workers import start_actors
+
+        if self.shared is None:
+            self.shared = start_actors(self.capacity, gpus_per_actor=0,
+                                       cpus_per_actor=self.study.resources.cpus_per_task)
+        return self.shared
+
+    def run(self, stage: Stage, plan: Plan, tasks: list) -> list:
+        """Run ``tasks`` of ``stage`` on its executor; one :class:`~raymatch.engine.runner.Outcome` per task."""
+        from .runner import run_bounded
+
+        resources = self.study.resources
+        if stage.executor == "training":
+            return self._train(plan, tasks)
+        if stage.executor == "extraction":
+            from .workers import extract_job, extract_population
+
+            if self.gpu_extraction:  # GPU actors of their own, killed when extraction ends
+                return _outcomes_of(extract_population, self.store, tasks, resources, self.progress)
+            return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
+                               label=stage.name, progress=self.progress, actors=self._shared_actors(),
+                               fatal=(StoreError,))
+        if stage.name in ("match", "cka"):  # biggest blocks first: no CPU is left alone with a long task at the end
+            tasks = sorted(tasks, key=stage.size, reverse=True)
+        actors = None if self.gpu_extraction else self._shared_actors()
+        return run_bounded(stage.task, tasks, args=(self.store,), max_in_flight=resources.max_in_flight,
+                           num_cpus=resources.cpus_per_task, label=stage.name, progress=self.progress, actors=actors,
+                           fatal=(StoreError,))  # the store is down or full: stop, rerun later
+
+    def _train(self, plan: Plan, tasks: list) -> list:
+        from ..train import recipe, train_population
+
+        study, resources = self.study, self.study.resources
+        training = study.population.training
+        outcomes = []
+        for group in plan.groups:
+            seeds = [seed for name, seed in tasks if name == group.name]
+            if not seeds:
+                continue
+            untrained = group.name == "untrained"
+            spec = training.spec if training is not None else recipe("quick", dataset=study.probe.dataset)
+            outcomes += train_population(self.store, study.architecture.name, study.architecture.kwargs, spec,
+                                         seeds, prefix=group.prefix, untrained=untrained,
+                                         cpus_per_task=resources.cpus_per_task,
+                                         gpus_per_task=resources.gpus_per_actor,
+                                         max_in_flight=resources.max_in_flight, progress=self.progress)
+        return outcomes
+
+    def close(self) -> None:
+        """Stop the actors this run started."""
+        import ray
+
+        for actor in self.shared or ():
+            ray.kill(actor)
+
+
+def _outcomes_of(extract_population, store: Store, jobs: list, resources, progress) -> list:
+    """Extraction on GPU actors of its own, as outcomes (the first failure's error is kept as the cause)."""
+    from .runner import Outcome
+
+    try:
+        summaries = extract_population(store, jobs, gpus_per_actor=resources.gpus_per_actor,
+                                       cpus_per_actor=resources.cpus_per_task, progress=progress)
+    except Exception as error:
+        return [Outcome(jobs[0], None, f"{type(error).__name__}: {error}", cause=error)]
+    return [Outcome(job, summary) for job, summary in zip(jobs, summaries, strict=True)]
+
+
+def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool | None, only: str | None) -> None:
+    executors = _Executors(study, store, progress)
+    try:
+        for stage in STAGES:
+            stage_start = time.perf_counter()
+            if not plan[stage.name].known:  # the stage before it has just stored what it needs
+                plan = make_plan(study, store)
+            planned = plan[stage.name]
+            log.info("stage %s: %d task(s) to do, %d %s stored", stage.name, len(planned.tasks), planned.done,
+                     stage.unit)
+            outcomes = executors.run(stage, plan, planned.tasks) if planned.tasks else []
+            counts = summary["stages"][stage.name] = _counts(stage, outcomes, planned.done, stage_start)
+            if stage.name == "match":
+                counts["failed_rows"] = sum(o.result["failed"] for o in outcomes if o.ok)
+            log.info("stage %s: %d computed, %d skipped, %d failed in %.1f s", stage.name, counts["computed"],
+                     counts["skipped"], counts["failed"], counts["seconds"])
+            if stage.stop_on_failure and counts["failed"]:
+                first = next(outcome for outcome in outcomes if not outcome.ok)
+                if stage.name == "train":
+                    raise RuntimeError(f"training failed: {first.error}")
+                first.reraise()
+            if stage.name == only:
+                return
+    finally:
+        executors.close()
+
+
+def _counts(stage: Stage, outcomes: list, skipped: int, stage_start: float) -> dict:
+    """A stage's summary, in its units (pairs for the blocks of match and CKA)."""
+    return {"computed": sum(stage.size(o.item) for o in outcomes if o.ok), "skipped": skipped,
+            "tasks": len(outcomes), "failed": sum(stage.size(o.item) for o in outcomes if not o.ok),
+            "in_task_seconds": sum(o.seconds for o in outcomes),
+            "task_seconds": sorted((o.seconds for o in outcomes), reverse=True),
+            "seconds": time.perf_counter() - stage_start,
+            "errors": [o.error for o in outcomes if not o.ok][:10]}
+
+
+def store_status(store: Store, *, runs: int = 10) -> dict:
+    """The latest runs recorded in ``store`` and, per study recorded there, what is still to do.
+
+    Parameters
+    ----------
+    store : Store
+    runs : int, default 10
+        How many of the latest runs to return.
+
+    Returns
+    -------
+    dict
+        ``runs``: a DataFrame of the latest runs (newest first); ``pending``: per study name, its plan's
+        ``{stage: (done, to do)}`` or the error that stopped the planning; ``failed``: the failed ``matches``
+        rows (study, population, layer, model_a, model_b, eps, error).
+    """
+    from ..results import load
+    from ..study import Study
+
+    history = load(store, "runs").sort_values("started_at", ascending=False).head(runs).reset_index(drop=True)
+    pending: dict[str, dict | str] = {}
+    for key in store.list(study_records_prefix()):
+        if not key.endswith(".json"):
+            continue
+        record = store.read_json(key)
+        try:
+            pending[record["name"]] = make_plan(Study.from_dict(record["config"]), store).counts()
+        except Exception as error:  # a study whose checkpoints went missing still lists the others
+            pending[record["name"]] = f"{type(error).__name__}: {error}"
+    matches = load(store, "matches")
+    failed = matches.loc[matches["status"] == "failed",
+                         ["study", "population", "layer", "model_a", "model_b", "eps", "error"]]
+    return {"runs": history, "pending": pending, "failed": failed.reset_index(drop=True)}

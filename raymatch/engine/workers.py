@@ -1,0 +1,141 @@
+"""Warm worker actors: extraction on a GPU where the cluster has GPUs, and every stage's tasks on CPU clusters.
+
+A :class:`WorkerActor` is a long-lived Ray actor that runs task bodies (``fn(*args)``) in its own process, so
+that libraries, the store client and the loaded probe stay warm from one task to the next. On a cluster with
+GPUs, GPU actors run the extraction only (pair work is CPU work and must not hold a GPU); on CPU clusters one
+pool of CPU actors runs every stage after training.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+
+from ..extract.extractor import ExtractionJob, run_job
+from ..store import Store
+
+#: The probe loaded last in this worker process (probes can be large: one is kept).
+_PROBE: dict[str, torch.Tensor] = {}
+
+
+@ray.remote(max_restarts=2, max_task_retries=2)
+class WorkerActor:
+    """A warm process that runs task bodies one after another; see :func:`~raymatch.engine.runner.run_bounded`.
+
+    Parameters
+    ----------
+    threads : int
+        torch threads of this process (a reused worker keeps its first setting otherwise).
+    """
+
+    def __init__(self, threads: int):
+        torch.set_num_threads(threads)
+
+    def describe(self) -> dict:
+        """The process id, GPU ids, device and torch threads of this actor."""
+        return {"pid": os.getpid(), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "device": worker_device(),
+                "threads": torch.get_num_threads()}
+
+    def run_task(self, fn, *args):
+        """``(fn(*args), seconds)`` run in this warm process."""
+        from .runner import timed
+
+        return timed(fn, *args)
+
+
+def worker_device() -> str:
+    """``'cuda'`` in a worker that Ray gave a GPU (and torch can use it), else ``'cpu'``."""
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def extract_job(store: Store, job: ExtractionJob) -> dict:
+    """Task body of the extraction stage: one model's activations, the probe kept loaded between calls.
+
+    Returns
+    -------
+    dict
+        :func:`~raymatch.extract.run_job`'s summary plus where it ran (pid, GPU ids, device, threads).
+    """
+    from ..probes import load_probe
+
+    if job.probe.id not in _PROBE:
+        _PROBE.clear()
+        _PROBE[job.probe.id] = load_probe(job.probe)
+    device = worker_device()
+    summary = run_job(store, job, device=device, images=_PROBE[job.probe.id])
+    return {**summary, "pid": os.getpid(), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "device": device,
+            "threads": torch.get_num_threads()}
+
+
+def actor_options(*, gpus_per_actor: float = 1.0, cpus_per_actor: int = 1) -> tuple[dict, int]:
+    """Resources for each actor and how many actors the cluster holds at once.
+
+    Returns
+    -------
+    options : dict
+        Ray actor options: ``num_gpus`` only when the cluster has GPUs and ``gpus_per_actor > 0``.
+    capacity : int
+        Actors of that size the cluster holds at once (at least 1).
+    """
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    if gpus_per_actor > 0 and gpus >= gpus_per_actor:
+        return {"num_gpus": gpus_per_actor, "num_cpus": cpus_per_actor}, int(gpus // gpus_per_actor)
+    return {"num_cpus": cpus_per_actor}, max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+
+
+def start_actors(n_actors: int, *, gpus_per_actor: float = 1.0, cpus_per_actor: int = 1) -> list:
+    """Up to ``n_actors`` worker actors (as many as the cluster holds at once); kill them when done."""
+    options, capacity = actor_options(gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)
+    return [WorkerActor.options(**options).remote(cpus_per_actor) for _ in range(max(1, min(n_actors, capacity)))]
+
+
+def extract_population(store: Store, jobs: list[ExtractionJob], *, gpus_per_actor: float = 1.0,
+                       cpus_per_actor: int = 1, max_actors: int | None = None, progress: bool | None = None,
+                       actors: list | None = None) -> list:
+    """Extract every job's activations on the connected Ray cluster.
+
+    Parameters
+    ----------
+    store : Store
+    jobs : list of ExtractionJob
+    gpus_per_actor, cpus_per_actor : float, int
+        Resources of each actor started here (GPU actors only where the cluster has GPUs).
+    max_actors : int, optional
+        At most this many actors (default: as many as the cluster holds).
+    progress : bool, optional
+        done / total / ETA on the driver (a bar on a terminal, periodic lines otherwise).
+    actors : list, optional
+        Running actors (from :func:`start_actors`) to use instead of new ones; left running.
+
+    Returns
+    -------
+    list of dict
+        One summary of :func:`extract_job` per job, in job order.
+
+    Raises
+    ------
+    Exception
+        The error of the first job that failed (after every job ran).
+    """
+    from .runner import run_bounded
+
+    if not jobs:
+        return []
+    own = actors is None
+    if own:
+        capacity = actor_options(gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)[1]
+        actors = start_actors(min(len(jobs), max_actors or capacity), gpus_per_actor=gpus_per_actor,
+                              cpus_per_actor=cpus_per_actor)
+    try:
+        outcomes = run_bounded(extract_job, jobs, args=(store,), max_in_flight=len(actors), label="extract",
+                               progress=progress, actors=actors)
+    finally:
+        if own:
+            for actor in actors:
+                ray.kill(actor)
+    for outcome in outcomes:
+        outcome.reraise()
+    return [outcome.result for outcome in outcomes]

@@ -1,0 +1,46 @@
+"""``raymatch report``: figures and a short summary of one study's results tables.
+
+:func:`write_report` reads a store's ``matches``, ``simple_matches`` and ``cka`` tables (see
+:mod:`raymatch.results`) and the study's record (:func:`raymatch.store.layout.study_record_key`, for the layers in
+network order), and writes into a folder:
+
+- ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
+  min–max band), the untrained null baseline dashed in the same colour;
+- ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
+  √(1 − k/d) of each layer marked;
+- ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;
+- ``cka.png`` — linear CKA per layer beside the match similarity at one ε;
+- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol);
+- ``summary.md`` — counts, the layer × ε similarity table with the null beside it, maximal ε and CKA per layer,
+  which figures were written or skipped and why, and caveats.
+
+Only ``"ok"`` rows are drawn; failed rows are counted in the summary. A figure without data is skipped, and the
+summary says why. Figures are built with matplotlib's object API on the Agg canvas (no pyplot, so no global
+figure registry grows); :class:`Report` keeps them, and the data they were drawn from, for inspection.
+
+Modules: :mod:`.context` (what the figures and summary share), :mod:`.tables` (the similarity table and its text
+forms), :mod:`.figures` (the five figures), :mod:`.summary` (``summary.md``), :mod:`.command` (loading from the
+store, :func:`write_report` and the command line).
+"""
+
+from .command import Report, add_arguments, command, write_report
+from .context import DEFAULT_EPS, TRAINED, UNTRAINED
+from .figures import FIGURE_NAMES, FigureResult, draw_figures
+from .summary import SUMMARY_NAME
+from .tables import format_similarity_table, similarity_table
+
+__all__ = [
+    "DEFAULT_EPS",
+    "FIGURE_NAMES",
+    "SUMMARY_NAME",
+    "TRAINED",
+    "UNTRAINED",
+    "FigureResult",
+    "Report",
+    "add_arguments",
+    "command",
+    "draw_figures",
+    "format_similarity_table",
+    "similarity_table",
+    "write_report",
+]

@@ -1,0 +1,91 @@
+"""What the figures and the summary of a report share: the populations, the layer order and the study's rows.
+
+:class:`_Context` is filled by :func:`raymatch.report.command._context` from a store; :mod:`.figures` draws from it
+and :mod:`.summary` writes from it. This module reads nothing itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+TRAINED, UNTRAINED = "trained", "untrained"
+DEFAULT_EPS = 0.25
+
+
+def _ordered(values: Sequence[str], order: Sequence[str] | None) -> list[str]:
+    """``values`` (distinct, order of appearance) sorted by ``order``; values outside it keep their order, last."""
+    values = list(dict.fromkeys(values))
+    if not order:
+        return values
+    first = [name for name in order if name in values]
+    return first + [name for name in values if name not in first]
+
+
+def _populations(values) -> list[str]:
+    """The distinct populations of ``values``: trained first, then untrained, then any other in order of appearance."""
+    present = list(dict.fromkeys(values))
+    return [name for name in (TRAINED, UNTRAINED) if name in present] + [
+        name for name in present if name not in (TRAINED, UNTRAINED)]
+
+
+@dataclass
+class _Context:
+    """Everything the figures and the summary share.
+
+    Attributes
+    ----------
+    study : str
+        The study reported on.
+    matches : pandas.DataFrame
+        Every ``matches`` row of the study (one row per pair × layer × ε × repeat), failed ones included.
+    ok : pandas.DataFrame
+        Its ``"ok"`` rows, the only ones drawn.
+    layers : list of str
+        The layers drawn, in network order when the study record gives it.
+    layer_order : str
+        ``"record"`` (from the study record) or ``"table"`` (order of first appearance in ``matches``).
+    notes : list of str
+        Remarks on the layer order and the record, for the summary.
+    record : dict or None
+        The study record, when the store has a usable one.
+    grid : list of float
+        The ε of the ``"ok"`` rows, ascending.
+    eps : float or None
+        The grid's value nearest the ε asked for (CKA and repeats figures); None without ``"ok"`` rows.
+    populations : list of str
+        The populations of ``matches``, trained first.
+    simple : pandas.DataFrame
+        The study's ``simple_matches`` rows.
+    cka : pandas.DataFrame
+        The study's ``cka`` rows.
+    """
+
+    study: str
+    matches: pd.DataFrame  # every row of the study
+    ok: pd.DataFrame  # its "ok" rows
+    layers: list[str]
+    layer_order: str
+    notes: list[str]  # about the layer order and the record
+    record: dict | None
+    grid: list[float]
+    eps: float | None
+    populations: list[str]
+    simple: pd.DataFrame
+    cka: pd.DataFrame
+
+    def eps_colours(self) -> dict[float, Any]:
+        """One viridis colour (RGBA tuple) per ε of :attr:`grid`, the same in every figure."""
+        from matplotlib import colormaps
+
+        cmap = colormaps["viridis"]
+        # viridis's last tenth (yellow) is hard to read on white
+        return {eps: cmap(0.85 * index / max(len(self.grid) - 1, 1)) for index, eps in enumerate(self.grid)}
+
+
+def _per_layer_chance(ctx: _Context) -> pd.Series:
+    """Mean chance ratio √(1 − k/d) of the ``"ok"`` rows per layer, indexed by ``ctx.layers`` (NaN where none)."""
+    return ctx.ok.groupby("layer", sort=False)["chance"].mean().reindex(ctx.layers)

@@ -1,0 +1,418 @@
+"""The five figures of a report, drawn with matplotlib's object API on the Agg canvas.
+
+- ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
+  min–max band), the untrained null baseline dashed in the same colour;
+- ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
+  √(1 − k/d) of each layer marked;
+- ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;
+- ``cka.png`` — linear CKA per layer beside the match similarity at one ε;
+- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol).
+
+No pyplot, so no global figure registry grows; each :class:`FigureResult` keeps its figure, the artists drawn and
+the data they were drawn from. A figure without data is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..results import figure_data, pair_summary
+from .context import TRAINED, UNTRAINED, _Context, _ordered, _per_layer_chance, _populations
+
+FIGURE_NAMES = ("similarity.png", "max_epsilon.png", "simple_match_sizes.png", "cka.png", "repeats.png")
+
+_STYLE = {
+    "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+    "legend.fontsize": 10, "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3, "savefig.dpi": 150,
+}
+_POPULATION_COLOURS = {TRAINED: "tab:blue", UNTRAINED: "tab:gray"}
+_CKA_COLOUR = "tab:purple"
+
+
+@dataclass
+class FigureResult:
+    """One figure of a report: where it was written (or why not), what it drew and from which data.
+
+    Attributes
+    ----------
+    name : str
+        File name, e.g. ``"similarity.png"``.
+    path : Path or None
+        The file written; None when the figure was skipped.
+    skipped : str or None
+        Why the figure was skipped; None when it was written.
+    caption : str
+        What the marks mean (the spread used, the populations, the ε).
+    figure : matplotlib.figure.Figure or None
+        The figure drawn (not registered with pyplot).
+    data : pandas.DataFrame or None
+        The numbers the figure was drawn from.
+    artists : dict
+        The artists drawn, by role (e.g. ``{"trained": {eps: Line2D}, "bands": {...}, "untrained": {...}}``).
+    """
+
+    name: str
+    path: Path | None = None
+    skipped: str | None = None
+    caption: str = ""
+    figure: Any = None
+    data: pd.DataFrame | None = None
+    artists: dict[str, Any] = field(default_factory=dict)
+
+
+def _new_figure(n_layers: int, height: float = 4.8, *, ncols: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width = min(3.5 + (0.55 * n_layers + 1.5) * ncols, 20.0)
+    figure = Figure(figsize=(max(width, 7.5), height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _layer_axis(axes, layers: list[str], ctx: _Context) -> None:
+    """Layers as categorical ticks in the report's order; labels rotated when they would collide."""
+    positions = np.arange(len(layers))
+    slot_inches = axes.figure.get_figwidth() * axes.get_position().width / max(len(layers), 1)
+    # about 0.09 inch per character at 10 pt
+    rotate = max((len(name) for name in layers), default=0) * 0.09 > slot_inches * 0.9
+    axes.set_xticks(positions, labels=layers, rotation=40 if rotate else 0, ha="right" if rotate else "center",
+                    rotation_mode="anchor")
+    axes.set_xlim(-0.5, len(layers) - 0.5)
+    axes.grid(False, axis="x")
+    axes.set_xlabel("layer (network order)" if ctx.layer_order == "record" else "layer (order of first appearance)")
+
+
+def _unit_axis(axes, label: str) -> None:
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_yticks(np.linspace(0, 1, 6))
+    axes.set_ylabel(label)
+
+
+def _legend(axes, handles: list) -> None:
+    """A legend beside ``axes``, outside the data (constrained layout makes room for it)."""
+    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def _jitter(n: int, half_width: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-half_width, half_width, n)
+
+
+def _spread_by_layer(values: pd.DataFrame, column: str, layers: list[str]) -> pd.DataFrame:
+    """Mean, min, max and count of ``column`` over the rows of each layer, reindexed to ``layers``."""
+    summary = values.groupby("layer", sort=False)[column].agg(["mean", "min", "max", "count"])
+    return summary.reindex(layers)
+
+
+def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+    result = FigureResult("similarity.png")
+    data = figure_data(ctx.ok)
+    data = data.loc[data["layer"].isin(ctx.layers)].reset_index(drop=True)
+    n_pairs = data.groupby("population")["n_pairs"].max().to_dict()
+    figure = _new_figure(len(ctx.layers))
+    axes = figure.add_subplot()
+    positions = np.arange(len(ctx.layers))
+    colours = ctx.eps_colours()
+    trained, bands, untrained = {}, {}, {}
+    # overlapping bands of a fine ε grid turn to mud unless each is fainter
+    band_alpha = 0.18 if len(ctx.grid) <= 4 else max(0.06, 0.72 / len(ctx.grid))
+    for eps in ctx.grid:
+        colour = colours[eps]
+        for population in ctx.populations:
+            rows = data.loc[(data["population"] == population) & (data["eps"] == eps)].set_index("layer")
+            if rows.empty:
+                continue
+            rows = rows.reindex(ctx.layers)
+            if population == TRAINED:
+                (trained[eps],) = axes.plot(positions, rows["similarity_mean"], color=colour, lw=2, marker="o",
+                                            ms=5, zorder=3)
+                bands[eps] = axes.fill_between(positions, rows["similarity_min"], rows["similarity_max"],
+                                               color=colour, alpha=band_alpha, lw=0, zorder=2)
+            else:
+                (untrained[eps],) = axes.plot(positions, rows["similarity_mean"], color=colour, lw=1.6, ls="--",
+                                              marker="x", ms=5, zorder=3)
+    _layer_axis(axes, ctx.layers, ctx)
+    _unit_axis(axes, "similarity (|X*| + |Y*|) / (n_a + n_b)")
+    figure.suptitle(f"{ctx.study}: maximum-match similarity per layer")
+
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color=colours[eps], lw=2, label=f"ε = {eps:g}") for eps in ctx.grid]
+    if trained:
+        handles.append(Line2D([], [], color="black", lw=2, marker="o", ms=5,
+                              label=f"trained: mean over {n_pairs.get(TRAINED, 0)} pairs"))
+        handles.append(Patch(color="black", alpha=max(band_alpha, 0.12), lw=0, label="trained: min–max over pairs"))
+    if untrained:
+        handles.append(Line2D([], [], color="black", lw=1.6, ls="--", marker="x", ms=5,
+                              label=f"untrained (null): mean over {n_pairs.get(UNTRAINED, 0)} pairs"))
+    _legend(axes, handles)
+    result.caption = ("Maximum-match similarity per layer: solid lines are the mean over trained pairs (each "
+                      "pair's repeats averaged first), bands the min–max over pairs"
+                      + ("; dashed lines the untrained null baseline (same architecture at initialisation, "
+                         "same pairs)" if untrained else "; no untrained null baseline in the store") + ".")
+    result.figure, result.data = figure, data
+    result.artists = {"trained": trained, "bands": bands, "untrained": untrained}
+    return _save(result, out_dir)
+
+
+def _max_epsilon_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+    result = FigureResult("max_epsilon.png")
+    pairs = pair_summary(ctx.ok)
+    data = pairs.loc[pairs["layer"].isin(ctx.layers), ["population", "model_a", "model_b", "layer",
+                                                      "max_epsilon"]].reset_index(drop=True)
+    chance = _per_layer_chance(ctx)
+    populations = _populations(data["population"])
+    figure = _new_figure(len(ctx.layers))
+    axes = figure.add_subplot()
+    width = 0.7 / len(populations)
+    boxes, points = {}, {}
+    for index, population in enumerate(populations):
+        offset = (index - (len(populations) - 1) / 2) * width
+        colour = _POPULATION_COLOURS.get(population, f"C{index + 2}")
+        rows = data.loc[data["population"] == population]
+        values, positions = [], []
+        for position, layer in enumerate(ctx.layers):
+            layer_values = rows.loc[rows["layer"] == layer, "max_epsilon"].dropna().to_numpy()
+            if layer_values.size:
+                values.append(layer_values)
+                positions.append(position + offset)
+        if not values:
+            continue
+        drawn = axes.boxplot(values, positions=positions, widths=width * 0.8, patch_artist=True, manage_ticks=False,
+                             showfliers=False, medianprops={"color": "black"},
+                             boxprops={"facecolor": colour, "alpha": 0.35, "edgecolor": colour})
+        boxes[population] = drawn["boxes"]
+        xs = np.concatenate([np.full(len(v), p) for v, p in zip(values, positions, strict=True)])
+        ys = np.concatenate(values)
+        points[population] = axes.scatter(xs + _jitter(len(xs), width * 0.2, index), ys, s=14, color=colour,
+                                          edgecolor="white", linewidth=0.4, zorder=3)
+    marks = axes.hlines(chance.to_numpy(), np.arange(len(ctx.layers)) - 0.4, np.arange(len(ctx.layers)) + 0.4,
+                        colors="black", linestyles=":", lw=2, zorder=4)
+    _layer_axis(axes, ctx.layers, ctx)
+    _unit_axis(axes, "maximal ε (every live neuron matched)")
+    figure.suptitle(f"{ctx.study}: maximal ε per layer over pairs")
+
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=_POPULATION_COLOURS.get(population, f"C{index + 2}"), alpha=0.5,
+                     label=f"{population} pairs" + (" (null)" if population == UNTRAINED else ""))
+               for index, population in enumerate(populations) if population in boxes]
+    handles.append(Line2D([], [], color="black", ls=":", lw=2, label="chance ratio √(1 − k/d)"))
+    _legend(axes, handles)
+    result.caption = ("Maximal ε per layer (the smallest ε at which every live neuron of a pair is matched), one "
+                      "point per pair (repeats averaged), boxes of the quartiles; dotted: the ratio √(1 − k/d) of "
+                      "a random vector against a k-dimensional span in R^d (k neurons, d samples).")
+    result.figure, result.data = figure, data.assign(chance=data["layer"].map(chance))
+    result.artists = {"boxes": boxes, "points": points, "chance": marks}
+    return _save(result, out_dir)
+
+
+def _simple_sizes_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+    result = FigureResult("simple_match_sizes.png")
+    if ctx.simple.empty:
+        result.skipped = "the simple_matches table has no rows for this study (simple_matches not enabled?)"
+        return result
+    data = ctx.simple.assign(size=ctx.simple["size_a"] + ctx.simple["size_b"])[
+        ["population", "layer", "eps", "model_a", "model_b", "size_a", "size_b", "size"]]
+    layers = _ordered(data["layer"], ctx.layers)
+    populations = _populations(data["population"])
+    grid = sorted(set(data["eps"]))
+    groups = [(population, eps) for population in populations for eps in grid
+              if ((data["population"] == population) & (data["eps"] == eps)).any()]
+    colours = ctx.eps_colours()
+    figure = _new_figure(len(layers))
+    axes = figure.add_subplot()
+    width = 0.75 / len(groups)
+    boxes = {}
+    for index, (population, eps) in enumerate(groups):
+        offset = (index - (len(groups) - 1) / 2) * width
+        colour = colours.get(eps, "tab:green")
+        rows = data.loc[(data["population"] == population) & (data["eps"] == eps)]
+        values, positions = [], []
+        for position, layer in enumerate(layers):
+            sizes = rows.loc[rows["layer"] == layer, "size"].to_numpy()
+            if sizes.size:
+                values.append(sizes)
+                positions.append(position + offset)
+        hollow = population != TRAINED
+        drawn = axes.boxplot(values, positions=positions, widths=width * 0.85, patch_artist=True,
+                             manage_ticks=False, medianprops={"color": "black"},
+                             flierprops={"marker": ".", "markersize": 4, "markeredgecolor": colour},
+                             boxprops={"facecolor": "white" if hollow else colour, "alpha": 1.0 if hollow else 0.55,
+                                       "edgecolor": colour})
+        if hollow:
+            for box in drawn["boxes"]:
+                box.set_linestyle("--")
+        boxes[(population, eps)] = drawn["boxes"]
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    _layer_axis(axes, layers, ctx)
+    axes.set_ylim(bottom=0)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_ylabel("simple-match size |X| + |Y| (neurons)")
+    figure.suptitle(f"{ctx.study}: sizes of the simple matches ({len(data)} found)")
+    handles = [Patch(facecolor=colours.get(eps, "tab:green"), alpha=0.55, label=f"ε = {eps:g}") for eps in grid]
+    if any(population != TRAINED for population, _ in groups):
+        handles += [Patch(facecolor="lightgray", edgecolor="black", label="trained: filled"),
+                    Patch(facecolor="white", edgecolor="black", ls="--", label="untrained (null): hollow")]
+    _legend(axes, handles)
+    result.caption = ("Sizes |X| + |Y| of the distinct simple matches found per layer, over every pair "
+                      "(boxes of the quartiles, whiskers 1.5 IQR, outliers as dots), one box per ε"
+                      + (" and population" if len(populations) > 1 else "") + ".")
+    result.figure, result.data = figure, data.reset_index(drop=True)
+    result.artists = {"boxes": boxes}
+    return _save(result, out_dir)
+
+
+def _draw_spread(axes, summary: pd.DataFrame, colour, *, dashed: bool):
+    positions = np.arange(len(summary))
+    (line,) = axes.plot(positions, summary["mean"], color=colour, lw=1.6 if dashed else 2, ls="--" if dashed else "-",
+                        marker="x" if dashed else "o", ms=5, zorder=3)
+    band = None if dashed else axes.fill_between(positions, summary["min"], summary["max"], color=colour,
+                                                 alpha=0.18, lw=0, zorder=2)
+    return line, band
+
+
+def _cka_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+    result = FigureResult("cka.png")
+    if ctx.cka.empty:
+        result.skipped = "the cka table has no rows for this study (cka not enabled?)"
+        return result
+    per_pair = ctx.cka.groupby(["population", "layer", "model_a", "model_b"], sort=False)["cka"].mean().reset_index()
+    layers = _ordered(per_pair["layer"], ctx.layers)
+    similarity = pd.DataFrame(columns=["population", "layer", "model_a", "model_b", "similarity"])
+    if ctx.eps is not None:
+        at_eps = ctx.ok.loc[ctx.ok["eps"] == ctx.eps]
+        similarity = at_eps.groupby(["population", "layer", "model_a", "model_b"], sort=False)[
+            "similarity"].mean().reset_index()
+    figure = _new_figure(len(layers), ncols=2)
+    cka_axes, match_axes = figure.subplots(1, 2, sharey=True)
+    colour = ctx.eps_colours().get(ctx.eps, "tab:green")
+    artists: dict[str, dict] = {"cka": {}, "similarity": {}}
+    for population in _populations([*per_pair["population"], *similarity["population"]]):
+        dashed = population != TRAINED
+        for axes, values, column, line_colour, key in ((cka_axes, per_pair, "cka", _CKA_COLOUR, "cka"),
+                                                       (match_axes, similarity, "similarity", colour, "similarity")):
+            rows = values.loc[values["population"] == population]
+            if rows.empty:
+                continue
+            artists[key][population] = _draw_spread(axes, _spread_by_layer(rows, column, layers), line_colour,
+                                                    dashed=dashed)
+    _layer_axis(cka_axes, layers, ctx)
+    _layer_axis(match_axes, layers, ctx)
+    _unit_axis(cka_axes, "value")
+    match_axes.tick_params(labelleft=True)
+    cka_axes.set_title("linear CKA")
+    eps_text = f"ε = {ctx.eps:g}" if ctx.eps is not None else "no ok rows"
+    match_axes.set_title(f"maximum-match similarity at {eps_text}")
+    figure.suptitle(f"{ctx.study}: linear CKA beside the subspace match")
+
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color="black", lw=2, marker="o", ms=5, label="trained: mean over pairs"),
+               Patch(color="black", alpha=0.18, lw=0, label="trained: min–max over pairs")]
+    if any(UNTRAINED in drawn for drawn in artists.values()):
+        handles.append(Line2D([], [], color="black", lw=1.6, ls="--", marker="x", ms=5,
+                              label="untrained (null): mean"))
+    _legend(match_axes, handles)
+    result.caption = (f"Linear CKA (left) and maximum-match similarity at {eps_text} (right) per layer: solid lines "
+                      "the mean over trained pairs (repeats averaged), bands the min–max over pairs, dashed the "
+                      "untrained null baseline where present.")
+    data = per_pair.merge(similarity, how="outer", on=["population", "layer", "model_a", "model_b"])
+    result.figure, result.data, result.artists = figure, data, artists
+    return _save(result, out_dir)
+
+
+def _repeats_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+    result = FigureResult("repeats.png")
+    keys = ["population", "layer", "model_a", "model_b"]
+    if ctx.eps is None:
+        result.skipped = "no ok match rows"
+        return result
+    at_eps = ctx.ok.loc[ctx.ok["eps"] == ctx.eps]
+    per_pair = at_eps.groupby(keys, sort=False)["similarity"].agg(repeats="count", std="std", mean="mean",
+                                                                   low="min", high="max").reset_index()
+    sampled = per_pair.groupby("layer", sort=False)["repeats"].max()
+    layers = [layer for layer in ctx.layers if sampled.get(layer, 0) > 1]
+    if not layers:
+        result.skipped = "every layer has a single repeat (no row sampling over several draws)"
+        return result
+    data = per_pair.loc[per_pair["layer"].isin(layers) & (per_pair["repeats"] > 1)].reset_index(drop=True)
+    populations = _populations(data["population"])
+    figure = _new_figure(len(layers))
+    axes = figure.add_subplot()
+    width = 0.7 / len(populations)
+    points, means = {}, {}
+    for index, population in enumerate(populations):
+        offset = (index - (len(populations) - 1) / 2) * width
+        colour = _POPULATION_COLOURS.get(population, f"C{index + 2}")
+        rows = data.loc[data["population"] == population]
+        xs = rows["layer"].map({layer: position for position, layer in enumerate(layers)}).to_numpy(float) + offset
+        points[population] = axes.scatter(xs + _jitter(len(xs), width * 0.25, index), rows["std"], s=16,
+                                          color=colour, edgecolor="white", linewidth=0.4, zorder=3)
+        mean = rows.groupby("layer", sort=False)["std"].mean().reindex(layers)
+        centres = np.arange(len(layers)) + offset
+        means[population] = axes.hlines(mean.to_numpy(), centres - width * 0.4, centres + width * 0.4,
+                                        colors=colour, lw=2.5, zorder=4)
+    _layer_axis(axes, layers, ctx)
+    axes.set_ylim(bottom=0)
+    axes.set_ylabel("std of similarity over repeats")
+    counts = sorted(set(data["repeats"]))
+    repeats_text = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    figure.suptitle(f"{ctx.study}: spread over {repeats_text} row-sample repeats at ε = {ctx.eps:g}")
+
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=_POPULATION_COLOURS.get(population, f"C{index + 2}"), marker="o", ls="",
+                      label=f"{population}: one point per pair") for index, population in enumerate(populations)]
+    handles.append(Line2D([], [], color="black", lw=2.5, label="mean over pairs"))
+    _legend(axes, handles)
+    result.caption = (f"Sample standard deviation of each pair's similarity over its row-sample repeats at "
+                      f"ε = {ctx.eps:g}, for the layers sampled more than once; bars: mean over pairs.")
+    result.figure, result.data = figure, data
+    result.artists = {"points": points, "means": means}
+    return _save(result, out_dir)
+
+
+def _save(result: FigureResult, out_dir: Path) -> FigureResult:
+    result.path = out_dir / result.name
+    result.figure.savefig(result.path, format="png")
+    return result
+
+
+def draw_figures(ctx: _Context, out_dir: Path) -> dict[str, FigureResult]:
+    """Draw every figure of :data:`FIGURE_NAMES` into ``out_dir``, in the report's style.
+
+    Parameters
+    ----------
+    ctx : _Context
+        The study's rows, layer order and ε grid.
+    out_dir : Path
+        Existing folder the PNG files are written into (files of the same names are replaced).
+
+    Returns
+    -------
+    dict of str to FigureResult
+        One entry per name of :data:`FIGURE_NAMES`, in that order, written or skipped (every figure is skipped
+        when the study has no ``"ok"`` rows).
+    """
+    import matplotlib
+
+    figures: dict[str, FigureResult] = {}
+    with matplotlib.rc_context(_STYLE):
+        for name, draw in zip(FIGURE_NAMES, (_similarity_figure, _max_epsilon_figure, _simple_sizes_figure,
+                                             _cka_figure, _repeats_figure), strict=True):
+            if ctx.ok.empty:
+                figures[name] = FigureResult(name, skipped="no ok match rows (every row failed)")
+            else:
+                figures[name] = draw(ctx, out_dir)
+    return figures

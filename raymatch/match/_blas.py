@@ -23,7 +23,16 @@ _state = {"controller": None, "depth": 0}
 
 @contextlib.contextmanager
 def one_thread(active: bool = True) -> Iterator[None]:
-    """Limit BLAS to one thread inside the block (a no-op when ``active`` is False or nested)."""
+    """Limit BLAS to one thread inside the block (a no-op when ``active`` is False or nested).
+
+    Examples
+    --------
+    >>> from threadpoolctl import threadpool_info
+    >>> from raymatch.match._blas import one_thread
+    >>> with one_thread():
+    ...     all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+    True
+    """
     if not active or _state["depth"]:
         yield
         return
@@ -38,15 +47,34 @@ def one_thread(active: bool = True) -> Iterator[None]:
 
 
 def small(n_elements: int) -> bool:
-    """Whether a dense operation on ``n_elements`` values should run single-threaded."""
+    """Whether a dense operation on ``n_elements`` values should run single-threaded.
+
+    Examples
+    --------
+    >>> from raymatch.match._blas import small
+    >>> small(512 * 512), small(10_000 * 512)
+    (True, False)
+    """
     return n_elements < MULTITHREAD_MIN_ELEMENTS
 
 
 def one_thread_method(method: Callable) -> Callable:
-    """Decorator: run ``method`` under :func:`one_thread`."""
+    """Wrap ``method`` so that it runs under :func:`one_thread`.
+
+    Examples
+    --------
+    >>> from threadpoolctl import threadpool_info
+    >>> from raymatch.match._blas import one_thread_method
+    >>> @one_thread_method
+    ... def blas_threads():
+    ...     return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    >>> blas_threads() <= {1}
+    True
+    """
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
+        """Call ``method`` with one BLAS thread."""
         with one_thread():
             return method(*args, **kwargs)
 

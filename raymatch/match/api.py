@@ -36,6 +36,7 @@ def _pair(A, B, center: bool | None) -> tuple[Pair, Factor | Prepared, Factor | 
 
 
 def _match(fa, fb, eps: float, keep_a, keep_b, cls=Match, **extra) -> Match:
+    """Build a result from positions among the live neurons of both sides."""
     return cls(
         a=fa.live[keep_a].astype(np.int64),
         b=fb.live[keep_b].astype(np.int64),
@@ -50,7 +51,7 @@ def _match(fa, fb, eps: float, keep_a, keep_b, cls=Match, **extra) -> Match:
 
 
 def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
-    """The maximum ε-match between the neurons of two layers (Algorithm 1).
+    """Find the maximum ε-match between the neurons of two layers (Algorithm 1).
 
     A neuron is kept when its ratio to the span of the other side's kept neurons is at most
     ``max(eps, EXACT_TOL)``; dead neurons are in no match.
@@ -60,13 +61,48 @@ def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
     A : array_like, torch.Tensor or Factor, shape (n_samples, n_a)
         Activations of the first layer, one column per neuron.
     B : array_like, torch.Tensor or Factor, shape (n_samples, n_b)
+        Activations of the second layer, over the same samples.
     eps : float in [0, 1]
+        Largest ratio (sine of the angle to the other side's span) a matched neuron may have.
     center : bool, optional
         Subtract column means first (default False; factors keep the choice they were made with).
 
     Returns
     -------
     Match
+        The maximum match: sorted column indices ``a`` and ``b``, the counts and the dead neurons.
+
+    See Also
+    --------
+    match_curve : The maximum match at every ε in one pass.
+
+    Examples
+    --------
+    A layer and any invertible mix of its neurons span the same space: the whole of both layers
+    is an exact (ε = 0) match.
+
+    >>> import numpy as np
+    >>> from raymatch.match import max_match
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((100, 5))
+    >>> B = A @ rng.standard_normal((5, 5))
+    >>> m = max_match(A, B, eps=0.0)
+    >>> m.a.tolist(), m.b.tolist(), m.similarity
+    ([0, 1, 2, 3, 4], [0, 1, 2, 3, 4], 1.0)
+
+    Two unrelated layers: a random vector is far from a random 5-dimensional subspace of R^100
+    (ratio about √(1 − 5/100) ≈ 0.97), so even ε = 0.5 matches nothing.
+
+    >>> C = rng.standard_normal((100, 5))
+    >>> max_match(A, C, eps=0.5).similarity
+    0.0
+
+    A dead (all-zero) neuron is in no match but still counts in the similarity's denominator.
+
+    >>> A[:, 2] = 0.0
+    >>> m = max_match(A, A @ rng.standard_normal((5, 5)), eps=0.0)
+    >>> m.a.tolist(), m.dead_a.tolist(), m.size_b, m.similarity
+    ([0, 1, 3, 4], [2], 5, 0.9)
     """
     eps = check_eps(eps)
     pair, fa, fb = _pair(A, B, center)
@@ -76,18 +112,43 @@ def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
 
 
 def match_curve(A, B, *, center: bool | None = None) -> MatchCurve:
-    """Every neuron's critical ε in one peeling pass: the maximum match at every ε.
+    """Compute every neuron's critical ε in one peeling pass: the maximum match at every ε.
+
+    A neuron's critical ε is the smallest ε at which it belongs to the maximum match, so
+    ``match_curve(A, B).at(eps)`` equals ``max_match(A, B, eps)`` for every ``eps``.
 
     Parameters
     ----------
     A : array_like, torch.Tensor or Factor, shape (n_samples, n_a)
+        Activations of the first layer, one column per neuron.
     B : array_like, torch.Tensor or Factor, shape (n_samples, n_b)
+        Activations of the second layer, over the same samples.
     center : bool, optional
+        Subtract column means first (default False; factors keep the choice they were made with).
 
     Returns
     -------
     MatchCurve
         ``critical_a`` has shape (n_a,), ``critical_b`` shape (n_b,); ``inf`` marks dead neurons.
+
+    Examples
+    --------
+    Two layers sharing a planted 3-dimensional part, each with 2 private neurons: the shared
+    neurons match exactly (critical ε 0), the private ones only at a near-chance ε.
+
+    >>> import numpy as np
+    >>> from raymatch.match import match_curve, max_match
+    >>> rng = np.random.default_rng(0)
+    >>> S = rng.standard_normal((200, 3))
+    >>> A = np.hstack([S, rng.standard_normal((200, 2))])
+    >>> B = np.hstack([S @ rng.standard_normal((3, 3)), rng.standard_normal((200, 2))])
+    >>> curve = match_curve(A, B)
+    >>> curve.critical_a.round(3).tolist()
+    [0.0, 0.0, 0.0, 0.991, 0.989]
+    >>> curve.at(0.0).similarity, curve.at(0.5).similarity, round(curve.max_epsilon, 3)
+    (0.6, 0.6, 0.997)
+    >>> curve.at(0.5) == max_match(A, B, 0.5)
+    True
     """
     pair, fa, fb = _pair(A, B, center)
     live_a, live_b = PairState(pair).peel()
@@ -99,7 +160,7 @@ def match_curve(A, B, *, center: bool | None = None) -> MatchCurve:
 
 
 def candidate_order(keep_a: np.ndarray, keep_b: np.ndarray, order) -> tuple[list[tuple[str, int]], str | int]:
-    """The order in which the v-minimal procedure tries to delete neurons.
+    """Return the order in which the v-minimal procedure tries to delete neurons.
 
     Parameters
     ----------
@@ -112,7 +173,26 @@ def candidate_order(keep_a: np.ndarray, keep_b: np.ndarray, order) -> tuple[list
     Returns
     -------
     candidates : list of (side, index)
-    label : "index" or the seed
+        Every neuron of ``keep_a`` (as ``("a", j)``) and of ``keep_b`` (as ``("b", j)``), in order.
+    label : "index" or int
+        What :attr:`SimpleMatch.order` records: ``"index"`` or the seed.
+
+    Raises
+    ------
+    ValueError
+        When ``order`` is neither None, ``"index"`` nor a non-negative integer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match import candidate_order
+    >>> candidate_order(np.array([0, 2]), np.array([1]), None)
+    ([('a', 0), ('a', 2), ('b', 1)], 'index')
+
+    An integer seeds a random permutation, the same one every time:
+
+    >>> candidate_order(np.array([0, 2]), np.array([1]), 0)
+    ([('b', 1), ('a', 0), ('a', 2)], 0)
     """
     candidates = [("a", int(j)) for j in keep_a] + [("b", int(j)) for j in keep_b]
     if order is None or order == "index":
@@ -124,6 +204,7 @@ def candidate_order(keep_a: np.ndarray, keep_b: np.ndarray, order) -> tuple[list
 
 
 def _check_neuron(neuron, n_a: int, n_b: int) -> tuple[str, int]:
+    """Validate ``neuron`` as ``("a", j)`` or ``("b", j)`` with ``j`` a column of that side."""
     try:
         side, index = neuron
     except (TypeError, ValueError):
@@ -148,6 +229,7 @@ class _Minimiser:
         self.state = PairState(pair.restrict(self.keep_a, self.keep_b))
 
     def search(self, neuron: tuple[str, int], order) -> SimpleMatch | None:
+        """Return a ``neuron``-minimal match, or None when the neuron is dead or unmatched."""
         side, index = neuron
         f, keep = (self.fa, self.keep_a) if side == "a" else (self.fb, self.keep_b)
         live_pos = np.searchsorted(f.live, index)
@@ -171,7 +253,7 @@ class _Minimiser:
 
 
 def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None = None) -> SimpleMatch | None:
-    """A v-minimal match containing ``neuron``: a match with no proper sub-match containing it.
+    """Find a v-minimal match containing ``neuron``: a match with no proper sub-match containing it.
 
     The authors' procedure: start from the maximum match at ``eps``; try deleting each other
     neuron once, in ``order``; keep a deletion when ``neuron`` survives in the maximum match of
@@ -180,18 +262,42 @@ def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None =
     Parameters
     ----------
     A : array_like, torch.Tensor or Factor, shape (n_samples, n_a)
+        Activations of the first layer, one column per neuron.
     B : array_like, torch.Tensor or Factor, shape (n_samples, n_b)
+        Activations of the second layer, over the same samples.
     eps : float in [0, 1]
+        The ε of the match.
     neuron : ("a", j) or ("b", j)
         Column ``j`` of A or of B.
     order : None, "index" or int
         Deletion order, see :func:`candidate_order`; recorded in the result.
     center : bool, optional
+        Subtract column means first (default False; factors keep the choice they were made with).
 
     Returns
     -------
     SimpleMatch or None
         None when the neuron is dead or outside the maximum match (no match contains it).
+
+    Examples
+    --------
+    B mixes A's first two neurons (``u + v``, ``u - v``) and copies the third: the smallest
+    match containing B's neuron 1 needs both of A's first two neurons and B's first two.
+
+    >>> import numpy as np
+    >>> from raymatch.match import minimal_match
+    >>> u, v, w = np.random.default_rng(0).standard_normal((3, 50))
+    >>> A = np.column_stack([u, v, w])
+    >>> B = np.column_stack([u + v, u - v, w])
+    >>> m = minimal_match(A, B, 0.0, ("b", 1))
+    >>> m.a.tolist(), m.b.tolist(), m.neuron, m.order
+    ([0, 1], [0, 1], ('b', 1), 'index')
+
+    A dead neuron is in no match:
+
+    >>> A[:, 2] = 0.0
+    >>> minimal_match(A, B, 0.0, ("a", 2)) is None
+    True
     """
     eps = check_eps(eps)
     pair, fa, fb = _pair(A, B, center)
@@ -201,22 +307,39 @@ def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None =
 
 
 def simple_matches(A, B, eps: float, *, order=None, center: bool | None = None) -> list[SimpleMatch]:
-    """The distinct simple matches found by a v-minimal search for every v in the maximum match.
+    """Find the distinct simple matches by a v-minimal search for every v in the maximum match.
 
     Parameters
     ----------
     A : array_like, torch.Tensor or Factor, shape (n_samples, n_a)
+        Activations of the first layer, one column per neuron.
     B : array_like, torch.Tensor or Factor, shape (n_samples, n_b)
+        Activations of the second layer, over the same samples.
     eps : float in [0, 1]
+        The ε of the matches.
     order : None, "index" or int
-        Deletion order used for every v.
+        Deletion order used for every v, see :func:`candidate_order`.
     center : bool, optional
+        Subtract column means first (default False; factors keep the choice they were made with).
 
     Returns
     -------
     list of SimpleMatch
         Deduplicated, sorted by (size, neurons of A, neurons of B); each records the first v it
         was found for. Their union is the maximum match.
+
+    Examples
+    --------
+    The maximum match of ``[u, v, w]`` and ``[u + v, u - v, w]`` is everything; it splits into
+    the simple matches ``{w} ↔ {w}`` and ``{u, v} ↔ {u + v, u - v}``.
+
+    >>> import numpy as np
+    >>> from raymatch.match import simple_matches
+    >>> u, v, w = np.random.default_rng(0).standard_normal((3, 50))
+    >>> A = np.column_stack([u, v, w])
+    >>> B = np.column_stack([u + v, u - v, w])
+    >>> [(m.a.tolist(), m.b.tolist(), m.neuron) for m in simple_matches(A, B, 0.0)]
+    [([2], [2], ('a', 2)), ([0, 1], [0, 1], ('a', 0))]
     """
     eps = check_eps(eps)
     pair, fa, fb = _pair(A, B, center)

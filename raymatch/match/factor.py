@@ -39,6 +39,26 @@ class Factor:
         Shape of the factored matrix.
     centered : bool
         Whether column means were subtracted before factoring.
+
+    Examples
+    --------
+    A population factors each (model, layer) once and passes the factor to every pair:
+
+    >>> import numpy as np
+    >>> from raymatch.match import factor, max_match
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((100, 3))
+    >>> F = factor(A)
+    >>> others = [A @ rng.standard_normal((3, 3)), rng.standard_normal((100, 3))]
+    >>> [max_match(F, B, 0.0).similarity for B in others]
+    [1.0, 0.0]
+
+    Every live neuron is a unit vector in the coordinates of the orthonormal ``basis``:
+
+    >>> bool(np.allclose(F.basis.T @ F.basis, np.eye(F.rank)))
+    True
+    >>> np.linalg.norm(F.coords, axis=0).round(6).tolist()
+    [1.0, 1.0, 1.0]
     """
 
     basis: np.ndarray
@@ -66,9 +86,23 @@ class Prepared:
     Attributes
     ----------
     columns : numpy.ndarray, shape (n_samples, n_live)
+        The live neurons, each divided by its norm.
     live : numpy.ndarray, shape (n_live,), int64
+        Column indices of the live neurons, sorted.
     n_samples, n_neurons : int
+        Shape of the original matrix.
     centered : bool
+        Whether column means were subtracted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match.factor import prepare
+    >>> P = prepare(np.array([[3.0, 0.0, 1.0], [4.0, 0.0, 1.0]]))
+    >>> P.columns.shape, P.live.tolist(), P.dead.tolist()
+    ((2, 2), [0, 2], [1])
+    >>> P.columns[:, 0].tolist()
+    [0.6, 0.8]
     """
 
     columns: np.ndarray
@@ -79,6 +113,7 @@ class Prepared:
 
     @property
     def dead(self) -> np.ndarray:
+        """Sorted int64 indices of the dead neurons."""
         return _complement(self.live, self.n_neurons)
 
 
@@ -88,11 +123,29 @@ def prepare(activations, *, center: bool = False, name: str = "A", out: np.ndarr
     Parameters
     ----------
     activations : array_like or torch.Tensor, shape (n_samples, n_neurons)
+        One row per sample, one column per neuron; any real dtype (computed in float64).
     center : bool
+        Subtract each column's mean first.
     name : str
         Name used in error messages.
     out : numpy.ndarray, shape (n_samples, n_neurons), float64, column-major, optional
         Storage to work in (a slice of a joint matrix); the live columns end up first.
+
+    Returns
+    -------
+    Prepared
+        The unit-norm live columns (a view of ``out`` when given) and the live indices.
+
+    Examples
+    --------
+    A neuron is dead when its norm is at most ``DEAD_RTOL`` times the layer's largest norm:
+
+    >>> import numpy as np
+    >>> from raymatch.match.factor import prepare
+    >>> A = np.array([[1.0, 1e-9, 0.0], [1.0, 0.0, 2.0]])
+    >>> P = prepare(A)
+    >>> P.live.tolist(), P.dead.tolist(), np.linalg.norm(P.columns, axis=0).round(6).tolist()
+    ([0, 2], [1], [1.0, 1.0])
     """
     array = activation_array(activations, name)
     matrix = np.empty(array.shape, order="F") if out is None else out
@@ -128,6 +181,25 @@ def factor(activations, *, center: bool = False, name: str = "A") -> Factor:
     Returns
     -------
     Factor
+        Orthonormal basis of the live neurons' span and their unit-norm coordinates in it.
+
+    See Also
+    --------
+    Factor : What the result holds, and how a population reuses it.
+
+    Examples
+    --------
+    A dead neuron is set aside, and a duplicated direction adds no rank:
+
+    >>> import numpy as np
+    >>> from raymatch.match import factor
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((100, 4))
+    >>> A[:, 1] = 0.0
+    >>> A[:, 3] = 2.0 * A[:, 0]
+    >>> F = factor(A)
+    >>> F.rank, F.live.tolist(), F.dead.tolist(), F.basis.shape, F.coords.shape
+    (2, [0, 2, 3], [1], (100, 2), (2, 3))
     """
     layer = prepare(activations, center=center, name=name)
     if layer.live.size == 0:
@@ -138,6 +210,7 @@ def factor(activations, *, center: bool = False, name: str = "A") -> Factor:
 
 
 def _complement(live: np.ndarray, n: int) -> np.ndarray:
+    """Sorted int64 indices in ``range(n)`` that are not in ``live``."""
     mask = np.ones(n, dtype=bool)
     mask[live] = False
     return np.flatnonzero(mask).astype(np.int64)
@@ -149,6 +222,7 @@ def orthonormal_coords(columns: np.ndarray, *, overwrite: bool = False) -> tuple
     Parameters
     ----------
     columns : numpy.ndarray, shape (m, k), float64, non-zero columns
+        The matrix to factor (in practice unit-norm neurons).
     overwrite : bool
         Let the QR overwrite ``columns`` (saves a copy of a large matrix).
 
@@ -158,6 +232,18 @@ def orthonormal_coords(columns: np.ndarray, *, overwrite: bool = False) -> tuple
         Orthonormal columns.
     coords : numpy.ndarray, shape (rank, k)
         Directions with singular value at most ``RANK_RTOL`` times the largest are dropped.
+
+    Examples
+    --------
+    A third column that is the sum of the first two adds no rank:
+
+    >>> import numpy as np
+    >>> from raymatch.match.factor import orthonormal_coords
+    >>> X = np.random.default_rng(0).standard_normal((50, 2))
+    >>> X = np.column_stack([X, X.sum(axis=1)])
+    >>> basis, coords = orthonormal_coords(X)
+    >>> basis.shape, coords.shape, bool(np.allclose(basis @ coords, X))
+    ((50, 2), (2, 3), True)
     """
     with one_thread(small(columns.size)):
         q, r = scipy.linalg.qr(columns, mode="economic", check_finite=False, overwrite_a=overwrite)

@@ -41,7 +41,29 @@ def activation_array(value: Any, name: str) -> np.ndarray:
 
     Returns
     -------
-    numpy.ndarray, shape (n_samples, n_neurons), the input's own dtype
+    numpy.ndarray, shape (n_samples, n_neurons)
+        In the input's own dtype (a torch tensor of integers comes back as float64, of
+        float16/bfloat16 as float32).
+
+    Raises
+    ------
+    ValueError
+        When the value is not a non-empty 2-D matrix of finite real numbers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match.inputs import activation_array
+    >>> activation_array([[1, 2], [3, 4]], "A").dtype
+    dtype('int64')
+    >>> activation_array(np.ones(3), "A")
+    Traceback (most recent call last):
+    ...
+    ValueError: A must be a 2-D activation matrix (n_samples, n_neurons); got shape (3,)
+    >>> activation_array([[1.0, np.nan]], "B")
+    Traceback (most recent call last):
+    ...
+    ValueError: B has 1 non-finite values (NaN or Inf) out of 2
     """
     if type(value).__module__.startswith("torch"):
         value = value.detach().to("cpu")
@@ -74,12 +96,32 @@ def as_activation_matrix(value: Any, name: str) -> np.ndarray:
     """Validate ``value`` and return it as a fresh column-major float64 matrix (n_samples, n_neurons).
 
     Column-major (Fortran) order is LAPACK's: a QR reads it without another copy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match.inputs import as_activation_matrix
+    >>> A = np.arange(6, dtype=np.float32).reshape(3, 2)
+    >>> M = as_activation_matrix(A, "A")
+    >>> M.dtype, M.flags.f_contiguous, M is A
+    (dtype('float64'), True, False)
     """
     return np.array(activation_array(value, name), dtype=np.float64, order="F", copy=True)
 
 
 def check_eps(eps: Any, name: str = "eps") -> float:
-    """Return ``eps`` as a float in [0, 1], or raise a ``ValueError`` naming it."""
+    """Return ``eps`` as a float in [0, 1], or raise a ``ValueError`` naming it.
+
+    Examples
+    --------
+    >>> from raymatch.match.inputs import check_eps
+    >>> check_eps(1)
+    1.0
+    >>> check_eps(1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: eps must lie in [0, 1]; got 1.5
+    """
     try:
         value = float(eps)
     except (TypeError, ValueError):
@@ -90,12 +132,31 @@ def check_eps(eps: Any, name: str = "eps") -> float:
 
 
 def effective_eps(eps: float) -> float:
-    """The threshold a ratio is compared with: ``max(eps, EXACT_TOL)``."""
+    """Return the threshold a ratio is compared with: ``max(eps, EXACT_TOL)``.
+
+    Examples
+    --------
+    ε = 0 (an exact match) is decided with the tolerance ``EXACT_TOL``:
+
+    >>> from raymatch.match.inputs import effective_eps
+    >>> effective_eps(0.0), effective_eps(0.25)
+    (1e-06, 0.25)
+    """
     return max(eps, EXACT_TOL)
 
 
 def check_same_samples(n_a: int, n_b: int) -> None:
-    """Raise a ``ValueError`` unless both sides have the same number of samples (rows)."""
+    """Raise a ``ValueError`` unless both sides have the same number of samples (rows).
+
+    Examples
+    --------
+    >>> from raymatch.match.inputs import check_same_samples
+    >>> check_same_samples(10, 10)
+    >>> check_same_samples(10, 12)
+    Traceback (most recent call last):
+    ...
+    ValueError: A and B must have the same number of samples (rows): A has 10, B has 12
+    """
     if n_a != n_b:
         raise ValueError(
             f"A and B must have the same number of samples (rows): A has {n_a}, B has {n_b}"

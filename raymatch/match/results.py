@@ -11,6 +11,7 @@ from .inputs import check_eps, effective_eps
 
 
 def _plain(value):
+    """Convert numpy arrays, numpy scalars and tuples to plain Python values."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -24,7 +25,14 @@ class _Row:
     """Equality by value (arrays compared element-wise) and conversion to a plain dict."""
 
     def to_dict(self) -> dict:
-        """The fields (and derived sizes) as plain Python values (lists, ints, floats, strs)."""
+        """Return the fields (and derived values) as plain Python values (lists, ints, floats, strs).
+
+        Returns
+        -------
+        dict
+            One entry per dataclass field, then one per derived property (``_derived``), ready for
+            a table row or JSON.
+        """
         row = {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
         row.update({name: _plain(getattr(self, name)) for name in self._derived})
         return row
@@ -55,6 +63,30 @@ class Match(_Row):
         Number of neurons (columns) of A and of B, dead ones included.
     dead_a, dead_b : numpy.ndarray, int64
         Sorted indices of the dead neurons (in no match, counted in the similarity's denominator).
+
+    Examples
+    --------
+    Two shared directions, a private neuron on each side and a dead neuron in A:
+
+    >>> import numpy as np
+    >>> from raymatch.match import max_match
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((100, 4))
+    >>> A[:, 3] = 0.0
+    >>> B = np.hstack([A[:, :2] @ rng.standard_normal((2, 2)), rng.standard_normal((100, 1))])
+    >>> m = max_match(A, B, eps=0.0)
+    >>> m.a.tolist(), m.b.tolist(), m.dead_a.tolist(), (m.n_a, m.n_b, m.n_samples)
+    ([0, 1], [0, 1], [3], (4, 3, 100))
+    >>> m.size_a, m.size_b, round(m.similarity, 3)
+    (2, 2, 0.571)
+
+    :meth:`to_dict` gives plain values, derived ones included; equality compares by value:
+
+    >>> row = m.to_dict()
+    >>> row["a"], row["dead_b"], row["size_a"]
+    ([0, 1], [], 2)
+    >>> m == max_match(A, B, eps=0.0)
+    True
     """
 
     a: np.ndarray
@@ -70,10 +102,12 @@ class Match(_Row):
 
     @property
     def size_a(self) -> int:
+        """Number of matched neurons of A."""
         return int(self.a.size)
 
     @property
     def size_b(self) -> int:
+        """Number of matched neurons of B."""
         return int(self.b.size)
 
     @property
@@ -93,6 +127,19 @@ class SimpleMatch(Match):
     order : str or int
         The deletion order used: ``"index"`` (A's neurons by index, then B's) or the integer seed
         of a random permutation. For ε > 0 v-minimal matches need not be unique.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match import simple_matches
+    >>> u, v, w = np.random.default_rng(0).standard_normal((3, 50))
+    >>> A = np.column_stack([u, v, w])
+    >>> B = np.column_stack([u + v, u - v, w])
+    >>> small, large = simple_matches(A, B, 0.0, order=0)
+    >>> small.a.tolist(), small.b.tolist(), large.a.tolist(), large.b.tolist()
+    ([2], [2], [0, 1], [0, 1])
+    >>> large.neuron, large.order, round(large.to_dict()["similarity"], 3)
+    (('a', 0), 0, 0.667)
     """
 
     neuron: tuple[str, int] = ("a", 0)
@@ -109,7 +156,27 @@ class MatchCurve(_Row):
         Smallest ε at which each neuron belongs to the maximum match; ``inf`` for dead neurons,
         0 for neurons in the exact match (ratios at most ``EXACT_TOL``).
     n_samples : int
+        Number of samples (rows) the activation vectors run over.
     dead_a, dead_b : numpy.ndarray, int64
+        Sorted indices of the dead neurons.
+
+    Examples
+    --------
+    Two shared directions, a private neuron on each side and a dead neuron in A:
+
+    >>> import numpy as np
+    >>> from raymatch.match import match_curve
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((100, 4))
+    >>> A[:, 3] = 0.0
+    >>> B = np.hstack([A[:, :2] @ rng.standard_normal((2, 2)), rng.standard_normal((100, 1))])
+    >>> curve = match_curve(A, B)
+    >>> curve.critical_a.round(3).tolist(), curve.critical_b.round(3).tolist()
+    ([0.0, 0.0, 0.98, inf], [0.0, 0.0, 0.98])
+    >>> curve.at(0.0).a.tolist(), curve.at(0.99).a.tolist(), round(curve.max_epsilon, 3)
+    ([0, 1], [0, 1, 2], 0.98)
+    >>> curve.min_epsilon(2), round(curve.min_epsilon(3), 3), curve.min_epsilon(4)
+    (0.0, 0.98, inf)
     """
 
     critical_a: np.ndarray
@@ -122,14 +189,28 @@ class MatchCurve(_Row):
 
     @property
     def n_a(self) -> int:
+        """Number of neurons of A, dead ones included."""
         return int(self.critical_a.size)
 
     @property
     def n_b(self) -> int:
+        """Number of neurons of B, dead ones included."""
         return int(self.critical_b.size)
 
     def at(self, eps: float) -> Match:
-        """The maximum match at ``eps`` (the same :class:`Match` as ``max_match(A, B, eps)``)."""
+        """Return the maximum match at ``eps`` (the same :class:`Match` as ``max_match(A, B, eps)``).
+
+        Parameters
+        ----------
+        eps : float in [0, 1]
+            The ε of the match; a neuron is in it when its critical ε is at most
+            ``max(eps, EXACT_TOL)``.
+
+        Returns
+        -------
+        Match
+            The maximum match at ``eps``.
+        """
         eps = check_eps(eps)
         threshold = effective_eps(eps)
         return Match(
@@ -151,7 +232,23 @@ class MatchCurve(_Row):
         return float(finite.max()) if finite.size else 0.0
 
     def min_epsilon(self, size: int) -> float:
-        """Smallest ε with ``min(|X*|, |Y*|) >= size``; ``inf`` when no ε reaches it."""
+        """Return the smallest ε with ``min(|X*|, |Y*|) >= size``; ``inf`` when no ε reaches it.
+
+        Parameters
+        ----------
+        size : int
+            Number of neurons the maximum match must hold on each side; 0 gives 0.
+
+        Returns
+        -------
+        float
+            The smallest such ε, or ``inf`` when a side has fewer than ``size`` live neurons.
+
+        Raises
+        ------
+        ValueError
+            When ``size`` is not a non-negative integer.
+        """
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
             raise ValueError(f"size must be a non-negative integer; got {size!r}")
         if size == 0:

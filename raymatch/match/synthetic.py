@@ -25,10 +25,45 @@ def relu_pair(
     maximum match is neither empty nor full over ε ∈ [0.15, 0.5], the small groups are the natural
     simple matches, and columns are shuffled so that nothing depends on position.
 
+    Parameters
+    ----------
+    n_samples : int, default 10,000
+        Number of rows (samples).
+    n_a, n_b : int, default 512
+        Number of neurons of each layer.
+    shared_fraction : float, default 0.4
+        Fraction of the smaller layer's neurons spent on planted groups (whole groups only).
+    group_sizes : tuple of int, default (1, 2, 3)
+        Sizes of the planted groups, used cyclically.
+    max_noise : float, default 0.6
+        Upper bound of the per-neuron noise scale of planted neurons.
+    seed : int, default 0
+        Seed of ``numpy.random.default_rng``: the same seed gives the same pair.
+    dtype : numpy dtype, default numpy.float32
+        Dtype of the returned arrays.
+
     Returns
     -------
     A : numpy.ndarray, shape (n_samples, n_a)
+        The first layer.
     B : numpy.ndarray, shape (n_samples, n_b)
+        The second layer.
+
+    Examples
+    --------
+    With 10 neurons on the smaller side, 40% buys a planted group of 1 and one of 2: three
+    neurons per side match at a moderate ε, nothing matches at a small one, everything at a
+    chance-level one.
+
+    >>> import numpy as np
+    >>> from raymatch.match import match_curve
+    >>> from raymatch.match.synthetic import relu_pair
+    >>> A, B = relu_pair(1000, 12, 10, seed=0)
+    >>> A.shape, B.shape, A.dtype, bool((A >= 0).all())
+    ((1000, 12), (1000, 10), dtype('float32'), True)
+    >>> curve = match_curve(A, B)
+    >>> [(curve.at(eps).size_a, curve.at(eps).size_b) for eps in (0.2, 0.5, 0.9)]
+    [(0, 0), (3, 3), (12, 10)]
     """
     rng = np.random.default_rng(seed)
     n_groups_budget = int(shared_fraction * min(n_a, n_b))
@@ -38,6 +73,7 @@ def relu_pair(
     latents = [np.maximum(rng.standard_normal((n_samples, size)), 0.0) for size in sizes]
 
     def side(n_neurons: int) -> np.ndarray:
+        """Draw one layer: its planted neurons (one per latent dimension), then private ReLUs, shuffled."""
         planted = []
         for latent in latents:
             size = latent.shape[1]
@@ -55,4 +91,5 @@ def relu_pair(
 
 
 def _unit(columns: np.ndarray) -> np.ndarray:
+    """Divide every column by its norm."""
     return columns / np.linalg.norm(columns, axis=0)

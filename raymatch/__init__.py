@@ -1,4 +1,4 @@
-"""raymatch: how much of their learned representation do many trained networks share?
+"""raymatch: how much of their learned representation do many trained networks share.
 
 The neuron-activation subspace match model of Wang et al. (NeurIPS 2018, arXiv 1810.11750),
 run at population scale on Ray. The mathematics lives in :mod:`raymatch.match`.

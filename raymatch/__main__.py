@@ -1,3 +1,5 @@
+"""``python -m raymatch``: the ``raymatch`` command."""
+
 import sys
 
 from .cli import main

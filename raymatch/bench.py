@@ -39,6 +39,7 @@ def _time(fn: Callable[[], object], repeats: int) -> tuple[float, int]:
 
 
 def machine() -> str:
+    """The processor and core count this benchmark ran on, for the tables' headers."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -126,6 +127,7 @@ def _verdicts(rows: list[dict]) -> None:
 
 
 def print_table(rows: list[dict], out=None) -> None:
+    """Print the match benchmark's rows (to ``out``, default stdout)."""
     out = out or sys.stdout
     header = ("row", "what", "median s", "runs", "target", "result")
     lines = [(str(r["row"]), r["what"], f"{r['seconds']:.3f}", str(r["runs"]), r["target"], r["result"])
@@ -200,6 +202,7 @@ def _extract_fresh(extract_model, store, model, images, spec, layers, batch, cou
 
 
 def print_extract(rows: list[dict], formats: list[dict], n_images: int) -> None:
+    """Print the extraction benchmark's table against the bare forward pass, and the format comparison."""
     base = rows[0]["seconds"]
     print(f"{'what':<90} | {'median s':>8} | runs | {'images/s':>8} | {'MiB':>6} | {'MiB/s':>6} | vs bare forward")
     print("-+-".join("-" * w for w in (90, 8, 4, 8, 6, 6, 16)))
@@ -288,6 +291,7 @@ def overhead(row: dict) -> float:
 
 
 def print_pipeline(rows: list[dict]) -> None:
+    """Print the pipeline benchmark's table: stage wall times against a 2-CPU schedule bound."""
     print(f"{'models':>6} | {'pairs':>5} | {'tasks':>5} | {'extract s':>9} | {'factor+match s':>14} | "
           f"{'in-task s':>9} | {'overhead':>8} | {'wall s / pair':>13}")
     for row in rows:
@@ -297,6 +301,7 @@ def print_pipeline(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``raymatch bench {match,extract,pipeline}``: run one benchmark and print its table."""
     parser = argparse.ArgumentParser(prog="raymatch bench", description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=["match", "extract", "pipeline"], help="which benchmark to run")
     parser.add_argument("--quick", action="store_true",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from .engine.run import run_study
 
     study = _load_checked(args)
-    summary = run_study(study, progress=None, only=getattr(args, "only", None),
+    summary = run_study(study, progress=None,
                         connect=lambda: _connect_ray(args.address, args.num_cpus))  # Ray once the inputs are good
     print(f"study {summary['study']} (config {summary['config_hash']}, run {summary['run_id']}) finished in "
           f"{summary['seconds']:.1f} s")
@@ -174,19 +176,32 @@ def plan(args: argparse.Namespace) -> int:
     store = study.store.open()
     if not store.is_local:  # an unreachable endpoint, a missing bucket, refused credentials: said as such
         store.check(write=False)
-    counts = make_plan(study, store).counts()
+    planned = make_plan(study, store)
+    counts, known = planned.counts(), planned.known()
     print(f"study {study.name} (config {study.config_hash})")
     print(f"{'stage':<8} {'done':>6} {'to do':>6}")
     for stage, (done, todo) in counts.items():
-        print(f"{stage:<8} {done:>6} {todo:>6}")
-    if counts["extract"][1]:
-        print("(pair tasks are counted once the activations they need are stored)")
+        print(f"{stage:<8} {done:>6} {todo:>6}" if known[stage] else f"{stage:<8} {'?':>6} {'?':>6}")
+    waiting = [stage for stage, is_known in known.items() if not is_known]
+    if waiting:
+        print(f"({', '.join(waiting)}: counted once the stages before them have stored what they need)")
+    return 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of a study file, for an editor's YAML language server."""
+    from .study import study_json_schema
+
+    print(json.dumps(study_json_schema(), indent=2))
     return 0
 
 
 def _user_error(error: BaseException) -> str:
-    """The first line of an error's message, for a one-line report (for an error raised in a Ray task or actor,
-    of its cause: the first line of the wrapper only names the remote function)."""
+    """The first line of an error's message, for a one-line report.
+
+    For an error raised in a Ray task or actor, the first line of its cause: the wrapper's names only the remote
+    function.
+    """
     ray = sys.modules.get("ray")
     if ray is not None and isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:
         error = error.cause
@@ -199,16 +214,54 @@ def _add_ray_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="raymatch", description="Neuron-activation subspace matches on Ray.")
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes: ``--debug`` and ``--verbose`` (before or after the subcommand)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                        help="log run and stage events (the 'raymatch' logger) to stderr")
+    return common
+
+
+def _store_options() -> argparse.ArgumentParser:
+    """``STORE [--endpoint-url URL]``: the subcommands that read an existing store (query, status, report)."""
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("store", metavar="STORE", help="store URI: a local path, file://… or s3://bucket/prefix")
+    store.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (for S3-compatible stores)")
+    return store
+
+
+def _study_options(verb: str) -> argparse.ArgumentParser:
+    """``STUDY.yaml [--allow-few-samples]``: the subcommands that read a study file (run, plan)."""
+    study = argparse.ArgumentParser(add_help=False)
+    study.add_argument("study", metavar="STUDY.yaml")
+    study.add_argument("--allow-few-samples", action="store_true",
+                       help=f"{verb} layers the probe gives no more samples than neurons (they match trivially)")
+    return study
+
+
+def _log_to_stderr(verbose: bool) -> None:
+    """Run and stage events of the ``raymatch`` logger to stderr with ``--verbose``; warnings only otherwise."""
+    logger = logging.getLogger("raymatch")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("raymatch: %(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common, store = _common_options(), _store_options()
+    parser = argparse.ArgumentParser(prog="raymatch", description="Neuron-activation subspace matches on Ray.",
+                                     parents=[common])
     parser.add_argument("--version", action="version", version=f"raymatch {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     bench = commands.add_parser("bench", help="run a benchmark and print its table", add_help=False)
     bench.set_defaults(run=None)
 
-    run_demo = commands.add_parser("demo", help="match a synthetic pair over the paper's ε grid")
+    run_demo = commands.add_parser("demo", help="match a synthetic pair over the paper's ε grid", parents=[common])
     run_demo.add_argument("--samples", type=int, default=5000)
     run_demo.add_argument("--neurons", type=int, default=256)
     run_demo.add_argument("--seed", type=int, default=0)
@@ -217,27 +270,22 @@ def main(argv: list[str] | None = None) -> int:
     run_query = commands.add_parser(
         "query", help="run SQL over a store's results tables (matches, simple_matches, cka, runs)",
         description="Run one DuckDB SQL query over the results tables of a store. S3 credentials come from the "
-                    "standard AWS environment.")
-    run_query.add_argument("store", metavar="STORE", help="store URI: a local path, file://… or s3://bucket/prefix")
+                    "standard AWS environment.", parents=[store, common])
     run_query.add_argument("sql", metavar="SQL", help="the query, e.g. 'SELECT layer, avg(similarity) FROM matches "
                                                      "GROUP BY layer'")
     run_query.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",
                            help="output format (default: table)")
     run_query.add_argument("--output", metavar="FILE", help="write the result to FILE instead of stdout")
-    run_query.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (for S3-compatible stores)")
-    run_query.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                           help="show the full traceback of an error")
     run_query.set_defaults(run=query)
 
-    run_study_cmd = commands.add_parser("run", help="run a study file (YAML) on Ray")
-    run_study_cmd.add_argument("study", metavar="STUDY.yaml")
+    run_study_cmd = commands.add_parser("run", help="run a study file (YAML) on Ray",
+                                        parents=[_study_options("run"), common])
     _add_ray_arguments(run_study_cmd)
     run_study_cmd.add_argument("--quiet", action="store_true", help="no similarity table after the run")
-    run_study_cmd.add_argument("--allow-few-samples", action="store_true",
-                               help="run layers the probe gives no more samples than neurons (they match trivially)")
     run_study_cmd.set_defaults(run=run)
 
-    train_cmd = commands.add_parser("train", help="train a study's population (population.training, null baseline)")
+    train_cmd = commands.add_parser("train", help="train a study's population (population.training, null baseline)",
+                                    parents=[common])
     train_cmd.add_argument("study", metavar="STUDY.yaml")
     _add_ray_arguments(train_cmd)
     train_cmd.set_defaults(run=train)
@@ -246,23 +294,32 @@ def main(argv: list[str] | None = None) -> int:
 
     report_parser = commands.add_parser(
         "report", help="figures (PNG) and summary.md from a store's results tables",
-        description="Write the paper's figures and a short markdown summary of one study's results.")
+        description="Write the paper's figures and a short markdown summary of one study's results.",
+        parents=[store, common])
     report_cmd.add_arguments(report_parser)
     report_parser.set_defaults(run=report_cmd.command)
 
-    status_cmd = commands.add_parser("status", help="latest runs, what each study still has to do, failed rows")
-    status_cmd.add_argument("store", metavar="STORE", help="store URI: a local path, file://… or s3://bucket/prefix")
+    status_cmd = commands.add_parser("status", help="latest runs, what each study still has to do, failed rows",
+                                     parents=[store, common])
     status_cmd.add_argument("--runs", type=int, default=10, help="how many of the latest runs to show (default 10)")
-    status_cmd.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (for S3-compatible stores)")
     status_cmd.set_defaults(run=status)
 
-    plan_cmd = commands.add_parser("plan", help="count what a study has stored and what is left, per stage")
-    plan_cmd.add_argument("study", metavar="STUDY.yaml")
-    plan_cmd.add_argument("--allow-few-samples", action="store_true",
-                          help="plan layers the probe gives no more samples than neurons (they match trivially)")
+    plan_cmd = commands.add_parser("plan", help="count what a study has stored and what is left, per stage",
+                                   parents=[_study_options("plan"), common])
     plan_cmd.set_defaults(run=plan)
 
+    schema_cmd = commands.add_parser("schema", help="print the JSON Schema of a study file (for editors)",
+                                     parents=[common])
+    schema_cmd.set_defaults(run=schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``raymatch`` command: parse ``argv`` and run the subcommand; returns the exit status."""
+    parser = _parser()
     args, rest = parser.parse_known_args(argv)
+    args.debug, args.verbose = getattr(args, "debug", False), getattr(args, "verbose", False)
+    _log_to_stderr(args.verbose)
     if args.command == "bench":
         from .bench import main as bench_main
 

@@ -90,26 +90,34 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
             index, actor = pending.pop(ref)
             if actor in busy:
                 busy[actor] -= 1
-            try:
-                result, seconds = ray.get(ref)
-                outcomes[index] = Outcome(items[index], result, None, seconds)
-            except ray.exceptions.RayTaskError as error:
-                cause = error.cause if getattr(error, "cause", None) is not None else error
-                if fatal and isinstance(cause, fatal):
-                    if not actors:  # calls on actors end with the actors, which their owner stops
-                        for other in pending:
-                            ray.cancel(other)
-                    reporter.close()
-                    raise cause from error
-                outcomes[index] = Outcome(items[index], None, f"{type(cause).__name__}: {cause}", cause=cause)
-            except ray.exceptions.RayActorError as error:  # an actor out of restarts: this item fails, not the run
-                outcomes[index] = Outcome(items[index], None, f"{type(error).__name__}: {error}", cause=error)
+            outcome = outcomes[index] = _collect(ref, items[index])
+            if isinstance(outcome.cause, ray.exceptions.RayActorError):  # out of restarts: no more calls to it
                 busy.pop(actor, None)
-            except ray.exceptions.RayError as error:  # a worker lost after its retries, out of memory, …
-                outcomes[index] = Outcome(items[index], None, f"{type(error).__name__}: {error}", cause=error)
+            if fatal and isinstance(outcome.cause, fatal):
+                if not actors:  # calls on actors end with the actors, which their owner stops
+                    for other in pending:
+                        ray.cancel(other)
+                reporter.close()
+                raise outcome.cause
             reporter.step()
     reporter.close()
     return outcomes  # type: ignore[return-value]
+
+
+def _collect(ref: ray.ObjectRef, item: Any) -> Outcome:
+    """The outcome of one finished call: its result, or its error (for a task's own error, the cause).
+
+    Every Ray error becomes a failed outcome: a task's own exception, an actor out of restarts, a worker lost
+    after its retries, a task killed for memory.
+    """
+    try:
+        result, seconds = ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        cause = error.cause if getattr(error, "cause", None) is not None else error
+        return Outcome(item, None, f"{type(cause).__name__}: {cause}", cause=cause)
+    except ray.exceptions.RayError as error:
+        return Outcome(item, None, f"{type(error).__name__}: {error}", cause=error)
+    return Outcome(item, result, None, seconds)
 
 
 def timed(fn: Callable, *args) -> tuple[Any, float]:
@@ -132,6 +140,7 @@ class Progress:
         self.next_report = 0.1
 
     def step(self) -> None:
+        """Count one finished task (a line every 10 % when there is no bar)."""
         self.done += 1
         if self.bar is not None:
             self.bar.update()
@@ -143,5 +152,6 @@ class Progress:
             self.next_report += 0.1
 
     def close(self) -> None:
+        """Close the bar, if any."""
         if self.bar is not None:
             self.bar.close()

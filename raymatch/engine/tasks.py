@@ -56,6 +56,7 @@ class MatchTask:
 
     @property
     def models(self) -> list[str]:
+        """The models of the pairs, in order of first appearance."""
         seen: dict[str, None] = {}
         for a, b in self.pairs:
             seen.setdefault(a)
@@ -96,7 +97,8 @@ def run_match_task(store: Store, task: MatchTask) -> list[dict]:
     """Every pair × ε of ``task`` as ``matches`` rows; a failing pair becomes a failed row with its error.
 
     A store that fails (:class:`~raymatch.store.StoreError`: unreachable, full) fails the task instead: no rows, so
-    that a rerun computes its pairs rather than keeping a transient failure as their result."""
+    that a rerun computes its pairs rather than keeping a transient failure as their result.
+    """
     factors, errors = {}, {}
     for model in task.models:
         try:
@@ -164,6 +166,7 @@ class SimpleTask:
 
     @property
     def task_id(self) -> str:
+        """Deterministic id: the same work always has the same id (and the same result file)."""
         return layout.task_id(self.layer, self.repeat, [self.config_hash, self.probe_id, self.pair, self.eps,
                                                         self.center, self.max_neurons, self.population])
 
@@ -211,10 +214,12 @@ def match_and_write(store: Store, task: MatchTask) -> dict:
 
 
 def cka_and_write(store: Store, task: MatchTask) -> dict:
+    """One CKA task: compute its rows and write them to the task's own result file."""
     return _write(store, "cka", task.task_id, run_cka_task(store, task))
 
 
 def simple_and_write(store: Store, task: SimpleTask) -> dict:
+    """One simple-match task: compute its rows and write them to the task's own result file."""
     return _write(store, "simple_matches", task.task_id, run_simple_task(store, task))
 
 

@@ -113,7 +113,7 @@ def _as_state_dict(loaded: Any, name: str) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict(data: bytes, *, name: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors bytes or from a ``torch.save`` zip archive.
+    r"""Read a state dict from safetensors bytes or from a ``torch.save`` zip archive.
 
     The format is detected from the first bytes: a ``torch.save`` zip archive starts with
     ``PK\\x03\\x04`` and is loaded with ``torch.load(..., weights_only=True)``; safetensors starts

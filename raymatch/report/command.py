@@ -220,19 +220,18 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the arguments of ``raymatch report STORE [--study NAME] [--out DIR] [--eps E] [--endpoint-url URL]``.
+    """Add the arguments of ``raymatch report`` after ``STORE [--endpoint-url URL]``: ``[--study] [--out] [--eps]``.
 
     Parameters
     ----------
     parser : argparse.ArgumentParser
-        The ``report`` subcommand's parser; changed in place.
+        The ``report`` subcommand's parser, made with the command line's store options as a parent; changed in
+        place.
     """
-    parser.add_argument("store", metavar="STORE", help="store URI: a local path, file://… or s3://bucket/prefix")
     parser.add_argument("--study", metavar="NAME", help="the study to report on (needed when the store holds several)")
     parser.add_argument("--out", metavar="DIR", help="folder for the figures and summary.md (default: report-<study>)")
     parser.add_argument("--eps", type=float, default=DEFAULT_EPS,
                         help="ε of the CKA and repeats figures; the grid's nearest value is used (default: 0.25)")
-    parser.add_argument("--endpoint-url", metavar="URL", help="S3 endpoint (for S3-compatible stores)")
 
 
 def command(args: argparse.Namespace) -> int:

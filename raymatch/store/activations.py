@@ -169,10 +169,12 @@ def write_activations(store: Store, key: ActivationKey, matrix: np.ndarray, *, m
 
 
 def is_stored(store: Store, key: ActivationKey) -> bool:
+    """Whether the matrix at ``key`` is stored (its manifest exists)."""
     return store.exists(key.manifest)
 
 
 def read_manifest(store: Store, key: ActivationKey) -> dict:
+    """The manifest of the stored matrix at ``key``: shape, dtype, parts and provenance."""
     return store.read_json(key.manifest)
 
 

@@ -33,6 +33,7 @@ def table_to_matrix(table: pa.Table, dtype, out: np.ndarray | None = None) -> np
 
 
 def table_metadata(table: pa.Table) -> dict:
+    """The JSON metadata stored in an Arrow table's schema (empty when there is none)."""
     meta = table.schema.metadata or {}
     return json.loads(meta[_META]) if _META in meta else {}
 
@@ -51,6 +52,7 @@ def encode(table: pa.Table, fmt: str) -> memoryview:
 
 
 def decode(data: bytes, fmt: str) -> pa.Table:
+    """An Arrow table from its ``fmt`` (``'arrow'`` IPC or ``'parquet'``) bytes; see :func:`encode`."""
     if fmt == "parquet":
         return pq.read_table(pa.BufferReader(data))
     if fmt == "arrow":

@@ -28,6 +28,7 @@ def write_factor(store: Store, prefix: str, value: Factor) -> None:
 
 
 def read_factor(store: Store, prefix: str) -> Factor:
+    """The factor stored at ``prefix`` by :func:`write_factor`."""
     manifest = store.read_json(layout.manifest_key(prefix))
     rank, n_live = manifest["rank"], len(manifest["live"])
     basis = table_to_matrix(decode(store.read_bytes(layout.factor_part_key(prefix, "basis")), "arrow"), np.float64)

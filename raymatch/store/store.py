@@ -101,8 +101,11 @@ class Store:
 
     @classmethod
     def open_existing(cls, uri: str, *, endpoint_url: str | None = None) -> Store:
-        """A store to read from, which must already exist: a local folder that is there, or a bucket that
-        answers (a read-only check). Raises ``ValueError`` or :class:`StoreError` with one line naming it."""
+        """A store to read from, which must already exist.
+
+        A local folder that is there, or a bucket that answers (a read-only check). Raises ``ValueError`` or
+        :class:`StoreError` with one line naming it.
+        """
         store = cls(uri, endpoint_url=endpoint_url)
         if store.is_local:
             if not os.path.isdir(store.root):
@@ -127,6 +130,7 @@ class Store:
 
     @property
     def is_local(self) -> bool:
+        """Whether the store is a local folder."""
         return self.protocol == "file"
 
     def path(self, key: str) -> str:
@@ -161,12 +165,14 @@ class Store:
             raise self._fail("reach", "", error) from None
 
     def exists(self, key: str) -> bool:
+        """Whether an object is stored at ``key``."""
         try:
             return self.fs.exists(self.path(key))
         except Exception as error:
             raise self._fail("check", key, error) from None
 
     def read_bytes(self, key: str) -> bytes:
+        """The object at ``key``; :class:`StoreError` (or FileNotFoundError) when it cannot be read."""
         try:
             return self.fs.cat_file(self.path(key))
         except FileNotFoundError:
@@ -197,6 +203,7 @@ class Store:
             raise self._fail("write", key, error) from None
 
     def delete(self, key: str) -> None:
+        """Delete the object at ``key`` (nothing when it does not exist)."""
         try:
             if self.fs.exists(self.path(key)):
                 self.fs.rm(self.path(key), recursive=True)
@@ -217,9 +224,11 @@ class Store:
         return sorted(k for k in keys if not any(part.startswith(".") for part in k.split("/")))
 
     def write_json(self, key: str, value: Any) -> None:
+        """Write ``value`` as JSON (sorted keys), whole, at ``key``."""
         self.write_bytes(key, json.dumps(value, sort_keys=True, indent=1).encode())
 
     def read_json(self, key: str) -> Any:
+        """The JSON object at ``key``."""
         return json.loads(self.read_bytes(key))
 
     def write_table(self, key: str, table: pa.Table, *, compression: str = "zstd") -> None:
@@ -229,4 +238,5 @@ class Store:
         self.write_bytes(key, sink.getvalue())
 
     def read_table(self, key: str) -> pa.Table:
+        """The Parquet table at ``key``."""
         return pq.read_table(io.BytesIO(self.read_bytes(key)))

@@ -67,8 +67,7 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
     cpus_per_task : float, default 1
         Ray ``num_cpus`` per task; the task's torch threads are ``max(1, int(cpus_per_task))``.
     gpus_per_task : float, default 0
-        Ray ``num_gpus`` per task; when > 0 the task trains on ``'cuda'``. Needs
-        :func:`raymatch.engine.runner.run_bounded` to accept ``num_gpus`` (raises NotImplementedError otherwise).
+        Ray ``num_gpus`` per task; when > 0 the task trains on ``'cuda'``.
     max_in_flight : int, default 4
         Tasks submitted at once.
     progress : bool, optional
@@ -86,8 +85,6 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
         For bad seeds, prefix or arch_kwargs, or when a record already under ``prefix`` was made with another
         architecture, ``arch_kwargs``, kind (trained / untrained) or spec id: use another prefix.
     """
-    import inspect
-
     from ..engine.runner import run_bounded
     from ..store import check_key
 
@@ -112,8 +109,6 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
         return []
     resources: dict[str, float] = {"num_cpus": cpus_per_task}
     if gpus_per_task > 0:
-        if "num_gpus" not in inspect.signature(run_bounded).parameters:
-            raise NotImplementedError("gpus_per_task > 0 needs raymatch.engine.runner.run_bounded to accept num_gpus")
         resources["num_gpus"] = gpus_per_task
     threads = max(1, int(cpus_per_task))
     device = "cuda" if gpus_per_task > 0 else "cpu"

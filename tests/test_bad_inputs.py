@@ -146,7 +146,7 @@ STUDY_FILE_CASES = {
     "a single model": (dict(population__checkpoints=[SEEDS[0]]),
                        ["population.checkpoints: a study needs at least 2 models; got 1"]),
     "unknown layer": (dict(layers=["relu1", "features.9"]), ["layers[1]: unknown layer 'features.9'; available:"]),
-    "unknown dataset": (dict(probe__dataset="mnist"), ["probe.dataset must be one of digits, fashion-mnist, cifar10"]),
+    "unknown dataset": (dict(probe__dataset="mnist"), ["probe.dataset: must be one of digits, fashion-mnist, cifar10"]),
     "probe larger than the dataset": (dict(probe__n_examples=5000),
                                       ["probe.n_examples: asks for 5000 examples but digits/test has 360"]),
     "probe images of other channels": (dict(architecture__in_channels=3),
@@ -171,9 +171,9 @@ STUDY_FILE_CASES = {
                                        "'..'"]),
     "training: bad recipe key": (dict(population={"training": {"seeds": [0, 1], "recipe": "quick",
                                                                 "dataset": "digits", "frobnicate": 3}}),
-                                 ["population.training: unknown training spec key 'frobnicate'"]),
+                                 ["population.training.frobnicate: unknown key (allowed: seeds, dataset, recipe,"]),
     "training: unknown recipe": (dict(population={"training": {"seeds": [0, 1], "recipe": "turbo"}}),
-                                 ["population.training: recipe: unknown training recipe 'turbo'"]),
+                                 ["population.training.recipe: unknown training recipe 'turbo'"]),
 }
 
 

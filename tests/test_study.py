@@ -3,7 +3,6 @@ policies, and a catalogue of bad files whose every problem is reported at once u
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -166,7 +165,7 @@ def test_config_hash_is_pinned(example):
     ids=["resources", "store", "probe.data_dir"],
 )
 def test_config_hash_ignores_how_a_study_runs(example, change):
-    assert dataclasses.replace(example, **change).config_hash == example.config_hash
+    assert example.replace(**change).config_hash == example.config_hash
 
 
 @pytest.mark.parametrize(
@@ -188,7 +187,7 @@ def test_config_hash_ignores_how_a_study_runs(example, change):
     ids=lambda change: next(iter(change)),
 )
 def test_config_hash_follows_what_determines_results(example, change):
-    assert dataclasses.replace(example, **change).config_hash != example.config_hash
+    assert example.replace(**change).config_hash != example.config_hash
 
 
 def test_eps_order_does_not_change_the_study(example):
@@ -206,7 +205,7 @@ def test_all_pairs(example):
 
 
 def test_reference_pairs(example):
-    study = dataclasses.replace(example, pairs="reference", reference="checkpoints/tiny/seed1.safetensors")
+    study = example.replace(pairs="reference", reference="checkpoints/tiny/seed1.safetensors")
     keys = [*study.population.checkpoints, "checkpoints/tiny/seed3.safetensors"]
     assert study.pairs_of(keys) == [(keys[1], keys[0]), (keys[1], keys[2]), (keys[1], keys[3])]
     with pytest.raises(ValueError, match=r"reference 'checkpoints/tiny/seed1\.safetensors' is not among the 4"):
@@ -214,7 +213,7 @@ def test_reference_pairs(example):
 
 
 def test_consecutive_pairs(example):
-    study = dataclasses.replace(example, pairs="consecutive")
+    study = example.replace(pairs="consecutive")
     assert study.pairs_of(IDS) == [("a", "b"), ("b", "c"), ("c", "d")]
     assert study.pairs_of(IDS[::-1]) == [("d", "c"), ("c", "b"), ("b", "a")]
 
@@ -370,11 +369,11 @@ CATALOGUE = {
     # probe
     "unknown dataset": (
         edited(probe__dataset="imagenet"),
-        ["probe.dataset must be one of digits, fashion-mnist, cifar10; got 'imagenet'"],
+        ["probe.dataset: must be one of digits, fashion-mnist, cifar10; got 'imagenet'"],
     ),
     "probe repeats 0": (
         edited(probe__rows={"rows": 100, "repeats": 0}),
-        ["probe.rows.repeats must be a positive integer; got 0"],
+        ["probe.rows.repeats: must be a positive integer; got 0"],
     ),
     "probe without dataset": (edited(probe__dataset=None), ["probe.dataset: required key is missing"]),
     "probe not a mapping": (
@@ -504,7 +503,7 @@ def test_every_problem_is_reported_together():
         "name: use letters, digits and _ . - only, not starting with . or -; got 'bad name'",
         f"store.secret: {CREDENTIALS}",
         "population.checkpoints: a study needs at least 2 models; got 1",
-        "probe.rows.repeats must be a positive integer; got 0",
+        "probe.rows.repeats: must be a positive integer; got 0",
         "eps[1]: must lie in [0, 1]; got 1.5",
         "eps[2]: duplicate of eps[0] (0.15)",
         "simple_matches.max_neurons: must be a positive integer; got -1",
@@ -515,6 +514,29 @@ def test_every_problem_is_reported_together():
     ]
 
 
+def test_nested_specs_report_every_problem_under_its_full_path():
+    data = edited(
+        probe={"dataset": "digits", "n_examples": 0, "seed": -1},
+        population={"training": {"seeds": [0, 1], "lr": -1, "epochs": 1.5, "learning_rate": 0.1}},
+    )
+    assert problems_of(data) == [
+        "population.training.learning_rate: unknown key (allowed: seeds, dataset, recipe, epochs, batch_size, lr, "
+        "momentum, weight_decay, milestones, gamma, augment, holdout, n_train, data_dir, select)",
+        "population.training.epochs: must be an integer ≥ 0, got 1.5",
+        "population.training.lr: must be in (0, inf), got -1",
+        "probe.n_examples: must be a positive integer; got 0",
+        "probe.seed: must be a non-negative integer; got -1",
+    ]
+
+
+def test_a_trained_population_round_trips(example):
+    study = example.replace(population={"training": {"seeds": [0, 1], "recipe": "quick", "epochs": 2}})
+    assert study.population.training.seeds == (0, 1) and study.population.training.spec.epochs == 2
+    assert study.to_dict()["population"]["training"] == {"seeds": [0, 1], **study.population.training.spec.to_dict()}
+    assert Study.from_dict(study.to_dict()) == study
+    assert study.population.training.prefix(study.architecture).startswith("checkpoints/small_cnn/trained-")
+
+
 def test_direct_construction_is_checked_too(example):
     with pytest.raises(StudyError) as caught:
         Resources(pair_block=0, max_in_flight=0)
@@ -523,7 +545,7 @@ def test_direct_construction_is_checked_too(example):
         "resources.max_in_flight: must be a positive integer; got 0",
     ]
     with pytest.raises(StudyError, match=r"^eps\[0\]: must lie in \[0, 1\]; got 2$"):
-        dataclasses.replace(example, eps=(2,))
+        example.replace(eps=(2,))
     with pytest.raises(StudyError, match=r"^population: give checkpoints"):
         Population()
 

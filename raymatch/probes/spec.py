@@ -8,175 +8,149 @@ layer's spatial shape, never on the model, so every model of a population is com
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from ..config import Config, Loc, checked_by, is_integer
+from ..store.layout import digest
 from .datasets import SPLITS, DatasetError, available_datasets, load_dataset
 
 __all__ = ["ProbeSpec", "RowSample", "load_probe", "row_positions", "sample_rows"]
 
 
-def _is_integer(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _positive_int(value: Any, field: str) -> int:
-    if not _is_integer(value) or value <= 0:
-        raise ValueError(f"{field} must be a positive integer; got {value!r}")
+def _positive_int(value: Any, field: str = "") -> int:
+    if not is_integer(value) or value <= 0:
+        raise ValueError(f"{field + ' ' if field else ''}must be a positive integer; got {value!r}")
     return int(value)
 
 
-def _non_negative_int(value: Any, field: str) -> int:
-    if not _is_integer(value) or value < 0:
-        raise ValueError(f"{field} must be a non-negative integer; got {value!r}")
+def _non_negative_int(value: Any) -> int:
+    if not is_integer(value) or value < 0:
+        raise ValueError(f"must be a non-negative integer; got {value!r}")
     return int(value)
 
 
-def _check_keys(data: Any, known: tuple[str, ...], required: tuple[str, ...], field: str) -> None:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{field} must be a mapping with fields {', '.join(known)}; got {type(data).__name__}")
-    unknown = sorted(str(key) for key in data if key not in known)
-    if unknown:
-        raise ValueError(f"{field} has unknown field(s) {', '.join(unknown)}; known fields: {', '.join(known)}")
-    for key in required:
-        if key not in data:
-            raise ValueError(f"{field}.{key} is required")
+def _optional_positive_int(value: Any) -> int | None:
+    return None if value is None else _positive_int(value)
 
 
-@dataclass(frozen=True)
-class RowSample:
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string; got {type(value).__name__}")
+    return value
+
+
+def _dataset(value: Any) -> str:
+    if _string(value) not in SPLITS:
+        raise ValueError(f"must be one of {', '.join(available_datasets())}; got {value!r}")
+    return value
+
+
+def _data_dir(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"must be a string path; got {type(value).__name__}")
+    return os.fspath(value)
+
+
+PositiveInt = Annotated[int, Field(ge=1), checked_by(_positive_int)]
+NonNegativeInt = Annotated[int, Field(ge=0), checked_by(_non_negative_int)]
+
+
+class RowSample(Config):
     """Row sampling for conv layers: ``rows`` distinct (image, position) pairs, drawn ``repeats`` times.
 
     Parameters
     ----------
     rows : int
         Rows per draw, sampled without replacement from the ``n_images × height × width`` grid (the paper: 10,000).
-    repeats : int
+    repeats : int, default 1
         Independent draws (the paper: 16); results are averaged over them.
-    seed : int
+    seed : int, default 0
         Seeds every draw, together with the repeat index and the layer's spatial shape.
+
+    Raises
+    ------
+    raymatch.config.ConfigError
+        Naming every bad field (``probe.rows.repeats: must be a positive integer; got 0``).
     """
 
-    rows: int
-    repeats: int = 1
-    seed: int = 0
+    rows: PositiveInt
+    repeats: PositiveInt = 1
+    seed: NonNegativeInt = 0
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "rows", _positive_int(self.rows, "probe.rows.rows"))
-        object.__setattr__(self, "repeats", _positive_int(self.repeats, "probe.rows.repeats"))
-        object.__setattr__(self, "seed", _non_negative_int(self.seed, "probe.rows.seed"))
-
-    def to_dict(self) -> dict[str, int]:
-        """``{'rows': ..., 'repeats': ..., 'seed': ...}``, plain ints."""
-        return {"rows": self.rows, "repeats": self.repeats, "seed": self.seed}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RowSample:
-        """Build from ``{'rows': int, 'repeats': int = 1, 'seed': int = 0}``; ``ValueError`` names a bad field."""
-        _check_keys(data, ("rows", "repeats", "seed"), ("rows",), "probe.rows")
-        return cls(**data)
+    _path: ClassVar[str] = "probe.rows"
 
 
-@dataclass(frozen=True)
-class ProbeSpec:
+def _rows(value: Any) -> str | RowSample:
+    if isinstance(value, RowSample) or (isinstance(value, str) and value == "all"):
+        return value
+    if isinstance(value, Mapping):
+        return RowSample.model_validate(value)  # its problems, under rows
+    raise ValueError(f"must be 'all' or a row sample {{rows, repeats, seed}}; got {value!r}")
+
+
+class ProbeSpec(Config):
     """What a study feeds its models and which activation rows it compares.
 
     Parameters
     ----------
     dataset : str
         One of :func:`~raymatch.probes.available_datasets`.
-    split : str
+    split : str, default 'test'
         A split of that dataset (``'train'``, ``'test'``; ``digits`` also ``'all'``).
     n_examples : int, optional
         Keep a seeded subset of this many examples (in their split order); ``None`` keeps the whole split.
-    seed : int
+    seed : int, default 0
         Seeds the subset.
-    rows : ``'all'`` or RowSample
+    rows : ``'all'`` or RowSample, default 'all'
         ``'all'`` uses every (image, position) row of a conv layer; a :class:`RowSample` (or a mapping with its
         fields) samples rows as in the paper.
     data_dir : str, optional
         Where the dataset's files live. Not part of :attr:`id`: the same files anywhere give the same probe.
+
+    Raises
+    ------
+    raymatch.config.ConfigError
+        Naming every unknown or missing field, wrong type and out-of-range value at once, each under its path
+        (``probe.n_examples: must be a positive integer; got 0``).
     """
 
-    dataset: str
-    split: str = "test"
-    n_examples: int | None = None
-    seed: int = 0
-    rows: str | RowSample = "all"
-    data_dir: str | None = None
+    dataset: Annotated[str, checked_by(_dataset)] = Field(json_schema_extra={"enum": list(SPLITS)})
+    split: Annotated[str, checked_by(_string)] = Field(
+        "test", json_schema_extra={"enum": list(dict.fromkeys(split for splits in SPLITS.values() for split in splits))}
+    )
+    n_examples: Annotated[int | None, Field(ge=1), checked_by(_optional_positive_int)] = None
+    seed: NonNegativeInt = 0
+    rows: Annotated[Literal["all"] | RowSample, checked_by(_rows)] = "all"
+    data_dir: Annotated[str | None, checked_by(_data_dir)] = None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.dataset, str):
-            raise ValueError(f"probe.dataset must be a string; got {type(self.dataset).__name__}")
-        if self.dataset not in SPLITS:
-            raise ValueError(f"probe.dataset must be one of {', '.join(available_datasets())}; got {self.dataset!r}")
-        if not isinstance(self.split, str):
-            raise ValueError(f"probe.split must be a string; got {type(self.split).__name__}")
-        if self.split not in SPLITS[self.dataset]:
-            raise ValueError(
-                f"probe.split must be one of {', '.join(SPLITS[self.dataset])} for {self.dataset}; got {self.split!r}"
-            )
-        if self.n_examples is not None:
-            object.__setattr__(self, "n_examples", _positive_int(self.n_examples, "probe.n_examples"))
-        object.__setattr__(self, "seed", _non_negative_int(self.seed, "probe.seed"))
-        object.__setattr__(self, "rows", _as_rows(self.rows))
-        if self.data_dir is not None:
-            if not isinstance(self.data_dir, (str, os.PathLike)):
-                raise ValueError(f"probe.data_dir must be a string path; got {type(self.data_dir).__name__}")
-            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+    _path: ClassVar[str] = "probe"
+
+    @classmethod
+    def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        dataset, split = values.get("dataset"), values.get("split")
+        if dataset is not None and split is not None and split not in SPLITS[dataset]:
+            return [(("split",), f"must be one of {', '.join(SPLITS[dataset])} for {dataset}; got {split!r}")]
+        return []
 
     @property
     def id(self) -> str:
         """16 hex characters identifying the probe's content (everything but ``data_dir``).
 
         The first 16 hex digits of the SHA-256 of the canonical JSON (sorted keys, no spaces) of
-        ``dataset, split, n_examples, seed, rows``: stable across processes, machines and Python versions.
+        ``dataset, split, n_examples, seed, rows`` (:func:`raymatch.store.layout.digest`): stable across
+        processes, machines and Python versions.
         """
         content = self.to_dict()
         del content["data_dir"]
-        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able fields; ``rows`` is ``'all'`` or ``{'rows', 'repeats', 'seed'}``."""
-        return {
-            "dataset": self.dataset,
-            "split": self.split,
-            "n_examples": self.n_examples,
-            "seed": self.seed,
-            "rows": self.rows if self.rows == "all" else self.rows.to_dict(),
-            "data_dir": self.data_dir,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProbeSpec:
-        """Build from a mapping as written by :meth:`to_dict` (missing fields take their defaults).
-
-        Raises
-        ------
-        ValueError
-            Unknown or missing fields, wrong types or out-of-range values; the message names the field
-            (``probe.rows.repeats``, ...).
-        """
-        _check_keys(data, ("dataset", "split", "n_examples", "seed", "rows", "data_dir"), ("dataset",), "probe")
-        return cls(**data)
-
-
-def _as_rows(rows: Any) -> str | RowSample:
-    if isinstance(rows, RowSample):
-        return rows
-    if isinstance(rows, Mapping):
-        return RowSample.from_dict(rows)
-    if isinstance(rows, str) and rows == "all":
-        return "all"
-    raise ValueError(f"probe.rows must be 'all' or a row sample {{rows, repeats, seed}}; got {rows!r}")
+        return digest(content)
 
 
 def load_probe(spec: ProbeSpec) -> torch.Tensor:
@@ -247,7 +221,7 @@ def sample_rows(spec: ProbeSpec, n_images: int, height: int, width: int, repeat:
     if spec.rows == "all":
         return None
     sample = spec.rows
-    if not _is_integer(repeat) or not 0 <= repeat < sample.repeats:
+    if not is_integer(repeat) or not 0 <= repeat < sample.repeats:
         raise ValueError(f"repeat must be an integer in [0, {sample.repeats}); got {repeat!r}")
     available = n_images * height * width
     if sample.rows > available:

@@ -10,7 +10,7 @@ from .activations import (
     write_activations,
 )
 from .factors import cached_factor, factor_prefix, read_factor, write_factor
-from .store import Store, StoreError, check_key, check_name
+from .store import Store, StoreError, check_key, check_name, check_uri
 
 __all__ = [
     "ActivationKey",
@@ -20,6 +20,7 @@ __all__ = [
     "cached_factor",
     "check_key",
     "check_name",
+    "check_uri",
     "factor_prefix",
     "is_stored",
     "iter_shards",

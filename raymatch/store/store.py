@@ -19,6 +19,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
+#: ``s3:/bucket`` or ``file:relative``: a scheme without its ``//``, which would otherwise read as a local folder.
+_MALFORMED_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(?!//)")
+
+
+def check_uri(uri: str) -> str:
+    """Return ``uri`` if it names a store: a local path, ``file://…`` or ``s3://bucket/…``; else ``ValueError``.
+
+    A scheme missing a slash (``s3:/bucket/x``) is refused rather than read as the local folder ``./s3:/bucket/x``.
+
+    Examples
+    --------
+    >>> check_uri("s3://bucket/store")
+    's3://bucket/store'
+    >>> check_uri("s3:/bucket/store")
+    Traceback (most recent call last):
+    ...
+    ValueError: store URI 's3:/bucket/store' is malformed: write s3://bucket/store (two slashes after 's3:')
+    """
+    if not isinstance(uri, str) or not uri:
+        raise ValueError(f"store URI must be a non-empty string; got {uri!r}")
+    malformed = _MALFORMED_SCHEME.match(uri)
+    if malformed and len(malformed.group(1)) > 1:  # one letter is a Windows drive (C:/data)
+        scheme = malformed.group(1)
+        rest = uri[len(scheme) + 1:].lstrip("/")
+        raise ValueError(f"store URI {uri!r} is malformed: write {scheme}://{rest} "
+                         f"(two slashes after {scheme + ':'!r})")
+    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+    if protocol not in ("file", "s3"):
+        raise ValueError(f"store URI {uri!r}: unsupported scheme {protocol!r} (use a local path, file:// or s3://)")
+    return uri
 
 
 class StoreError(OSError):
@@ -63,14 +93,10 @@ class Store:
 
     def __init__(self, uri: str, *, endpoint_url: str | None = None, key: str | None = None,
                  secret: str | None = None, storage_options: dict | None = None):
-        if not isinstance(uri, str) or not uri:
-            raise ValueError(f"store URI must be a non-empty string; got {uri!r}")
-        self.uri = uri
+        self.uri = check_uri(uri)
         self.endpoint_url = endpoint_url
         options = dict(storage_options or {})
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-        if protocol not in ("file", "s3"):
-            raise ValueError(f"store URI {uri!r}: unsupported scheme {protocol!r} (use a local path, file:// or s3://)")
         self.protocol = protocol
         if protocol == "s3":
             if endpoint_url:

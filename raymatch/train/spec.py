@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
+from ..config import Config, ConfigError, Loc, checked_by, is_integer, is_number
 from ..store.layout import digest
-
-if TYPE_CHECKING:
-    pass
 
 #: The recipe names a :class:`TrainingSpec` may carry.
 RECIPES = ("quick", "paper-cifar")
 
 #: How the checkpoint is chosen among the epochs: best holdout accuracy (ties → earliest), or the last epoch.
 SELECTIONS = ("best-holdout", "last")
-
 
 
 _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -54,11 +50,105 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# ------------------------------------------------------------------------------------------------------ checks
+
+
+def _integer(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        number = _as_int(value, minimum)
+        if number is None:
+            raise ValueError(f"must be an integer ≥ {minimum}, got {value!r}")
+        return number
+
+    return check
+
+
+def _real(low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> Callable[[Any], float]:
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def check(value: Any) -> float:
+        if not is_number(value):
+            raise ValueError(f"must be a number in {interval}, got {value!r}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"must be a finite number in {interval}, got {value!r}")
+        below = number <= low if low_open else number < low
+        above = number >= high if high_open else number > high
+        if below or above:
+            raise ValueError(f"must be in {interval}, got {value!r}")
+        return number
+
+    return check
+
+
+def _choice(options: Callable[[], Iterable[str]]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        known = list(options())
+        if not isinstance(value, str) or value not in known:
+            raise ValueError(f"must be one of {', '.join(repr(option) for option in known)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _datasets() -> list[str]:
+    from ..probes.datasets import available_datasets  # imports torch through raymatch.probes
+
+    return available_datasets()
+
+
+def _recipe_name(value: Any) -> str:
+    if not isinstance(value, str) or value not in _RECIPE_DEFAULTS:
+        raise ValueError(f"unknown training recipe {value!r} (known: {', '.join(RECIPES)})")
+    return value
+
+
+def _milestones(value: Any) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"must be a list of increasing epochs ≥ 1, got {value!r}")
+    epochs = tuple(_integer(1)(item) for item in value)
+    if any(later <= earlier for earlier, later in itertools.pairwise(epochs)):
+        raise ValueError(f"must be strictly increasing, got {list(epochs)}")
+    return epochs
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"must be a folder path or null, got {value!r}")
+    return os.fspath(value)
+
+
+def _dataset_enum(schema: dict[str, Any]) -> None:
+    schema["enum"] = _datasets()
+
+
+def _as_int(value: Any, minimum: int) -> int | None:
+    """``value`` as an int when it is an integer (not a bool) ≥ ``minimum``, else None."""
+    return int(value) if is_integer(value) and value >= minimum else None
+
+
+def _optional_count(value: Any) -> int | None:
+    return None if value is None else _integer(1)(value)
+
+
+Epochs = Annotated[int, Field(ge=0), checked_by(_integer(0))]
+PositiveInt = Annotated[int, Field(ge=1), checked_by(_integer(1))]
+PositiveReal = Annotated[float, Field(gt=0), checked_by(_real(0.0, math.inf, low_open=True))]
+Fraction = Annotated[float, Field(ge=0, lt=1), checked_by(_real(0.0, 1.0))]
+
+
 # ------------------------------------------------------------------------------------------------------ the spec
 
 
-@dataclass(frozen=True)
-class TrainingSpec:
+class TrainingSpec(Config):
     """How every model of a population is trained (everything but the seed and the architecture).
 
     Parameters
@@ -98,37 +188,33 @@ class TrainingSpec:
 
     Raises
     ------
-    ValueError
-        Naming every field that has a wrong type or an out-of-range value.
+    raymatch.config.ConfigError
+        A ``ValueError`` naming every unknown key and every field that has a wrong type or an out-of-range
+        value, one line each (``lr: must be in (0, inf), got -1``).
     """
 
-    dataset: str
-    recipe: str
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    milestones: tuple[int, ...]
-    gamma: float
-    augment: bool
-    holdout: float = 0.1
-    n_train: int | None = None
-    data_dir: str | None = None
-    select: str = "best-holdout"
+    dataset: Annotated[str, checked_by(_choice(_datasets))] = Field(json_schema_extra=_dataset_enum)
+    recipe: Annotated[Literal["quick", "paper-cifar"], checked_by(_recipe_name)]
+    epochs: Epochs
+    batch_size: PositiveInt
+    lr: PositiveReal
+    momentum: Fraction
+    weight_decay: Annotated[float, Field(ge=0), checked_by(_real(0.0, math.inf))]
+    milestones: Annotated[tuple[Annotated[int, Field(ge=1)], ...], checked_by(_milestones)]
+    gamma: PositiveReal
+    augment: Annotated[bool, checked_by(_boolean)]
+    holdout: Fraction = 0.1
+    n_train: Annotated[int | None, Field(ge=1), checked_by(_optional_count)] = None
+    data_dir: Annotated[str | None, checked_by(_optional_path)] = None
+    select: Annotated[Literal["best-holdout", "last"], checked_by(_choice(lambda: SELECTIONS))] = "best-holdout"
 
-    def __post_init__(self) -> None:
-        checked, problems = _check_spec(self)
-        if problems:
-            raise ValueError("invalid training spec: " + "; ".join(problems))
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
+    _root: ClassVar[str] = "training spec"
 
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, JSON-able (``milestones`` as a list)."""
-        data = {spec_field.name: getattr(self, spec_field.name) for spec_field in fields(self)}
-        data["milestones"] = list(self.milestones)
-        return data
+    @classmethod
+    def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        if values.get("select") == "best-holdout" and values.get("holdout") == 0.0:
+            return [(("holdout",), "must be > 0 with select='best-holdout' (or use select='last')")]
+        return []
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingSpec:
@@ -137,17 +223,21 @@ class TrainingSpec:
         Keys that are left out take the defaults of the named ``recipe`` (``'quick'`` when that is left out
         too), so ``{'recipe': 'paper-cifar', 'data_dir': ...}`` is the paper's training.
 
+        Parameters
+        ----------
+        data : mapping
+            Field names to values.
+
+        Returns
+        -------
+        TrainingSpec
+
         Raises
         ------
-        ValueError
-            For a key that is not a field (named in the message), an unknown recipe, or invalid values.
+        raymatch.config.ConfigError
+            Naming every key that is not a field, an unknown recipe, and every invalid value.
         """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a training spec must be a mapping of field names to values, got {type(data).__name__}")
-        _reject_unknown(data)
-        overrides = dict(data)
-        name = overrides.pop("recipe", "quick")
-        return recipe(name, **overrides)
+        return super().from_dict(with_recipe_defaults(data))
 
     @property
     def id(self) -> str:
@@ -155,6 +245,27 @@ class TrainingSpec:
         data = self.to_dict()
         del data["data_dir"]
         return digest(data)
+
+
+def with_recipe_defaults(data: Any) -> Any:
+    """A training spec's fields: ``data`` over the defaults of the recipe it names (``'quick'`` when none).
+
+    Parameters
+    ----------
+    data : mapping
+        Some of :class:`TrainingSpec`'s fields; anything else is returned as it is, for the checks to report.
+
+    Returns
+    -------
+    dict or object
+        Every field of the recipe, overridden by ``data``; an unknown recipe takes ``'quick'``'s defaults (and
+        keeps its name, for the checks to report).
+    """
+    if not isinstance(data, Mapping):
+        return data
+    name = data.get("recipe", "quick")
+    defaults = _RECIPE_DEFAULTS.get(name, _RECIPE_DEFAULTS["quick"]) if isinstance(name, str) else {}
+    return {**defaults, "recipe": name, **data}
 
 
 def recipe(name: str, **overrides: Any) -> TrainingSpec:
@@ -182,113 +293,12 @@ def recipe(name: str, **overrides: Any) -> TrainingSpec:
 
     Raises
     ------
-    ValueError
-        For an unknown recipe name, an override that is not a field (named), or invalid values.
+    raymatch.config.ConfigError
+        A ``ValueError`` for an unknown recipe name, or naming every override that is not a field and every
+        invalid value.
     """
     if not isinstance(name, str) or name not in _RECIPE_DEFAULTS:
-        raise ValueError(f"recipe: unknown training recipe {name!r} (known: {', '.join(RECIPES)})")
-    _reject_unknown(overrides)
+        raise ConfigError([f"recipe: unknown training recipe {name!r} (known: {', '.join(RECIPES)})"])
     if "recipe" in overrides:
-        raise ValueError("recipe: name the recipe as the first argument of recipe(), not as an override")
+        raise ConfigError(["recipe: name the recipe as the first argument of recipe(), not as an override"])
     return TrainingSpec(**{**_RECIPE_DEFAULTS[name], "recipe": name, **overrides})
-
-
-def _reject_unknown(data: Mapping[str, Any]) -> None:
-    known = [spec_field.name for spec_field in fields(TrainingSpec)]
-    unknown = [key for key in data if key not in known]
-    if unknown:
-        names = ", ".join(repr(key) for key in unknown)
-        plural = "s" if len(unknown) > 1 else ""
-        raise ValueError(f"unknown training spec key{plural} {names} (known: {', '.join(known)})")
-
-
-class _Invalid(Exception):
-    """One field's problem, collected by :func:`_check_spec`."""
-
-
-def _check_spec(spec: TrainingSpec) -> tuple[dict[str, Any], list[str]]:
-    """Check every field; return the normalised values and one message per bad field."""
-    from ..probes.datasets import available_datasets  # imports torch through raymatch.probes
-
-    def integer(value: Any, minimum: int) -> int:
-        number = _as_int(value, minimum)
-        if number is None:
-            raise _Invalid(f"must be an integer ≥ {minimum}, got {value!r}")
-        return number
-
-    def real(value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> float:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise _Invalid(f"must be a number in {interval}, got {value!r}")
-        number = float(value)
-        if not math.isfinite(number):
-            raise _Invalid(f"must be a finite number in {interval}, got {value!r}")
-        below = number <= low if low_open else number < low
-        above = number >= high if high_open else number > high
-        if below or above:
-            raise _Invalid(f"must be in {interval}, got {value!r}")
-        return number
-
-    def choice(value: Any, options: Iterable[str]) -> str:
-        options = list(options)
-        if not isinstance(value, str) or value not in options:
-            raise _Invalid(f"must be one of {', '.join(repr(option) for option in options)}, got {value!r}")
-        return value
-
-    def milestones(value: Any) -> tuple[int, ...]:
-        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-            raise _Invalid(f"must be a list of increasing epochs ≥ 1, got {value!r}")
-        epochs = tuple(integer(item, 1) for item in value)
-        if any(later <= earlier for earlier, later in itertools.pairwise(epochs)):
-            raise _Invalid(f"must be strictly increasing, got {list(epochs)}")
-        return epochs
-
-    def boolean(value: Any) -> bool:
-        if not isinstance(value, (bool, np.bool_)):
-            raise _Invalid(f"must be true or false, got {value!r}")
-        return bool(value)
-
-    def optional_path(value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, (str, os.PathLike)):
-            raise _Invalid(f"must be a folder path or null, got {value!r}")
-        return os.fspath(value)
-
-    checks = {
-        "dataset": lambda value: choice(value, available_datasets()),
-        "recipe": lambda value: choice(value, RECIPES),
-        "epochs": lambda value: integer(value, 0),
-        "batch_size": lambda value: integer(value, 1),
-        "lr": lambda value: real(value, 0.0, math.inf, low_open=True),
-        "momentum": lambda value: real(value, 0.0, 1.0),
-        "weight_decay": lambda value: real(value, 0.0, math.inf),
-        "milestones": milestones,
-        "gamma": lambda value: real(value, 0.0, math.inf, low_open=True),
-        "augment": boolean,
-        "holdout": lambda value: real(value, 0.0, 1.0),
-        "n_train": lambda value: None if value is None else integer(value, 1),
-        "data_dir": optional_path,
-        "select": lambda value: choice(value, SELECTIONS),
-    }
-    checked: dict[str, Any] = {}
-    problems: list[str] = []
-    for name, check in checks.items():
-        try:
-            checked[name] = check(getattr(spec, name))
-        except _Invalid as problem:
-            problems.append(f"{name} {problem}")
-    if checked.get("select") == "best-holdout" and checked.get("holdout") == 0.0:
-        problems.append("holdout must be > 0 with select='best-holdout' (or use select='last')")
-    return checked, problems
-
-
-def _as_int(value: Any, minimum: int) -> int | None:
-    """``value`` as an int when it is an integer (not a bool) ≥ ``minimum``, else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    try:
-        number = operator.index(value)
-    except TypeError:
-        return None
-    return number if number >= minimum else None

@@ -1,0 +1,196 @@
+"""Study files: YAML read strictly, checked in one pass, and the JSON Schema of such a file for editors.
+
+The YAML loader rejects repeated keys and reads ``1e-3`` as a number (as YAML 1.2 does).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from ..config import shown
+from ..probes import ProbeSpec, RowSample
+from ..train.spec import TrainingSpec
+from .models import (
+    Architecture,
+    Population,
+    Resources,
+    SimpleMatchesConfig,
+    StoreConfig,
+    Study,
+    StudyError,
+)
+
+__all__ = ["load_study", "study_json_schema"]
+
+_TEXT_LABEL = "<study text>"
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects repeated keys and reads ``1e-3`` as a number (as YAML 1.2 does)."""
+
+
+def _construct_mapping(loader: _StudyLoader, node: yaml.MappingNode):
+    data: dict[Any, Any] = {}
+    yield data
+    first_seen: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            earlier = first_seen.get(key)
+        except TypeError:
+            continue
+        if earlier is not None:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark,
+                f"duplicate key {key!r} (first at line {earlier.line + 1})", key_node.start_mark,
+            )
+        first_seen[key] = key_node.start_mark
+    data.update(loader.construct_mapping(node))
+
+
+_StudyLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "an empty document"
+    if isinstance(value, str):
+        return f"a string ({shown(value)})"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {shown(value)}"
+
+
+def _malformed(label: str, error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    reason = getattr(error, "problem", None) or getattr(error, "context", None) or str(error)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{label}: malformed YAML{where}: {reason}"
+
+
+def load_study(source: str | os.PathLike) -> Study:
+    """Read and check a study file.
+
+    Parameters
+    ----------
+    source : str or os.PathLike
+        The path of a YAML file, or YAML text (a string with a newline in it).
+
+    Returns
+    -------
+    Study
+
+    Raises
+    ------
+    StudyError
+        Malformed YAML (with its line and column), a top level that is not a mapping, or every problem of the
+        study's fields at once (unknown or missing keys, wrong types, bad values), each under its field path.
+    OSError
+        The file cannot be read.
+    """
+    if isinstance(source, str) and "\n" in source:
+        label, text = _TEXT_LABEL, source
+    else:
+        label = os.fsdecode(source)
+        with open(label, encoding="utf-8") as handle:
+            text = handle.read()
+    try:
+        data = yaml.load(text, Loader=_StudyLoader)  # a SafeLoader: plain data only
+    except yaml.YAMLError as error:
+        raise StudyError([_malformed(label, error)]) from None
+    if not isinstance(data, Mapping):
+        raise StudyError([f"{label}: the top level must be a mapping of study fields ({', '.join(Study.model_fields)}"
+                          f"); got {_kind(data)}"])
+    return Study.from_dict(data)
+
+
+# ------------------------------------------------------------------------------------------------ JSON Schema
+
+#: The models a study file is made of, by the name pydantic gives their JSON Schema definitions.
+_DOCUMENTED = {model.__name__: model for model in (Study, StoreConfig, Population, Architecture, ProbeSpec,
+                                                   RowSample, SimpleMatchesConfig, Resources)}
+
+
+def _numpy_doc(model: type) -> tuple[str, dict[str, str]]:
+    """A numpy-style docstring's summary paragraph, and each entry of its Parameters section as one line."""
+    lines = inspect.cleandoc(model.__doc__ or "").splitlines()
+    summary = " ".join(_first_paragraph(lines))
+    parameters: dict[str, str] = {}
+    if "Parameters" in lines:
+        start = lines.index("Parameters") + 2
+        name = None
+        for line in lines[start:]:
+            if line and not line.startswith(" "):
+                if set(line) == {"-"}:  # the underline of the next section: its title was taken as a name
+                    parameters.pop(name or "", None)
+                    break
+                name = line.split(" : ")[0].split(":")[0].strip()
+                parameters[name] = ""
+            elif line.strip() and name is not None:
+                parameters[name] = f"{parameters[name]} {line.strip()}".strip()
+    return summary, parameters
+
+
+def _first_paragraph(lines: list[str]) -> list[str]:
+    paragraph = []
+    for line in lines:
+        if not line.strip():
+            break
+        paragraph.append(line.strip())
+    return paragraph
+
+
+def _text(docstring: str) -> str:
+    """Docstring markup as an editor shows it: a role ``:func:`~a.b``` as `b`, a double-backquoted literal as `x`."""
+    role = re.compile(r":[\w:]+:`(~?)([^`]*)`")
+    docstring = role.sub(lambda match: f"`{match[2].rsplit('.', 1)[-1] if match[1] else match[2]}`", docstring)
+    return docstring.replace("``", "`")
+
+
+def _describe(schema: dict[str, Any], model: type) -> None:
+    """Each field's description from the Parameters section of ``model``'s docstring, the model's from its summary."""
+    summary, parameters = _numpy_doc(model)
+    schema["description"] = _text(summary)
+    for name, field_schema in schema.get("properties", {}).items():
+        if parameters.get(name):
+            field_schema.setdefault("description", _text(parameters[name]))
+
+
+def study_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a study file, for editors and the YAML language server.
+
+    It describes the YAML a user writes (``population.training`` holds the seeds and the training spec's fields
+    side by side; ``probe.rows`` is ``all`` or a mapping …), with each field's description. It checks types,
+    ranges and keys; :func:`load_study` checks everything else (layers against the architecture, the reference,
+    credentials …).
+
+    Returns
+    -------
+    dict
+        A JSON-able schema; ``raymatch schema`` prints it.
+    """
+    schema = Study.model_json_schema(mode="validation")
+    _describe(schema, Study)
+    definitions = schema.get("$defs", {})
+    for name, definition in definitions.items():
+        if name in _DOCUMENTED:
+            _describe(definition, _DOCUMENTED[name])
+    training = definitions.get("Training")
+    if training is not None:  # the seeds and the training spec's fields, side by side
+        description = training["description"]
+        _describe(training, TrainingSpec)
+        training["description"] = description
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "raymatch study"}

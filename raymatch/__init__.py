@@ -4,19 +4,21 @@ The neuron-activation subspace match model of Wang et al. (NeurIPS 2018, arXiv 1
 run at population scale on Ray. The mathematics lives in :mod:`raymatch.match`.
 """
 
-from .match import (
-    Factor,
-    Match,
-    MatchCurve,
-    SimpleMatch,
-    factor,
-    match_curve,
-    max_match,
-    minimal_match,
-    simple_matches,
-)
-
 __version__ = "0.1.0"
+
+#: The mathematics, re-exported here; imported on first use, so that ``raymatch query`` and the Ray workers that
+#: run task bodies do not pay for scipy before they need it.
+_MATH = ("Factor", "Match", "MatchCurve", "SimpleMatch", "factor", "match_curve", "max_match", "minimal_match",
+         "simple_matches")
+
+
+def __getattr__(name: str):
+    if name in _MATH:
+        from . import match
+
+        return getattr(match, name)
+    raise AttributeError(f"module 'raymatch' has no attribute {name!r}")
+
 
 __all__ = [
     "Factor",

@@ -301,13 +301,22 @@ def print_pipeline(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``raymatch bench {match,extract,pipeline}``: run one benchmark and print its table."""
+    """``raymatch bench {match,extract,pipeline,population}``: run one benchmark and print its table."""
     parser = argparse.ArgumentParser(prog="raymatch bench", description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=["match", "extract", "pipeline"], help="which benchmark to run")
+    parser.add_argument("suite", choices=["match", "extract", "pipeline", "population"],
+                        help="which benchmark to run")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (a smoke run; the targets refer to the full sizes)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per fast row (median reported)")
+    parser.add_argument("--part", choices=["table", "layer"], action="append",
+                        help="population: run only this part (default: both)")
     args = parser.parse_args(argv)
+    if args.suite == "population":
+        from .bench_population import main as population
+
+        print(f"raymatch bench population — {machine()}")
+        sizes = {"n_models": 20, "vgg_models": 3, "n_images": 600, "rows": 2000} if args.quick else {}
+        return population(parts=tuple(args.part or ("table", "layer")), **sizes)
     if args.suite == "pipeline":
         print(f"raymatch bench pipeline — {machine()}\n")
         repeats = max(1, min(args.repeats, 3))

@@ -268,9 +268,12 @@ def _parser() -> argparse.ArgumentParser:
     run_demo.set_defaults(run=demo)
 
     run_query = commands.add_parser(
-        "query", help="run SQL over a store's results tables (matches, simple_matches, cka, runs)",
-        description="Run one DuckDB SQL query over the results tables of a store. S3 credentials come from the "
-                    "standard AWS environment.", parents=[store, common])
+        "query", help="run SQL over a store's results (curves, matches, matches_at(eps), cka, simple_matches, "
+                      "runs, models)",
+        description="Run one DuckDB SQL query over the results of a store: the views curves, matches (at each "
+                    "study's ε grid), the table macro matches_at(eps) (any ε, from the stored curves), cka, "
+                    "simple_matches, runs, models, tasks, studies and curves_all (every configuration). S3 "
+                    "credentials come from the standard AWS environment.", parents=[store, common])
     run_query.add_argument("sql", metavar="SQL", help="the query, e.g. 'SELECT layer, avg(similarity) FROM matches "
                                                      "GROUP BY layer'")
     run_query.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",
@@ -328,11 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "demo":
         return args.run(args)
-    from .study import StudyError
+    from .config import ConfigError  # (not raymatch.study, which imports torch: query and status start fast)
 
     try:
         return args.run(args)
-    except StudyError as error:  # every problem of the file, one per line
+    except ConfigError as error:  # every problem of the file, one per line (a StudyError)
         if args.debug:
             raise
         print(f"{parser.prog}: error: {args.study}: {len(error.problems)} problem(s)", file=sys.stderr)

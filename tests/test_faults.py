@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,7 +37,7 @@ import pytest
 from raymatch.cli import main
 from raymatch.engine.plan import make_plan
 from raymatch.engine.run import run_study
-from raymatch.results import load
+from raymatch.results import load, query
 from raymatch.store import ActivationKey, Store, StoreError, read_activations
 from raymatch.store.activations import read_manifest, write_activations
 from raymatch.study import load_study
@@ -98,24 +100,33 @@ def _assert_same_rows(got, want) -> None:
         np.testing.assert_allclose(got[column].to_numpy(float), want[column].to_numpy(float), rtol=1e-12)
 
 
-def instrumented(store: Store, beacon: str, delays: dict[str, float]) -> Store:
-    """``store`` whose writes of keys under each prefix of ``delays`` first append ``<pid> <key>`` to ``beacon``
-    and sleep that long. The class is local, so Ray pickles it by value: workers run it without importing tests."""
+def instrumented(store: Store, beacon: str, delays: dict[str, float], reads: dict[str, float] | None = None) -> Store:
+    """``store`` whose writes of keys matching a pattern of ``delays`` (``fnmatch``: ``*`` also crosses ``/``) first
+    append ``<pid> <key>`` to ``beacon`` and sleep that long; reads of keys matching a pattern of ``reads`` do the
+    same with ``<pid> read:<key>``. The class is local, so Ray pickles it by value: workers run it without importing
+    tests."""
 
     class Instrumented(Store):
-        def write_bytes(self, key, data):
-            for prefix, seconds in self.delays.items():
-                if key.startswith(prefix):
+        def _slow(self, patterns, key, tag):
+            for pattern, seconds in patterns.items():
+                if fnmatch.fnmatchcase(key, pattern):
                     with open(self.beacon, "a") as handle:
-                        handle.write(f"{os.getpid()} {key}\n")
+                        handle.write(f"{os.getpid()} {tag}{key}\n")
                     time.sleep(seconds)
                     break
+
+        def write_bytes(self, key, data):
+            self._slow(self.delays, key, "")
             super().write_bytes(key, data)
+
+        def read_bytes(self, key):
+            self._slow(self.reads, key, "read:")
+            return super().read_bytes(key)
 
     options = {name: store._options.get(name) for name in ("key", "secret")}
     slowed = Instrumented(store.uri if not store.is_local else store.root, endpoint_url=store.endpoint_url,
                           **{name: value for name, value in options.items() if value is not None})
-    slowed.beacon, slowed.delays = beacon, dict(delays)
+    slowed.beacon, slowed.delays, slowed.reads = beacon, dict(delays), dict(reads or {})
     return slowed
 
 
@@ -188,35 +199,51 @@ def clean(ray_cluster, tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ 1. workers killed
 
 
+#: Where the tests kill a process: an extraction actor writing activations, a pair worker writing a factor (the one
+#: part of each, so a kill lands before the factor's manifest), and a pair worker reading a factor in a match task
+#: (the match stage is the only reader of stored factors in these runs: the task is running, its rows not returned).
+EXTRACT_WRITE, FACTOR_WRITE, MATCH_READ = "activations/*", "factors/*/coords.arrow", "factors/*/_manifest.json"
+
+
+def _raw_count(store: Store, table: str = "curves") -> int:
+    """Rows stored in ``table`` (every appended row: ``<table>_raw``, before the views remove duplicates)."""
+    return int(query(store, f"SELECT count(*) AS n FROM {table}_raw")["n"].iloc[0])
+
+
 @pytest.mark.parametrize("gpus", [0, 1], ids=["cpu-actors", "gpu-actors+tasks"])
 def test_a_killed_extraction_actor_and_match_worker_cost_time_not_rows(ray_cluster, clean, tmp_path, gpus):
-    """SIGKILL the extraction actor in the middle of writing a model's activations, then the process running a
-    pair task in the middle of writing its result: Ray restarts the actor and retries both calls; the run
-    completes and its table is the clean run's. With ``gpus_per_actor: 0`` the pair tasks run on the (restarted)
-    extraction actors; with 1 (the session cluster has 2 fake GPUs) extraction holds the GPUs and the pair tasks
-    are plain Ray tasks (``max_retries``)."""
+    """SIGKILL the extraction actor in the middle of writing a model's activations, then (GPU case) a pair worker in
+    the middle of writing a factor, then the pair worker running a match task (while it reads a factor: its rows
+    are not returned yet): Ray restarts the actors and retries the calls, or reruns the tasks; the run completes,
+    every pair's row is committed once, and the table is the clean run's. With ``gpus_per_actor: 0`` the factor
+    and pair tasks run on the (restarted) extraction actors, which restart at most twice: the factor write is not
+    killed there, so that no actor can die a third time. With 1 (the session cluster has 2 fake GPUs) extraction
+    holds the GPUs and the factor and pair tasks are plain Ray tasks (``max_retries``)."""
     beacon = str(tmp_path / "beacon")
-    store = instrumented(Store(str(tmp_path / "store")), beacon,
-                         {"activations/": 0.3, "results/matches/": 0.3})
+    store = instrumented(Store(str(tmp_path / "store")), beacon, {EXTRACT_WRITE: 0.3, FACTOR_WRITE: 0.3},
+                         reads={MATCH_READ: 0.3})
     _, study = _study(tmp_path, store, gpus=gpus)
-    killer = Killer(beacon, ["activations/", "results/matches/"])
+    prefixes = ["activations/"] + (["factors/"] if gpus else []) + ["read:factors/"]
+    killer = Killer(beacon, prefixes)
     killer.start()
     with study_store(study, store):
         summary = run_study(study, progress=False)
     killer.stop.set()
     killer.join()
 
-    assert [prefix for prefix, *_ in killer.killed] == ["activations/", "results/matches/"]
+    assert [prefix for prefix, *_ in killer.killed] == prefixes
     lines = _beacon_lines(beacon)
     for _, pid, key, index in killer.killed:
         assert not _alive(pid)
-        # the same write again, later, from another process: Ray retried the call after the kill
+        # the same write (read) again, later, from another process: Ray retried the call after the kill
         assert any(k == key and p != pid for p, k in lines[index + 1:]), (key, lines)
-        assert store.exists(key)
+        assert store.exists(key.removeprefix("read:"))
     stages = summary["stages"]
     assert (stages["extract"]["computed"], stages["extract"]["failed"]) == (N_MODELS, 0)
+    assert (stages["factor"]["computed"], stages["factor"]["failed"]) == (N_MODELS * len(LAYERS), 0)
     assert (stages["match"]["computed"], stages["match"]["failed"], stages["match"]["failed_rows"]) == (N_TASKS, 0, 0)
     _assert_same_rows(_content(store), clean)
+    assert _raw_count(store) == N_TASKS  # the killed task returned nothing: each pair's row was committed once
     assert load(store, "runs")["status"].tolist() == ["succeeded"]
 
 
@@ -245,24 +272,30 @@ def test_a_nan_in_one_models_activations_fails_only_its_pairs(ray_cluster, clean
     summary = run_study(study, progress=False)
     stages = summary["stages"]
     assert stages["extract"]["computed"] == 0 and stages["extract"]["skipped"] == N_MODELS
-    assert (stages["match"]["computed"], stages["match"]["failed"]) == (N_TASKS, 0)  # tasks complete ...
-    assert stages["match"]["failed_rows"] == (N_MODELS - 1) * len(EPS)  # ... with the bad pairs as failed rows
+    message = f"ValueError: activations of {bad_model}/relu1/r0 has 1 non-finite values (NaN or Inf) out of 51200"
+    # the one matrix that cannot be factored is the one failed task of the run (so the run is recorded as failed)
+    assert (stages["factor"]["computed"], stages["factor"]["failed"]) == (N_MODELS * len(LAYERS) - 1, 1)
+    assert stages["factor"]["errors"] == [message]
+    assert load(store, "runs")["status"].tolist() == ["failed"]
+    assert (stages["match"]["computed"], stages["match"]["failed"]) == (N_TASKS, 0)  # pair tasks complete ...
+    assert stages["match"]["failed_rows"] == N_MODELS - 1  # ... with the bad pairs' curves as failed rows
 
     got = _content(store)
     bad = (got["layer"] == "relu1") & ((got["model_a"] == bad_model) | (got["model_b"] == bad_model))
     assert bad.sum() == (N_MODELS - 1) * len(EPS)
     assert set(got.loc[bad, "status"]) == {"failed"} and set(got.loc[~bad, "status"]) == {"ok"}
-    assert (got.loc[bad, "error"] == f"ValueError: activations of {bad_model}/relu1 has 1 non-finite values "
-                                      "(NaN or Inf) out of 51200").all()
+    assert (got.loc[bad, "error"] == message).all()
     assert got.loc[~bad, "error"].isna().all()
     want = clean[~bad.to_numpy()]
     for column in ("size_a", "size_b", "similarity"):
         assert got.loc[~bad, column].tolist() == want[column].tolist()
     assert [list(v) for v in got.loc[~bad, "neurons_a"]] == [list(v) for v in want["neurons_a"]]
 
+    assert _raw_count(store) == N_TASKS  # one curve per pair, failed or not
+
     assert main(["status", store.root]) == 0
     out = capsys.readouterr().out
-    assert f"{(N_MODELS - 1) * len(EPS)} failed match row(s)" in out
+    assert f"{N_MODELS - 1} failed match row(s)" in out  # one failed curve per pair (each gives a row per ε)
     assert out.count("non-finite") == N_MODELS - 1  # one line per failed pair
     assert "study faults: complete" in out  # failed rows are done work: a rerun does not retry them
 
@@ -306,7 +339,6 @@ def test_a_full_disk_gives_a_clear_error_and_no_partial_object(tiny_disk, tmp_pa
     from raymatch.extract import ExtractionJob
     from raymatch.extract.extractor import run_job
     from raymatch.models import checkpoint_id
-    from raymatch.results import write_rows
     from raymatch.store import is_stored
 
     folder, how = tiny_disk
@@ -336,19 +368,24 @@ def test_a_full_disk_gives_a_clear_error_and_no_partial_object(tiny_disk, tmp_pa
     assert not is_stored(store, ActivationKey(study.probe.id, model_id, "relu1"))
     assert store.list() == [] and not _leftovers(folder), (how, store.list())
 
-    # the store stays usable: what fits is written (the results writer goes through the same write_bytes)
-    write_rows(store, "runs", "r1", [])
-    assert store.list() == ["results/runs/r1.parquet"]
+    # the store stays usable: what fits is written
+    store.write_json("studies/s.json", {"name": "s"})
+    assert store.list() == ["studies/s.json"]
 
 
 PERMISSION_CHILD = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 from raymatch.store import Store
-from raymatch.results import write_rows
+import datetime
+from raymatch.results import append_rows
+NOW = datetime.datetime.now(datetime.timezone.utc)
+RUN = {{"run_id": "r1", "study": "s", "config_hash": "h", "host": "x", "code_version": "0", "started_at": NOW,
+        "ended_at": None, "status": "running", "computed": 0, "skipped": 0, "failed": 0, "stages": "{{}}",
+        "error": None}}
 warm = Store({warm!r})  # every lazy import happens now: the interpreter's own files may be unreadable below
 warm.check()
-write_rows(warm, "runs", "r0", [])
+append_rows(warm, "runs", [RUN])
 if os.geteuid() == 0:  # root ignores file modes: go on as nobody (the interpreter lives in root's home)
     os.setgroups([])
     os.setgid(65534)
@@ -356,7 +393,7 @@ if os.geteuid() == 0:  # root ignores file modes: go on as nobody (the interpret
 store, errors = Store({folder!r}), {{}}
 for name, action in (("check", lambda: store.check()),
                      ("write", lambda: store.write_bytes("checkpoints/seed0.safetensors", b"x" * 1000)),
-                     ("rows", lambda: write_rows(store, "runs", "r1", []))):
+                     ("rows", lambda: append_rows(store, "runs", [RUN]))):
     try:
         action()
         errors[name] = None
@@ -384,7 +421,7 @@ def test_a_store_without_write_permission_gives_a_clear_error_and_no_partial_obj
         for name, error in errors.items():
             assert error is not None and error.startswith("StoreError: cannot "), (name, error)
             assert f"store {folder}" in error and "Permission denied" in error, (name, error)
-        assert "'checkpoints/seed0.safetensors'" in errors["write"] and "'results/runs/r1.parquet'" in errors["rows"]
+        assert "'checkpoints/seed0.safetensors'" in errors["write"] and "results table 'runs'" in errors["rows"]
         assert Store(folder).list() == [] and not _leftovers(folder)
         assert sorted(os.listdir(folder)) == ["results"] and os.listdir(os.path.join(folder, "results")) == []
     finally:
@@ -397,15 +434,54 @@ def test_a_store_without_write_permission_gives_a_clear_error_and_no_partial_obj
 # ------------------------------------------------------------------------------------------------ 2. driver killed
 
 DRIVER = """
-import sys
+import json, os, sys, time
 sys.path.insert(0, {root!r})
-from raymatch.study import StoreConfig
-from tests.test_faults import instrumented
-opened = StoreConfig.open
-StoreConfig.open = lambda self: instrumented(opened(self), {beacon!r}, {{"results/matches/": 0.3}})
+import raymatch.engine.run as run
+from raymatch.results import TableWriter
+
+class Pausing(TableWriter):
+    # commits every 2 rows of a table; once a commit is made and more rows wait in the buffer, it says so in the
+    # beacon and stops there: the test kills it then, with committed and buffered rows both known
+    def __init__(self, store, **options):
+        super().__init__(store, max_rows=2, max_seconds=3600)
+
+    def add(self, table, rows):
+        super().add(table, rows)
+        if table == "curves" and self.written.get(table) and self.pending(table):
+            buffered = [[row[name] for name in ("layer", "model_a", "model_b")]
+                        for part in self._buffers[table] for row in part.to_pylist()]
+            with open({beacon!r}, "a") as handle:
+                handle.write(json.dumps({{"pid": os.getpid(), "committed": self.written[table],
+                                          "buffered": buffered}}) + "\\n")
+            time.sleep(600)
+
+run.TableWriter = Pausing
 from raymatch.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+#: Names of the objects of a Delta table under ``results/<table>/``: commits (one JSON action a line), checkpoints,
+#: data files, and the compaction claim.
+DELTA_OBJECT = re.compile(r"results/[a-z_]+/(_delta_log/(\d{20}\.json|\d{20}\.checkpoint\.parquet|_last_checkpoint)"
+                          r"|part-[0-9]{5}-[0-9a-f-]{36}-c000(\.zstd)?\.parquet|_raymatch_compaction\.lock)")
+
+
+def _assert_whole_delta_tables(store: Store) -> None:
+    """Every object under ``results/`` is a Delta object by name and reads whole: each commit file is complete
+    newline-delimited JSON (one action a line), each data file is Parquet, and each file a commit adds exists."""
+    keys = store.list("results")
+    assert keys and all(DELTA_OBJECT.fullmatch(key) for key in keys), keys
+    added = set()
+    for key in keys:
+        data = store.read_bytes(key)
+        if key.endswith(".json"):
+            actions = [json.loads(line) for line in data.decode().splitlines() if line]
+            assert actions and all(len(action) == 1 for action in actions), (key, actions)
+            table = key.split("/")[1]
+            added |= {f"results/{table}/{a['add']['path']}" for a in actions if "add" in a}
+        elif key.endswith(".parquet"):
+            pq.read_table(io.BytesIO(data))
+    assert added <= set(keys), sorted(added - set(keys))
 
 
 def _marked(mark: str) -> list[int]:
@@ -424,31 +500,33 @@ def _marked(mark: str) -> list[int]:
 
 def test_a_killed_driver_leaves_only_whole_objects_and_a_rerun_finishes_the_rest(ray_cluster, clean, tmp_path,
                                                                                  capsys):
-    """``raymatch run`` (its own local Ray, 1 CPU) is SIGKILLed with its whole process group once some pair
-    results are stored. Its Ray processes go with it; what it stored reads whole through ``raymatch query``; the
-    run stays ``running`` in ``raymatch status``; a rerun computes exactly the missing pairs and ends with the
-    clean run's table."""
+    """``raymatch run`` (its own local Ray, 1 CPU; its writer commits every 2 rows) is SIGKILLed with its whole
+    process group once one batch of pair results is committed and another is buffered. Its Ray processes go with
+    it; only its whole commits are visible (``raymatch query`` sees exactly the committed rows); the run stays
+    ``running`` in ``raymatch status``; a rerun computes exactly the missing pairs, the buffered ones among them,
+    and ends with the clean run's table, each pair stored once."""
     store = Store(str(tmp_path / "store"))
     study_file, study = _study(tmp_path, store)
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER.format(root=ROOT, beacon=str(tmp_path / "beacon")))
+    script, beacon = tmp_path / "driver.py", tmp_path / "beacon"
+    script.write_text(DRIVER.format(root=ROOT, beacon=str(beacon)))
     mark = f"RAYMATCH_FAULT_TEST={uuid.uuid4().hex}"
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_ADDRESS")}
     env.update(dict([mark.split("=", 1)]), RAY_TMPDIR="/tmp")
-    results = os.path.join(store.root, "results", "matches")
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen([sys.executable, str(script), "run", str(study_file), "--num-cpus", "1", "--quiet"],
                               env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and driver.poll() is None:
-            if os.path.isdir(results) and len([n for n in os.listdir(results) if n.endswith(".parquet")]) >= 2:
-                break
+        while time.monotonic() < deadline and driver.poll() is None and not beacon.exists():
             time.sleep(0.02)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        time.sleep(0.1)  # the beacon line is whole (the driver sleeps right after writing it)
+        paused = json.loads(beacon.read_text())
+        assert paused["pid"] == driver.pid
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
         killed_at = time.monotonic()
+        killed_utc = pd.Timestamp.now(tz="UTC")
         while _marked(mark) and time.monotonic() < killed_at + 30:
             time.sleep(0.1)
         left = _marked(mark)
@@ -461,16 +539,17 @@ def test_a_killed_driver_leaves_only_whole_objects_and_a_rerun_finishes_the_rest
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    # nothing half-written is visible: every listed result object is a whole Parquet file
-    keys = store.list("results")
-    assert keys and all(not part.startswith(".") for key in keys for part in key.split("/"))
-    for key in keys:
-        pq.read_table(io.BytesIO(store.read_bytes(key)))
-    stored = len(store.list("results/matches"))
-    assert 2 <= stored < N_TASKS
+    # nothing half-written is visible: the tables hold whole commits only, and exactly the committed rows
+    stored, buffered = paused["committed"], {tuple(row) for row in paused["buffered"]}
+    assert stored == 2 and len(buffered) == 1
+    _assert_whole_delta_tables(store)
+    assert not store.exists("results/curves/_raymatch_compaction.lock")  # killed before it compacted
+    assert _raw_count(store) == stored
     assert main(["query", store.root, "SELECT count(*) AS n, count(*) FILTER (status = 'ok') AS ok FROM matches",
                  "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": stored * len(EPS), "ok": stored * len(EPS)}]
+    committed = {tuple(row) for row in load(store, "curves")[["layer", "model_a", "model_b"]].itertuples(index=False)}
+    assert len(committed) == stored and not committed & buffered  # the buffered row was lost with the driver
     (row,) = load(store, "runs").itertuples()
     assert row.status == "running" and pd.isna(row.ended_at)
     assert main(["status", store.root]) == 0
@@ -483,6 +562,11 @@ def test_a_killed_driver_leaves_only_whole_objects_and_a_rerun_finishes_the_rest
     assert (stages["extract"]["computed"], stages["extract"]["skipped"]) == (0, N_MODELS)
     assert (stages["match"]["computed"], stages["match"]["skipped"]) == (N_TASKS - stored, stored)
     _assert_same_rows(_content(store), clean)
+    _assert_whole_delta_tables(store)
+    assert _raw_count(store) == N_TASKS  # every pair stored once: the committed ones were not computed again
+    curves = load(store, "curves").set_index(["layer", "model_a", "model_b"])
+    assert (curves.loc[sorted(buffered), "created_at"] > killed_utc).all()  # the lost batch was recomputed
+    assert (curves.loc[sorted(committed), "created_at"] < killed_utc).all()  # the committed one was kept
     assert sorted(load(store, "runs")["status"]) == ["running", "succeeded"]
 
 
@@ -550,8 +634,26 @@ def test_s3_calls_retry_transient_errors_with_capped_backoff(monkeypatch):
     assert "retries" not in Store("s3://bucket/study").fs.config_kwargs
 
 
+#: A batch of the driver's writer in the S3 tests: 2 rows (by default it commits every 50,000 rows or 30 s, so that a
+#: run this small would commit once, at its end): commits happen mid-stage, where the outage can hit them.
+BATCH_ROWS = 2
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    import raymatch.engine.run as run
+    from raymatch.results import TableWriter
+
+    class Batching(TableWriter):
+        def __init__(self, store, **options):
+            super().__init__(store, max_rows=BATCH_ROWS)
+
+    monkeypatch.setattr(run, "TableWriter", Batching)
+
+
 class Outage(threading.Thread):
-    """Stop the endpoint once ``store`` holds a first pair result; start it again ``seconds`` later (or never)."""
+    """Stop the endpoint once the driver has committed a first batch of pair results to ``curves`` (version 1 of
+    its Delta log: version 0 creates the table); start it again ``seconds`` later (or never)."""
 
     def __init__(self, server: Endpoint, store: Store, seconds: float | None):
         super().__init__(daemon=True)
@@ -560,17 +662,27 @@ class Outage(threading.Thread):
         self.stopped_at = self.restarted_at = None
         self.cancel = threading.Event()
 
+    def _committed(self) -> bool:
+        log = self.store.path("results/curves/_delta_log")
+        try:  # one listing request, not cached
+            names = {entry.rsplit("/", 1)[-1] for entry in self.store.fs.ls(log, detail=False, refresh=True)}
+        except FileNotFoundError:
+            return False
+        return f"{1:020d}.json" in names
+
     def run(self) -> None:
+        from raymatch.results import read_columns
+
         deadline = time.monotonic() + 180
         while not self.cancel.is_set() and time.monotonic() < deadline:
-            stored = len(self.store.list("results/matches"))
-            if stored:
+            if self._committed():
                 break
             time.sleep(0.02)
         else:
             return
+        self.stored_at_stop = read_columns(self.store, "curves", ["layer"]).num_rows  # at most what is stored
         self.server.stop()
-        self.stopped_at, self.stored_at_stop = time.monotonic(), stored
+        self.stopped_at = time.monotonic()
         if self.seconds is not None:
             time.sleep(self.seconds)
             self.server.start()
@@ -578,12 +690,14 @@ class Outage(threading.Thread):
 
 
 def _s3_stores(tmp_path, server: Endpoint, prefix: str):
-    """The plain store and the instrumented one (pair results written 0.3 s late) of one study on ``server``."""
+    """The plain store and the instrumented one (each match task's reads of its two factors' manifests 0.3 s
+    late, so that the match stage lasts a few seconds) of one study on ``server``."""
     plain = Store(f"s3://{FAULT_BUCKET}/{prefix}", endpoint_url=server.url, key=S3_KEY, secret=S3_SECRET)
-    return plain, instrumented(plain, str(tmp_path / "beacon"), {"results/matches/": 0.3})
+    return plain, instrumented(plain, str(tmp_path / "beacon"), {}, reads={MATCH_READ: 0.3})
 
 
-def test_an_s3_endpoint_down_for_3_seconds_mid_run_costs_only_time(ray_cluster, clean, endpoint, tmp_path):
+def test_an_s3_endpoint_down_for_3_seconds_mid_run_costs_only_time(ray_cluster, clean, endpoint, small_batches,
+                                                                    tmp_path):
     plain, store = _s3_stores(tmp_path, endpoint, "short")
     _, study = _study(tmp_path, store, endpoint=endpoint.url)
     outage = Outage(endpoint, plain, 3.0)
@@ -601,11 +715,13 @@ def test_an_s3_endpoint_down_for_3_seconds_mid_run_costs_only_time(ray_cluster, 
     stages = summary["stages"]
     assert (stages["match"]["computed"], stages["match"]["failed"]) == (N_TASKS, 0), stages["match"]["errors"]
     _assert_same_rows(_content(plain), clean)
+    _assert_whole_delta_tables(plain)
+    assert _raw_count(plain) == N_TASKS  # no batch lost, none committed twice by a retried request
     assert load(plain, "runs")["status"].tolist() == ["succeeded"]
 
 
 def test_an_s3_endpoint_that_stays_down_stops_the_run_with_a_clear_error_and_a_rerun_completes(
-        ray_cluster, clean, endpoint, tmp_path):
+        ray_cluster, clean, endpoint, small_batches, tmp_path):
     plain, store = _s3_stores(tmp_path, endpoint, "down")
     _, study = _study(tmp_path, store, endpoint=endpoint.url)
     outage = Outage(endpoint, plain, None)

@@ -1,8 +1,10 @@
-"""Pair tasks: blocked reads, and rows equal to max_match on the stored activations."""
+"""Pair tasks: blocked reads, one ε-curve row per pair equal to match_curve on the stored activations, failed rows."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -10,19 +12,30 @@ import pytest
 
 import raymatch
 from raymatch.engine import tasks as pairs_module
-from raymatch.engine.tasks import block_tasks, chance_level, run_match_task
+from raymatch.engine.tasks import (
+    CURVE_KEYS,
+    FactorTask,
+    SimpleTask,
+    block_tasks,
+    chance_level,
+    factor_and_store,
+    match_task,
+    run_curve_task,
+    simple_task,
+)
+from raymatch.match import EXACT_TOL, linear_cka
 from raymatch.match.synthetic import relu_pair
 from raymatch.store import ActivationKey, read_activations, write_activations
 
-EPS = (0.15, 0.25, 0.5)
 
-
-def stored_population(store, n_models, probe="probe0", layer="relu1"):
+def stored_population(store, n_models, probe="probe0", layer="relu1", dead=False):
     models = [f"model{i}" for i in range(n_models)]
     layers = relu_pair(400, 24, 24, seed=100, shared_fraction=0.5)  # two layers with planted shared groups
     rng = np.random.default_rng(7)
     for i, model in enumerate(models):
         noisy = layers[i % 2] + 0.05 * np.maximum(rng.standard_normal((400, 24)), 0)
+        if dead and i == 0:
+            noisy[:, [3, 17]] = 0.0
         write_activations(store, ActivationKey(probe, model, layer), noisy.astype(np.float32))
     return models
 
@@ -42,51 +55,116 @@ def test_each_matrix_is_read_about_m_over_block_times(local_store, monkeypatch, 
         return real(store, key, center=center)
 
     monkeypatch.setattr(pairs_module, "cached_factor", counting)
-    tasks = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), EPS, block=block)
-    rows = [row for task in tasks for row in run_match_task(local_store, task)]
-    assert len(rows) == len(all_pairs(models)) * len(EPS)
+    tasks = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=block)
+    rows = [row for task in tasks for row in match_task(local_store, task)["rows"]]
+    assert len(rows) == len(all_pairs(models))  # one row per pair, whatever the ε grid
     assert {(r["model_a"], r["model_b"]) for r in rows} == set(all_pairs(models))
     assert max(reads.values()) <= math.ceil(n_models / block)
     assert len({task.task_id for task in tasks}) == len(tasks)
 
 
-def test_rows_equal_max_match_on_the_stored_activations(store):
-    models = stored_population(store, 3)
-    (task,) = block_tasks("study1", "cfg", "probe0", "relu1", 0, all_pairs(models), EPS, block=4)
-    rows = run_match_task(store, task)
-    for row in rows:
+def test_curve_rows_equal_match_curve_and_cka_on_the_stored_activations(store):
+    models = stored_population(store, 3, dead=True)
+    for model in models:  # the factor stage first, as in a run: the pair task rebuilds from what it stored
+        assert factor_and_store(store, FactorTask(ActivationKey("probe0", model, "relu1")))["rank"] > 0
+    (task,) = block_tasks("study1", "cfg", "probe0", "relu1", 0, all_pairs(models), block=4)
+    result = match_task(store, task)
+    assert result["failed"] == 0 and set(result) >= {"rows", "match_seconds", "cka_seconds", "factor_seconds"}
+    for row in result["rows"]:
+        assert tuple(row) == CURVE_KEYS
         A = read_activations(store, ActivationKey("probe0", row["model_a"], "relu1"))
         B = read_activations(store, ActivationKey("probe0", row["model_b"], "relu1"))
-        want = raymatch.max_match(A, B, row["eps"])
+        want = raymatch.match_curve(A, B)
         assert row["status"] == "ok" and row["error"] is None
-        assert row["neurons_a"] == want.a.tolist() and row["neurons_b"] == want.b.tolist()
-        assert row["similarity"] == pytest.approx(want.similarity)
+        assert all(type(x) is float for x in row["critical_a"] + row["critical_b"])
+        np.testing.assert_allclose(row["critical_a"], want.critical_a, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(row["critical_b"], want.critical_b, rtol=0, atol=1e-9)
         assert (row["n_samples"], row["n_a"], row["n_b"]) == (400, 24, 24)
+        assert (row["dead_a"], row["dead_b"]) == (want.dead_a.size, want.dead_b.size)
+        assert row["exact_tol"] == EXACT_TOL
         assert row["chance"] == pytest.approx(chance_level(24, 400))
-        assert row["max_epsilon"] == pytest.approx(raymatch.match_curve(A, B).max_epsilon)
-        assert (row["study"], row["config_hash"], row["layer"], row["repeat"]) == ("study1", "cfg", "relu1", 0)
-    assert any(0 < row["similarity"] < 1 for row in rows)
+        assert row["max_epsilon"] == pytest.approx(want.max_epsilon, abs=1e-9)
+        assert row["cka"] == pytest.approx(linear_cka(A, B), abs=1e-9)
+        assert row["seconds"] > 0
+        assert (row["study"], row["config_hash"], row["layer"], row["repeat"], row["probe_id"]) == (
+            "study1", "cfg", "relu1", 0, "probe0")
+        assert row["code_version"] == raymatch.__version__
+    dead_row = next(row for row in result["rows"] if row["model_a"] == "model0")
+    assert dead_row["dead_a"] == 2 and math.isinf(dead_row["critical_a"][3]) and math.isinf(dead_row["critical_a"][17])
+    # the maximum match at any ε follows from the row
+    for row in result["rows"]:
+        A = read_activations(store, ActivationKey("probe0", row["model_a"], "relu1"))
+        B = read_activations(store, ActivationKey("probe0", row["model_b"], "relu1"))
+        for eps in (0.0, 0.22, 0.5):
+            got = [i for i, c in enumerate(row["critical_a"]) if c <= max(eps, row["exact_tol"])]
+            assert got == raymatch.max_match(A, B, eps).a.tolist()
+
+
+def test_cka_is_none_when_the_task_asks_for_none(local_store):
+    models = stored_population(local_store, 2)
+    (task,) = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=4, cka=False)
+    (row,) = run_curve_task(local_store, task)
+    assert row["status"] == "ok" and row["cka"] is None and row["critical_a"]
 
 
 def test_a_missing_matrix_becomes_failed_rows_and_the_other_pairs_complete(local_store):
     models = stored_population(local_store, 3)
     pairs = [*all_pairs(models), ("model0", "ghost")]
-    (task,) = block_tasks("s", "h", "probe0", "relu1", 0, pairs, EPS, block=8)
-    rows = run_match_task(local_store, task)
+    (task,) = block_tasks("s", "h", "probe0", "relu1", 0, pairs, block=8)
+    result = match_task(local_store, task)
+    rows = result["rows"]
     failed = [r for r in rows if r["status"] == "failed"]
-    assert len(failed) == len(EPS) and all(r["model_b"] == "ghost" for r in failed)
-    assert all("ghost" in r["error"] for r in failed)
-    assert sum(r["status"] == "ok" for r in rows) == 3 * len(EPS)
+    assert result["failed"] == 1 and len(failed) == 1 and failed[0]["model_b"] == "ghost"
+    assert "ghost" in failed[0]["error"]
+    assert tuple(failed[0]) == CURVE_KEYS
+    measured = ("n_samples", "n_a", "n_b", "dead_a", "dead_b", "critical_a", "critical_b", "max_epsilon", "chance",
+                "cka")
+    assert all(failed[0][key] is None for key in measured)
+    assert (failed[0]["study"], failed[0]["probe_id"], failed[0]["code_version"]) == (
+        "s", "probe0", raymatch.__version__)
+    assert sum(r["status"] == "ok" for r in rows) == 3
+
+
+def test_a_failing_store_fails_the_task(local_store, monkeypatch):
+    from raymatch.store import StoreError
+
+    models = stored_population(local_store, 2)
+    (task,) = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=4)
+
+    def unreachable(*args, **kwargs):
+        raise StoreError("store unreachable")
+
+    monkeypatch.setattr(pairs_module, "cached_factor", unreachable)
+    with pytest.raises(StoreError):
+        match_task(local_store, task)
 
 
 def test_task_ids_are_deterministic_and_blocks_must_be_positive():
     pairs = [("a", "b"), ("a", "c"), ("b", "c")]
-    first = block_tasks("s", "h", "p", "relu", 0, pairs, EPS, block=2)
-    again = block_tasks("s", "h", "p", "relu", 0, pairs, EPS, block=2)
+    first = block_tasks("s", "h", "p", "relu", 0, pairs, block=2)
+    again = block_tasks("s", "h", "p", "relu", 0, pairs, block=2)
     assert [t.task_id for t in first] == [t.task_id for t in again]
-    assert block_tasks("s", "h", "p", "relu", 1, pairs, EPS, block=2)[0].task_id != first[0].task_id
+    assert block_tasks("s", "h", "p", "relu", 1, pairs, block=2)[0].task_id != first[0].task_id
+    assert block_tasks("s", "h", "p", "relu", 0, pairs, block=2, cka=False)[0].task_id != first[0].task_id
     with pytest.raises(ValueError, match="block must be a positive integer"):
-        block_tasks("s", "h", "p", "relu", 0, pairs, EPS, block=0)
+        block_tasks("s", "h", "p", "relu", 0, pairs, block=0)
+
+
+def test_simple_task_returns_its_rows(local_store):
+    models = stored_population(local_store, 2)
+    task = SimpleTask("s", "h", "probe0", "relu1", 0, (models[0], models[1]), 0.6)
+    rows = simple_task(local_store, task)["rows"]
+    A = read_activations(local_store, ActivationKey("probe0", models[0], "relu1"))
+    B = read_activations(local_store, ActivationKey("probe0", models[1], "relu1"))
+    want = raymatch.simple_matches(A, B, 0.6)
+    assert [(r["neurons_a"], r["neurons_b"]) for r in rows] == [(m.a.tolist(), m.b.tolist()) for m in want]
+    assert rows and all(r["probe_id"] == "probe0" and r["eps"] == 0.6 for r in rows)
+
+
+def test_a_pair_task_imports_no_torch():
+    code = ("import sys; import raymatch.engine.tasks; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_chance_level():

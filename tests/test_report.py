@@ -3,23 +3,23 @@ the data they were drawn from (not pixels), on synthetic tables in a temporary l
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import itertools
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from raymatch.cli import main
+from raymatch.match import EXACT_TOL, MatchCurve, match_curve, max_match
 from raymatch.report import (
     FIGURE_NAMES,
-    add_arguments,
-    command,
     format_similarity_table,
     similarity_table,
     write_report,
 )
-from raymatch.results import load, write_rows
+from raymatch.results import append_rows, data_files, load, read_columns
 from raymatch.store import Store
 
 CREATED = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
@@ -30,10 +30,12 @@ CONV = {"features.0", "features.3", "features.10"}
 WRITE_ORDER = ["classifier.4", "features.10", "classifier.1", "features.0", "features.3"]
 EPS = [0.0, 0.1, 0.25, 0.5]
 WIDTH = {"features.0": 16, "features.3": 32, "features.10": 64, "classifier.1": 128, "classifier.4": 10}
+DEAD_B = {"classifier.1": 1}  # model_b's last neuron of this layer is dead: critical ε inf, in no match
+N_SAMPLES = 2000
 
 
-def _provenance(study: str) -> dict:
-    return {"code_version": "0.1.0", "config_hash": f"hash-{study}", "created_at": CREATED}
+def _provenance(study: str, created_at: dt.datetime = CREATED) -> dict:
+    return {"code_version": "0.2.0", "config_hash": f"hash-{study}", "created_at": created_at}
 
 
 def _similarity(population: str, layer: str, eps: float, pair: int, repeat: int) -> float:
@@ -43,59 +45,111 @@ def _similarity(population: str, layer: str, eps: float, pair: int, repeat: int)
     return float(np.clip(value, 0.0, 1.0))
 
 
-def match_rows(study: str, population: str, layer: str, models: list[str], repeats: int) -> list[dict]:
+def _critical(sizes: list[int], n: int, dead: int, rest: float) -> list[float]:
+    """Critical ε of ``n`` neurons with ``sizes[i]`` of them matched at ``EPS[i]``: those joining at ``EPS[i]`` get
+    exactly ``EPS[i]``, the others ``rest`` (above the grid), the last ``dead`` ``inf``."""
+    values = [rest] * (n - dead) + [math.inf] * dead
+    start = 0
+    for eps, size in zip(EPS, sizes, strict=True):
+        values[start:size] = [eps] * (size - start)
+        start = max(start, size)
+    return values
+
+
+def curve_rows(study: str, population: str, layer: str, models: list[str], repeats: int, *, cka: bool = True,
+               created_at: dt.datetime = CREATED) -> list[dict]:
+    """The ``curves`` rows of one layer: every pair × repeat, with planted per-ε match sizes (see ``_similarity``)."""
     rows = []
-    n = WIDTH[layer]
+    n, dead_b = WIDTH[layer], DEAD_B.get(layer, 0)
     for pair, (model_a, model_b) in enumerate(itertools.combinations(models, 2)):
-        for eps, repeat in itertools.product(EPS, range(repeats)):
-            similarity = _similarity(population, layer, eps, pair, repeat)
-            size = round(similarity * n)
+        for repeat in range(repeats):
+            sizes = [round(_similarity(population, layer, eps, pair, repeat) * n) for eps in EPS]
+            rest = 0.6 + 0.05 * pair + (0.2 if population == "untrained" else 0.0)
+            critical_a = _critical(sizes, n, 0, rest)
+            critical_b = _critical([min(size, n - dead_b) for size in sizes], n, dead_b, rest)
+            finite = [value for value in critical_a + critical_b if math.isfinite(value)]
             rows.append({
-                "study": study, "population": population, "layer": layer, "model_a": model_a, "model_b": model_b,
-                "eps": eps, "repeat": repeat, "n_samples": 2000, "n_a": n, "n_b": n, "dead_a": 0, "dead_b": 0,
-                "size_a": size, "size_b": size, "similarity": 2 * size / (2 * n),
-                "max_epsilon": 0.3 + 0.05 * pair + (0.3 if population == "untrained" else 0.0),
-                "chance": float(np.sqrt(1 - n / 2000)), "neurons_a": list(range(size)),
-                "neurons_b": list(range(size)), "seconds": 0.01, "status": "ok", "error": None,
-                **_provenance(study)})
+                "study": study, "population": population, "layer": layer, "repeat": repeat, "model_a": model_a,
+                "model_b": model_b, "probe_id": "probe-cifar10-test", "n_samples": N_SAMPLES, "n_a": n, "n_b": n,
+                "dead_a": 0, "dead_b": dead_b, "critical_a": critical_a, "critical_b": critical_b,
+                "exact_tol": EXACT_TOL, "max_epsilon": max(finite), "chance": float(np.sqrt(1 - n / N_SAMPLES)),
+                "cka": (0.9 - 0.1 * LAYERS.index(layer) - (0.3 if population == "untrained" else 0.0)) if cka
+                else None, "seconds": 0.01, "status": "ok", "error": None, **_provenance(study, created_at)})
     return rows
 
 
-def build_store(root, study: str = "vgg-demo", *, record: bool = True, untrained: bool = True,
-                simple: bool = True, cka: bool = True, repeats: int = 3, failed: int = 2) -> Store:
-    """A study's tables: 4 trained models (6 pairs), 3 untrained (3 pairs), conv layers sampled ``repeats`` times."""
-    store = Store(str(root))
+def _curve(row: dict) -> MatchCurve:
+    critical_a, critical_b = np.asarray(row["critical_a"]), np.asarray(row["critical_b"])
+    return MatchCurve(critical_a, critical_b, row["n_samples"], np.flatnonzero(np.isinf(critical_a)),
+                      np.flatnonzero(np.isinf(critical_b)))
+
+
+def match_rows(curves: list[dict], eps_grid=EPS) -> list[dict]:
+    """The ``matches`` rows that ``curves`` imply at ``eps_grid`` (the maximum match of each curve at each ε)."""
+    rows = []
+    for row in curves:
+        identity = {name: row[name] for name in ("study", "population", "layer", "model_a", "model_b", "repeat")}
+        for eps in eps_grid:
+            match = _curve(row).at(eps)
+            rows.append({**identity, "eps": eps, "n_a": row["n_a"], "n_b": row["n_b"], "size_a": match.size_a,
+                         "size_b": match.size_b, "similarity": match.similarity, "max_epsilon": row["max_epsilon"],
+                         "chance": row["chance"], "status": "ok"})
+    return rows
+
+
+def study_record(study: str, *, full: bool = True, eps=EPS, repeats: int = 3) -> dict:
+    """A study record: ``config_hash`` and ``eps`` are what the views need; ``full`` adds layers and the rest."""
+    record = {"name": study, "config_hash": f"hash-{study}", "eps": list(eps)}
+    if full:
+        record |= {"layers": LAYERS, "architecture": {"name": "vgg11", "width": 1.0}, "probe": {
+            "dataset": "cifar10", "split": "test", "n_examples": 1000, "seed": 0,
+            "rows": {"rows": N_SAMPLES, "repeats": repeats, "seed": 0}}}
+    return record
+
+
+def planted_curves(study: str = "vgg-demo", *, untrained: bool = True, cka: bool = True,
+                   repeats: int = 3) -> list[dict]:
+    """4 trained models (6 pairs), 3 untrained (3 pairs), conv layers sampled ``repeats`` times; layers written in
+    ``WRITE_ORDER`` (each a second after the previous, as a run writes them)."""
     populations = {"trained": [f"t{i}" for i in range(4)]}
     if untrained:
         populations["untrained"] = [f"u{i}" for i in range(3)]
-    for population, models in populations.items():
-        for index, layer in enumerate(WRITE_ORDER):  # objects load in task-id order
-            rows = match_rows(study, population, layer, models, repeats if layer in CONV else 1)
-            write_rows(store, "matches", f"{study}.{index}.{population}", rows)
-            if cka:
-                write_rows(store, "cka", f"{study}.{population}.{layer}", [
-                    {"study": study, "population": population, "layer": layer, "model_a": a, "model_b": b,
-                     "repeat": 0, "cka": 0.9 - 0.1 * LAYERS.index(layer) - (0.3 if population == "untrained"
-                                                                            else 0.0), **_provenance(study)}
-                    for a, b in itertools.combinations(models, 2)])
-    if failed:
-        write_rows(store, "matches", f"{study}.failed", [
-            {"study": study, "population": "trained", "layer": "features.3", "model_a": "t0", "model_b": "t1",
-             "eps": eps, "repeat": 0, "status": "failed", "error": "MemoryError: out of memory",
-             **_provenance(study)} for eps in EPS[:failed]])
+    return [row for index, layer in enumerate(WRITE_ORDER) for population, models in populations.items()
+            for row in curve_rows(study, population, layer, models, repeats if layer in CONV else 1, cka=cka,
+                                  created_at=CREATED + dt.timedelta(seconds=index))]
+
+
+def failed_curve(study: str, layer: str, model_a: str, model_b: str, repeat: int, error: str) -> dict:
+    return {"study": study, "population": "trained", "layer": layer, "repeat": repeat, "model_a": model_a,
+            "model_b": model_b, "probe_id": "probe-cifar10-test", "status": "failed", "error": error,
+            **_provenance(study, CREATED + dt.timedelta(minutes=1))}
+
+
+def build_store(root, study: str = "vgg-demo", *, record: bool | str = True, untrained: bool = True,
+                simple: bool = True, cka: bool = True, repeats: int = 3, failed: int = 2) -> Store:
+    """A study's tables as a run writes them: ``curves`` (CKA in each row), ``simple_matches`` and the study record.
+
+    ``record``: True (full record), ``"minimal"`` (only the config hash and ε grid the views need: no layers) or
+    False (none: the views then show none of the study's rows). ``failed`` failed curves get their own identity
+    (pair t0–t1 of features.3 at repeats past the ok ones): the views keep one row per identity, ok first, so a
+    failed row sharing an ok row's identity would not show.
+    """
+    store = Store(str(root))
+    rows = planted_curves(study, untrained=untrained, cka=cka, repeats=repeats)
+    rows += [failed_curve(study, "features.3", "t0", "t1", repeats + index, "MemoryError: out of memory")
+             for index in range(failed)]
+    append_rows(store, "curves", rows)
     if simple:
-        rows = [{"study": study, "population": population, "layer": layer, "model_a": "t0", "model_b": "t1",
-                 "eps": 0.25, "repeat": 0, "match_id": index, "neurons_a": list(range(index % 3 + 1)),
-                 "neurons_b": list(range(index % 2 + 1)), "size_a": index % 3 + 1, "size_b": index % 2 + 1,
-                 "neuron": f"a:{index}", "search_order": "index", **_provenance(study)}
-                for population in populations for layer in ("features.10", "features.0") for index in range(6)]
-        write_rows(store, "simple_matches", f"{study}.simple", rows)
+        populations = ["trained", "untrained"] if untrained else ["trained"]
+        append_rows(store, "simple_matches", [
+            {"study": study, "population": population, "layer": layer, "model_a": "t0", "model_b": "t1",
+             "eps": 0.25, "repeat": 0, "match_id": index, "neurons_a": list(range(index % 3 + 1)),
+             "neurons_b": list(range(index % 2 + 1)), "size_a": index % 3 + 1, "size_b": index % 2 + 1,
+             "neuron": f"a:{index}", "search_order": "index", "probe_id": "probe-cifar10-test",
+             **_provenance(study)}
+            for population in populations for layer in ("features.10", "features.0") for index in range(6)])
     if record:
-        store.write_json(f"studies/{study}.json", {
-            "name": study, "config_hash": f"hash-{study}", "layers": LAYERS, "eps": EPS,
-            "architecture": {"name": "vgg11", "width": 1.0}, "probe": {
-                "dataset": "cifar10", "split": "test", "n_examples": 1000, "seed": 0,
-                "rows": {"rows": 2000, "repeats": repeats, "seed": 0}}})
+        store.write_json(f"studies/{study}.json", study_record(study, full=record is True, repeats=repeats))
     return store
 
 
@@ -211,7 +265,7 @@ def test_summary_counts_tables_and_caveats(full):
 def test_similarity_table_and_its_text():
     rows = [row for layer in WRITE_ORDER for population, models in (("trained", ["a", "b", "c"]),
                                                                     ("untrained", ["x", "y"]))
-            for row in match_rows("s", population, layer, models, 1)]
+            for row in match_rows(curve_rows("s", population, layer, models, 1))]
     table = similarity_table(pd.DataFrame(rows), layers=LAYERS)
     assert table.index.tolist() == LAYERS
     assert table["trained"].columns.tolist() == EPS and table["untrained"].columns.tolist() == EPS
@@ -229,7 +283,8 @@ def test_similarity_table_and_its_text():
 
 
 def test_missing_record_and_optional_tables_are_reported(tmp_path):
-    store = build_store(tmp_path / "store", record=False, untrained=False, simple=False, cka=False, repeats=1,
+    # the views show a study's rows only with its record (config hash and ε grid): this one lists no layers
+    store = build_store(tmp_path / "store", record="minimal", untrained=False, simple=False, cka=False, repeats=1,
                         failed=0)
     report = write_report(store, study="vgg-demo", out_dir=tmp_path / "out")
     assert report.layer_order == "table" and report.layers == WRITE_ORDER
@@ -242,7 +297,8 @@ def test_missing_record_and_optional_tables_are_reported(tmp_path):
     assert "first appearance" in similarity.figure.axes[0].get_xlabel()
     assert list(report.figures["max_epsilon.png"].artists["boxes"]) == ["trained"]
     text = report.summary
-    assert "no study record studies/vgg-demo.json" in text and "order of first appearance" in text
+    assert "study record studies/vgg-demo.json has no list of layer names" in text
+    assert "order of first appearance" in text and "unknown without the study record" in text
     for name in report.skipped:
         assert f"`{name}`: skipped" in text
     assert "0 failed" in text and "(null" not in text and "no untrained baseline" in text
@@ -250,14 +306,21 @@ def test_missing_record_and_optional_tables_are_reported(tmp_path):
 
 def test_store_errors_are_one_clear_value_error(tmp_path):
     empty = Store(str(tmp_path / "empty"))
-    empty.write_json("studies/x.json", {"name": "x"})
-    with pytest.raises(ValueError, match="holds no match results"):
+    empty.write_json("studies/x.json", study_record("x", full=False))
+    with pytest.raises(ValueError, match=r"holds no match results.*no curves rows \(results/curves\)") as error:
         write_report(empty, out_dir=tmp_path / "out")
+    assert "curves_all" not in str(error.value)
+    # rows of no study's current configuration (here: no record at all) are kept but not shown
+    orphan = Store(str(tmp_path / "orphan"))
+    append_rows(orphan, "curves", curve_rows("y", "trained", "classifier.4", ["m0", "m1"], 1))
+    with pytest.raises(ValueError, match=r"holds no match results.*1 stored rows.*curves_all"):
+        write_report(orphan, out_dir=tmp_path / "out")
     with pytest.raises(ValueError, match="does not exist"):
         write_report(Store(str(tmp_path / "nowhere")), out_dir=tmp_path / "out")
     store = Store(str(tmp_path / "two"))
     for study in ("beta", "alpha"):
-        write_rows(store, "matches", study, match_rows(study, "trained", "classifier.4", ["m0", "m1"], 1))
+        append_rows(store, "curves", curve_rows(study, "trained", "classifier.4", ["m0", "m1"], 1))
+        store.write_json(f"studies/{study}.json", study_record(study, full=False))
     with pytest.raises(ValueError, match=r"several studies \(alpha, beta\).*--study") as error:
         write_report(store, out_dir=tmp_path / "out")
     assert "\n" not in str(error.value)
@@ -269,13 +332,80 @@ def test_store_errors_are_one_clear_value_error(tmp_path):
     assert report.study == "alpha" and report.layers == ["classifier.4"]
 
 
+def means_implied(curves: list[dict], population: str, eps: float) -> pd.Series:
+    """Per layer: the mean over pairs (repeats averaged first) of the similarity the planted curves imply at ``eps``."""
+    rows = pd.DataFrame(match_rows([row for row in curves if row["population"] == population], [eps]))
+    per_pair = rows.groupby(["layer", "model_a", "model_b"])["similarity"].mean()
+    return per_pair.groupby(level="layer").mean().reindex(LAYERS)
+
+
+def test_an_eps_off_the_grid_is_read_from_the_curves(full, tmp_path, capsys):
+    store, _ = full
+    files, stored = data_files(store, "curves"), read_columns(store, "curves", ["study"]).num_rows
+    report = write_report(store, out_dir=tmp_path / "report", eps=0.22)
+    assert report.eps == 0.22 and report.off_grid
+    table = report.similarity_table
+    assert table["trained"].columns.tolist() == table["untrained"].columns.tolist() == [0.0, 0.1, 0.22, 0.25, 0.5]
+    curves = planted_curves()
+    trained, untrained = means_implied(curves, "trained", 0.22), means_implied(curves, "untrained", 0.22)
+    assert table[("trained", 0.22)].tolist() == pytest.approx(trained.tolist())
+    assert table[("untrained", 0.22)].tolist() == pytest.approx(untrained.tolist())
+    # as the curves imply: no neuron joins between 0.1 and 0.25, so ε = 0.22 matches as 0.1 does, not as the
+    # nearest grid value 0.25 (what the report used before)
+    assert table[("trained", 0.22)].tolist() == pytest.approx(table[("trained", 0.1)].tolist())
+    assert (table[("trained", 0.22)] < table[("trained", 0.25)]).all()
+
+    cka = report.figures["cka.png"]
+    assert "ε = 0.22" in cka.figure.axes[1].get_title()
+    assert cka.artists["similarity"]["trained"][0].get_ydata() == pytest.approx(trained.tolist())
+    assert cka.artists["similarity"]["untrained"][0].get_ydata() == pytest.approx(untrained.tolist())
+    repeats = report.figures["repeats.png"]
+    assert repeats.figure.get_suptitle().endswith("at ε = 0.22")
+    implied = pd.DataFrame(match_rows(curves, [0.22])).groupby(
+        ["population", "layer", "model_a", "model_b"])["similarity"].std()
+    data = repeats.data.set_index(["population", "layer", "model_a", "model_b"])
+    assert data["std"].tolist() == pytest.approx(implied.reindex(data.index).tolist())
+    assert sorted(report.figures["similarity.png"].artists["trained"]) == EPS  # the grid's figure is the grid's
+    assert data_files(store, "curves") == files  # nothing recomputed, nothing written
+    assert read_columns(store, "curves", ["study"]).num_rows == stored
+
+    assert main(["report", store.root, "--eps", "0.22", "--out", str(tmp_path / "cli")]) == 0
+    assert "ε = 0.22 is not in the study's ε grid" in capsys.readouterr().out
+    text = (tmp_path / "cli" / "summary.md").read_text()
+    assert "ε of the CKA and repeats figures: 0.22 (not in the grid" in text and "matches_at(0.22)" in text
+    assert "| layer | ε=0 | ε=0.1 | ε=0.22 | ε=0.25 | ε=0.5 |" in text
+    for layer in LAYERS:
+        cells = next(line for line in text.splitlines() if line.startswith(f"| {layer} |")).strip("| ").split(" | ")
+        assert cells[3] == f"{trained[layer]:.2f} (null {untrained[layer]:.2f})"
+
+
+def test_an_eps_off_the_grid_gives_max_match_of_the_activations(tmp_path):
+    """One pair of real activations: the report at ε = 0.22 (grid 0, 0.5) is ``max_match(A, B, 0.22)``."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((400, 12))
+    angles = np.linspace(0.02, 0.7, 12)  # B's neuron j: A's neuron j turned by an angle, sines 0.02 … 0.64
+    B = np.cos(angles) * A + np.sin(angles) * rng.standard_normal((400, 12))
+    curve = match_curve(A, B)
+    row = {"study": "real", "population": "trained", "layer": "fc", "repeat": 0, "model_a": "m0", "model_b": "m1",
+           "probe_id": "probe-1", "n_samples": 400, "n_a": 12, "n_b": 12, "dead_a": 0, "dead_b": 0,
+           "critical_a": curve.critical_a.tolist(), "critical_b": curve.critical_b.tolist(), "exact_tol": EXACT_TOL,
+           "max_epsilon": curve.max_epsilon, "chance": float(np.sqrt(1 - 12 / 400)), "cka": 0.5, "seconds": 0.1,
+           "status": "ok", "error": None, **_provenance("real")}
+    store = Store(str(tmp_path / "store"))
+    append_rows(store, "curves", [row])
+    store.write_json("studies/real.json", study_record("real", full=False, eps=[0.0, 0.5]) | {"layers": ["fc"]})
+    report = write_report(store, out_dir=tmp_path / "out", eps=0.22)
+    expected = max_match(A, B, 0.22).similarity
+    assert 0 < expected < 1 and expected not in (max_match(A, B, 0.0).similarity, max_match(A, B, 0.5).similarity)
+    assert report.similarity_table.loc["fc", ("trained", 0.22)] == pytest.approx(expected)
+    assert report.figures["cka.png"].artists["similarity"]["trained"][0].get_ydata() == pytest.approx([expected])
+    assert f"| fc | {max_match(A, B, 0.0).similarity:.2f} | {expected:.2f} |" in report.summary
+
+
 def test_command_runs_end_to_end(tmp_path, capsys, monkeypatch):
     build_store(tmp_path / "store", simple=False, cka=False, repeats=1, failed=0)
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args([str(tmp_path / "store"), "--study", "vgg-demo", "--eps", "0.1"])
     monkeypatch.chdir(tmp_path)
-    assert command(args) == 0
+    assert main(["report", str(tmp_path / "store"), "--study", "vgg-demo", "--eps", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "(null " in out and "features.10" in out and "skipped cka.png" in out
     written = tmp_path / "report-vgg-demo"
@@ -285,9 +415,9 @@ def test_command_runs_end_to_end(tmp_path, capsys, monkeypatch):
 
 def test_a_study_whose_rows_all_failed_still_gets_a_summary(tmp_path):
     store = Store(str(tmp_path / "store"))
-    write_rows(store, "matches", "t1", [
-        {"study": "broken", "population": "trained", "layer": "fc", "model_a": "m0", "model_b": "m1", "eps": 0.25,
-         "repeat": 0, "status": "failed", "error": "RuntimeError: boom", **_provenance("broken")}])
+    append_rows(store, "curves", [
+        {"study": "broken", "population": "trained", "layer": "fc", "repeat": 0, "model_a": "m0", "model_b": "m1",
+         "probe_id": "probe-1", "status": "failed", "error": "RuntimeError: boom", **_provenance("broken")}])
     store.write_json("studies/broken.json", {"name": "broken", "config_hash": "hash-broken", "layers": ["fc"],
                                              "eps": [0.25]})
     report = write_report(store, out_dir=tmp_path / "out")

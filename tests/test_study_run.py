@@ -81,7 +81,7 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
     out = capsys.readouterr().out
     assert "extract          0        3       0" in out and "match            0        6" in out
     assert "factor           0        6       0" in out  # 3 models × 2 layers, factored once in the first run
-    assert "simple           0 " in out and "cka              0 " in out
+    assert "simple           0 " in out  # CKA comes with the match: no stage of its own
     assert computed_results() == before
 
     # every run is recorded: the first computed, the second only skipped

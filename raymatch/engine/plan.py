@@ -14,8 +14,6 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow.compute as pc
-
 from ..store import Store
 
 __all__ = ["ModelGroup", "Plan", "PlanContext", "StagePlan", "make_plan", "resolve_population"]
@@ -139,16 +137,25 @@ class PlanContext:
     def stored_pairs(self, table: str) -> frozenset[tuple]:
         """(population, layer, repeat, model_a, model_b) of every pair ``table`` holds rows of for this study.
 
-        Work is planned per pair, not per task object: when the population grows, only the new pairs are
-        computed, whichever blocks they fall in. A task writes all rows of its pairs in one object, so a pair
-        with any row is complete (failed rows included: ``raymatch status`` lists them).
+        One scan of the table's log and identity columns, filtered to the study's current configuration. Work is
+        planned per pair, not per task: when the population grows, only the new pairs are computed, whichever
+        blocks they fall in. A pair with a row is done (failed rows included: ``raymatch status`` lists them).
         """
-        from ..results import load_table
+        from ..results import read_columns
 
-        rows = load_table(self.store, table, study=self.study.name)
-        rows = rows.filter(pc.equal(rows.column("config_hash"), self.study.config_hash))
-        columns = [rows.column(name).to_pylist() for name in ("population", "layer", "repeat", "model_a", "model_b")]
-        return frozenset(zip(*columns, strict=True))
+        columns = ["population", "layer", "repeat", "model_a", "model_b"]
+        rows = read_columns(self.store, table, columns,
+                            filters={"study": self.study.name, "config_hash": self.study.config_hash})
+        return frozenset(zip(*(rows.column(name).to_pylist() for name in columns), strict=True))
+
+    @functools.cached_property
+    def finished_tasks(self) -> frozenset[str]:
+        """Ids of the tasks recorded as done in the ``tasks`` table for this study (simple matches)."""
+        from ..results import read_columns
+
+        rows = read_columns(self.store, "tasks", ["task_id"],
+                            filters={"study": self.study.name, "config_hash": self.study.config_hash})
+        return frozenset(rows.column("task_id").to_pylist())
 
     def missing_pairs(self, table: str, group: ModelGroup, layer: str, repeat: int,
                       pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -167,14 +174,12 @@ class PlanContext:
     def simple_tasks(self) -> tuple[list[Any], int]:
         """The simple-match tasks still to do, and how many are stored."""
         from ..extract.layers import select_layers
-        from ..store.layout import result_key
         from .tasks import SimpleTask
 
         study, simple = self.study, self.study.simple_matches
         if not simple.enabled:
             return [], 0
         layers = set(select_layers(study.architecture.module_tree(), simple.layers))
-        stored = frozenset(self.store.list("results/simple_matches"))
         todo, done = [], 0
         for group, layer, repeat, pairs, _ in self.pair_units:
             if layer not in layers or group.name != "trained":
@@ -183,7 +188,7 @@ class PlanContext:
                 for eps in simple.eps:
                     task = SimpleTask(study.name, study.config_hash, study.probe.id, layer, repeat, pair, eps,
                                       study.center, simple.max_neurons)
-                    if result_key("simple_matches", task.task_id) in stored:
+                    if task.task_id in self.finished_tasks:
                         done += 1
                     else:
                         todo.append(task)

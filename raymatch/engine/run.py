@@ -13,6 +13,7 @@ the study file. Run and stage events go to the ``raymatch`` logger.
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import json
 import logging
@@ -21,15 +22,18 @@ import socket
 import time
 
 from .. import __version__
-from ..results import write_rows
+from ..results import TableWriter, append_rows, compact_table, data_files, read_columns
 from ..store import Store, StoreError
-from ..store.layout import study_record_key, study_records_prefix
+from ..store.layout import study_record_key, study_records_prefix, training_record_key
 from .plan import Plan, make_plan
 from .stages import STAGES, Stage
 
 __all__ = ["RunRecord", "run_study", "store_status", "write_study_record"]
 
 log = logging.getLogger("raymatch")
+
+#: The ``runs`` table gets two small files a run (start, end): compacted when a run ends with more than this.
+_RUNS_FILES_BEFORE_COMPACTION = 16
 
 
 def write_study_record(study, store: Store) -> None:
@@ -54,7 +58,8 @@ class RunRecord:
         self._write()
 
     def _write(self) -> None:
-        write_rows(self.store, "runs", self.row["run_id"], [self.row])
+        """Append the row as it is now: readers of ``runs`` see the latest row of each run."""
+        append_rows(self.store, "runs", [{**self.row, "updated_at": _dt.datetime.now(_dt.timezone.utc)}])
 
     def finish(self, stages: dict, error: str | None = None) -> None:
         """Replace the row with the run's outcome: totals, per-stage counts, status and error."""
@@ -64,9 +69,12 @@ class RunRecord:
         self.row.update(totals, ended_at=_dt.datetime.now(_dt.timezone.utc), error=error,
                         status="failed" if failed else "succeeded",
                         stages=json.dumps({name: {key: counts[key] for key in ("computed", "skipped", "failed",
-                                                                                "seconds") if key in counts}
+                                                                                "seconds", "nodes")
+                                                  if counts.get(key) not in (None, {})}  # nodes: where tasks ran
                                            for name, counts in stages.items()}, sort_keys=True))
         self._write()
+        if len(data_files(self.store, "runs")) > _RUNS_FILES_BEFORE_COMPACTION:  # two appends a run add up
+            compact_table(self.store, "runs")
 
 
 def run_study(study, *, progress: bool | None = None, only: str | None = None, connect=None) -> dict:
@@ -143,7 +151,7 @@ class _Executors:
                                        cpus_per_actor=self.study.resources.cpus_per_task)
         return self.shared
 
-    def run(self, stage: Stage, plan: Plan, tasks: list) -> list:
+    def run(self, stage: Stage, plan: Plan, tasks: list, on_outcome=None) -> list:
         """Run ``tasks`` of ``stage`` on its executor; one :class:`~raymatch.engine.runner.Outcome` per task."""
         from .runner import run_bounded
 
@@ -157,13 +165,13 @@ class _Executors:
                 return _outcomes_of(extract_population, self.store, tasks, resources, self.progress)
             return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
                                label=stage.name, progress=self.progress, actors=self._shared_actors(),
-                               fatal=(StoreError,))
-        if stage.name in ("match", "cka"):  # biggest blocks first: no CPU is left alone with a long task at the end
-            tasks = sorted(tasks, key=stage.size, reverse=True)
+                               fatal=(StoreError,), on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure)
+        # biggest blocks first: no CPU is left alone with a long task at the end
+        tasks = sorted(tasks, key=stage.size, reverse=True)
         actors = None if self.gpu_extraction else self._shared_actors()
         return run_bounded(stage.task, tasks, args=(self.store,), max_in_flight=resources.max_in_flight,
                            num_cpus=resources.cpus_per_task, label=stage.name, progress=self.progress, actors=actors,
-                           fatal=(StoreError,))  # the store is down or full: stop, rerun later
+                           fatal=(StoreError,), on_outcome=on_outcome)  # the store is down or full: stop
 
     def _train(self, plan: Plan, tasks: list) -> list:
         from ..train import recipe, train_population
@@ -179,10 +187,21 @@ class _Executors:
             spec = training.spec if training is not None else recipe("quick", dataset=study.probe.dataset)
             outcomes += train_population(self.store, study.architecture.name, study.architecture.kwargs, spec,
                                          seeds, prefix=group.prefix, untrained=untrained,
-                                         cpus_per_task=resources.cpus_per_task,
-                                         gpus_per_task=resources.gpus_per_actor,
+                                         cpus_per_task=resources.cpus_per_task, gpus_per_task=self.training_gpus(),
                                          max_in_flight=resources.max_in_flight, progress=self.progress)
         return outcomes
+
+    def training_gpus(self) -> float:
+        """GPUs per training task: ``resources.gpus_per_actor`` where the cluster has them, else 0 (CPU).
+
+        A task asking for a GPU on a cluster without one would wait for ever: training falls back to the CPU, as
+        extraction does, and says so once.
+        """
+        wanted = self.study.resources.gpus_per_actor
+        if wanted > 0 and not self.gpu_extraction:
+            log.warning("the cluster has no GPU for resources.gpus_per_actor = %g: training on CPUs", wanted)
+            return 0.0
+        return wanted
 
     def close(self) -> None:
         """Stop the actors this run started."""
@@ -206,18 +225,21 @@ def _outcomes_of(extract_population, store: Store, jobs: list, resources, progre
 
 def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool | None, only: str | None) -> None:
     executors = _Executors(study, store, progress)
+    writer = TableWriter(store)  # rows of every task, committed by the driver in batches
+    finished = False
     try:
         for stage in STAGES:
             stage_start = time.perf_counter()
             if not plan[stage.name].known:  # the stage before it has just stored what it needs
                 plan = make_plan(study, store)
+            if stage.table is not None:
+                _record_models(study, store, plan)
             planned = plan[stage.name]
             log.info("stage %s: %d task(s) to do, %d %s stored", stage.name, len(planned.tasks), planned.done,
                      stage.unit)
-            outcomes = executors.run(stage, plan, planned.tasks) if planned.tasks else []
+            recorder = _recorder(study, stage, writer) if stage.table else None
+            outcomes = executors.run(stage, plan, planned.tasks, recorder) if planned.tasks else []
             counts = summary["stages"][stage.name] = _counts(stage, outcomes, planned.done, stage_start)
-            if stage.name == "match":
-                counts["failed_rows"] = sum(o.result["failed"] for o in outcomes if o.ok)
             log.info("stage %s: %d computed, %d skipped, %d failed in %.1f s", stage.name, counts["computed"],
                      counts["skipped"], counts["failed"], counts["seconds"])
             if stage.stop_on_failure and counts["failed"]:
@@ -226,19 +248,68 @@ def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool |
                     raise RuntimeError(f"training failed: {first.error}")
                 first.reraise()
             if stage.name == only:
-                return
+                break
+        finished = True
     finally:
         executors.close()
+        writer.close(compact=finished)  # what was computed is kept even when the run stops
+
+
+def _recorder(study, stage: Stage, writer: TableWriter):
+    """The driver's handler of a stage's outcomes: their rows (and completion markers) go to the writer."""
+
+    def record(outcome) -> None:
+        if not outcome.ok:
+            return
+        rows = outcome.result["rows"]
+        writer.add(stage.table, rows)
+        if stage.marks_done:
+            writer.add("tasks", [{"study": study.name, "config_hash": study.config_hash, "stage": stage.name,
+                                  "task_id": outcome.item.task_id, "rows": len(rows)}])
+
+    return record
+
+
+def _record_models(study, store: Store, plan: Plan) -> None:
+    """Rows of the ``models`` table for the study's models not recorded yet: id, seed, checkpoint, accuracy."""
+    if not plan.model_ids:
+        return
+    recorded = read_columns(store, "models", ["population", "model_id"],
+                            filters={"study": study.name, "config_hash": study.config_hash})
+    known = set(zip(*(recorded.column(name).to_pylist() for name in ("population", "model_id")), strict=True))
+    training = study.population.training
+    rows = []
+    for group in plan.groups:
+        seeds = (training.seeds if training is not None else range(len(group.checkpoints))) if group.prefix else None
+        for index, key in enumerate(group.checkpoints):
+            model = plan.model_ids[key]
+            if (group.name, model) in known:
+                continue
+            seed = seeds[index] if seeds is not None else None
+            record = store.read_json(training_record_key(group.prefix, seed)) if seed is not None else {}
+            rows.append({"study": study.name, "config_hash": study.config_hash, "population": group.name,
+                         "model_id": model, "seed": seed, "checkpoint": key, "architecture": study.architecture.name,
+                         "holdout_accuracy": record.get("holdout_accuracy"),
+                         "test_accuracy": record.get("test_accuracy"),
+                         "epochs": record.get("epochs"), "selected_epoch": record.get("selected_epoch")})
+    if rows:
+        append_rows(store, "models", rows)
 
 
 def _counts(stage: Stage, outcomes: list, skipped: int, stage_start: float) -> dict:
-    """A stage's summary, in its units (pairs for the blocks of match and CKA)."""
-    return {"computed": sum(stage.size(o.item) for o in outcomes if o.ok), "skipped": skipped,
-            "tasks": len(outcomes), "failed": sum(stage.size(o.item) for o in outcomes if not o.ok),
-            "in_task_seconds": sum(o.seconds for o in outcomes),
-            "task_seconds": sorted((o.seconds for o in outcomes), reverse=True),
-            "seconds": time.perf_counter() - stage_start,
-            "errors": [o.error for o in outcomes if not o.ok][:10]}
+    """A stage's summary, in its units (pairs for the blocks of match); failed rows and in-task times by part."""
+    counts = {"computed": sum(stage.size(o.item) for o in outcomes if o.ok), "skipped": skipped,
+              "tasks": len(outcomes), "failed": sum(stage.size(o.item) for o in outcomes if not o.ok),
+              "in_task_seconds": sum(o.seconds for o in outcomes),
+              "task_seconds": sorted((o.seconds for o in outcomes), reverse=True),
+              "seconds": time.perf_counter() - stage_start,
+              "errors": [o.error for o in outcomes if not o.ok][:10],
+              "nodes": dict(collections.Counter(o.node for o in outcomes if o.node is not None))}
+    results = [o.result for o in outcomes if o.ok and isinstance(o.result, dict)]
+    for key in ("failed", "match_seconds", "cka_seconds"):
+        if any(key in result for result in results):
+            counts["failed_rows" if key == "failed" else key] = sum(result.get(key, 0) for result in results)
+    return counts
 
 
 def store_status(store: Store, *, runs: int = 10) -> dict:
@@ -254,10 +325,10 @@ def store_status(store: Store, *, runs: int = 10) -> dict:
     -------
     dict
         ``runs``: a DataFrame of the latest runs (newest first); ``pending``: per study name, its plan's
-        ``{stage: (done, to do)}`` or the error that stopped the planning; ``failed``: the failed ``matches``
-        rows (study, population, layer, model_a, model_b, eps, error).
+        ``{stage: (done, to do)}`` or the error that stopped the planning; ``failed``: the failed ``curves``
+        rows of each study's current configuration (study, population, layer, repeat, model_a, model_b, error).
     """
-    from ..results import load
+    from ..results import load, query
     from ..study import Study
 
     history = load(store, "runs").sort_values("started_at", ascending=False).head(runs).reset_index(drop=True)
@@ -270,7 +341,6 @@ def store_status(store: Store, *, runs: int = 10) -> dict:
             pending[record["name"]] = make_plan(Study.from_dict(record["config"]), store).counts()
         except Exception as error:  # a study whose checkpoints went missing still lists the others
             pending[record["name"]] = f"{type(error).__name__}: {error}"
-    matches = load(store, "matches")
-    failed = matches.loc[matches["status"] == "failed",
-                         ["study", "population", "layer", "model_a", "model_b", "eps", "error"]]
-    return {"runs": history, "pending": pending, "failed": failed.reset_index(drop=True)}
+    failed = query(store, "SELECT study, population, layer, repeat, model_a, model_b, error FROM curves "
+                          "WHERE status = 'failed' ORDER BY ALL")
+    return {"runs": history, "pending": pending, "failed": failed}

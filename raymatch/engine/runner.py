@@ -27,6 +27,7 @@ class Outcome:
     error: str | None = None
     seconds: float = 0.0
     cause: BaseException | None = field(default=None, repr=False, compare=False)
+    node: str | None = None  # the Ray node the task ran on
 
     @property
     def ok(self) -> bool:
@@ -44,7 +45,9 @@ class Outcome:
 def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_flight: int = 8, num_cpus: float = 1,
                 num_gpus: float = 0, max_retries: int = 3, label: str = "tasks",
                 progress: bool | None = None, actors: list | None = None,
-                fatal: tuple[type[BaseException], ...] = ()) -> list[Outcome]:
+                fatal: tuple[type[BaseException], ...] = (),
+                on_outcome: Callable[[Outcome], None] | None = None,
+                stop_on_failure: bool = False) -> list[Outcome]:
     """Run ``fn(*args, item)`` for every item on Ray, at most ``max_in_flight`` at once.
 
     Two interchangeable executors: Ray tasks (default), or method calls ``actor.run_task.remote(fn, *args,
@@ -56,52 +59,82 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
     fail the same way, one retry timeout after another) cancels the items still in flight and raises it.
 
     Returns the outcomes in the order of ``items``. ``progress`` shows a bar on an interactive
-    terminal and periodic lines otherwise (default: on when stderr is a terminal).
+    terminal and periodic lines otherwise (default: on when stderr is a terminal). ``on_outcome`` is called on
+    the driver with each outcome as it arrives (the driver batches result rows into its tables there).
+    With ``stop_on_failure``, the first failed item stops the submission of further items (those in flight end
+    first, Ray tasks cancelled): only the outcomes of the items that ran are returned, the failure last.
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be a positive integer; got {max_in_flight}")
     items = list(items)
-    shared = [ray.put(arg) for arg in args]  # put large shared arguments (a store) once
-    busy = dict.fromkeys(range(len(actors)), 0) if actors else {}
-    if actors:
-        def submit(item) -> tuple[ray.ObjectRef, int]:
-            if not busy:
-                raise RuntimeError(f"{label}: every worker actor died (out of restarts); rerun to finish")
-            chosen = min(busy, key=busy.get)
-            busy[chosen] += 1
-            return actors[chosen].run_task.remote(fn, *shared, item), chosen
-    else:
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
-                            retry_exceptions=False)(timed).options(name=getattr(fn, "__name__", label))
-
-        def submit(item) -> tuple[ray.ObjectRef, int]:
-            return remote.remote(fn, *shared, item), -1
+    executor = _Executor(fn, [ray.put(arg) for arg in args], actors, label,  # shared arguments put once
+                         ray_options={"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": max_retries})
     outcomes: list[Outcome | None] = [None] * len(items)
     pending: dict[ray.ObjectRef, tuple[int, int]] = {}
     reporter = Progress(len(items), label, progress)
-    next_index = 0
-    while next_index < len(items) or pending:
-        while next_index < len(items) and len(pending) < max_in_flight:
-            ref, actor = submit(items[next_index])
-            pending[ref] = (next_index, actor)
+    next_index, stopped = 0, False
+    while (next_index < len(items) and not stopped) or pending:
+        while next_index < len(items) and len(pending) < max_in_flight and not stopped:
+            ref = executor.submit(items[next_index])
+            pending[ref] = (next_index, executor.last_actor)
             next_index += 1
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
             index, actor = pending.pop(ref)
-            if actor in busy:
-                busy[actor] -= 1
-            outcome = outcomes[index] = _collect(ref, items[index])
-            if isinstance(outcome.cause, ray.exceptions.RayActorError):  # out of restarts: no more calls to it
-                busy.pop(actor, None)
+            outcome = outcomes[index] = executor.collect(ref, actor, items[index])
             if fatal and isinstance(outcome.cause, fatal):
-                if not actors:  # calls on actors end with the actors, which their owner stops
-                    for other in pending:
-                        ray.cancel(other)
+                executor.cancel(pending)
                 reporter.close()
                 raise outcome.cause
+            if on_outcome is not None:
+                on_outcome(outcome)
+            if stop_on_failure and not outcome.ok and not stopped:
+                stopped = True  # no progress line for it: the caller reports the failure
+                executor.cancel(pending)
+                continue
             reporter.step()
     reporter.close()
+    if stopped:
+        ran = [outcome for outcome in outcomes if outcome is not None]
+        return [outcome for outcome in ran if outcome.ok] + [outcome for outcome in ran if not outcome.ok]
     return outcomes  # type: ignore[return-value]
+
+
+class _Executor:
+    """Where :func:`run_bounded` submits: Ray tasks, or the least busy of running actors."""
+
+    def __init__(self, fn: Callable, shared: list, actors: list | None, label: str, ray_options: dict):
+        self.fn, self.shared, self.actors, self.label = fn, shared, actors, label
+        self.busy = dict.fromkeys(range(len(actors)), 0) if actors else {}
+        self.last_actor = -1
+        if not actors:
+            self.remote = ray.remote(retry_exceptions=False, **ray_options)(timed).options(
+                name=getattr(fn, "__name__", label))
+
+    def submit(self, item: Any) -> ray.ObjectRef:
+        """Submit one item; :attr:`last_actor` is the actor it went to (-1 for a Ray task)."""
+        if not self.actors:
+            return self.remote.remote(self.fn, *self.shared, item)
+        if not self.busy:
+            raise RuntimeError(f"{self.label}: every worker actor died (out of restarts); rerun to finish")
+        self.last_actor = min(self.busy, key=self.busy.get)
+        self.busy[self.last_actor] += 1
+        return self.actors[self.last_actor].run_task.remote(self.fn, *self.shared, item)
+
+    def collect(self, ref: ray.ObjectRef, actor: int, item: Any) -> Outcome:
+        """The outcome of a finished call; an actor out of restarts gets no more calls."""
+        if actor in self.busy:
+            self.busy[actor] -= 1
+        outcome = _collect(ref, item)
+        if isinstance(outcome.cause, ray.exceptions.RayActorError):
+            self.busy.pop(actor, None)
+        return outcome
+
+    def cancel(self, pending) -> None:
+        """Cancel Ray tasks still in flight (calls on actors end with the actors, which their owner stops)."""
+        if not self.actors:
+            for ref in pending:
+                ray.cancel(ref)
 
 
 def _collect(ref: ray.ObjectRef, item: Any) -> Outcome:
@@ -111,20 +144,20 @@ def _collect(ref: ray.ObjectRef, item: Any) -> Outcome:
     after its retries, a task killed for memory.
     """
     try:
-        result, seconds = ray.get(ref)
+        result, seconds, node = ray.get(ref)
     except ray.exceptions.RayTaskError as error:
         cause = error.cause if getattr(error, "cause", None) is not None else error
         return Outcome(item, None, f"{type(cause).__name__}: {cause}", cause=cause)
     except ray.exceptions.RayError as error:
         return Outcome(item, None, f"{type(error).__name__}: {error}", cause=error)
-    return Outcome(item, result, None, seconds)
+    return Outcome(item, result, None, seconds, node=node)
 
 
-def timed(fn: Callable, *args) -> tuple[Any, float]:
-    """``fn(*args)`` and the seconds it took (the body of every task and actor call)."""
+def timed(fn: Callable, *args) -> tuple[Any, float, str]:
+    """``fn(*args)``, the seconds it took and the id of the Ray node it ran on (every task and actor call)."""
     started = time.perf_counter()
     result = fn(*args)
-    return result, time.perf_counter() - started
+    return result, time.perf_counter() - started, ray.get_runtime_context().get_node_id()
 
 
 class Progress:

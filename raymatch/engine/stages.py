@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .plan import NOT_KNOWN_YET, PlanContext, StagePlan
-from .tasks import block_tasks, cka_and_write, factor_and_store, match_and_write, simple_and_write
+from .tasks import block_tasks, factor_and_store, match_task, simple_task
 
 __all__ = ["EXECUTORS", "STAGES", "Stage", "stage_named"]
 
@@ -46,6 +46,8 @@ class Stage:
         before it has work left that this one needs.
     task : callable or None
         The task body ``task(store, item) -> dict`` (None for training, whose executor runs its own tasks).
+        Tasks never write results tables: a stage with a ``table`` returns its rows (``result['rows']``) and
+        the driver commits them in batches.
     executor : str
         One of :data:`EXECUTORS`.
     size : callable
@@ -53,6 +55,10 @@ class Stage:
     stop_on_failure : bool
         A failed task stops the run after the stage (the stages after it would lack their inputs); otherwise
         failures are recorded (failed rows) and the run goes on.
+    table : str, optional
+        The results table the rows of its tasks go to.
+    marks_done : bool
+        Record each finished task in the ``tasks`` table (a task may find no rows, and must not run again).
     """
 
     name: str
@@ -62,6 +68,8 @@ class Stage:
     executor: str
     size: Callable[[Any], int] = _one
     stop_on_failure: bool = False
+    table: str | None = None
+    marks_done: bool = False
 
 
 def _plan_train(context: PlanContext) -> StagePlan:
@@ -108,25 +116,19 @@ def _activations_stored(context: PlanContext) -> bool:
     return extract.known and not extract.tasks  # repeats (and so the pair tasks) are known once they are stored
 
 
-def _plan_blocks(table: str) -> Callable[[PlanContext], StagePlan]:
-    """Planner of a stage over blocks of pairs (match, CKA): the pairs ``table`` lacks, grouped by block."""
-
-    def plan(context: PlanContext) -> StagePlan:
-        study = context.study
-        if not _activations_stored(context):
-            return NOT_KNOWN_YET
-        if table == "cka" and not study.cka:
-            return StagePlan()
-        tasks, done = [], 0
-        for group, layer, repeat, pairs, positions in context.pair_units:
-            missing = context.missing_pairs(table, group, layer, repeat, pairs)
-            done += len(pairs) - len(missing)
-            tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing, study.eps,
-                                 block=study.resources.pair_block, center=study.center, population=group.name,
-                                 positions=positions)
-        return StagePlan(tasks, done)
-
-    return plan
+def _plan_match(context: PlanContext) -> StagePlan:
+    """The pairs ``curves`` lacks, grouped into tasks by blocks of models (each pair's whole ε-curve and CKA)."""
+    study = context.study
+    if not _activations_stored(context):
+        return NOT_KNOWN_YET
+    tasks, done = [], 0
+    for group, layer, repeat, pairs, positions in context.pair_units:
+        missing = context.missing_pairs("curves", group, layer, repeat, pairs)
+        done += len(pairs) - len(missing)
+        tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
+                             block=study.resources.pair_block, center=study.center, population=group.name,
+                             positions=positions, cka=study.cka)
+    return StagePlan(tasks, done)
 
 
 def _plan_simple(context: PlanContext) -> StagePlan:
@@ -139,8 +141,7 @@ def _plan_simple(context: PlanContext) -> StagePlan:
 def _plan_factor(context: PlanContext) -> StagePlan:
     """One task per (model, layer, repeat) that a match or simple task still to do needs and the store lacks.
 
-    CKA reads the activations, so it needs none; a matrix that cannot be factored (its pairs recorded as failed
-    rows) is not asked for again.
+    A matrix that cannot be factored (its pairs recorded as failed rows) is not asked for again.
     """
     from ..store import ActivationKey
     from ..store.layout import factor_prefix, manifest_key
@@ -157,7 +158,7 @@ def _plan_factor(context: PlanContext) -> StagePlan:
     done, needed = 0, set()
     for group, layer, repeat, pairs, _ in context.pair_units:
         done += sum(stored(context.plan.model_ids[key], layer, repeat) for key in group.checkpoints)
-        for pair in context.missing_pairs("matches", group, layer, repeat, pairs):
+        for pair in context.missing_pairs("curves", group, layer, repeat, pairs):
             needed |= {(layer, repeat, model) for model in pair}
     needed |= {(task.layer, task.repeat, model) for task in context.simple_tasks[0] for model in task.pair}
     tasks = [FactorTask(ActivationKey(probe_id, model, layer, repeat), center)
@@ -170,9 +171,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", "models", _plan_train, None, "training", stop_on_failure=True),
     Stage("extract", "models", _plan_extract, None, "extraction", stop_on_failure=True),
     Stage("factor", "models × layers × repeats", _plan_factor, factor_and_store, "workers"),
-    Stage("match", "pairs × layers × repeats", _plan_blocks("matches"), match_and_write, "workers", _pairs_in),
-    Stage("simple", "pairs × layers × repeats × ε", _plan_simple, simple_and_write, "workers"),
-    Stage("cka", "pairs × layers × repeats", _plan_blocks("cka"), cka_and_write, "workers", _pairs_in),
+    Stage("match", "pairs × layers × repeats", _plan_match, match_task, "workers", _pairs_in, table="curves"),
+    Stage("simple", "pairs × layers × repeats × ε", _plan_simple, simple_task, "workers", table="simple_matches",
+          marks_done=True),
 )
 
 

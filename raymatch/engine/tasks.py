@@ -1,9 +1,11 @@
-"""Task units and their bodies: factors, blocks of pairs (match, CKA) and simple-match pairs.
+"""Task units and their bodies: factors, blocks of pairs (ε-curve and CKA) and simple-match pairs.
 
 Models are split into blocks of ``block`` models; a task covers the pairs between two blocks
 (or within one) and loads each model's factor once, so over a whole study every stored matrix is
-read about ⌈M / block⌉ times for M models instead of M − 1 times. The whole ε grid of a pair comes
-from one ``match_curve`` (every critical ε in one peel).
+read about ⌈M / block⌉ times for M models instead of M − 1 times. A pair's result is its ε-curve
+(every neuron's critical ε, from one ``match_curve``) and its linear CKA, both from the one cross
+product of the two factors' bases. Task bodies return rows; they never write tables (the driver
+commits rows in batches).
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 
 from .. import __version__
-from ..match import match_curve
-from ..results import write_rows
-from ..store import ActivationKey, Store, StoreError, cached_factor, layout
+from ..match import EXACT_TOL, cross_product, linear_cka_factors, match_curve
+from ..store import ActivationKey, Store, StoreError, layout
+from ..store.factors import cached_factor, store_factor
+
+#: The keys of every ``curves`` row, in order (failed rows hold None for what was not measured).
+CURVE_KEYS = ("study", "population", "layer", "repeat", "model_a", "model_b", "probe_id", "config_hash",
+              "code_version", "n_samples", "n_a", "n_b", "dead_a", "dead_b", "critical_a", "critical_b",
+              "exact_tol", "max_epsilon", "chance", "cka", "seconds", "status", "error")
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,11 @@ class MatchTask:
     probe_id, layer : str
     repeat : int
     pairs : tuple of (model_a, model_b)
-    eps : tuple of float
     center : bool
     population : str
         ``"trained"``, or ``"untrained"`` for the null baseline's pairs.
+    cka : bool
+        Compute each pair's linear CKA too (from the same cross product as its ε-curve).
     """
 
     study: str
@@ -44,15 +51,15 @@ class MatchTask:
     layer: str
     repeat: int
     pairs: tuple[tuple[str, str], ...]
-    eps: tuple[float, ...]
     center: bool = False
     population: str = "trained"
+    cka: bool = True
 
     @property
     def task_id(self) -> str:
-        """Deterministic id: the same work always has the same id (and the same result file)."""
-        return layout.task_id(self.layer, self.repeat, [self.config_hash, self.probe_id, self.pairs, self.eps,
-                                                        self.center, self.population])
+        """Deterministic id: the same work always has the same id."""
+        return layout.task_id(self.layer, self.repeat, [self.config_hash, self.probe_id, self.pairs, self.center,
+                                                        self.population, self.cka])
 
     @property
     def models(self) -> list[str]:
@@ -65,9 +72,8 @@ class MatchTask:
 
 
 def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat: int,
-                pairs: list[tuple[str, str]], eps: tuple[float, ...], *, block: int,
-                center: bool = False, population: str = "trained",
-                positions: dict[str, int] | None = None) -> list[MatchTask]:
+                pairs: list[tuple[str, str]], *, block: int, center: bool = False, population: str = "trained",
+                positions: dict[str, int] | None = None, cka: bool = True) -> list[MatchTask]:
     """Group ``pairs`` into tasks by the blocks of their models.
 
     A model's block is its position (``positions``; default: order of first appearance in ``pairs``) divided
@@ -84,7 +90,7 @@ def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat:
     for a, b in pairs:
         i, j = sorted((order[a] // block, order[b] // block))
         grouped.setdefault((i, j), []).append((a, b))
-    return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), tuple(eps), center, population)
+    return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), center, population, cka)
             for _, group in sorted(grouped.items())]
 
 
@@ -93,14 +99,24 @@ def chance_level(n_neurons: int, n_samples: int) -> float:
     return math.sqrt(1.0 - n_neurons / n_samples) if n_neurons < n_samples else 0.0
 
 
-def run_match_task(store: Store, task: MatchTask) -> list[dict]:
-    """Every pair × ε of ``task`` as ``matches`` rows; a failing pair becomes a failed row with its error.
+def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -> list[dict]:
+    """One ``curves`` row per pair of ``task``: the pair's ε-curve, counts and CKA; a failing pair is a failed row.
 
     A store that fails (:class:`~raymatch.store.StoreError`: unreachable, full) fails the task instead: no rows, so
     that a rerun computes its pairs rather than keeping a transient failure as their result.
+
+    Parameters
+    ----------
+    store : Store
+    task : MatchTask
+    timings : dict, optional
+        Receives ``factor_seconds`` (reading and rebuilding the factors), ``match_seconds`` (cross products and
+        ε-curves) and ``cka_seconds`` (CKA from the shared cross products), summed over the task.
     """
+    clock = {"factor_seconds": 0.0, "match_seconds": 0.0, "cka_seconds": 0.0}
     factors, errors = {}, {}
     for model in task.models:
+        started = time.perf_counter()
         try:
             factors[model] = cached_factor(store, ActivationKey(task.probe_id, model, task.layer, task.repeat),
                                            center=task.center)
@@ -108,45 +124,40 @@ def run_match_task(store: Store, task: MatchTask) -> list[dict]:
             raise
         except Exception as error:  # an application error: recorded in the rows, not retried
             errors[model] = f"{type(error).__name__}: {error}"
+        clock["factor_seconds"] += time.perf_counter() - started
     rows = []
     for a, b in task.pairs:
         started = time.perf_counter()
-        base = {"study": task.study, "population": task.population, "layer": task.layer, "model_a": a,
-                "model_b": b, "repeat": task.repeat, "code_version": __version__, "config_hash": task.config_hash}
+        row = dict.fromkeys(CURVE_KEYS)
+        row.update({"study": task.study, "population": task.population, "layer": task.layer,
+                    "repeat": task.repeat, "model_a": a, "model_b": b, "probe_id": task.probe_id,
+                    "config_hash": task.config_hash, "code_version": __version__, "exact_tol": EXACT_TOL})
         try:
             if a in errors or b in errors:
                 raise RuntimeError(errors.get(a) or errors.get(b))
-            curve = match_curve(factors[a], factors[b])
+            fa, fb = factors[a], factors[b]
+            cross = cross_product(fa, fb)
+            curve = match_curve(fa, fb, cross=cross)
+            matched = time.perf_counter()
+            clock["match_seconds"] += matched - started
+            cka = linear_cka_factors(fa, fb, cross) if task.cka else None
+            clock["cka_seconds"] += time.perf_counter() - matched
         except Exception as error:
             message = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
-            rows += [{**base, "eps": float(eps), "status": "failed", "error": message,
-                      "seconds": time.perf_counter() - started} for eps in task.eps]
+            row.update({"status": "failed", "error": message, "seconds": time.perf_counter() - started})
+            rows.append(row)
             continue
-        seconds = (time.perf_counter() - started) / len(task.eps)
-        chance = chance_level(max(curve.n_a, curve.n_b), curve.n_samples)
-        for eps in task.eps:
-            match = curve.at(eps)
-            rows.append({
-                **base, "eps": float(eps), "n_samples": curve.n_samples, "n_a": curve.n_a, "n_b": curve.n_b,
-                "dead_a": int(curve.dead_a.size), "dead_b": int(curve.dead_b.size),
-                "size_a": match.size_a, "size_b": match.size_b, "similarity": match.similarity,
-                "max_epsilon": curve.max_epsilon, "chance": chance,
-                "neurons_a": match.a.astype(np.int32).tolist(), "neurons_b": match.b.astype(np.int32).tolist(),
-                "seconds": seconds, "status": "ok", "error": None,
-            })
+        row.update({
+            "n_samples": int(curve.n_samples), "n_a": curve.n_a, "n_b": curve.n_b,
+            "dead_a": int(curve.dead_a.size), "dead_b": int(curve.dead_b.size),
+            "critical_a": [float(x) for x in curve.critical_a], "critical_b": [float(x) for x in curve.critical_b],
+            "max_epsilon": curve.max_epsilon, "chance": chance_level(max(curve.n_a, curve.n_b), curve.n_samples),
+            "cka": cka, "seconds": time.perf_counter() - started, "status": "ok", "error": None,
+        })
+        rows.append(row)
+    if timings is not None:
+        timings.update(clock)
     return rows
-
-
-def run_cka_task(store: Store, task: MatchTask) -> list[dict]:
-    """Linear CKA of every pair of ``task`` (``cka`` rows); each activation matrix is read once."""
-    from ..match import linear_cka
-    from ..store import read_activations
-
-    matrices = {model: read_activations(store, ActivationKey(task.probe_id, model, task.layer, task.repeat))
-                for model in task.models}
-    return [{"study": task.study, "population": task.population, "layer": task.layer, "model_a": a, "model_b": b,
-             "repeat": task.repeat, "cka": linear_cka(matrices[a], matrices[b]), "code_version": __version__,
-             "config_hash": task.config_hash} for a, b in task.pairs]
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,7 @@ class SimpleTask:
 
     @property
     def task_id(self) -> str:
-        """Deterministic id: the same work always has the same id (and the same result file)."""
+        """Deterministic id: the same work always has the same id."""
         return layout.task_id(self.layer, self.repeat, [self.config_hash, self.probe_id, self.pair, self.eps,
                                                         self.center, self.max_neurons, self.population])
 
@@ -182,11 +193,10 @@ def run_simple_task(store: Store, task: SimpleTask) -> list[dict]:
     if largest.size_a + largest.size_b > task.max_neurons:
         return []
     return [{"study": task.study, "population": task.population, "layer": task.layer, "model_a": a, "model_b": b,
-             "eps": float(task.eps),
-             "repeat": task.repeat, "match_id": i, "neurons_a": m.a.astype(np.int32).tolist(),
-             "neurons_b": m.b.astype(np.int32).tolist(), "size_a": m.size_a, "size_b": m.size_b,
-             "neuron": f"{m.neuron[0]}:{m.neuron[1]}", "search_order": str(m.order),
-             "code_version": __version__, "config_hash": task.config_hash}
+             "eps": float(task.eps), "repeat": task.repeat, "probe_id": task.probe_id, "match_id": i,
+             "neurons_a": m.a.astype(np.int32).tolist(), "neurons_b": m.b.astype(np.int32).tolist(),
+             "size_a": m.size_a, "size_b": m.size_b, "neuron": f"{m.neuron[0]}:{m.neuron[1]}",
+             "search_order": str(m.order), "code_version": __version__, "config_hash": task.config_hash}
             for i, m in enumerate(simple_matches(fa, fb, task.eps))]
 
 
@@ -199,31 +209,28 @@ class FactorTask:
 
 
 def factor_and_store(store: Store, task: FactorTask) -> dict:
-    """One factor task: factor the stored matrix and store the factor (a no-op if it is already stored)."""
-    value = cached_factor(store, task.key, center=task.center)
-    return {"rank": value.rank}
+    """One factor task: factor the stored matrix and store its compact factor (a no-op if it is already stored)."""
+    return {"rank": store_factor(store, task.key, center=task.center)["rank"]}
 
 
 # The task bodies live here, not beside the planner, so that a fresh Ray worker imports no torch:
 # its first task starts ~0.3 s after the worker does instead of ~1.2 s.
 
 
-def match_and_write(store: Store, task: MatchTask) -> dict:
-    """One pair task: compute its rows and write them to the task's own result file."""
-    return _write(store, "matches", task.task_id, run_match_task(store, task))
+def match_task(store: Store, task: MatchTask) -> dict:
+    """One pair task: its ``curves`` rows (the driver commits them), failed-row count and in-task times.
+
+    Returns
+    -------
+    dict
+        ``rows`` (see :func:`run_curve_task`), ``failed`` (rows with status ``failed``), and ``factor_seconds``,
+        ``match_seconds``, ``cka_seconds``.
+    """
+    timings: dict = {}
+    rows = run_curve_task(store, task, timings)
+    return {"rows": rows, "failed": sum(row["status"] != "ok" for row in rows), **timings}
 
 
-def cka_and_write(store: Store, task: MatchTask) -> dict:
-    """One CKA task: compute its rows and write them to the task's own result file."""
-    return _write(store, "cka", task.task_id, run_cka_task(store, task))
-
-
-def simple_and_write(store: Store, task: SimpleTask) -> dict:
-    """One simple-match task: compute its rows and write them to the task's own result file."""
-    return _write(store, "simple_matches", task.task_id, run_simple_task(store, task))
-
-
-def _write(store: Store, table: str, task_id: str, rows: list[dict]) -> dict:
-    created_at = datetime.now(timezone.utc)
-    write_rows(store, table, task_id, [{**row, "created_at": created_at} for row in rows])
-    return {"rows": len(rows), "failed": sum(row.get("status", "ok") != "ok" for row in rows)}
+def simple_task(store: Store, task: SimpleTask) -> dict:
+    """One simple-match task: its ``simple_matches`` rows (the driver commits them)."""
+    return {"rows": run_simple_task(store, task)}

@@ -4,8 +4,8 @@ No Ray, no IO: arrays (numpy or torch) or :class:`Factor` objects in, dataclasse
 """
 
 from .api import candidate_order, match_curve, max_match, minimal_match, simple_matches
-from .cka import linear_cka
-from .factor import Factor, factor
+from .cka import linear_cka, linear_cka_factors
+from .factor import CompactFactor, Factor, compact_factor, cross_product, factor
 from .inputs import DEAD_RTOL, EXACT_TOL, RANK_RTOL
 from .results import Match, MatchCurve, SimpleMatch
 
@@ -13,13 +13,17 @@ __all__ = [
     "DEAD_RTOL",
     "EXACT_TOL",
     "RANK_RTOL",
+    "CompactFactor",
     "Factor",
     "Match",
     "MatchCurve",
     "SimpleMatch",
     "candidate_order",
+    "compact_factor",
+    "cross_product",
     "factor",
     "linear_cka",
+    "linear_cka_factors",
     "match_curve",
     "max_match",
     "minimal_match",

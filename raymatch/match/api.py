@@ -12,12 +12,15 @@ from .inputs import check_eps, check_same_samples, effective_eps
 from .results import Match, MatchCurve, SimpleMatch
 
 
-def _pair(A, B, center: bool | None) -> tuple[Pair, Factor | Prepared, Factor | Prepared]:
+def _pair(A, B, center: bool | None, cross=None) -> tuple[Pair, Factor | Prepared, Factor | Prepared]:
     """Validate both sides and bring them to reduced coordinates.
 
     Two arrays share one in-place QR of the joint ``[A B]``; when either side is already a
-    :class:`Factor`, the other is factored too and the pair needs only the cross GEMM.
+    :class:`Factor`, the other is factored too and the pair needs only the cross GEMM (or none,
+    when ``cross`` gives it).
     """
+    if cross is not None and not (isinstance(A, Factor) and isinstance(B, Factor)):
+        raise ValueError("cross= needs A and B as Factors (it is A.basis.T @ B.basis)")
     if not isinstance(A, Factor) and not isinstance(B, Factor):
         return Pair.from_arrays(A, B, center=bool(center))
     sides = []
@@ -32,7 +35,7 @@ def _pair(A, B, center: bool | None) -> tuple[Pair, Factor | Prepared, Factor | 
     check_same_samples(fa.n_samples, fb.n_samples)
     if fa.centered != fb.centered:
         raise ValueError("A and B must both be centered or both not: factor them with the same center=")
-    return Pair.from_factors(fa, fb), fa, fb
+    return Pair.from_factors(fa, fb, cross), fa, fb
 
 
 def _match(fa, fb, eps: float, keep_a, keep_b, cls=Match, **extra) -> Match:
@@ -111,7 +114,7 @@ def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
     return _match(fa, fb, eps, state.alive_a, state.alive_b)
 
 
-def match_curve(A, B, *, center: bool | None = None) -> MatchCurve:
+def match_curve(A, B, *, center: bool | None = None, cross=None) -> MatchCurve:
     """Compute every neuron's critical ε in one peeling pass: the maximum match at every ε.
 
     A neuron's critical ε is the smallest ε at which it belongs to the maximum match, so
@@ -125,6 +128,10 @@ def match_curve(A, B, *, center: bool | None = None) -> MatchCurve:
         Activations of the second layer, over the same samples.
     center : bool, optional
         Subtract column means first (default False; factors keep the choice they were made with).
+    cross : numpy.ndarray, shape (A.rank, B.rank), optional
+        With two factors: ``A.basis.T @ B.basis`` when already computed
+        (:func:`~raymatch.match.cross_product`), e.g. for the same pair's
+        :func:`~raymatch.match.cka.linear_cka_factors`; the pair then does no work over the samples.
 
     Returns
     -------
@@ -150,7 +157,7 @@ def match_curve(A, B, *, center: bool | None = None) -> MatchCurve:
     >>> curve.at(0.5) == max_match(A, B, 0.5)
     True
     """
-    pair, fa, fb = _pair(A, B, center)
+    pair, fa, fb = _pair(A, B, center, cross)
     live_a, live_b = PairState(pair).peel()
     critical_a = np.full(fa.n_neurons, np.inf)
     critical_b = np.full(fb.n_neurons, np.inf)

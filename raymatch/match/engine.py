@@ -9,8 +9,18 @@ State. For each side a :class:`_Span` keeps a basis of the remaining neurons' sp
 the neurons, with the *dual* vectors of that basis (``b_iᵀ d_j = δ_ij``). Deleting basis neuron
 ``j`` removes exactly the direction ``d_j / ‖d_j‖`` from the span (unless a redundant neuron can
 take its place, in which case nothing is lost); the other side's squared residuals then grow by
-the squared projections onto that direction — a rank-one update, never a fresh factorisation.
+the squared projections onto that direction — a rank-one update, not a fresh factorisation.
 A block of deletions removes ``span(d_J)`` in one BLAS-3 step.
+
+Accuracy. Each dual carries the rounding of the longest it has been since it was computed
+(``scale``). Near-degenerate neurons (exact dependencies broken by float32 storage leave directions
+of relative size ~1e-8) have duals ~1e8 long; deleting one of them shrinks its partners' duals to
+~1, and with them goes ~1e8 of relative accuracy, enough to move a critical ε by 1e-4 or more.
+Before a dual shortened more than ``_AMPLIFY`` times is used, the span is re-factored from its
+remaining neurons (a QR of their coordinates: :meth:`_Span.rebase`) and the other side's ratios are
+recomputed from scratch in the new basis. That happens once per break-up of near-degenerate
+groups, never on well-conditioned layers (their duals shrink less than ten-fold), and the same
+re-factoring drops freed slots once the arrays are mostly empty.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import scipy.linalg
 from scipy.linalg import lapack
 
 from ._blas import one_thread, one_thread_method, small
-from .factor import Factor, Prepared, orthonormal_coords, prepare
+from .factor import Factor, Prepared, cross_product, orthonormal_coords, prepare
 from .inputs import EXACT_TOL, RANK_RTOL, activation_array, check_same_samples
 
 # Arrays are compacted (deleted columns dropped, the span re-based) once the live part of a side
@@ -32,6 +42,12 @@ _COMPACT_FRACTION = 0.5
 _COMPACT_MIN = 16
 # Lost directions are projected out of the stored duals in blocks of this many.
 _FLUSH = 32
+# A dual this many times shorter than the longest it has been (its ``scale``) lost that factor of
+# relative accuracy to cancellation (a near-degenerate basis broken by a deletion): the span is
+# re-factored from its neurons before such a dual is used. Generic layers stay below 10.
+_AMPLIFY = 1e3
+# Directions lost from duals shortened more than this are re-orthogonalised against the pending ones.
+_REORTHOGONALISE = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,24 +87,27 @@ class Pair:
     cross: np.ndarray
 
     @classmethod
-    def from_factors(cls, fa: Factor, fb: Factor) -> Pair:
+    def from_factors(cls, fa: Factor, fb: Factor, cross: np.ndarray | None = None) -> Pair:
         """Pair two factors of the same samples: only ``basis_aᵀ basis_b`` is computed.
 
         Parameters
         ----------
         fa, fb : Factor
             The factored layers (same ``n_samples``, checked by the caller).
+        cross : numpy.ndarray, shape (fa.rank, fb.rank), optional
+            ``fa.basis.T @ fb.basis`` when the caller has computed it already (:func:`cross_product`).
 
         Returns
         -------
         Pair
             The factors' coordinates and their cross product.
         """
-        # One thread even for a large GEMM: switching the thread count back and forth between
-        # this and the peel costs more than the second thread saves (measured 0.16 s steady vs
-        # 0.13-0.29 s for a 10,000-sample 512 + 512 pair).
-        with one_thread():
-            return cls(fa.coords, fb.coords, fa.basis.T @ fb.basis)
+        if cross is None:
+            cross = cross_product(fa, fb)
+        elif np.shape(cross) != (fa.rank, fb.rank):
+            raise ValueError(f"cross must have shape ({fa.rank}, {fb.rank}) (A's rank, B's rank); "
+                             f"got {np.shape(cross)}")
+        return cls(fa.coords, fb.coords, np.asarray(cross, dtype=np.float64))
 
     @classmethod
     def from_arrays(cls, A, B, center: bool) -> tuple[Pair, Prepared, Prepared]:
@@ -165,12 +184,19 @@ class _Span:
 
     Attributes
     ----------
+    coords : numpy.ndarray, shape (r, k)
+        The side's neurons in the current coordinates (columns of deleted neurons are stale).
+        Never written in place: :meth:`rebase` replaces it, so copies may share it.
     dual : numpy.ndarray, shape (r, n_slots)
         Column ``s`` is the dual vector of the basis neuron in slot ``s`` (zero for a freed slot),
         up to the pending projection: the current duals are ``(I - P Pᵀ) dual`` with
         ``P = pending[:, :n_pending]`` the orthonormal directions lost since the last flush.
         Deferring the projection turns one rank-one update per deletion into one GEMM per
         ``_FLUSH`` deletions.
+    scale : numpy.ndarray, shape (n_slots,)
+        The largest norm each dual has had since it was last computed from ``coords`` (its
+        rounding error is about ``1e-16 * scale``). A dual much shorter than its scale was
+        obtained by cancellation: it is recomputed (:meth:`rebase`) before it is used.
     owner : numpy.ndarray, shape (n_slots,)
         Neuron held by each slot (-1 when freed).
     redundant : numpy.ndarray, shape (n_redundant,)
@@ -186,53 +212,88 @@ class _Span:
         else:  # more neurons than dimensions: pick a well-conditioned basis among them
             _, _, piv = scipy.linalg.qr(coords, mode="economic", pivoting=True, check_finite=False)
             basis = np.sort(piv[:rank])
+        self.coords = coords
         self.slot_of = np.full(k, -1, dtype=np.int64)
         self.slot_of[basis] = np.arange(rank)
         self.owner = basis.astype(np.int64)
+        self.redundant = np.setdiff1d(np.arange(k), basis)
+        self.redundant_live = np.ones(self.redundant.size, dtype=bool)
         square = coords[:, basis]
+        self._refresh(square, triangular=rank == k and not np.tril(square, -1).any())
+
+    def _refresh(self, square: np.ndarray, triangular: bool) -> None:
+        """Compute the duals (and the redundant neurons' coefficients) afresh from ``coords``.
+
+        ``square`` holds the coordinates of the basis neurons (every slot owned), in slot order.
+        """
+        rank = square.shape[0]
         if rank == 0:
             self.dual = np.zeros((0, 0))
-        elif rank == k and not np.tril(square, -1).any():
+        elif triangular:
             inverse, info = lapack.dtrtri(square, lower=0)
-            if info != 0:  # pragma: no cover - the factorisation keeps the triangle non-singular
+            if info != 0:  # pragma: no cover - the basis neurons are independent
                 raise np.linalg.LinAlgError(f"singular triangular factor (dtrtri info {info})")
             self.dual = inverse.T
         else:
             self.dual = np.linalg.solve(square.T, np.eye(rank))
-        redundant = np.setdiff1d(np.arange(k), basis)
-        self.redundant = redundant
-        self.coef = self.dual.T @ coords[:, redundant]
-        self.redundant_live = np.ones(redundant.size, dtype=bool)
+        self.scale = np.sqrt(np.einsum("ij,ij->j", self.dual, self.dual))
+        self.coef = self.dual.T @ self.coords[:, self.redundant]
         self.n_live_slots = rank
         self.pending = np.zeros((rank, _FLUSH))
         self.n_pending = 0
 
     def copy(self) -> _Span:
         twin = object.__new__(_Span)
-        twin.__dict__.update({key: (value.copy() if isinstance(value, np.ndarray) else value)
+        twin.__dict__.update({key: (value.copy() if isinstance(value, np.ndarray) and key != "coords" else value)
                               for key, value in self.__dict__.items()})
         return twin
 
-    def delete(self, neurons: np.ndarray) -> np.ndarray:
-        """Remove ``neurons`` (remaining ones) and return the directions lost from the span.
+    def amplified(self, slots: np.ndarray, norms: np.ndarray) -> bool:
+        """Whether the current duals of ``slots`` (with these norms) were shortened by cancellation."""
+        return bool((self.scale[slots] > _AMPLIFY * norms).any())
+
+    def delete(self, neurons: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Remove ``neurons`` (remaining ones).
 
         Returns
         -------
-        numpy.ndarray, shape (r, n_lost)
-            Orthonormal directions that left the span, in this side's coordinates.
+        rebase : numpy.ndarray, shape (r, r_new), or None
+            When the span was re-based on the way (:meth:`rebase`): an orthonormal basis of the
+            span at that point in the old coordinates. The other side's projections must be
+            re-based with it and its ratios recomputed; they then include every direction lost
+            before the re-basing.
+        lost : numpy.ndarray, shape (r or r_new, n_lost)
+            Orthonormal directions that left the span after that (all of them when ``rebase`` is
+            None), in the current coordinates.
         """
         slots = self.slot_of[neurons]
         if self.redundant.size:
             self.redundant_live &= ~np.isin(self.redundant, neurons[slots < 0])
         slots = slots[slots >= 0]
-        self.slot_of[neurons] = -1
         if slots.size == 0:
-            return np.zeros((self.dual.shape[0], 0))
+            return None, np.zeros((self.dual.shape[0], 0))
         if not self.redundant_live.any():
             return self._drop_slots(slots)
         self._flush()
-        lost = [w for w in map(self._delete_slot, slots) if w is not None]
-        return np.column_stack(lost) if lost else np.zeros((self.dual.shape[0], 0))
+        rebase, lost = None, []
+        for neuron in self.owner[slots]:
+            slot = self.slot_of[neuron]
+            d = self.dual[:, slot].copy()
+            norm = np.linalg.norm(d)
+            if self.amplified(slot, norm):
+                # Recompute the duals of the span as it is (the neuron still in it): the
+                # directions lost so far are then in the other side's recomputed ratios.
+                basis = self.rebase()
+                rebase = basis if rebase is None else rebase @ basis
+                lost = []
+                slot = self.slot_of[neuron]
+                d = self.dual[:, slot].copy()
+                norm = np.linalg.norm(d)
+            self.slot_of[neuron] = -1
+            w = self._delete_slot(slot, d, norm)
+            if w is not None:
+                lost.append(w)
+        return rebase, (np.column_stack(lost) if lost else np.zeros((self.dual.shape[0], 0)))
 
     def _current(self, slots: np.ndarray) -> np.ndarray:
         duals = self.dual[:, slots]
@@ -247,16 +308,38 @@ class _Span:
             self.dual -= pending @ (pending.T @ self.dual)
             self.n_pending = 0
 
-    def _drop_slots(self, slots: np.ndarray) -> np.ndarray:
+    def _drop_slots(self, slots: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Free ``slots`` (no redundant neuron can take their place); see :meth:`delete`."""
         duals = self._current(slots)
-        if slots.size == 1:
-            lost = duals / np.linalg.norm(duals)
-        else:
-            lost, _ = scipy.linalg.qr(duals, mode="economic", check_finite=False)
+        norms = np.sqrt(np.einsum("ij,ij->j", duals, duals))
+        # Relative accuracy lost to cancellation: in shortening the duals, then in their QR.
+        loss = float((self.scale[slots] / norms).max())
+        lost = None
+        if loss <= _AMPLIFY:
+            if slots.size == 1:
+                lost = duals / norms
+            else:
+                lost, triangle = scipy.linalg.qr(duals / norms, mode="economic", check_finite=False)
+                loss /= np.abs(np.diag(triangle)).min()
+                if not loss <= _AMPLIFY:
+                    lost = None
+        self.slot_of[self.owner[slots]] = -1
         self.dual[:, slots] = 0.0
         self.coef[slots] = 0.0
         self.owner[slots] = -1
         self.n_live_slots -= slots.size
+        if lost is None:
+            # Cancellation: the lost directions would carry the rounding of much longer vectors.
+            # The remaining basis neurons span exactly what is left: factor them afresh.
+            return self.rebase(), np.zeros((self.n_live_slots, 0))
+        if self.n_pending and loss > _REORTHOGONALISE:
+            # Keep the pending directions orthonormal: they project stale duals that may be long.
+            pending = self.pending[:, : self.n_pending]
+            lost = lost - pending @ (pending.T @ lost)
+            if lost.shape[1] == 1:
+                lost /= np.linalg.norm(lost)
+            else:
+                lost, _ = scipy.linalg.qr(lost, mode="economic", check_finite=False)
         if self.n_pending + lost.shape[1] > _FLUSH:
             self._flush()
         if lost.shape[1] > _FLUSH:
@@ -264,18 +347,21 @@ class _Span:
         else:
             self.pending[:, self.n_pending : self.n_pending + lost.shape[1]] = lost
             self.n_pending += lost.shape[1]
-        return lost
+        return None, lost
 
-    def _delete_slot(self, slot: int) -> np.ndarray | None:
-        d = self.dual[:, slot].copy()
-        norm = np.linalg.norm(d)
+    def _delete_slot(self, slot: int, d: np.ndarray, norm: float) -> np.ndarray | None:
+        """Free ``slot`` (current dual ``d``, of norm ``norm``), or give it to a redundant neuron."""
         # A redundant neuron z with a component along d/‖d‖ (z has unit norm) keeps the span whole.
         along = np.where(self.redundant_live, np.abs(self.coef[slot]), 0.0) / norm
-        best = int(np.argmax(along))
-        if along[best] > RANK_RTOL:
+        best = int(np.argmax(along)) if along.size else -1
+        if best >= 0 and along[best] > RANK_RTOL:
             c = self.coef[:, best].copy()
-            self.dual -= np.outer(d, c / c[slot])
+            ratio = c / c[slot]
+            self.dual -= np.outer(d, ratio)
             self.dual[:, slot] = d / c[slot]
+            grown = self.scale[slot] * np.abs(ratio)  # what the update added to each dual's rounding
+            self.scale = np.maximum(self.scale, grown)
+            self.scale[slot] = grown[slot] / abs(c[slot])
             row = self.coef[slot] / c[slot]
             self.coef -= np.outer(c, row)
             self.coef[slot] = row
@@ -293,35 +379,43 @@ class _Span:
         self.n_live_slots -= 1
         return w
 
-    def compact(self) -> np.ndarray | None:
-        """Drop freed slots and re-base onto the current span when the arrays are mostly empty.
+    def rebase(self) -> np.ndarray:
+        """Re-express the span in an orthonormal basis of itself and compute the duals afresh.
+
+        The basis is a QR factorisation of the remaining basis neurons' coordinates, so the span
+        is as accurate as those coordinates, whatever rounding the rank-one updates left; freed
+        slots and deleted redundant neurons are dropped.
 
         Returns
         -------
-        numpy.ndarray, shape (r, r_new), or None
-            Orthonormal basis of the current span in the old coordinates (the caller re-bases the
-            other side's projections with it), or None when nothing was done.
+        numpy.ndarray, shape (r, r_new)
+            Orthonormal basis of the span in the old coordinates (the caller re-bases the other
+            side's projections with it and recomputes its ratios).
         """
-        width = self.owner.size
-        if width < _COMPACT_MIN or self.n_live_slots > _COMPACT_FRACTION * width:
-            return None
         keep = np.flatnonzero(self.owner >= 0)
         self.owner = self.owner[keep]
         self.slot_of[self.owner] = np.arange(keep.size)
-        dual = self._current(keep)
-        if keep.size:
-            scaled = dual / np.linalg.norm(dual, axis=0)
-            span, _ = scipy.linalg.qr(scaled, mode="economic", check_finite=False)
-        else:
-            span = np.zeros((dual.shape[0], 0))
-        self.dual = span.T @ dual
-        self.n_pending = 0
-        self.pending = np.zeros((keep.size, _FLUSH))
         self.redundant = self.redundant[self.redundant_live]
-        self.coef = self.coef[keep][:, self.redundant_live]
         self.redundant_live = np.ones(self.redundant.size, dtype=bool)
-        self.n_live_slots = keep.size
+        old = self.coords
+        if keep.size:
+            span, triangle = scipy.linalg.qr(old[:, self.owner], mode="economic", check_finite=False)
+        else:
+            span, triangle = np.zeros((old.shape[0], 0)), np.zeros((0, 0))
+        coords = np.zeros((keep.size, old.shape[1]))
+        coords[:, self.owner] = triangle
+        if self.redundant.size:
+            coords[:, self.redundant] = span.T @ old[:, self.redundant]
+        self.coords = coords
+        self._refresh(triangle, triangular=True)
         return span
+
+    def compact(self) -> np.ndarray | None:
+        """:meth:`rebase` when the arrays are mostly empty (freed slots); None when nothing was done."""
+        width = self.owner.size
+        if width < _COMPACT_MIN or self.n_live_slots > _COMPACT_FRACTION * width:
+            return None
+        return self.rebase()
 
 
 class _Side:
@@ -364,12 +458,24 @@ class _Side:
     def alive(self, neuron: int) -> bool:
         return bool(self.res2[neuron] >= 0.0)
 
-    def remove(self, neurons: np.ndarray) -> np.ndarray:
-        """Delete ``neurons``; return the orthonormal directions their side's span lost."""
+    def remove(self, neurons: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Delete ``neurons``; return what their side's span did (see :meth:`_Span.delete`)."""
         self.res2[neurons] = -1.0
         self.proj[:, self.col_of[neurons]] = 0.0
         self.n_alive -= neurons.size
         return self.span.delete(neurons)
+
+    def rebase(self, basis: np.ndarray) -> None:
+        """Follow the other side's span into new coordinates and recompute the squared ratios there.
+
+        ``basis`` (orthonormal columns, in the other side's old coordinates) spans all that is left
+        of that span, so the ratios come straight from the re-based projections: no rounding
+        accumulated by earlier rank-one updates survives.
+        """
+        self.proj = basis.T @ self.proj
+        alive = self.res2[self.cols] >= 0.0
+        columns = self.proj[:, alive]
+        self.res2[self.cols[alive]] = np.clip(1.0 - np.einsum("ij,ij->j", columns, columns), 0.0, 1.0)
 
     def grow(self, lost: np.ndarray) -> None:
         """Raise the squared ratios by the squared projections onto the other side's lost directions."""
@@ -446,13 +552,15 @@ class PairState:
         """Delete remaining neurons ``drop_a`` of A and ``drop_b`` of B (index arrays)."""
         for side, other, drop in ((self.a, self.b, drop_a), (self.b, self.a, drop_b)):
             if drop.size:
-                lost = side.remove(drop)
+                basis, lost = side.remove(drop)
+                if basis is not None:
+                    other.rebase(basis)
                 if lost.shape[1] and other.n_alive:
                     other.grow(lost)
         for side, other in ((self.a, self.b), (self.b, self.a)):
-            span = side.span.compact()
-            if span is not None:  # re-base the other side's projections onto the smaller span
-                other.proj = span.T @ other.proj
+            basis = side.span.compact()
+            if basis is not None:  # re-base the other side's projections onto the smaller span
+                other.rebase(basis)
             side.compact_columns()
 
     @one_thread_method
@@ -536,10 +644,17 @@ class PairState:
         span = self.side(side).span
         if span.redundant_live.any():
             return None
-        d = span._current(np.array([span.slot_of[index]]))
-        lost = d / np.linalg.norm(d)
         other_name = "b" if side == "a" else "a"
         other = self.side(other_name)
+        slot = span.slot_of[index : index + 1]
+        d = span._current(slot)
+        norm = np.linalg.norm(d)
+        if span.amplified(slot, norm):  # recompute the duals first (the span stays the same)
+            other.rebase(span.rebase())
+            slot = span.slot_of[index : index + 1]
+            d = span._current(slot)
+            norm = np.linalg.norm(d)
+        lost = d / norm
         gain = (lost.T @ other.proj)[0]
         res2 = np.minimum(other.res2[other.cols] + gain * gain, 1.0)
         over = other.cols[res2 > eps * eps]

@@ -1,6 +1,6 @@
 """``raymatch report``: figures and a short summary of one study's results tables.
 
-:func:`write_report` reads a store's ``matches``, ``simple_matches`` and ``cka`` tables (see
+:func:`write_report` reads a store's ``matches``, ``simple_matches`` and ``cka`` views (see
 :mod:`raymatch.results`) and the study's record (:func:`raymatch.store.layout.study_record_key`, for the layers in
 network order), and writes into a folder:
 
@@ -9,12 +9,15 @@ network order), and writes into a folder:
 - ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
   √(1 − k/d) of each layer marked;
 - ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;
-- ``cka.png`` — linear CKA per layer beside the match similarity at one ε;
-- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol);
+- ``cka.png`` — linear CKA per layer beside the match similarity at one ε (``--eps``);
+- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol), at
+  the same ε;
 - ``summary.md`` — counts, the layer × ε similarity table with the null beside it, maximal ε and CKA per layer,
   which figures were written or skipped and why, and caveats.
 
-Only ``"ok"`` rows are drawn; failed rows are counted in the summary. A figure without data is skipped, and the
+An ε asked for that is not in the study's ε grid is read from ``matches_at(eps)``, the stored ε-curves at that ε
+(nothing is recomputed): it is the ε of ``cka.png`` and ``repeats.png`` and an extra column of the similarity table.
+Only ``"ok"`` rows are drawn; failed curves are counted in the summary. A figure without data is skipped, and the
 summary says why. Figures are built with matplotlib's object API on the Agg canvas (no pyplot, so no global
 figure registry grows); :class:`Report` keeps them, and the data they were drawn from, for inspection.
 

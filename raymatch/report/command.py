@@ -1,7 +1,8 @@
 """``raymatch report``: load one study from a store, draw its figures, write its summary.
 
-:func:`_context` reads the store's ``matches``, ``simple_matches`` and ``cka`` tables (see :mod:`raymatch.results`)
-and the study's record (:func:`raymatch.store.layout.study_record_key`, for the layers in network order);
+:func:`_context` reads the store's ``matches``, ``simple_matches`` and ``cka`` views (see :mod:`raymatch.results`;
+``matches_at(eps)`` for an ε off the study's grid) and the study's record
+(:func:`raymatch.store.layout.study_record_key`, for the layers in network order);
 :func:`write_report` draws the figures (:mod:`.figures`) and writes the summary (:mod:`.summary`) into a folder;
 :func:`add_arguments` and :func:`command` are the command line.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..results import load
+from ..results import connect
 from ..store import Store
 from ..store.layout import study_record_key, table_prefix
 from .context import DEFAULT_EPS, _Context, _ordered, _populations
@@ -48,9 +49,12 @@ class Report:
         The study record, when the store has one.
     similarity_table : pandas.DataFrame
         :func:`~raymatch.report.tables.similarity_table` of the study's ``"ok"`` matches: index ``layer``,
-        columns ``(population, eps)``.
+        columns ``(population, eps)``; an ε asked for that is not in the grid has its own columns, from
+        ``matches_at(eps)``.
     eps : float or None
-        The ε of the CKA and repeats figures (the grid's value nearest the one asked for).
+        The ε of the CKA and repeats figures: the one asked for (None without ``"ok"`` rows).
+    off_grid : bool
+        Whether :attr:`eps` is not in the study's ε grid (its rows were read from ``matches_at(eps)``).
     summary : str
         The text of ``summary.md``.
     """
@@ -65,6 +69,7 @@ class Report:
     similarity_table: pd.DataFrame
     eps: float | None
     summary: str
+    off_grid: bool = False
 
     @property
     def paths(self) -> list[Path]:
@@ -77,12 +82,17 @@ class Report:
         return {name: result.skipped for name, result in self.figures.items() if result.skipped is not None}
 
 
-def _choose_study(store: Store, matches: pd.DataFrame, study: str | None) -> str:
-    """``study``, checked against the studies of ``matches``; the only study there when ``study`` is None."""
-    studies = sorted(set(matches["study"]))
+def _choose_study(store: Store, studies: list[str], study: str | None, stale: int) -> str:
+    """``study``, checked against ``studies`` (those with ``curves`` rows); the only one there when ``study`` is None.
+
+    ``stale`` counts the stored curves of no study's current configuration (``curves_all`` but not ``curves``),
+    named in the message of a store without current rows.
+    """
     if not studies:
-        raise ValueError(f"store {store.uri} holds no match results ({table_prefix('matches')} is empty): run a "
-                         "study first")
+        hint = (f" of a study's current configuration ({stale} stored rows match no study record "
+                f"{study_record_key('<name>')}: see the curves_all view)" if stale else "")
+        raise ValueError(f"store {store.uri} holds no match results: it holds no curves rows "
+                         f"({table_prefix('curves')}){hint}; run a study first")
     if study is None:
         if len(studies) > 1:
             raise ValueError(f"store {store.uri} holds several studies ({', '.join(studies)}): choose one with "
@@ -108,8 +118,48 @@ def _read_record(store: Store, study: str) -> tuple[dict | None, str | None]:
     return record, None
 
 
-def _context(store: Store, study: str | None, eps: float) -> _Context:
-    """Load one study's rows, record and layer order from ``store``.
+def _frame(con, sql: str, **params) -> pd.DataFrame:
+    """One query's rows as :func:`raymatch.results.load` gives them (list cells as arrays, UTC times)."""
+    import duckdb
+
+    try:
+        return con.sql(sql, params=params or None).to_arrow_table().to_pandas()
+    except duckdb.Error as error:
+        raise ValueError(str(error)) from None
+
+
+#: Order of the rows of a study: the order they were written in (a layer's first row gives its place when the
+#: study record lists no layers), then the key (the views themselves have no order).
+_ROW_ORDER = "ORDER BY created_at, population, layer, model_a, model_b, repeat, eps"
+#: Grid values closer than this to the ε asked for are taken as that ε.
+_EPS_TOLERANCE = 1e-9
+
+
+def _layer_order(ok: pd.DataFrame, study: str, record: dict | None, problem: str | None):
+    """The layers drawn, where their order comes from (``"record"`` or ``"table"``), and notes on it."""
+    notes: list[str] = []
+    record_layers = record.get("layers") if record else None
+    if record is not None and not (isinstance(record_layers, list) and record_layers
+                                   and all(isinstance(name, str) for name in record_layers)):
+        problem = f"study record {study_record_key(study)} has no list of layer names"
+        record_layers = None
+    present = list(dict.fromkeys(ok["layer"]))
+    if record_layers:
+        layers = _ordered(present, record_layers)
+        extra = [name for name in layers if name not in record_layers]
+        if extra:
+            notes.append(f"layers not in the study record (drawn last): {', '.join(extra)}")
+        idle = [name for name in record_layers if name not in present]
+        if idle:
+            notes.append(f"layers of the record without ok rows: {', '.join(idle)}")
+        return layers, "record", notes
+    notes.append(f"{problem}: layers are in order of first appearance in the matches table (the order their rows "
+                 "were written in), which need not be network order")
+    return present, "table", notes
+
+
+def _context(store: Store, study: str | None, eps: float | None) -> _Context:
+    """Load one study's rows, record and layer order from ``store`` (one DuckDB connection).
 
     Parameters
     ----------
@@ -118,58 +168,56 @@ def _context(store: Store, study: str | None, eps: float) -> _Context:
     study : str or None
         The study; None when the store holds a single one.
     eps : float
-        The ε asked for; the nearest value of the study's grid becomes ``_Context.eps``.
+        The ε asked for. In the study's grid, its rows are the ``matches`` rows at that grid value; off the grid,
+        the rows of ``matches_at(eps)`` (the stored curves at ``eps``: nothing is recomputed).
 
     Returns
     -------
     _Context
-        The study's ``matches`` rows (every row, and the ``"ok"`` ones), its ``simple_matches`` and ``cka`` rows,
-        the layers in network order (from the study record when usable, else order of first appearance) with
-        notes on that order, the ε grid and the populations.
+        The study's ``matches`` rows at its grid (every row, and the ``"ok"`` ones), the ``"ok"`` rows at ``eps``,
+        its ``simple_matches`` rows (current configuration) and ``cka`` rows, the layers in network order (from
+        the study record when usable, else order of first appearance) with notes on that order, the ε grid and
+        the populations.
 
     Raises
     ------
     ValueError
-        A missing local store, a store without match results, several studies and no ``study``, or an unknown
-        ``study``.
+        A missing local store, a store without ``curves`` rows, several studies and no ``study``, an unknown
+        ``study``, or a store the results views refuse (a 0.1.0 store, a study record without a config hash).
     """
     if store.is_local and not os.path.isdir(store.root):
         raise ValueError(f"store {store.uri!r} does not exist (no folder {store.root})")
-    every = load(store, "matches")
-    study = _choose_study(store, every, study)
-    matches = every.loc[every["study"] == study].reset_index(drop=True)
-    ok = matches.loc[matches["status"] == "ok"].reset_index(drop=True)
+    con = connect(store)
+    try:
+        studies = sorted(_frame(con, "SELECT DISTINCT study FROM curves")["study"])
+        stale = 0 if studies else int(_frame(con, "SELECT count(*) AS n FROM curves_all")["n"].iloc[0])
+        study = _choose_study(store, studies, study, stale)
+        matches = _frame(con, f"SELECT * FROM matches WHERE study = $study {_ROW_ORDER}", study=study)
+        ok = matches.loc[matches["status"] == "ok"].reset_index(drop=True)
+        grid = sorted(set(ok["eps"].astype(float)))
+        chosen, off_grid, at_eps = None, False, ok.iloc[:0]
+        if grid:
+            nearest = min(grid, key=lambda value: (abs(value - (DEFAULT_EPS if eps is None else eps)), value))
+            if eps is None or abs(nearest - eps) <= _EPS_TOLERANCE:
+                chosen, at_eps = nearest, ok.loc[ok["eps"] == nearest].reset_index(drop=True)
+            else:
+                chosen, off_grid = eps, True
+                rows = _frame(con, f"SELECT * FROM matches_at($eps) WHERE study = $study {_ROW_ORDER}",
+                              eps=eps, study=study)
+                at_eps = rows.loc[rows["status"] == "ok"].reset_index(drop=True)
+        simple = _frame(con, "SELECT * FROM simple_matches SEMI JOIN studies USING (study, config_hash) "
+                             "WHERE study = $study ORDER BY created_at, population, layer, model_a, model_b, repeat, "
+                             "eps, match_id", study=study)
+        cka = _frame(con, "SELECT * FROM cka WHERE study = $study "
+                          "ORDER BY created_at, population, layer, model_a, model_b, repeat", study=study)
+    finally:
+        con.close()
 
-    notes: list[str] = []
     record, problem = _read_record(store, study)
-    record_layers = record.get("layers") if record else None
-    if record is not None and not (isinstance(record_layers, list) and record_layers
-                                   and all(isinstance(name, str) for name in record_layers)):
-        problem = f"study record {study_record_key(study)} has no list of layer names"
-        record_layers = None
-    present = list(dict.fromkeys(ok["layer"]))
-    if record_layers:
-        layer_order = "record"
-        layers = _ordered(present, record_layers)
-        extra = [name for name in layers if name not in record_layers]
-        if extra:
-            notes.append(f"layers not in the study record (drawn last): {', '.join(extra)}")
-        idle = [name for name in record_layers if name not in present]
-        if idle:
-            notes.append(f"layers of the record without ok rows: {', '.join(idle)}")
-    else:
-        layer_order = "table"
-        layers = present
-        notes.append(f"{problem}: layers are in order of first appearance in the matches table, "
-                     "which need not be network order")
-
-    grid = sorted(set(ok["eps"].astype(float)))
-    chosen = min(grid, key=lambda value: (abs(value - eps), value)) if grid else None
-    simple = load(store, "simple_matches", study=study)
-    cka = load(store, "cka", study=study)
+    layers, layer_order, notes = _layer_order(ok, study, record, problem)
     return _Context(study=study, matches=matches, ok=ok, layers=layers, layer_order=layer_order, notes=notes,
                     record=record, grid=grid, eps=chosen, populations=_populations(matches["population"]),
-                    simple=simple, cka=cka)
+                    simple=simple, cka=cka, off_grid=off_grid, at_eps=at_eps)
 
 
 def _safe_name(name: str) -> str:
@@ -177,7 +225,7 @@ def _safe_name(name: str) -> str:
 
 
 def write_report(store: Store, *, study: str | None = None, out_dir: str | os.PathLike | None = None,
-                 eps: float = DEFAULT_EPS) -> Report:
+                 eps: float | None = None) -> Report:
     """Draw one study's figures and write its summary.
 
     Parameters
@@ -189,8 +237,10 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
     out_dir : path, optional
         Folder to write into (created if needed; files of the same names are replaced). Default:
         ``report-<study>`` in the working directory.
-    eps : float, default 0.25
-        ε of the CKA and repeats figures; the nearest value of the study's ε grid is used.
+    eps : float, optional
+        ε of the CKA and repeats figures. Not in the study's ε grid, its rows are read from ``matches_at(eps)``
+        (the stored ε-curves at that ε; nothing is recomputed) and the similarity table and summary get a column
+        for it. By default, the grid's value nearest to 0.25.
 
     Returns
     -------
@@ -204,19 +254,20 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
         A store without match results, several studies and no ``study``, an unknown ``study``, a missing local
         store, or ``eps`` outside [0, 1].
     """
-    if not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
+    if eps is not None and (not isinstance(eps, (int, float)) or not 0 <= eps <= 1):
         raise ValueError(f"eps must be a number in [0, 1]; got {eps!r}")
-    ctx = _context(store, study, float(eps))
+    ctx = _context(store, study, None if eps is None else float(eps))
     out = Path(out_dir) if out_dir is not None else Path(f"report-{_safe_name(ctx.study)}")
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(ctx, out)
-    table = similarity_table(ctx.ok, layers=ctx.layers)
+    rows = pd.concat([ctx.ok, ctx.at_eps], ignore_index=True) if ctx.off_grid else ctx.ok
+    table = similarity_table(rows, layers=ctx.layers)
     summary = _summary(ctx, figures, table)
     summary_path = out / SUMMARY_NAME
     summary_path.write_text(summary, encoding="utf-8")
     return Report(study=ctx.study, out_dir=out, summary_path=summary_path, figures=figures, layers=ctx.layers,
                   layer_order=ctx.layer_order, record=ctx.record, similarity_table=table, eps=ctx.eps,
-                  summary=summary)
+                  summary=summary, off_grid=ctx.off_grid)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,8 +281,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("--study", metavar="NAME", help="the study to report on (needed when the store holds several)")
     parser.add_argument("--out", metavar="DIR", help="folder for the figures and summary.md (default: report-<study>)")
-    parser.add_argument("--eps", type=float, default=DEFAULT_EPS,
-                        help="ε of the CKA and repeats figures; the grid's nearest value is used (default: 0.25)")
+    parser.add_argument("--eps", type=float, default=None,
+                        help="ε of the CKA and repeats figures (default: the grid's value nearest 0.25); one not in "
+                             "the study's ε grid is read from the stored curves (matches_at) and added to the "
+                             "similarity table")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -248,9 +301,12 @@ def command(args: argparse.Namespace) -> int:
         The exit status, 0.
     """
     store = Store.open_existing(args.store, endpoint_url=getattr(args, "endpoint_url", None))
-    report = write_report(store, study=args.study, out_dir=args.out, eps=getattr(args, "eps", DEFAULT_EPS))
+    report = write_report(store, study=args.study, out_dir=args.out, eps=getattr(args, "eps", None))
     print(f"study {report.study}: mean maximum-match similarity (null in parentheses)")
     print(format_similarity_table(report.similarity_table))
+    if report.off_grid:
+        print(f"ε = {report.eps:g} is not in the study's ε grid: its column is read from the stored curves "
+              f"(matches_at({report.eps:g}))")
     print(f"wrote {', '.join(str(path) for path in report.paths)}")
     for name, reason in report.skipped.items():
         print(f"skipped {name}: {reason}")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 TRAINED, UNTRAINED = "trained", "untrained"
@@ -53,13 +54,19 @@ class _Context:
     record : dict or None
         The study record, when the store has a usable one.
     grid : list of float
-        The ε of the ``"ok"`` rows, ascending.
+        The ε of the ``"ok"`` rows (the study's grid), ascending.
     eps : float or None
-        The grid's value nearest the ε asked for (CKA and repeats figures); None without ``"ok"`` rows.
+        The ε of the CKA and repeats figures: the ε asked for (the grid's own value when it is in the grid);
+        None without ``"ok"`` rows.
+    off_grid : bool
+        Whether :attr:`eps` is not in the grid: its rows then come from ``matches_at(eps)`` (the stored curves at
+        that ε, nothing recomputed) and the similarity table gets a column for it.
+    at_eps : pandas.DataFrame
+        The ``"ok"`` ``matches`` rows at :attr:`eps` (from :attr:`ok`, or from ``matches_at(eps)`` off the grid).
     populations : list of str
         The populations of ``matches``, trained first.
     simple : pandas.DataFrame
-        The study's ``simple_matches`` rows.
+        The study's ``simple_matches`` rows (of its current configuration).
     cka : pandas.DataFrame
         The study's ``cka`` rows.
     """
@@ -76,6 +83,12 @@ class _Context:
     populations: list[str]
     simple: pd.DataFrame
     cka: pd.DataFrame
+    off_grid: bool = False
+    at_eps: pd.DataFrame | None = None
+
+    def __post_init__(self) -> None:
+        if self.at_eps is None:  # in the grid: the "ok" rows at eps
+            self.at_eps = self.ok.loc[self.ok["eps"] == self.eps].reset_index(drop=True)
 
     def eps_colours(self) -> dict[float, Any]:
         """One viridis colour (RGBA tuple) per ε of :attr:`grid`, the same in every figure."""
@@ -84,6 +97,18 @@ class _Context:
         cmap = colormaps["viridis"]
         # viridis's last tenth (yellow) is hard to read on white
         return {eps: cmap(0.85 * index / max(len(self.grid) - 1, 1)) for index, eps in enumerate(self.grid)}
+
+    def eps_colour(self, eps: float | None, default: Any = "tab:green") -> Any:
+        """The colour of ``eps``: its grid colour, else one between its grid neighbours' (``default`` without one)."""
+        colours = self.eps_colours()
+        if eps in colours:
+            return colours[eps]
+        if eps is None or not self.grid:
+            return default
+        from matplotlib import colormaps
+
+        position = np.interp(eps, self.grid, np.arange(len(self.grid)))
+        return colormaps["viridis"](0.85 * position / max(len(self.grid) - 1, 1))
 
 
 def _per_layer_chance(ctx: _Context) -> pd.Series:

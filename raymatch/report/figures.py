@@ -284,18 +284,17 @@ def _draw_spread(axes, summary: pd.DataFrame, colour, *, dashed: bool):
 def _cka_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     result = FigureResult("cka.png")
     if ctx.cka.empty:
-        result.skipped = "the cka table has no rows for this study (cka not enabled?)"
+        result.skipped = "no curve of this study carries a CKA value: the cka view has no rows (cka not enabled?)"
         return result
     per_pair = ctx.cka.groupby(["population", "layer", "model_a", "model_b"], sort=False)["cka"].mean().reset_index()
     layers = _ordered(per_pair["layer"], ctx.layers)
     similarity = pd.DataFrame(columns=["population", "layer", "model_a", "model_b", "similarity"])
     if ctx.eps is not None:
-        at_eps = ctx.ok.loc[ctx.ok["eps"] == ctx.eps]
-        similarity = at_eps.groupby(["population", "layer", "model_a", "model_b"], sort=False)[
+        similarity = ctx.at_eps.groupby(["population", "layer", "model_a", "model_b"], sort=False)[
             "similarity"].mean().reset_index()
     figure = _new_figure(len(layers), ncols=2)
     cka_axes, match_axes = figure.subplots(1, 2, sharey=True)
-    colour = ctx.eps_colours().get(ctx.eps, "tab:green")
+    colour = ctx.eps_colour(ctx.eps)
     artists: dict[str, dict] = {"cka": {}, "similarity": {}}
     for population in _populations([*per_pair["population"], *similarity["population"]]):
         dashed = population != TRAINED
@@ -312,7 +311,8 @@ def _cka_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     match_axes.tick_params(labelleft=True)
     cka_axes.set_title("linear CKA")
     eps_text = f"ε = {ctx.eps:g}" if ctx.eps is not None else "no ok rows"
-    match_axes.set_title(f"maximum-match similarity at {eps_text}")
+    off_grid = "; ε off the grid, read from the stored curves" if ctx.off_grid else ""
+    match_axes.set_title(f"maximum-match similarity at {eps_text}" + (" (off grid)" if ctx.off_grid else ""))
     figure.suptitle(f"{ctx.study}: linear CKA beside the subspace match")
 
     from matplotlib.lines import Line2D
@@ -324,9 +324,9 @@ def _cka_figure(ctx: _Context, out_dir: Path) -> FigureResult:
         handles.append(Line2D([], [], color="black", lw=1.6, ls="--", marker="x", ms=5,
                               label="untrained (null): mean"))
     _legend(match_axes, handles)
-    result.caption = (f"Linear CKA (left) and maximum-match similarity at {eps_text} (right) per layer: solid lines "
-                      "the mean over trained pairs (repeats averaged), bands the min–max over pairs, dashed the "
-                      "untrained null baseline where present.")
+    result.caption = (f"Linear CKA (left) and maximum-match similarity at {eps_text} (right{off_grid}) per layer: "
+                      "solid lines the mean over trained pairs (repeats averaged), bands the min–max over pairs, "
+                      "dashed the untrained null baseline where present.")
     data = per_pair.merge(similarity, how="outer", on=["population", "layer", "model_a", "model_b"])
     result.figure, result.data, result.artists = figure, data, artists
     return _save(result, out_dir)
@@ -338,8 +338,7 @@ def _repeats_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     if ctx.eps is None:
         result.skipped = "no ok match rows"
         return result
-    at_eps = ctx.ok.loc[ctx.ok["eps"] == ctx.eps]
-    per_pair = at_eps.groupby(keys, sort=False)["similarity"].agg(repeats="count", std="std", mean="mean",
+    per_pair = ctx.at_eps.groupby(keys, sort=False)["similarity"].agg(repeats="count", std="std", mean="mean",
                                                                    low="min", high="max").reset_index()
     sampled = per_pair.groupby("layer", sort=False)["repeats"].max()
     layers = [layer for layer in ctx.layers if sampled.get(layer, 0) > 1]
@@ -377,7 +376,8 @@ def _repeats_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     handles.append(Line2D([], [], color="black", lw=2.5, label="mean over pairs"))
     _legend(axes, handles)
     result.caption = (f"Sample standard deviation of each pair's similarity over its row-sample repeats at "
-                      f"ε = {ctx.eps:g}, for the layers sampled more than once; bars: mean over pairs.")
+                      f"ε = {ctx.eps:g}" + (" (off the ε grid: from the stored curves)" if ctx.off_grid else "")
+                      + ", for the layers sampled more than once; bars: mean over pairs.")
     result.figure, result.data = figure, data
     result.artists = {"points": points, "means": means}
     return _save(result, out_dir)

@@ -1,8 +1,9 @@
 """The text of a report's ``summary.md``.
 
-Counts of rows and pairs per population, the layer × ε similarity table with the untrained null beside it, maximal
-ε and linear CKA per layer, the simple matches found, which figures were written or skipped and why, and caveats
-(the probe, the chance ratio, mixed configurations, the layer order).
+Counts of models and pairs per population and of curves ok and failed, the layer × ε similarity table with the
+untrained null beside it (and a column for an ε asked for off the grid), maximal ε and linear CKA per layer, the
+simple matches found, which figures were written or skipped and why, and caveats (the probe, the chance ratio, mixed
+configurations, the layer order).
 """
 
 from __future__ import annotations
@@ -49,16 +50,21 @@ def _population_lines(ctx: _Context) -> list[str]:
     return lines
 
 
+_CURVE_KEY = ["population", "layer", "model_a", "model_b", "repeat"]
+
+
 def _count_lines(ctx: _Context) -> list[str]:
-    status = ctx.matches["status"].value_counts()
-    line = f"- Match rows: {status.get('ok', 0)} ok, {status.get('failed', 0)} failed (failed rows are not drawn)"
-    lines = [line]
-    failed = ctx.matches.loc[ctx.matches["status"] == "failed"]
+    """Curves ok and failed (a failed curve is a failed ``matches`` row at every ε of the grid), errors, extras."""
+    curves = ctx.matches.drop_duplicates(_CURVE_KEY)
+    status = curves["status"].value_counts()
+    lines = [f"- Curves (pair × layer × repeat): {status.get('ok', 0)} ok, {status.get('failed', 0)} failed "
+             f"(failed ones are not drawn; each curve gives one matches row per ε of the grid)"]
+    failed = curves.loc[curves["status"] == "failed"]
     if not failed.empty:
         by_layer = failed.groupby("layer", sort=False).size()
         lines.append("  - failed by layer: " + ", ".join(f"{layer} {count}" for layer, count in by_layer.items()))
         first = str(failed["error"].iloc[0]).splitlines()[0]
-        lines.append(f"  - first error: `{first}` (all: `raymatch query STORE \"SELECT * FROM matches WHERE "
+        lines.append(f"  - first error: `{first}` (all: `raymatch query STORE \"SELECT * FROM curves WHERE "
                      f"status = 'failed'\"`)")
     lines.append(f"- Simple matches: {len(ctx.simple)}; CKA rows: {len(ctx.cka)}")
     return lines
@@ -137,6 +143,10 @@ def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFram
     grid = ", ".join(f"{eps:g}" for eps in ctx.grid) or _MISSING
     lines.append(f"- ε grid: {grid}" + (f" (record: {', '.join(f'{e:g}' for e in recorded_eps)})"
                                         if isinstance(recorded_eps, list) and sorted(recorded_eps) != ctx.grid else ""))
+    if ctx.eps is not None:
+        lines.append(f"- ε of the CKA and repeats figures: {ctx.eps:g}" + (
+            f" (not in the grid: read from the stored curves with matches_at({ctx.eps:g}), nothing recomputed; "
+            "it has its own column in the similarity table)" if ctx.off_grid else ""))
     lines += _count_lines(ctx)
     lines += ["", "## Mean maximum-match similarity", ""]
     if table.empty:
@@ -144,7 +154,9 @@ def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFram
     else:
         has_null = UNTRAINED in set(table.columns.get_level_values("population"))
         lines.append("Mean over pairs (each pair's repeats averaged first); " + (
-            "the untrained null baseline in parentheses." if has_null else "no untrained baseline in the store."))
+            "the untrained null baseline in parentheses." if has_null else "no untrained baseline in the store.")
+            + (f" The ε={ctx.eps:g} column is off the grid: the stored curves at that ε (matches_at)."
+               if ctx.off_grid else ""))
         lines += ["", _markdown_table(*_similarity_cells(table))]
     lines += ["", "## Maximal ε per layer", ""]
     if ctx.ok.empty:

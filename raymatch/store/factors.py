@@ -1,10 +1,22 @@
-"""Per-(model, layer, repeat) factors in the store, computed once and reused by every pair."""
+"""Per-(model, layer, repeat) factors in the store: computed once, reused by every pair.
+
+A stored factor is a :class:`~raymatch.match.CompactFactor`: the small triangular (or coordinate)
+factor, the live neurons, their norms and the column means, never the basis. The basis is rebuilt
+where it is used, from the stored float32 activations (:meth:`CompactFactor.rebuild`), so a
+factor takes about ``n_live² × 8`` bytes instead of twice the bytes of its activations. Layout::
+
+    factors/<version>/<probe id>/<model id>/<layer>/r<repeat>/<raw|centered>/coords.arrow    p × n_live
+                                                                             columns.arrow   mean and norm
+                                                                             singular.arrow  (SVD form only)
+                                                                             _manifest.json  (written last)
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
-from ..match import Factor, factor
+from ..match import CompactFactor, Factor, compact_factor
 from . import layout
 from .activations import ActivationKey, read_activations
 from .arrays import decode, encode, matrix_to_table, table_to_matrix
@@ -17,33 +29,80 @@ def factor_prefix(key: ActivationKey, center: bool) -> str:
     return layout.factor_prefix(key.probe_id, key.model_id, key.layer, key.repeat, center)
 
 
-def write_factor(store: Store, prefix: str, value: Factor) -> None:
-    """Store ``value`` as two Arrow IPC matrices (float64, exact) and a manifest written last."""
-    store.write_bytes(layout.factor_part_key(prefix, "basis"), encode(matrix_to_table(value.basis), "arrow"))
-    store.write_bytes(layout.factor_part_key(prefix, "coords"), encode(matrix_to_table(value.coords), "arrow"))
-    store.write_json(layout.manifest_key(prefix), {
+def _label(key: ActivationKey) -> str:
+    return f"activations of {key.model_id}/{key.layer}/r{key.repeat}"
+
+
+def write_factor(store: Store, prefix: str, value: CompactFactor) -> dict:
+    """Store ``value`` as Arrow IPC parts (float64, exact) and a manifest written last; return the manifest.
+
+    ``columns`` holds each neuron's column mean and, for live neurons, its norm (0 for dead ones).
+    """
+    norms = np.zeros(value.n_neurons)
+    norms[value.live] = value.norms
+    parts = {
+        "coords": matrix_to_table(value.coords),
+        "columns": pa.table({"mean": value.means, "norm": norms}),
+    }
+    if value.singular is not None:
+        parts["singular"] = pa.table({"singular": value.singular})
+    for part, table in parts.items():
+        store.write_bytes(layout.factor_part_key(prefix, part), encode(table, "arrow"))
+    manifest = {
         "live": value.live.tolist(), "n_samples": value.n_samples, "n_neurons": value.n_neurons,
-        "centered": value.centered, "rank": value.rank, "version": FACTOR_VERSION,
-    })
+        "centered": value.centered, "rank": value.rank, "form": "triangle" if value.singular is None else "svd",
+        "coords_shape": list(value.coords.shape), "parts": sorted(parts), "version": FACTOR_VERSION,
+    }
+    store.write_json(layout.manifest_key(prefix), manifest)
+    return manifest
 
 
-def read_factor(store: Store, prefix: str) -> Factor:
-    """The factor stored at ``prefix`` by :func:`write_factor`."""
+def read_compact_factor(store: Store, prefix: str) -> CompactFactor:
+    """The compact factor stored at ``prefix`` by :func:`write_factor`."""
     manifest = store.read_json(layout.manifest_key(prefix))
-    rank, n_live = manifest["rank"], len(manifest["live"])
-    basis = table_to_matrix(decode(store.read_bytes(layout.factor_part_key(prefix, "basis")), "arrow"), np.float64)
-    coords = table_to_matrix(decode(store.read_bytes(layout.factor_part_key(prefix, "coords")), "arrow"), np.float64)
-    basis = basis.reshape(manifest["n_samples"], rank)
-    coords = coords.reshape(rank, n_live)
-    return Factor(basis, coords, np.asarray(manifest["live"], dtype=np.int64), manifest["n_samples"],
-                  manifest["n_neurons"], manifest["centered"])
+
+    def part(name: str) -> pa.Table:
+        return decode(store.read_bytes(layout.factor_part_key(prefix, name)), "arrow")
+
+    rows, cols = manifest["coords_shape"]
+    coords = table_to_matrix(part("coords"), np.float64).reshape(rows, cols)  # (0, 0) tables have no rows
+    columns = part("columns")
+    live = np.asarray(manifest["live"], dtype=np.int64)
+    singular = part("singular").column("singular").to_numpy() if manifest["form"] == "svd" else None
+    return CompactFactor(coords, singular, live, manifest["n_samples"], manifest["n_neurons"], manifest["centered"],
+                         columns.column("norm").to_numpy()[live], columns.column("mean").to_numpy().copy())
+
+
+def read_factor(store: Store, key: ActivationKey, *, center: bool = False) -> Factor:
+    """The stored factor of the matrix at ``key``, its basis rebuilt from the stored activations.
+
+    Raises ``FileNotFoundError`` when the factor or the activations are not stored.
+    """
+    compact = read_compact_factor(store, factor_prefix(key, center))
+    return compact.rebuild(read_activations(store, key), name=_label(key))
+
+
+def store_factor(store: Store, key: ActivationKey, *, center: bool = False) -> dict:
+    """Compute and store the factor of the matrix at ``key`` unless it is stored; return its manifest."""
+    prefix = factor_prefix(key, center)
+    manifest = layout.manifest_key(prefix)
+    if store.exists(manifest):
+        return store.read_json(manifest)
+    value = compact_factor(read_activations(store, key), center=center, name=_label(key))
+    return write_factor(store, prefix, value)
 
 
 def cached_factor(store: Store, key: ActivationKey, *, center: bool = False) -> Factor:
-    """The factor of a stored activation matrix: read it if stored, else compute, store and return it."""
+    """The factor of a stored activation matrix: rebuilt from its stored compact factor, else computed and stored.
+
+    Either way the activations are read once and the basis is rebuilt from them, so the same stored state always
+    gives the same factor.
+    """
     prefix = factor_prefix(key, center)
+    activations = read_activations(store, key)
     if store.exists(layout.manifest_key(prefix)):
-        return read_factor(store, prefix)
-    value = factor(read_activations(store, key), center=center, name=f"activations of {key.model_id}/{key.layer}")
-    write_factor(store, prefix, value)
-    return value
+        compact = read_compact_factor(store, prefix)
+    else:
+        compact = compact_factor(activations, center=center, name=_label(key))
+        write_factor(store, prefix, compact)
+    return compact.rebuild(activations, name=_label(key))

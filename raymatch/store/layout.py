@@ -9,7 +9,7 @@ wrote and never duplicates it. The layout of a store::
     checkpoints/<arch>/untrained-<digest>/seed<k>.safetensors     the null baseline's initialisations
     activations/<probe id>/<model id>/<layer>/r<repeat>/          row shards + _manifest.json (written last)
     factors/<version>/<probe id>/<model id>/<layer>/r<repeat>/<raw|centered>/   factor parts + _manifest.json
-    results/<table>/<task id>.parquet                             one object per task
+    results/<table>/                                              a Delta Lake table (_delta_log + Parquet files)
 
 A new kind of object gets a function here; no other module spells a key.
 """
@@ -35,7 +35,6 @@ __all__ = [
     "factor_prefix",
     "factor_root",
     "manifest_key",
-    "result_key",
     "study_record_key",
     "study_records_prefix",
     "table_prefix",
@@ -50,7 +49,7 @@ DIGEST_CHARS = 16
 #: The completion marker of a multi-part object: the object exists exactly when its manifest does.
 MANIFEST = "_manifest.json"
 #: Bumped whenever the factorisation changes what it stores: part of every factor key.
-FACTOR_VERSION = "v1"
+FACTOR_VERSION = "v2"
 
 
 def _plain(value: Any) -> Any:
@@ -164,13 +163,8 @@ def manifest_key(prefix: str) -> str:
 
 
 def table_prefix(table: str) -> str:
-    """``results/<table>``: where the objects of one results table live."""
+    """``results/<table>``: where one results table (a Delta Lake table) lives."""
     return f"results/{table}"
-
-
-def result_key(table: str, task: str) -> str:
-    """``results/<table>/<task id>.parquet``: one task's rows."""
-    return f"{table_prefix(table)}/{task}.parquet"
 
 
 def task_id(layer: str, repeat: int, content: Any) -> str:

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
-#: ``s3:/bucket`` or ``file:relative``: a scheme without its ``//``, which would otherwise read as a local folder.
-_MALFORMED_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(?!//)")
+#: ``s3:/bucket`` or ``file:relative``: a storage scheme without its ``//``, which would read as a local folder.
+_MALFORMED_SCHEME = re.compile(r"^(s3|s3a|file|gs|gcs|az|abfs|hdfs|http|https):(?!//)", re.IGNORECASE)
 
 
 def check_uri(uri: str) -> str:
@@ -40,7 +40,7 @@ def check_uri(uri: str) -> str:
     if not isinstance(uri, str) or not uri:
         raise ValueError(f"store URI must be a non-empty string; got {uri!r}")
     malformed = _MALFORMED_SCHEME.match(uri)
-    if malformed and len(malformed.group(1)) > 1:  # one letter is a Windows drive (C:/data)
+    if malformed:
         scheme = malformed.group(1)
         rest = uri[len(scheme) + 1:].lstrip("/")
         raise ValueError(f"store URI {uri!r} is malformed: write {scheme}://{rest} "

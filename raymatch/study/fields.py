@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from ..config import Loc, checked_by, duplicate, invalid, is_integer, is_number, shown
-from ..store import check_key
+from ..store import check_key, check_uri
 
 #: How the models of a population are paired: every unordered pair, every model against one reference, or each
 #: checkpoint against the next one in the listed order (along training).
@@ -327,6 +327,12 @@ def store_uri(value: Any) -> str:
     """
     uri = string(value)
     problems = []
+    try:
+        check_uri(uri)
+    except ValueError as error:
+        if "malformed" in str(error):  # s3:/bucket: a scheme without its two slashes, not a local folder
+            raise invalid([((), str(error).replace(f"store URI {uri!r} is malformed: ", "malformed: "))],
+                          value) from None
     if scheme(uri) not in ("file", "s3"):
         problems.append(f"unsupported scheme {scheme(uri)!r} (use a local path, file:// or s3://); got {uri!r}")
     elif scheme(uri) == "s3" and not uri.split("://", 1)[1].strip("/"):

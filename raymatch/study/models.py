@@ -431,15 +431,21 @@ class Study(_Section):
 
     @property
     def config_hash(self) -> str:
-        """16 hex characters identifying everything that determines the study's results.
+        """16 hex characters identifying everything that determines the numbers of the study's rows.
 
         The :func:`~raymatch.store.layout.digest` (first 16 hex digits of the SHA-256 of the canonical JSON) of
-        :meth:`to_dict` without ``store``, ``resources`` and ``probe.data_dir`` (where the probe's files live, as
-        in :attr:`ProbeSpec.id <raymatch.probes.ProbeSpec.id>`). A ``glob`` population hashes as its pattern,
-        not as the checkpoints it matches.
+        :meth:`to_dict` without what does not change a stored row — ``store``, ``resources``, ``probe.data_dir``
+        (where the probe's files live, as in :attr:`ProbeSpec.id <raymatch.probes.ProbeSpec.id>`), ``eps`` (a row
+        holds the pair's whole ε-curve: any ε is a query), ``simple_matches`` (its rows carry their ε and search
+        settings in their task id) and ``null_baseline`` (its rows carry ``population = 'untrained'``) — plus the
+        version of the mathematics (:data:`~raymatch.store.layout.FACTOR_VERSION`). A ``glob`` population hashes
+        as its pattern, not as the checkpoints it matches. Rows of another configuration of the same study stay in
+        the store but are never shown as the study's (``curves``, ``matches``, ``raymatch status``, reports).
         """
         content = self.to_dict()
         del content["store"], content["resources"], content["probe"]["data_dir"]
+        del content["eps"], content["simple_matches"], content["null_baseline"]
+        content["math_version"] = layout.FACTOR_VERSION
         return layout.digest(content)
 
     def pairs_of(self, model_ids: Sequence[str]) -> list[tuple[str, str]]:

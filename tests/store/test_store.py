@@ -121,12 +121,16 @@ def test_factor_is_cached_and_round_trips_exactly(store):
     write_activations(store, key, matrix)
     first = cached_factor(store, key)
     assert store.exists(f"{factor_prefix(key, False)}/_manifest.json")
-    second = cached_factor(store, key)
+    second = cached_factor(store, key)  # the stored compact factor, rebuilt from the stored activations
     direct = factor(matrix)
-    for value in (first, second):
-        np.testing.assert_array_equal(value.basis, direct.basis)
-        np.testing.assert_array_equal(value.coords, direct.coords)
+    for name in ("basis", "coords", "live", "norms", "means"):  # the same stored state gives the same factor
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    for value in (first, second):  # and the factor of the array, to rounding
+        np.testing.assert_allclose(value.basis, direct.basis, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(value.coords, direct.coords, rtol=0, atol=1e-12)
         np.testing.assert_array_equal(value.live, direct.live)
+        np.testing.assert_array_equal(value.norms, direct.norms)
+        np.testing.assert_array_equal(value.means, direct.means)
         assert (value.n_samples, value.n_neurons, value.centered) == (200, 12, False)
 
 

@@ -1,0 +1,120 @@
+"""Results tables: Delta Lake tables written by the driver, read through DuckDB views.
+
+Every stored table is a Delta table under ``results/<table>/`` of the store (local or S3, one code path; see
+:mod:`raymatch.results.tables`). Pair tasks return their rows to the driver, which commits them in batches
+(:class:`TableWriter`) and compacts them when the run ends, so thousands of tasks end as a few files. Concurrent
+drivers may append the same result twice: readers see one row per key (:func:`connect`).
+
+Stored tables (:data:`TABLES`)
+------------------------------
+``curves`` (:data:`CURVES`) — one row per (pair, layer, repeat), its ε-curve:
+
+- ``study``, ``population`` (``"trained"`` or ``"untrained"``, the null baseline), ``layer``, ``repeat`` (int32,
+  the row sample), ``model_a``, ``model_b`` — the identity.
+- ``probe_id``, ``config_hash``, ``code_version`` — provenance.
+- ``n_samples`` (int64), ``n_a``, ``n_b``, ``dead_a``, ``dead_b`` (int32) — counts, dead neurons included in
+  ``n_a``/``n_b``.
+- ``critical_a``, ``critical_b`` : list<float64> — every neuron's critical ε (``inf`` for dead neurons).
+- ``exact_tol`` : float64 — the tolerance of the exact match: neuron ``i`` is in the maximum match at ε iff
+  ``critical_a[i] <= max(ε, exact_tol)``.
+- ``max_epsilon``, ``chance``, ``cka`` (nullable), ``seconds`` : float64.
+- ``status`` (``"ok"`` or ``"failed"``), ``error`` (null when ok), ``created_at`` : timestamp[us, UTC].
+
+A failed row needs its identity, provenance, status and error; its measurements may be null. An ok row needs
+every field but ``cka`` and ``error``.
+
+``simple_matches`` (:data:`SIMPLE_MATCHES`) — one row per simple (v-minimal) match found: the pair identity,
+``eps``, ``match_id``, ``neurons_a``, ``neurons_b`` (list<int32>), ``size_a``, ``size_b``, ``neuron``
+(``"a:17"``), ``search_order``, ``probe_id``, ``code_version``, ``config_hash``, ``created_at``.
+
+``runs`` (:data:`RUNS`) — append-only: a run appends its row when it starts and again when it ends (later:
+heartbeats); readers see the latest ``updated_at`` per ``run_id``. Fields: ``run_id``, ``study``,
+``config_hash``, ``host``, ``code_version``, ``started_at``, ``ended_at``, ``status`` (:data:`RUN_STATUSES`),
+``computed``, ``skipped``, ``failed``, ``stages`` (JSON), ``error``, ``updated_at``.
+
+``models`` (:data:`MODELS`) — one row per model of a study: ``study``, ``config_hash``, ``population``,
+``model_id``, ``seed``, ``checkpoint`` (store key or URI), ``architecture``, ``holdout_accuracy``,
+``test_accuracy``, ``epochs``, ``selected_epoch``, ``created_at``.
+
+``tasks`` (:data:`TASKS`) — completion markers (a simple-match task may produce no row): ``study``,
+``config_hash``, ``stage``, ``task_id``, ``rows``, ``created_at``.
+
+Views (:func:`connect`, :func:`query`, :func:`load`)
+-----------------------------------------------------
+``curves_all``, ``studies``, ``curves`` (current configurations only), ``matches`` (the columns of
+:data:`MATCHES`, at each study's ε grid), the table macro ``matches_at(eps)``, ``cka`` (:data:`CKA`),
+``simple_matches``, ``runs``, ``models``, ``tasks``, and ``<table>_raw`` (every stored row).
+
+A store written by raymatch 0.1.0 (one Parquet object per task under ``results/matches``) is refused with a
+clear message (:func:`check_store_version`).
+"""
+
+from .schema import (
+    CKA,
+    CURVES,
+    KEYS,
+    MATCHES,
+    MODELS,
+    RUN_STATUSES,
+    RUNS,
+    SIMPLE_MATCHES,
+    STATUSES,
+    STUDIES,
+    TABLES,
+    TASKS,
+    VIEW_COLUMNS,
+    VIEWS,
+    table_schema,
+    to_table,
+)
+from .summaries import FIGURE_COLUMNS, FORMATS, figure_data, format_frame, pair_summary, similarity_column
+from .tables import (
+    TableWriter,
+    append_rows,
+    check_store_version,
+    compact_table,
+    data_files,
+    read_columns,
+    storage_options,
+    table_uri,
+    vacuum_table,
+)
+from .views import connect, load, load_table, query
+
+__all__ = [
+    "CKA",
+    "CURVES",
+    "FIGURE_COLUMNS",
+    "FORMATS",
+    "KEYS",
+    "MATCHES",
+    "MODELS",
+    "RUNS",
+    "RUN_STATUSES",
+    "SIMPLE_MATCHES",
+    "STATUSES",
+    "STUDIES",
+    "TABLES",
+    "TASKS",
+    "VIEWS",
+    "VIEW_COLUMNS",
+    "TableWriter",
+    "append_rows",
+    "check_store_version",
+    "compact_table",
+    "connect",
+    "data_files",
+    "figure_data",
+    "format_frame",
+    "load",
+    "load_table",
+    "pair_summary",
+    "query",
+    "read_columns",
+    "similarity_column",
+    "storage_options",
+    "table_schema",
+    "table_uri",
+    "to_table",
+    "vacuum_table",
+]

@@ -1,0 +1,249 @@
+"""DuckDB views over the Delta tables: ``matches`` at each study's ε grid, ``matches_at(eps)`` at any ε, and more.
+
+:func:`connect` registers each stored table's pyarrow dataset (lazily: DuckDB reads only the columns and row
+groups a query needs) as ``<table>_raw`` and builds the views on top. No DuckDB extension is loaded or
+downloaded.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import pandas as pd
+import pyarrow as pa
+
+from ..store import Store, layout
+from .schema import CKA, KEYS, MATCHES, ORDER_BY, STUDIES, TABLES, VIEW_COLUMNS, VIEWS
+from .tables import check_store_version, dataset
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _latest(source: str, table: str) -> str:
+    """One row per key of ``table`` from ``source``: ``"ok"`` curves first, then the latest."""
+    keys = ", ".join(map(_quote, KEYS[table]))
+    order = f"{_quote(ORDER_BY[table])} DESC"
+    if table == "curves":
+        order = f"(status = 'ok') DESC, {order}"
+    return f"SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1"
+
+
+def _matches_select(source: str) -> str:
+    """The ``matches`` columns from ``source``, which yields ``curves`` columns ``c.*`` and a DOUBLE ``eps``.
+
+    A neuron is in the maximum match at ε iff its critical ε is at most ``max(ε, exact_tol)``: ``size_a``
+    counts those neurons, ``neurons_a`` lists their (0-based) indices.
+    """
+    size = "len(list_filter(critical_{s}, lambda x: x <= _threshold))::INTEGER"
+    neurons = "[i - 1 for x, i in critical_{s} if x <= _threshold]::INTEGER[]"
+    inner = (f"SELECT c.*, g.eps AS _eps, greatest(g.eps, c.exact_tol) AS _threshold FROM {source}")
+    sized = (f"SELECT *, {size.format(s='a')} AS size_a, {size.format(s='b')} AS size_b FROM ({inner})")
+    columns = []
+    for name in MATCHES.names:
+        if name == "eps":
+            columns.append("_eps AS eps")
+        elif name == "similarity":
+            columns.append("(size_a + size_b)::DOUBLE / nullif(n_a + n_b, 0) AS similarity")
+        elif name in ("neurons_a", "neurons_b"):
+            columns.append(f"{neurons.format(s=name[-1])} AS {name}")
+        else:
+            columns.append(_quote(name))
+    return f"SELECT {', '.join(columns)} FROM ({sized})"
+
+
+def _eps_check(value: str) -> str:
+    """SQL of ``value`` as a DOUBLE in [0, 1], or an error saying it is not."""
+    return (f"CASE WHEN {value} IS NULL OR NOT (CAST({value} AS DOUBLE) BETWEEN 0 AND 1) THEN "
+            f"error('matches_at: eps must be a number in [0, 1]; got ' || coalesce(CAST({value} AS VARCHAR), 'NULL')) "
+            f"ELSE CAST({value} AS DOUBLE) END")
+
+
+def _view_sql() -> dict[str, str]:
+    """The SQL of every view, in creation order (``<table>_raw`` are the registered datasets)."""
+    grid = "(SELECT study, config_hash, unnest(eps) AS eps FROM studies)"
+    current = "(SELECT * FROM curves_raw SEMI JOIN studies USING (study, config_hash))"
+    cka = ", ".join(_quote(name) for name in CKA.names)
+    views = {
+        "curves_all": _latest("curves_raw", "curves"),
+        "curves": _latest(current, "curves"),
+        "matches": _matches_select(f"curves c JOIN {grid} g ON c.study = g.study AND c.config_hash = g.config_hash"),
+        "cka": f"SELECT {cka} FROM curves WHERE status = 'ok' AND cka IS NOT NULL",
+    }
+    for table in TABLES:
+        if table == "runs":  # every run of every configuration: the history
+            views[table] = _latest(f"{table}_raw", table)
+        elif table != "curves":  # like curves: each study's current configuration only
+            views[table] = _latest(f"(SELECT * FROM {table}_raw SEMI JOIN studies USING (study, config_hash))", table)
+    return views
+
+
+def _study_records(store: Store) -> pa.Table:
+    """The ``studies`` view's rows: name, current config hash, ε grid and layers of each study record."""
+    rows = []
+    for key in store.list(layout.study_records_prefix()):
+        if not key.endswith(".json"):
+            continue
+        record = store.read_json(key)
+        if not isinstance(record, dict) or not record.get("config_hash"):
+            raise ValueError(f"study record {key} in store {store.uri} has no config_hash")
+        eps = record.get("eps") or []
+        if not all(isinstance(value, numbers.Real) and not isinstance(value, bool) for value in eps):
+            raise ValueError(f"study record {key} in store {store.uri} has an ε grid that is not a list of numbers")
+        rows.append({"study": record.get("name") or key.rsplit("/", 1)[-1][: -len(".json")],
+                     "config_hash": record["config_hash"], "eps": [float(value) for value in eps],
+                     "layers": [str(layer) for layer in record.get("layers") or []]})
+    return pa.Table.from_pylist(rows, schema=STUDIES)
+
+
+def connect(store: Store):
+    """A DuckDB connection over the results of ``store``, with these views (times in UTC).
+
+    - ``curves_all``: every ``curves`` row, one per (study, config_hash, population, layer, repeat, model_a,
+      model_b): an ``"ok"`` row before a ``"failed"`` one, then the latest ``created_at``.
+    - ``studies``: each study's current configuration from its record ``studies/<name>.json``: ``study``,
+      ``config_hash``, ``eps`` (its ε grid), ``layers``.
+    - ``curves``: the ``curves_all`` rows of each study's current configuration (a study without a record has
+      none).
+    - ``matches``: ``curves`` at each ε of its study's grid, with the columns of
+      :data:`~raymatch.results.MATCHES`; a failed curve gives a failed row at every ε.
+    - ``matches_at(eps)``: a table macro, the same columns at any ε in [0, 1]
+      (``SELECT * FROM matches_at(0.22)``); another ε is an error.
+    - ``cka``: the ``"ok"`` curves with a CKA value, columns of :data:`~raymatch.results.CKA`.
+    - ``simple_matches``, ``models``, ``tasks``: one row per key (the latest); ``runs``: the latest row of
+      each run.
+    - ``<table>_raw``: every stored row of each table, duplicates included.
+
+    Parameters
+    ----------
+    store : Store
+        The study store.
+
+    Returns
+    -------
+    duckdb.DuckDBPyConnection
+        Close it when done.
+
+    Raises
+    ------
+    ValueError
+        A 0.1.0 store, or a study record without a configuration hash.
+    StoreError
+        The store cannot be read.
+    """
+    import duckdb
+
+    check_store_version(store)
+    studies = _study_records(store)
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        for table, schema in TABLES.items():
+            data = dataset(store, table)
+            con.register(f"{table}_raw", data if data is not None else schema.empty_table())
+        con.register("studies", studies)
+        for name, sql in _view_sql().items():
+            con.execute(f"CREATE VIEW {_quote(name)} AS {sql}")
+        at = _matches_select(f"curves c CROSS JOIN (SELECT {_eps_check('eps_value')} AS eps) g")
+        con.execute(f"CREATE MACRO matches_at(eps_value) AS TABLE {at}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def query(store: Store, sql: str) -> pd.DataFrame:
+    """Run one SQL query (DuckDB dialect) over the views of :func:`connect`.
+
+    Parameters
+    ----------
+    store : Store
+        The study store.
+    sql : str
+        The query; it may use every view of :func:`connect` and ``matches_at(eps)``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The result (timestamps as UTC datetimes).
+
+    Raises
+    ------
+    ValueError
+        The SQL is invalid or fails (the message is DuckDB's), or a 0.1.0 store.
+    StoreError
+        The store cannot be read.
+    """
+    import duckdb
+
+    if not isinstance(sql, str) or not sql.strip():
+        raise ValueError("the SQL query is empty")
+    con = connect(store)
+    try:
+        relation = con.sql(sql)
+        return relation.df() if relation is not None else pd.DataFrame()
+    except duckdb.Error as error:
+        raise ValueError(str(error)) from None
+    finally:
+        con.close()
+
+
+def load_table(store: Store, table: str = "matches", *, study: str | None = None,
+               eps: float | None = None) -> pa.Table:
+    """The rows of one view as an Arrow table with the view's columns; see :func:`load`."""
+    import duckdb
+
+    if table not in VIEW_COLUMNS:
+        raise ValueError(f"unknown results view {table!r} (known: {', '.join(VIEWS)})")
+    source, names = _quote(table), {}
+    if eps is not None:
+        if table != "matches":
+            raise ValueError(f"eps applies to the matches view only, not to {table!r}")
+        source, names = "matches_at($eps)", {"eps": eps}
+    sql = f"SELECT * FROM {source}"
+    if study is not None:
+        sql += " WHERE study = $study"
+        names["study"] = study
+    con = connect(store)
+    try:
+        return con.sql(sql, params=names).to_arrow_table()
+    except duckdb.Error as error:
+        raise ValueError(str(error)) from None
+    finally:
+        con.close()
+
+
+def load(store: Store, table: str = "matches", *, study: str | None = None,
+         eps: float | None = None) -> pd.DataFrame:
+    """Read one view of :func:`connect` into a DataFrame.
+
+    Parameters
+    ----------
+    store : Store
+        The study store.
+    table : str, default ``"matches"``
+        A view: ``matches``, ``curves``, ``curves_all``, ``cka``, ``studies``, ``simple_matches``, ``runs``,
+        ``models`` or ``tasks``.
+    study : str, optional
+        Keep only the rows of this study.
+    eps : float, optional
+        With ``table="matches"``: the matches at this ε in [0, 1] (``matches_at(eps)``) instead of the grid's.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The view's columns (list columns as numpy arrays, times as UTC datetimes); empty, with the same
+        columns, when there are no rows.
+
+    Raises
+    ------
+    ValueError
+        Unknown view, ``eps`` out of [0, 1], or a 0.1.0 store.
+    StoreError
+        The store cannot be read.
+    """
+    return load_table(store, table, study=study, eps=eps).to_pandas()
+
+
+__all__ = ["connect", "load", "load_table", "query"]

@@ -99,6 +99,36 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
     assert "extract       3      0" in plan_out and "match" in plan_out
 
 
+def test_any_eps_is_a_query_and_a_new_grid_recomputes_nothing(local_store, tmp_path, capsys):
+    """``matches_at(ε)`` at ε off the grid equals ``max_match`` on the stored activations, computed here with
+    plain code; editing the study's ε grid recomputes nothing and ``matches`` follows the new grid."""
+    for seed in range(3):
+        put_checkpoint(local_store, seed)
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(STUDY.format(uri=f"file://{local_store.root}"))
+    assert main(["run", str(study_file), "--quiet"]) == 0
+    capsys.readouterr()
+    probe = _probe_id(None, local_store)
+    activations = {}
+    for eps in (0.0, 0.07, 0.22, 0.3333, 0.61, 1.0):
+        rows = load(local_store, "matches", eps=eps)
+        assert len(rows) == 3 * 2 and set(rows["eps"]) == {eps}
+        for row in rows.itertuples():
+            pair = [activations.setdefault((model, row.layer), read_activations(
+                local_store, ActivationKey(probe, model, row.layer))) for model in (row.model_a, row.model_b)]
+            want = raymatch.max_match(*pair, eps)
+            assert list(row.neurons_a) == want.a.tolist() and list(row.neurons_b) == want.b.tolist(), (eps, row)
+            assert row.similarity == pytest.approx(want.similarity)
+
+    study_file.write_text(STUDY.format(uri=f"file://{local_store.root}").replace(
+        "eps: [0.15, 0.25, 0.5]", "eps: [0.1, 0.22, 0.25, 0.4]"))
+    assert main(["run", str(study_file)]) == 0
+    out = capsys.readouterr().out
+    assert "match            0        6" in out  # 3 pairs × 2 layers: all stored, none computed
+    assert "ε=0.22" in out and "ε=0.15" not in out  # the printed table is the new grid
+    assert sorted(set(load(local_store, "matches")["eps"])) == [0.1, 0.22, 0.25, 0.4]
+
+
 def _probe_id(table, store):
     (probe,) = {key.split("/")[1] for key in store.list("activations")}
     return probe

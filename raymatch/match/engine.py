@@ -25,6 +25,7 @@ re-factoring drops freed slots once the arrays are mostly empty.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ _COMPACT_MIN = 16
 _FLUSH = 32
 # A dual this many times shorter than the longest it has been (its ``scale``) lost that factor of
 # relative accuracy to cancellation (a near-degenerate basis broken by a deletion): the span is
-# re-factored from its neurons before such a dual is used. Generic layers stay below 10.
+# re-factored from its neurons before such a dual is used (generic layers measured: at most ~10).
 _AMPLIFY = 1e3
 # Directions lost from duals shortened more than this are re-orthogonalised against the pending ones.
 _REORTHOGONALISE = 10.0
@@ -311,14 +312,18 @@ class _Span:
     def _drop_slots(self, slots: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """Free ``slots`` (no redundant neuron can take their place); see :meth:`delete`."""
         duals = self._current(slots)
-        norms = np.sqrt(np.einsum("ij,ij->j", duals, duals))
         # Relative accuracy lost to cancellation: in shortening the duals, then in their QR.
-        loss = float((self.scale[slots] / norms).max())
         lost = None
-        if loss <= _AMPLIFY:
-            if slots.size == 1:
-                lost = duals / norms
-            else:
+        if slots.size == 1:
+            column = duals[:, 0]
+            norm = math.sqrt(column @ column)
+            loss = self.scale[slots[0]] / norm
+            if loss <= _AMPLIFY:
+                lost = duals / norm
+        else:
+            norms = np.sqrt(np.einsum("ij,ij->j", duals, duals))
+            loss = (self.scale[slots] / norms).max()
+            if loss <= _AMPLIFY:
                 lost, triangle = scipy.linalg.qr(duals / norms, mode="economic", check_finite=False)
                 loss /= np.abs(np.diag(triangle)).min()
                 if not loss <= _AMPLIFY:

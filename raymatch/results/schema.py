@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
+
+from ..config import is_integer, is_number
 
 _INT32 = pa.int32()
 _LIST_INT32 = pa.list_(pa.int32())
@@ -200,14 +201,6 @@ def table_schema(table: str) -> pa.Schema:
     return TABLES[table]
 
 
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_list(field: pa.Field, value, where: str) -> None:
     floats = pa.types.is_floating(field.type.value_type)
     kind = "numbers" if floats else "integers"
@@ -219,16 +212,16 @@ def _check_list(field: pa.Field, value, where: str) -> None:
             raise ValueError(f"{where}: field {field.name!r} must be a 1-d array of {kind}; got dtype "
                              f"{value.dtype}, shape {value.shape}")
         return
-    check = _is_real if floats else _is_integer
+    check = is_number if floats else is_integer
     if not all(check(item) for item in value):
         raise ValueError(f"{where}: field {field.name!r} must be a list of {kind}; got {value!r}")
 
 
 def _check_value(field: pa.Field, value, where: str) -> None:
     """Reject values pyarrow would silently alter (floats truncated to ints, naive times taken as UTC)."""
-    if pa.types.is_integer(field.type) and not _is_integer(value):
+    if pa.types.is_integer(field.type) and not is_integer(value):
         raise ValueError(f"{where}: field {field.name!r} must be an integer; got {value!r}")
-    if pa.types.is_floating(field.type) and not _is_real(value):
+    if pa.types.is_floating(field.type) and not is_number(value):
         raise ValueError(f"{where}: field {field.name!r} must be a number; got {value!r}")
     if pa.types.is_list(field.type):
         _check_list(field, value, where)

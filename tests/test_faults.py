@@ -1,14 +1,17 @@
 """Faults (issue 6): a crash costs time, never correctness.
 
 Each scenario runs a tiny study (4 untrained small CNNs on digits, 2 layers, 2 ε: 6 pairs × 2 layers = 12 pair
-tasks) on a real local Ray cluster, injects one fault while it runs, and compares the final ``matches`` table with
-that of a clean run of the same study (same rows, same neuron sets). docs/reliability.md ("Faults") summarises
-what each test shows.
+tasks, 12 ``curves`` rows) on a real local Ray cluster, injects one fault while it runs, and compares the final
+``matches`` view with that of a clean run of the same study (same rows, same neuron sets); ``curves_raw`` shows
+whether a pair was stored more than once. Pair tasks return their rows and the driver commits them to Delta tables
+in batches, so a killed worker can only cost a task's work, and a killed driver its uncommitted batch.
+docs/reliability.md ("Faults") summarises what each test shows.
 
 To hit "mid-run" deterministically without hooks in the package, the study's store is replaced (for the driver
-and, pickled by value, for every worker) by an instrumented ``Store`` that appends ``<pid> <key>`` to a beacon
-file and sleeps a little before chosen writes: the test then knows which process is in the middle of which write,
-and kills exactly that one.
+and, pickled by value, for every worker) by an instrumented ``Store`` that appends ``<pid> <key>`` (or
+``<pid> read:<key>``) to a beacon file and sleeps a little before chosen writes and reads: the test then knows which
+process is in the middle of which write or task, and kills exactly that one. The killed driver is paused by a
+``TableWriter`` of the test's own between two commits.
 """
 
 from __future__ import annotations
@@ -123,9 +126,8 @@ def instrumented(store: Store, beacon: str, delays: dict[str, float], reads: dic
             self._slow(self.reads, key, "read:")
             return super().read_bytes(key)
 
-    options = {name: store._options.get(name) for name in ("key", "secret")}
-    slowed = Instrumented(store.uri if not store.is_local else store.root, endpoint_url=store.endpoint_url,
-                          **{name: value for name, value in options.items() if value is not None})
+    slowed = Instrumented.__new__(Instrumented)
+    slowed.__setstate__(store.__getstate__())  # the same store (options, credentials), as a worker gets it
     slowed.beacon, slowed.delays, slowed.reads = beacon, dict(delays), dict(reads or {})
     return slowed
 
@@ -543,7 +545,7 @@ def test_a_killed_driver_leaves_only_whole_objects_and_a_rerun_finishes_the_rest
     stored, buffered = paused["committed"], {tuple(row) for row in paused["buffered"]}
     assert stored == 2 and len(buffered) == 1
     _assert_whole_delta_tables(store)
-    assert not store.exists("results/curves/_raymatch_compaction.lock")  # killed before it compacted
+    assert not [key for key in store.list("results") if key.endswith(".lock")]  # killed before it compacted
     assert _raw_count(store) == stored
     assert main(["query", store.root, "SELECT count(*) AS n, count(*) FILTER (status = 'ok') AS ok FROM matches",
                  "--format", "json"]) == 0
@@ -634,73 +636,55 @@ def test_s3_calls_retry_transient_errors_with_capped_backoff(monkeypatch):
     assert "retries" not in Store("s3://bucket/study").fs.config_kwargs
 
 
-#: A batch of the driver's writer in the S3 tests: 2 rows (by default it commits every 50,000 rows or 30 s, so that a
-#: run this small would commit once, at its end): commits happen mid-stage, where the outage can hit them.
-BATCH_ROWS = 2
-
-
-@pytest.fixture
-def small_batches(monkeypatch):
-    import raymatch.engine.run as run
-    from raymatch.results import TableWriter
-
-    class Batching(TableWriter):
-        def __init__(self, store, **options):
-            super().__init__(store, max_rows=BATCH_ROWS)
-
-    monkeypatch.setattr(run, "TableWriter", Batching)
-
-
 class Outage(threading.Thread):
-    """Stop the endpoint once the driver has committed a first batch of pair results to ``curves`` (version 1 of
-    its Delta log: version 0 creates the table); start it again ``seconds`` later (or never)."""
+    """Stop the endpoint once the pair workers have begun ``reads`` reads of a factor in the match stage (as the
+    beacon shows); start it again ``seconds`` later (or never)."""
 
-    def __init__(self, server: Endpoint, store: Store, seconds: float | None):
+    def __init__(self, server: Endpoint, beacon: str, reads: int, seconds: float | None):
         super().__init__(daemon=True)
-        self.server, self.store, self.seconds = server, store, seconds
-        self.stored_at_stop: int | None = None
+        self.server, self.beacon, self.reads, self.seconds = server, beacon, reads, seconds
+        self.reads_at_stop: int | None = None
         self.stopped_at = self.restarted_at = None
         self.cancel = threading.Event()
 
-    def _committed(self) -> bool:
-        log = self.store.path("results/curves/_delta_log")
-        try:  # one listing request, not cached
-            names = {entry.rsplit("/", 1)[-1] for entry in self.store.fs.ls(log, detail=False, refresh=True)}
-        except FileNotFoundError:
-            return False
-        return f"{1:020d}.json" in names
+    def _reads(self) -> int:
+        return sum(key.startswith("read:") for _, key in _beacon_lines(self.beacon))
 
     def run(self) -> None:
-        from raymatch.results import read_columns
-
         deadline = time.monotonic() + 180
         while not self.cancel.is_set() and time.monotonic() < deadline:
-            if self._committed():
+            if self._reads() >= self.reads:
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         else:
             return
-        self.stored_at_stop = read_columns(self.store, "curves", ["layer"]).num_rows  # at most what is stored
         self.server.stop()
-        self.stopped_at = time.monotonic()
+        self.stopped_at, self.reads_at_stop = time.monotonic(), self._reads()
         if self.seconds is not None:
             time.sleep(self.seconds)
             self.server.start()
             self.restarted_at = time.monotonic()
 
 
-def _s3_stores(tmp_path, server: Endpoint, prefix: str):
+#: Factor reads of the match stage in a whole run: one manifest per model of each of the 12 tasks.
+MATCH_READS = 2 * N_TASKS
+
+
+def _s3_stores(tmp_path, server: Endpoint, prefix: str, **options):
     """The plain store and the instrumented one (each match task's reads of its two factors' manifests 0.3 s
-    late, so that the match stage lasts a few seconds) of one study on ``server``."""
-    plain = Store(f"s3://{FAULT_BUCKET}/{prefix}", endpoint_url=server.url, key=S3_KEY, secret=S3_SECRET)
+    late, so that the match stage lasts a few seconds, and the beacon shows where it is) of one study on
+    ``server``; ``options`` go to both stores."""
+    plain = Store(f"s3://{FAULT_BUCKET}/{prefix}", endpoint_url=server.url, key=S3_KEY, secret=S3_SECRET, **options)
     return plain, instrumented(plain, str(tmp_path / "beacon"), {}, reads={MATCH_READ: 0.3})
 
 
-def test_an_s3_endpoint_down_for_3_seconds_mid_run_costs_only_time(ray_cluster, clean, endpoint, small_batches,
-                                                                    tmp_path):
+def test_an_s3_endpoint_down_for_3_seconds_mid_run_costs_only_time(ray_cluster, clean, endpoint, tmp_path):
+    """Down in the middle of the match stage, while the driver holds the rows of the tasks done so far (its
+    writer commits every 50,000 rows or 30 s: here once, at the end): the workers' calls wait for the endpoint,
+    the run completes, every pair is stored once and the table is the clean run's."""
     plain, store = _s3_stores(tmp_path, endpoint, "short")
     _, study = _study(tmp_path, store, endpoint=endpoint.url)
-    outage = Outage(endpoint, plain, 3.0)
+    outage = Outage(endpoint, store.beacon, MATCH_READS // 4, 3.0)
     outage.start()
     with study_store(study, store):
         summary = run_study(study, progress=False)
@@ -708,23 +692,26 @@ def test_an_s3_endpoint_down_for_3_seconds_mid_run_costs_only_time(ray_cluster, 
     outage.cancel.set()
     outage.join()
 
-    assert outage.stored_at_stop is not None and outage.stored_at_stop < N_TASKS  # it went down mid-stage ...
+    assert outage.reads_at_stop is not None and outage.reads_at_stop < MATCH_READS  # it went down mid-stage ...
     assert outage.restarted_at < ended  # ... and the run went on after it came back
-    print(f"\nendpoint down for 3 s with {outage.stored_at_stop} of {N_TASKS} pair results stored; the run ended "
-          f"{ended - outage.restarted_at:.1f} s after it came back")
+    print(f"\nendpoint down for 3 s after {outage.reads_at_stop} of the match stage's {MATCH_READS} factor reads; "
+          f"the run ended {ended - outage.restarted_at:.1f} s after it came back")
     stages = summary["stages"]
     assert (stages["match"]["computed"], stages["match"]["failed"]) == (N_TASKS, 0), stages["match"]["errors"]
     _assert_same_rows(_content(plain), clean)
     _assert_whole_delta_tables(plain)
-    assert _raw_count(plain) == N_TASKS  # no batch lost, none committed twice by a retried request
+    assert _raw_count(plain) == N_TASKS  # every pair stored once
     assert load(plain, "runs")["status"].tolist() == ["succeeded"]
 
 
 def test_an_s3_endpoint_that_stays_down_stops_the_run_with_a_clear_error_and_a_rerun_completes(
-        ray_cluster, clean, endpoint, small_batches, tmp_path):
+        ray_cluster, clean, endpoint, tmp_path):
+    """Down for good as the match stage begins (at its first factor read: no pair task can finish, so the driver
+    holds no row): the first call out of attempts stops the run with its error; with the endpoint back, a rerun
+    computes the pairs."""
     plain, store = _s3_stores(tmp_path, endpoint, "down")
     _, study = _study(tmp_path, store, endpoint=endpoint.url)
-    outage = Outage(endpoint, plain, None)
+    outage = Outage(endpoint, store.beacon, 1, None)
     outage.start()
     with study_store(study, store), pytest.raises(StoreError) as raised:
         run_study(study, progress=False)
@@ -734,14 +721,68 @@ def test_an_s3_endpoint_that_stays_down_stops_the_run_with_a_clear_error_and_a_r
     assert endpoint.url in message and "Could not connect" in message
     assert S3_KEY not in message and S3_SECRET not in message
     assert stopped_after <= 60, stopped_after
-    print(f"\nstopped {stopped_after:.1f} s after the endpoint went down ({outage.stored_at_stop} of {N_TASKS} "
-          f"pair results stored): {message}")
+    print(f"\nstopped {stopped_after:.1f} s after the endpoint went down: {message}")
 
     endpoint.start()  # the endpoint is back: the rerun computes what is missing
     with study_store(study, plain):
         summary = run_study(study, progress=False)
     stages = summary["stages"]
-    assert stages["extract"]["skipped"] == N_MODELS
-    assert stages["match"]["computed"] + stages["match"]["skipped"] == N_TASKS and stages["match"]["failed"] == 0
-    assert stages["match"]["skipped"] >= outage.stored_at_stop
+    assert (stages["extract"]["skipped"], stages["factor"]["computed"]) == (N_MODELS, 0)
+    assert (stages["match"]["computed"], stages["match"]["skipped"], stages["match"]["failed"]) == (N_TASKS, 0, 0)
     _assert_same_rows(_content(plain), clean)
+    _assert_whole_delta_tables(plain)
+    assert _raw_count(plain) == N_TASKS
+    # the stopped run could not record its end (the store was down): its row stays "running"
+    assert sorted(load(plain, "runs")["status"]) == ["running", "succeeded"]
+
+
+# The driver's Delta IO on S3 waits out outages as the store does, and a stopped run reports its own error.
+
+
+def test_a_results_commit_waits_out_a_15_second_outage(endpoint):
+    """The driver's commit of a batch, started with the endpoint down for 15 s, waits for it (should it give up
+    early, the endpoint is started again at once, so that the test stays short)."""
+    from raymatch.results import TableWriter, read_columns
+
+    store = Store(f"s3://{FAULT_BUCKET}/commit", endpoint_url=endpoint.url, key=S3_KEY, secret=S3_SECRET)
+    now = pd.Timestamp.now(tz="UTC").to_pydatetime()
+    row = {"run_id": "r1", "study": "s", "config_hash": "h", "host": "x", "code_version": "0", "started_at": now,
+           "ended_at": None, "status": "running", "computed": 0, "skipped": 0, "failed": 0, "stages": "{}",
+           "error": None}
+    writer = TableWriter(store)
+    writer.add("runs", [row])
+    writer.flush()  # the table exists: the next commit is a plain append
+    writer.add("runs", [{**row, "run_id": "r2"}])
+    endpoint.stop()
+    back = threading.Timer(15.0, endpoint.start)
+    back.start()
+    started, error = time.monotonic(), None
+    try:
+        writer.flush()
+    except StoreError as raised:
+        error = raised
+    waited = time.monotonic() - started
+    back.cancel()  # gave up before the endpoint came back: start it now
+    back.join()
+    if endpoint.server is None:
+        endpoint.start()
+    assert error is None, f"gave up after {waited:.1f} s of a 15 s outage: {error}"
+    assert sorted(read_columns(store, "runs", ["run_id"]).column("run_id").to_pylist()) == ["r1", "r2"]
+
+
+def test_an_s3_endpoint_that_stays_down_while_the_driver_holds_rows_stops_the_run_with_the_workers_error(
+        ray_cluster, endpoint, tmp_path):
+    """As the stays-down test, but the endpoint goes down half-way through the match stage, when the driver holds
+    the rows of the tasks done so far. One attempt per S3 call (of the workers' store) keeps the test short."""
+    _, store = _s3_stores(tmp_path, endpoint, "held",
+                          storage_options={"config_kwargs": {"retries": {"mode": "standard",
+                                                                         "total_max_attempts": 1}}})
+    _, study = _study(tmp_path, store, endpoint=endpoint.url)
+    outage = Outage(endpoint, store.beacon, MATCH_READS // 2, None)
+    outage.start()
+    with study_store(study, store), pytest.raises(StoreError) as raised:
+        run_study(study, progress=False)
+    outage.join()
+    message = str(raised.value)
+    assert S3_KEY not in message and S3_SECRET not in message
+    assert endpoint.url in message and "Could not connect" in message, message

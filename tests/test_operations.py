@@ -113,3 +113,16 @@ def test_malformed_schemes_never_become_local_folders(tmp_path, monkeypatch, uri
     with pytest.raises(ValueError, match="is malformed"):
         Store(uri)
     assert snapshot(tmp_path) == before
+
+
+def test_a_store_of_raymatch_0_1_0_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "store"
+    for index, key in enumerate(SEEDS):
+        put(root, key, tiny_checkpoint(index))
+    put(root, "results/matches/relu1.r0.0123456789abcdef.parquet", b"PAR1")  # a 0.1.0 task object
+    started = []
+    monkeypatch.setattr(cli, "_connect_ray", lambda *args: started.append(args))
+    before = snapshot(root)
+    code, err = run_cli(capsys, "run", write_study(tmp_path, study(str(root))), "--allow-few-samples")
+    assert code == 2 and "was written by raymatch 0.1.0" in err and len(err.strip().splitlines()) == 1, err
+    assert started == [] and snapshot(root) == before  # no Ray, no study record, nothing written

@@ -30,6 +30,7 @@ import yaml
 import raymatch
 from raymatch import cli
 from raymatch.models import build_model, checkpoint_bytes, load_state_dict
+from raymatch.results import query
 from raymatch.store import ActivationKey, Store, check_key, check_name
 
 from .conftest import S3_KEY, S3_SECRET
@@ -105,33 +106,47 @@ def s3_run(moto_endpoint, tmp_path_factory):
             "endpoint": moto_endpoint}
 
 
-def object_format(key: str, data: bytes) -> str:
-    """The format an object is in, checked by reading it with a reader that cannot unpickle."""
+def read_object(key: str, data: bytes) -> tuple[str, str]:
+    """The format an object is in and its content as text, read with a reader that cannot unpickle: Parquet
+    (Delta data files and checkpoints), Arrow IPC, newline-delimited JSON (Delta commits: one action a line), JSON
+    (records, manifests, Delta's ``_last_checkpoint`` and the compaction claim), safetensors."""
+    name = key.rsplit("/", 1)[-1]
     if data[:4] == b"PAR1" and data[-4:] == b"PAR1":
         table = pq.read_table(pa.BufferReader(data))
     elif data[:6] == b"ARROW1":
         table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
-    elif key.endswith(".json"):
-        json.loads(data)
-        return "json"
-    elif key.endswith(".safetensors"):
-        load_state_dict(data, name=key)
-        return "safetensors"
+    elif "/_delta_log/" in key and name.endswith(".json"):
+        actions = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        assert actions and all(isinstance(action, dict) and len(action) == 1 for action in actions), key
+        return "ndjson", json.dumps(actions)
+    elif name.endswith(".json") or name in ("_last_checkpoint", "_raymatch_compaction.lock"):
+        return "json", json.dumps(json.loads(data))
+    elif name.endswith(".safetensors"):
+        state = load_state_dict(data, name=key)
+        return "safetensors", str(sorted(state))
     else:
-        return "unknown"
+        return "unknown", ""
     for value in (table.schema.metadata or {}).values():  # schema metadata: JSON text, never a pickled object
         assert not value.startswith(b"\x80"), (key, value[:20])
-    return "parquet" if data[:4] == b"PAR1" else "arrow"
+    text = str(table.to_pylist()) + str(table.schema.metadata or {})
+    return ("parquet" if data[:4] == b"PAR1" else "arrow"), text
 
 
 def test_no_object_in_the_store_is_a_pickle(s3_run):
     objects = s3_run["objects"]
-    formats = {key: object_format(key, data) for key, data in objects.items()}
+    formats = {key: read_object(key, data)[0] for key, data in objects.items()}
     assert "unknown" not in formats.values(), formats
     assert not [key for key, data in objects.items() if data[:1] == b"\x80"]  # pickle protocol 2+ opcode PROTO
     prefixes = {key.split("/")[1] for key in objects}
     assert {"activations", "factors", "results", "studies", "checkpoints"} <= prefixes, sorted(prefixes)
-    assert {key.split("/")[2] for key in objects if key.startswith("study/results/")} >= {"matches", "cka", "runs"}
+    # the results are Delta tables: commits (newline-delimited JSON) and Parquet data files, for every table the
+    # run wrote
+    tables = {key.split("/")[2] for key in objects if key.startswith("study/results/")}
+    assert tables >= {"curves", "runs", "models"}, sorted(tables)
+    for table in tables:
+        assert formats[f"study/results/{table}/_delta_log/{0:020d}.json"] == "ndjson"
+        assert "parquet" in {formats[key] for key in objects if key.startswith(f"study/results/{table}/part-")}
+    assert {formats[key] for key in objects if key.startswith("study/results/")} <= {"ndjson", "parquet", "json"}
 
 
 def _calls(tree: ast.AST):
@@ -217,11 +232,20 @@ def test_credentials_appear_nowhere_after_a_run(s3_run):
     assert leaks(s3_run["stdout"]) == [] and leaks(s3_run["stderr"]) == []
     found = {key: leaks(data) for key, data in s3_run["objects"].items()}
     assert {key: names for key, names in found.items() if names} == {}
-    # the runs table, the study record and the results rows, read as tables/JSON (not only as bytes)
-    runs = [key for key in s3_run["objects"] if key.startswith("study/results/runs/")]
-    assert runs and all(leaks(str(pq.read_table(pa.BufferReader(s3_run["objects"][key])).to_pylist())) == []
-                        for key in runs)
-    assert leaks(json.dumps(json.loads(s3_run["objects"]["study/studies/security.json"]))) == []
+    # every object read by its format (not only as bytes: Parquet pages are compressed, JSON may escape): the rows
+    # of every results table's data files, the Delta commits (their commitInfo and the table's metadata), the
+    # study record, the factors' and activations' manifests and parts
+    decoded = {key: read_object(key, data) for key, data in s3_run["objects"].items()}
+    assert {key: leaks(text) for key, (_, text) in decoded.items() if leaks(text)} == {}
+    read = {fmt for key, (fmt, _) in decoded.items() if key.startswith("study/results/")}
+    assert {"ndjson", "parquet"} <= read
+    runs = [key for key, (fmt, _) in decoded.items() if key.startswith("study/results/runs/part-")]
+    assert runs and "security" in decoded[runs[0]][1]  # the runs rows were read as data
+    assert "security" in decoded["study/studies/security.json"][1]
+    # the same tables through the package's own reader (Delta log, then the files it names)
+    store = Store(f"s3://{BUCKET}/study", endpoint_url=s3_run["endpoint"], key=S3_KEY, secret=S3_SECRET)
+    for table in ("curves", "runs", "models", "tasks", "simple_matches"):
+        assert leaks(query(store, f"SELECT * FROM {table}_raw").to_csv()) == [], table
     assert len(s3_run["logs"]) > 5  # the Ray session's logs were captured
     assert {name: leaks(data) for name, data in s3_run["logs"].items() if leaks(data)} == {}
 

@@ -22,7 +22,7 @@ import socket
 import time
 
 from .. import __version__
-from ..results import TableWriter, append_rows, compact_table, data_files, read_columns
+from ..results import TableWriter, append_rows, check_store_version, compact_table, data_files, read_columns
 from ..store import Store, StoreError
 from ..store.layout import study_record_key, study_records_prefix, training_record_key
 from .plan import Plan, make_plan
@@ -101,6 +101,7 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None, c
     store = study.store.open()
     if not store.is_local:  # an unreachable endpoint, a missing bucket, refused credentials: one clear line
         store.check(write=False)
+    check_store_version(store)  # a store of raymatch 0.1.0: refused before Ray starts or anything is written
     plan = make_plan(study, store)  # bad populations and checkpoints fail here, before anything is written
     store.check()
     if connect is not None:
@@ -252,7 +253,22 @@ def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool |
         finished = True
     finally:
         executors.close()
-        writer.close(compact=finished)  # what was computed is kept even when the run stops
+        _close_writer(writer, finished)
+
+
+def _close_writer(writer: TableWriter, finished: bool) -> None:
+    """Commit what was computed, even when the run stops; a stopped run's own error is the one that is raised.
+
+    When the run stops because the store failed, committing the buffered rows fails too: that second failure is
+    logged, not raised over the first (the workers' error names the store and the cause).
+    """
+    if finished:
+        writer.close(compact=True)
+        return
+    try:
+        writer.close(compact=False)
+    except Exception as error:
+        log.warning("could not commit the rows computed before the run stopped (a rerun computes them): %s", error)
 
 
 def _recorder(study, stage: Stage, writer: TableWriter):

@@ -45,11 +45,15 @@ def storage_options(store: Store) -> dict[str, str]:
 
     On S3: the store's endpoint (``http://`` allowed when the endpoint says so, e.g. a server on 127.0.0.1),
     credentials passed to the store (else delta-rs takes the standard ``AWS_*`` environment variables), the
-    region (``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else ``us-east-1``) and conditional writes for commits.
+    region (``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else ``us-east-1``), conditional writes for commits, and
+    retries with backoff for up to a minute.
     """
     if store.is_local:
         return {}
-    options = {"conditional_put": "etag"}
+    # conditional writes for commits; and a transient outage is waited out as the store's own calls do (up to
+    # ~31 s of backoff, raymatch.store.Store): object_store's defaults give up after a few seconds.
+    options = {"conditional_put": "etag", "max_retries": "20", "retry_timeout": "60s",
+               "backoff_config.init_backoff": "500ms", "backoff_config.max_backoff": "8s"}
     endpoint = store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["AWS_ENDPOINT_URL"] = endpoint

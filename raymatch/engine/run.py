@@ -101,9 +101,9 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None, c
     store = study.store.open()
     if not store.is_local:  # an unreachable endpoint, a missing bucket, refused credentials: one clear line
         store.check(write=False)
-    check_store_version(store)  # a store of raymatch 0.1.0: refused before Ray starts or anything is written
     plan = make_plan(study, store)  # bad populations and checkpoints fail here, before anything is written
     store.check()
+    check_store_version(store)  # a store of raymatch 0.1.0: refused before Ray starts or anything is written
     if connect is not None:
         connect()
     write_study_record(study, store)

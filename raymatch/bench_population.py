@@ -103,6 +103,7 @@ def _python_startup() -> float:
 
 
 def _data_objects(store, table: str) -> int:
+    """Parquet objects under the table's folder: the current version's and those it replaced (until vacuum)."""
     from .store.layout import table_prefix
 
     return sum(1 for key in store.list(table_prefix(table)) if key.endswith(".parquet") and "_delta_log" not in key)

@@ -35,8 +35,7 @@ class WorkerActor:
 
     def describe(self) -> dict:
         """The process id, GPU ids, device and torch threads of this actor."""
-        return {"pid": os.getpid(), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "device": worker_device(),
-                "threads": torch.get_num_threads()}
+        return _where()
 
     def run_task(self, fn, *args):
         """``(fn(*args), seconds)`` run in this warm process."""
@@ -63,9 +62,13 @@ def extract_job(store: Store, job: ExtractionJob) -> dict:
     if job.probe.id not in _PROBE:
         _PROBE.clear()
         _PROBE[job.probe.id] = load_probe(job.probe)
-    device = worker_device()
-    summary = run_job(store, job, device=device, images=_PROBE[job.probe.id])
-    return {**summary, "pid": os.getpid(), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "device": device,
+    summary = run_job(store, job, device=worker_device(), images=_PROBE[job.probe.id])
+    return {**summary, **_where()}
+
+
+def _where() -> dict:
+    """Where this worker runs: process id, GPU ids, device and torch threads."""
+    return {"pid": os.getpid(), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "device": worker_device(),
             "threads": torch.get_num_threads()}
 
 

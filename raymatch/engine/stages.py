@@ -8,6 +8,7 @@ which executor runs its tasks. :func:`~raymatch.engine.plan.make_plan`, the run 
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,9 +119,14 @@ def _activations_stored(context: PlanContext) -> bool:
 
 def _plan_match(context: PlanContext) -> StagePlan:
     """The pairs ``curves`` lacks, grouped into tasks by blocks of models (each pair's whole ε-curve and CKA)."""
-    study = context.study
     if not _activations_stored(context):
         return NOT_KNOWN_YET
+    return StagePlan(*_match_tasks(context))
+
+
+def _match_tasks(context: PlanContext) -> tuple[list, int]:
+    """The match tasks still to do and the pairs stored (shared by the factor and match planners)."""
+    study = context.study
     tasks, done = [], 0
     for group, layer, repeat, pairs, positions in context.pair_units:
         missing = context.missing_pairs("curves", group, layer, repeat, pairs)
@@ -128,7 +134,7 @@ def _plan_match(context: PlanContext) -> StagePlan:
         tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
                              block=study.resources.pair_block, center=study.center, population=group.name,
                              positions=positions, cka=study.cka)
-    return StagePlan(tasks, done)
+    return tasks, done
 
 
 def _plan_simple(context: PlanContext) -> StagePlan:
@@ -139,9 +145,12 @@ def _plan_simple(context: PlanContext) -> StagePlan:
 
 
 def _plan_factor(context: PlanContext) -> StagePlan:
-    """One task per (model, layer, repeat) that a match or simple task still to do needs and the store lacks.
+    """One task per (model, layer, repeat) that two or more pair tasks still to do need and the store lacks.
 
-    A matrix that cannot be factored (its pairs recorded as failed rows) is not asked for again.
+    A factor that only one pair task needs is computed in that task (:func:`~raymatch.store.factors.cached_factor`),
+    which reads the activations anyway: a separate factor task would read them a second time (on S3, the larger
+    part of the cost). A factor that several tasks share is computed once, here, before them. A matrix that cannot
+    be factored (its pairs recorded as failed rows) is not asked for again.
     """
     from ..store import ActivationKey
     from ..store.layout import factor_prefix, manifest_key
@@ -155,14 +164,16 @@ def _plan_factor(context: PlanContext) -> StagePlan:
     def stored(model: str, layer: str, repeat: int) -> bool:
         return manifest_key(factor_prefix(probe_id, model, layer, repeat, center)) in context.stored_factors
 
-    done, needed = 0, set()
-    for group, layer, repeat, pairs, _ in context.pair_units:
-        done += sum(stored(context.plan.model_ids[key], layer, repeat) for key in group.checkpoints)
-        for pair in context.missing_pairs("curves", group, layer, repeat, pairs):
-            needed |= {(layer, repeat, model) for model in pair}
-    needed |= {(task.layer, task.repeat, model) for task in context.simple_tasks[0] for model in task.pair}
+    done = sum(stored(context.plan.model_ids[key], layer, repeat)
+               for group, layer, repeat, _, _ in context.pair_units for key in group.checkpoints)
+    readers: collections.Counter = collections.Counter()  # (layer, repeat, model) → pair tasks that need it
+    for task in _match_tasks(context)[0]:
+        readers.update((task.layer, task.repeat, model) for model in task.models)
+    for task in context.simple_tasks[0]:
+        readers.update((task.layer, task.repeat, model) for model in set(task.pair))
     tasks = [FactorTask(ActivationKey(probe_id, model, layer, repeat), center)
-             for layer, repeat, model in sorted(needed) if not stored(model, layer, repeat)]
+             for (layer, repeat, model), count in sorted(readers.items())
+             if count > 1 and not stored(model, layer, repeat)]
     return StagePlan(tasks, done)
 
 

@@ -147,9 +147,10 @@ def test_factor_bytes_are_at_most_a_tenth_more_than_the_activations(local_store)
     store_factor(local_store, key)
     activation_bytes = _bytes_under(local_store.path(key.prefix))
     factor_bytes = _bytes_under(local_store.path(factor_prefix(key, False)))
-    assert activation_bytes >= 10_000 * 512 * 4
+    float32_bytes = 10_000 * 512 * 4
+    assert 0.5 * float32_bytes <= activation_bytes < float32_bytes  # LZ4 frames: ReLU zeros cost little
     assert factor_bytes <= 1.1 * activation_bytes
-    assert factor_bytes <= 0.15 * activation_bytes  # the triangle: 512² float64, about a tenth
+    assert factor_bytes <= 0.15 * float32_bytes  # the triangle: 512² float64, about a tenth
 
 
 def test_a_layer_with_only_dead_neurons_round_trips(local_store):

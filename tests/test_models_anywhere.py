@@ -263,3 +263,20 @@ def test_torchvision_and_timm_where_they_import(tmp_path):
                 Study.from_dict(data)
             continue
         Study.from_dict({**data, "probe": {**data["probe"], "dataset": "cifar10"}})
+
+
+def test_the_config_hash_follows_the_codes_content_not_its_folder(tmp_path):
+    from raymatch.study import Study
+
+    first = write_package(tmp_path / "a", PACKAGE)
+    second = write_package(tmp_path / "b", PACKAGE)
+
+    def hashed(code, **kwargs):
+        data = study(str(tmp_path / "store"), layers=["0"], architecture={
+            "factory": f"{PACKAGE}:make_cnn", "code": str(code), "kwargs": {"width": 4, **kwargs}})
+        return Study.from_dict(data).config_hash
+
+    assert hashed(first) == hashed(second)  # the same files elsewhere
+    assert hashed(first) != hashed(first, width=3)  # other kwargs
+    (second / "__init__.py").write_text((second / "__init__.py").read_text() + "\n# changed\n")
+    assert hashed(first) != hashed(second)

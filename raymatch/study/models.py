@@ -351,6 +351,7 @@ class Architecture(_Section):
         schema = handler.resolve_ref_schema(handler(core_schema))
         properties = schema.get("properties", {})
         if "call_kwargs" in properties:
+            properties["call_kwargs"] = {**properties["call_kwargs"], "title": "Kwargs"}
             schema["properties"] = {cls._keys.get(key, key): value for key, value in properties.items()}
         return schema
 
@@ -430,6 +431,11 @@ class Architecture(_Section):
         None for the zoo (built from :attr:`name` and :attr:`kwargs`).
         """
         return None if self.is_zoo else self.to_dict()
+
+    @functools.cached_property
+    def code_digest(self) -> str | None:
+        """:func:`~raymatch.models.factory.code_digest` of :attr:`code` (read once), or None without code."""
+        return code_digest(self.code) if self.code else None
 
     @property
     def runtime_env(self) -> dict[str, Any]:
@@ -607,7 +613,7 @@ class Study(_Section):
         del content["store"], content["resources"], content["probe"]["data_dir"]
         del content["eps"], content["simple_matches"], content["null_baseline"]
         if self.architecture.code:  # the code's content decides the numbers, not where its folder lies
-            content["architecture"]["code"] = code_digest(self.architecture.code)
+            content["architecture"]["code"] = self.architecture.code_digest
         content["math_version"] = layout.FACTOR_VERSION
         return layout.digest(content)
 

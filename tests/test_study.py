@@ -278,7 +278,8 @@ CATALOGUE = {
     "unknown top-level key": (edited(frobnicate=1), [f"frobnicate: unknown key (allowed: {TOP_LEVEL_KEYS})"]),
     "unknown architecture key": (
         edited(architecture__depth=11),
-        ["architecture.depth: unknown key (allowed: name, in_channels, num_classes, width, input_size)"],
+        ["architecture.depth: unknown key (allowed: name, in_channels, num_classes, width, input_size, source, "
+         "factory, kwargs, code)"],
     ),
     "unknown resources key": (
         edited(resources__gpus=1),

@@ -174,12 +174,14 @@ class PlanContext:
     def simple_tasks(self) -> tuple[list[Any], int]:
         """The simple-match tasks still to do, and how many are stored."""
         from ..extract.layers import select_layers
+        from ..study.checks import layer_calls
         from .tasks import SimpleTask
 
         study, simple = self.study, self.study.simple_matches
         if not simple.enabled:
             return [], 0
-        layers = set(select_layers(study.architecture.module_tree(), simple.layers))
+        layers = set(select_layers(study.architecture.module_tree(), simple.layers,
+                                   calls=layer_calls(study.architecture, study.probe)))  # relu#k: each call
         todo, done = [], 0
         for group, layer, repeat, pairs, _ in self.pair_units:
             if layer not in layers or group.name != "trained":

@@ -149,7 +149,8 @@ class _Executors:
 
         if self.shared is None:
             self.shared = start_actors(self.capacity, gpus_per_actor=0,
-                                       cpus_per_actor=self.study.resources.cpus_per_task)
+                                       cpus_per_actor=self.study.resources.cpus_per_task,
+                                       runtime_env=self.study.architecture.runtime_env)  # code: py_modules
         return self.shared
 
     def run(self, stage: Stage, plan: Plan, tasks: list, on_outcome=None) -> list:
@@ -163,7 +164,8 @@ class _Executors:
             from .workers import extract_job, extract_population
 
             if self.gpu_extraction:  # GPU actors of their own, killed when extraction ends
-                return _outcomes_of(extract_population, self.store, tasks, resources, self.progress)
+                return _outcomes_of(extract_population, self.store, tasks, resources, self.progress,
+                                    self.study.architecture.runtime_env)
             return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
                                label=stage.name, progress=self.progress, actors=self._shared_actors(),
                                fatal=(StoreError,), on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure)
@@ -212,13 +214,14 @@ class _Executors:
             ray.kill(actor)
 
 
-def _outcomes_of(extract_population, store: Store, jobs: list, resources, progress) -> list:
+def _outcomes_of(extract_population, store: Store, jobs: list, resources, progress, runtime_env=None) -> list:
     """Extraction on GPU actors of its own, as outcomes (the first failure's error is kept as the cause)."""
     from .runner import Outcome
 
     try:
         summaries = extract_population(store, jobs, gpus_per_actor=resources.gpus_per_actor,
-                                       cpus_per_actor=resources.cpus_per_task, progress=progress)
+                                       cpus_per_actor=resources.cpus_per_task, progress=progress,
+                                       runtime_env=runtime_env)
     except Exception as error:
         return [Outcome(jobs[0], None, f"{type(error).__name__}: {error}", cause=error)]
     return [Outcome(job, summary) for job, summary in zip(jobs, summaries, strict=True)]
@@ -304,7 +307,7 @@ def _record_models(study, store: Store, plan: Plan) -> None:
             seed = seeds[index] if seeds is not None else None
             record = store.read_json(training_record_key(group.prefix, seed)) if seed is not None else {}
             rows.append({"study": study.name, "config_hash": study.config_hash, "population": group.name,
-                         "model_id": model, "seed": seed, "checkpoint": key, "architecture": study.architecture.name,
+                         "model_id": model, "seed": seed, "checkpoint": key, "architecture": study.architecture.label,
                          "holdout_accuracy": record.get("holdout_accuracy"),
                          "test_accuracy": record.get("test_accuracy"),
                          "epochs": record.get("epochs"), "selected_epoch": record.get("selected_epoch")})

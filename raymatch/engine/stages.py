@@ -83,21 +83,23 @@ def _plan_extract(context: PlanContext) -> StagePlan:
     """One job per model with a layer not stored; every checkpoint to extract is checked here, before Ray."""
     from ..extract import ExtractionJob
     from ..extract.extractor import read_checkpoint, stored_repeats
-    from ..models import checkpoint_id
-    from ..models.checkpoint import check_checkpoint
+    from ..models.checkpoint import check_checkpoint, model_id_of
 
     study, store, plan = context.study, context.store, context.plan
     if plan["train"].tasks:  # model ids (and everything after) are known once the checkpoints exist
         return NOT_KNOWN_YET
     todo = []
+    options = study.population.checkpoint_options  # a nested state dict, a prefix to strip
     for key in plan.checkpoints:
         data = read_checkpoint(store, key)
-        model = plan.model_ids[key] = checkpoint_id(data)
+        model = plan.model_ids[key] = model_id_of(data, options, name=key)
         if any(stored_repeats(store, study.probe.id, model, layer) is None for layer in plan.layers):
             todo.append(key)  # refused here, before Ray, if corrupt, of another shape, or NaN
-            check_checkpoint(study.architecture.module_tree(), data, arch=study.architecture.name, name=key)
+            check_checkpoint(study.architecture.module_tree(), data, arch=study.architecture.label, name=key,
+                             options=options)
     _check_distinct(plan.model_ids)
-    jobs = [ExtractionJob(key, study.architecture.name, study.probe, tuple(study.layers), study.architecture.kwargs)
+    jobs = [ExtractionJob(key, study.architecture.label, study.probe, tuple(study.layers), study.architecture.kwargs,
+                          architecture=study.architecture.spec, checkpoint_options=options or None)
             for key in todo]
     return StagePlan(jobs, len(plan.checkpoints) - len(jobs))
 

@@ -89,15 +89,44 @@ def actor_options(*, gpus_per_actor: float = 1.0, cpus_per_actor: int = 1) -> tu
     return {"num_cpus": cpus_per_actor}, max(1, int(resources.get("CPU", 1) // cpus_per_actor))
 
 
-def start_actors(n_actors: int, *, gpus_per_actor: float = 1.0, cpus_per_actor: int = 1) -> list:
-    """Up to ``n_actors`` worker actors (as many as the cluster holds at once); kill them when done."""
+def uploaded(runtime_env: dict) -> dict:
+    """``runtime_env`` with its local ``py_modules`` folders uploaded to the cluster, as ``gcs://`` URIs.
+
+    Ray uploads local folders only for a job's runtime_env (``ray.init``, ``ray job submit``); an actor's own
+    runtime_env must name packages already on the cluster. The upload is content-addressed: a folder whose files
+    did not change is not sent again.
+
+    Parameters
+    ----------
+    runtime_env : dict
+
+    Returns
+    -------
+    dict
+    """
+    if not runtime_env.get("py_modules"):
+        return runtime_env
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed  # what ray.init does for a job
+
+    return upload_py_modules_if_needed(dict(runtime_env), include_gitignore=True)
+
+
+def start_actors(n_actors: int, *, gpus_per_actor: float = 1.0, cpus_per_actor: int = 1,
+                 runtime_env: dict | None = None) -> list:
+    """Up to ``n_actors`` worker actors (as many as the cluster holds at once); kill them when done.
+
+    A ``runtime_env`` (the architecture's ``py_modules``, :attr:`Architecture.runtime_env
+    <raymatch.study.Architecture.runtime_env>`) is each actor's own, on top of the job's.
+    """
     options, capacity = actor_options(gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)
+    if runtime_env:
+        options = {**options, "runtime_env": uploaded(runtime_env)}
     return [WorkerActor.options(**options).remote(cpus_per_actor) for _ in range(max(1, min(n_actors, capacity)))]
 
 
 def extract_population(store: Store, jobs: list[ExtractionJob], *, gpus_per_actor: float = 1.0,
                        cpus_per_actor: int = 1, max_actors: int | None = None, progress: bool | None = None,
-                       actors: list | None = None) -> list:
+                       actors: list | None = None, runtime_env: dict | None = None) -> list:
     """Extract every job's activations on the connected Ray cluster.
 
     Parameters
@@ -112,6 +141,8 @@ def extract_population(store: Store, jobs: list[ExtractionJob], *, gpus_per_acto
         done / total / ETA on the driver (a bar on a terminal, periodic lines otherwise).
     actors : list, optional
         Running actors (from :func:`start_actors`) to use instead of new ones; left running.
+    runtime_env : dict, optional
+        Of the actors started here (see :func:`start_actors`).
 
     Returns
     -------
@@ -131,7 +162,7 @@ def extract_population(store: Store, jobs: list[ExtractionJob], *, gpus_per_acto
     if own:
         capacity = actor_options(gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor)[1]
         actors = start_actors(min(len(jobs), max_actors or capacity), gpus_per_actor=gpus_per_actor,
-                              cpus_per_actor=cpus_per_actor)
+                              cpus_per_actor=cpus_per_actor, runtime_env=runtime_env)
     try:
         outcomes = run_bounded(extract_job, jobs, args=(store,), max_in_flight=len(actors), label="extract",
                                progress=progress, actors=actors, stop_on_failure=True)

@@ -1,7 +1,8 @@
 """Run a probe through one model and stream the chosen layers' activations into the store.
 
 A layer output of shape (N, C, H, W) becomes C neurons over rows (image, y, x); (N, F) becomes F
-neurons over N rows. Under the paper's sampling protocol the (image, position) rows are a function
+neurons over N rows; other layouts, tuple/dict outputs and reused modules as
+:mod:`raymatch.extract.outputs` says. Under the paper's sampling protocol the (image, position) rows are a function
 of the probe and the layer's spatial shape only (:func:`raymatch.probes.sample_rows`), so every model
 of a population gets identical rows; they are picked batch by batch inside the forward hook, so
 N·H·W rows of a layer are never materialised.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,7 +25,8 @@ from ..models import load_model
 from ..probes import ProbeSpec, RowSample, load_probe, sample_rows
 from ..store import ActivationKey, ActivationWriter, Store, is_stored
 from ..store.activations import DEFAULT_FORMAT, DEFAULT_SHARD_ROWS
-from .layers import select_layers
+from .layers import resolve_layers
+from .outputs import LayerOptions, as_neuron_matrix, call_counts, layer_base, neuron_shape, pick_output
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,17 @@ class ExtractionJob:
     arch : str
         Registry name of the architecture (``raymatch.models.available_models()``).
     probe : ProbeSpec
-    layers : tuple of str
-        Layer selectors (names, globs or types).
+    layers : tuple of (str or dict)
+        Layer entries: selectors (names, globs or types) or ``{select, neurons, output}`` mappings.
     arch_kwargs : dict
         Constructor arguments (in_channels, num_classes, width, input_size).
     batch_size : int
+    architecture : dict, optional
+        The study's whole architecture (:meth:`Architecture.to_dict <raymatch.study.Architecture.to_dict>`):
+        a factory or another source is built from it in the worker; None builds ``arch`` from the zoo.
+    checkpoint_options : dict, optional
+        ``key`` and ``strip_prefix`` of ``population.checkpoint`` (see
+        :func:`~raymatch.models.checkpoint.unwrap_state_dict`).
     """
 
     checkpoint: str
@@ -50,6 +59,8 @@ class ExtractionJob:
     layers: tuple[str, ...] = ("relu",)
     arch_kwargs: dict = field(default_factory=dict)
     batch_size: int = 256
+    architecture: dict | None = None
+    checkpoint_options: dict | None = None
 
 
 def read_checkpoint(store: Store, checkpoint: str) -> bytes:
@@ -77,8 +88,8 @@ class _LayerTap:
         self.rows: list[np.ndarray | None] = []  # sampled flat (image, y, x) indices per repeat
         self.shape: tuple[int, ...] | None = None
 
-    def _start(self, output: torch.Tensor) -> None:
-        self.shape = tuple(output.shape[1:])
+    def _start(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
         n_neurons = self.shape[0]
         spatial = int(np.prod(self.shape[1:])) if len(self.shape) > 1 else 1
         sampled = isinstance(self.probe.rows, RowSample) and spatial > 1
@@ -96,14 +107,13 @@ class _LayerTap:
             meta = {"layer_shape": list(self.shape), "row_policy": policy, "n_images": self.n_images}
             self.writers.append(self.make_writer(self.name, repeat, n_neurons, meta))
 
-    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+    def __call__(self, flat: torch.Tensor, shape: tuple[int, ...], output: torch.Tensor) -> None:
+        """Take one batch: ``flat`` (B, C, positions) of ``output``, whose neuron shape is ``shape``."""
         if self.offset != self.batch_start:
-            raise ValueError(f"layer {self.name} runs more than once per forward pass (a reused module); "
-                             "its activations are ambiguous: choose another layer")
+            raise ValueError(f"layer {self.name} runs more often in this forward pass than in the first one")
         if self.shape is None:
-            self._start(output)
-        batch = output.shape[0]
-        flat = output.detach().reshape(batch, self.shape[0], -1)  # (B, C, positions)
+            self._start(shape)
+        batch = flat.shape[0]
         positions = flat.shape[2]
         for writer, rows in zip(self.writers, self.rows, strict=True):
             if rows is None:
@@ -125,10 +135,32 @@ class _LayerTap:
         self.offset += batch
 
 
+class _ModuleTap:
+    """Forward hook of one module: its k-th call in a forward pass goes to the tap of layer ``name#k``."""
+
+    def __init__(self, taps: dict[int | None, _LayerTap], options: dict[int | None, LayerOptions]):
+        self.taps, self.options = taps, options
+        self.call = 0  # calls so far in the current forward pass
+
+    def __call__(self, module: nn.Module, inputs, output) -> None:
+        index = None if None in self.taps else self.call
+        self.call += 1
+        tap = self.taps.get(index)
+        if tap is None:  # a call of a reused module that no layer selects
+            return
+        options = self.options[index]
+        picked = pick_output(output, options.output, tap.name)
+        tap(as_neuron_matrix(picked, LayerOptions(options.neurons), tap.name).detach(),
+            neuron_shape(picked.shape, options.neurons, tap.name), picked)
+
+
 def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.Tensor, probe: ProbeSpec,
-                  layers: list[str], *, batch_size: int = 256, device: str | torch.device = "cpu",
+                  layers, *, batch_size: int = 256, device: str | torch.device = "cpu",
                   shard_rows: int = DEFAULT_SHARD_ROWS, fmt: str = DEFAULT_FORMAT) -> dict[str, dict]:
     """Run ``images`` (N, C, H, W) through ``model`` and store the activations of ``layers``.
+
+    ``layers`` are layer names (``relu#1`` for the second call of a reused module ``relu``), or a mapping of
+    layer names to :class:`~raymatch.extract.outputs.LayerOptions`.
 
     Every (layer, repeat) becomes visible only when complete (its manifest is written last); on any
     error the parts written so far are removed.
@@ -149,14 +181,22 @@ def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.T
         made.append(writer)
         return writer
 
-    taps = {name: _LayerTap(name, model_id, probe, images.shape[0], make_writer) for name in layers}
-    handles = [modules[name].register_forward_hook(tap) for name, tap in taps.items()]
+    options = dict(layers) if isinstance(layers, Mapping) else {name: LayerOptions() for name in layers}
+    taps = {name: _LayerTap(name, model_id, probe, images.shape[0], make_writer) for name in options}
+    by_module: dict[str, _ModuleTap] = {}
+    for name, tap in taps.items():
+        base, index = layer_base(name) if name not in modules else (name, None)
+        module_tap = by_module.setdefault(base, _ModuleTap({}, {}))
+        module_tap.taps[index], module_tap.options[index] = tap, options[name]
+    handles = [modules[base].register_forward_hook(module_tap) for base, module_tap in by_module.items()]
     model = model.to(device).eval()
     try:
         with torch.no_grad():
             for start in range(0, images.shape[0], batch_size):
                 for tap in taps.values():
                     tap.batch_start = start
+                for module_tap in by_module.values():
+                    module_tap.call = 0
                 model(images[start : start + batch_size].to(device))
         summary = {}
         for name, tap in taps.items():
@@ -193,15 +233,18 @@ def run_job(store: Store, job: ExtractionJob, *, device: str | torch.device = "c
     """Extract one model's activations unless already stored; returns a summary row."""
     started = time.perf_counter()
     data = read_checkpoint(store, job.checkpoint)
-    model, model_id = load_model(job.arch, data, name=job.checkpoint, **job.arch_kwargs)
-    layers = select_layers(model, job.layers)
+    model, model_id = load_model(job.arch, data, name=job.checkpoint, architecture=job.architecture,
+                                 checkpoint_options=job.checkpoint_options, **job.arch_kwargs)
+    if images is None:
+        images = load_probe(job.probe)
+    options = resolve_layers(model, job.layers, calls=call_counts(model.eval(), images[:1]))
+    layers = list(options)
     todo = [layer for layer in layers if stored_repeats(store, job.probe.id, model_id, layer) is None]
     summary = {"checkpoint": job.checkpoint, "model_id": model_id, "probe_id": job.probe.id,
                "layers": layers, "computed": todo, "skipped": [layer for layer in layers if layer not in todo]}
     if todo:
-        if images is None:
-            images = load_probe(job.probe)
-        summary["outputs"] = extract_model(store, model, model_id, images, job.probe, todo,
+        summary["outputs"] = extract_model(store, model, model_id, images, job.probe,
+                                           {layer: options[layer] for layer in todo},
                                            batch_size=job.batch_size, device=device, shard_rows=shard_rows,
                                            fmt=fmt)
     summary["seconds"] = time.perf_counter() - started

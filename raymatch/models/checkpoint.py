@@ -18,6 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .factory import build_architecture
 from .zoo import build_model
 
 _TORCH_ZIP_MAGIC = b"PK\x03\x04"
@@ -99,6 +100,19 @@ def _torch_load_reason(error: Exception) -> str:
     return f"torch.load failed: {first_line}"
 
 
+def _state_dict_paths(loaded: Any, prefix: str = "", depth: int = 0) -> list[str]:
+    """Dotted paths of the dicts of tensors nested in ``loaded`` (at most 3 levels down), largest first."""
+    found = []
+    if isinstance(loaded, Mapping) and depth < 3:
+        for key, value in loaded.items():
+            if isinstance(value, Mapping) and isinstance(key, str):
+                path = f"{prefix}{key}"
+                if value and all(isinstance(item, torch.Tensor) for item in value.values()):
+                    found.append((len(value), path))
+                found += [(0, inner) for inner in _state_dict_paths(value, f"{path}.", depth + 1)]
+    return [path for _, path in sorted(found, key=lambda item: -item[0])]
+
+
 def _as_state_dict(loaded: Any, name: str) -> dict[str, torch.Tensor]:
     if not isinstance(loaded, Mapping):
         raise _unreadable(name, f"it holds an object of type {type(loaded).__name__}, not a dict of tensors")
@@ -107,12 +121,59 @@ def _as_state_dict(loaded: Any, name: str) -> dict[str, torch.Tensor]:
         if not isinstance(key, str):
             raise _unreadable(name, f"it holds a dict with a non-string key {key!r}")
         if not isinstance(value, torch.Tensor):
-            raise _unreadable(name, f"entry {key!r} is of type {type(value).__name__}, not a tensor")
+            paths = _state_dict_paths(loaded)
+            hint = f"; set population.checkpoint.key: {paths[0]}" if paths else ""
+            raise _unreadable(name, f"entry {key!r} is of type {type(value).__name__}, not a tensor{hint}")
         state[key] = value
     return state
 
 
-def load_state_dict(data: bytes, *, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+def unwrap_state_dict(loaded: Any, *, name: str = "checkpoint", key: str | None = None,
+                      strip_prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint: under a dotted ``key``, with ``strip_prefix`` removed.
+
+    Parameters
+    ----------
+    loaded : mapping
+        What ``torch.load(weights_only=True)`` or safetensors returned.
+    name : str
+        What to call the checkpoint in messages.
+    key : str, optional
+        A dotted path of nested dict keys (``state_dict``, ``model.ema``).
+    strip_prefix : str, optional
+        Removed from the start of every parameter name that has it (DDP's ``module.``); it must start at least one.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+
+    Raises
+    ------
+    CheckpointError
+        A ``key`` that is not there, a prefix that starts no name, or anything but a dict of tensors.
+    """
+    if key:
+        walked = []
+        for part in key.split("."):
+            if not isinstance(loaded, Mapping) or part not in loaded:
+                keys = ", ".join(repr(k) for k in loaded) if isinstance(loaded, Mapping) else "none"
+                where = f"under {'.'.join(walked)!r} " if walked else ""
+                raise CheckpointError(f"population.checkpoint.key: {key!r} is not in checkpoint {name}: {part!r} is "
+                                      f"missing {where}(keys there: {keys})")
+            loaded = loaded[part]
+            walked.append(part)
+    state = _as_state_dict(loaded, name)
+    if strip_prefix:
+        if not any(parameter.startswith(strip_prefix) for parameter in state):
+            first = next(iter(state), None)
+            raise CheckpointError(f"population.checkpoint.strip_prefix: {strip_prefix!r} starts no parameter name "
+                                  f"of checkpoint {name} (the first is {first!r})")
+        state = {parameter.removeprefix(strip_prefix): tensor for parameter, tensor in state.items()}
+    return state
+
+
+def load_state_dict(data: bytes, *, name: str = "checkpoint", key: str | None = None,
+                    strip_prefix: str | None = None) -> dict[str, torch.Tensor]:
     r"""Read a state dict from safetensors bytes or from a ``torch.save`` zip archive.
 
     The format is detected from the first bytes: a ``torch.save`` zip archive starts with
@@ -126,6 +187,8 @@ def load_state_dict(data: bytes, *, name: str = "checkpoint") -> dict[str, torch
         The checkpoint's bytes.
     name : str, default "checkpoint"
         What to call the checkpoint in error messages, e.g. its path.
+    key, strip_prefix : str, optional
+        Where the state dict is nested and what to strip from its names (:func:`unwrap_state_dict`).
 
     Returns
     -------
@@ -148,7 +211,7 @@ def load_state_dict(data: bytes, *, name: str = "checkpoint") -> dict[str, torch
             loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as error:
             raise _unreadable(name, _torch_load_reason(error)) from error
-        return _as_state_dict(loaded, name)
+        return unwrap_state_dict(loaded, name=name, key=key, strip_prefix=strip_prefix)
     problem = _safetensors_header_problem(data)
     if problem is not None:
         raise _unreadable(name, problem)
@@ -156,18 +219,31 @@ def load_state_dict(data: bytes, *, name: str = "checkpoint") -> dict[str, torch
         loaded = safetensors.torch.load(data)
     except Exception as error:
         raise _unreadable(name, f"safetensors failed: {error}") from error
-    return _as_state_dict(loaded, name)
+    return unwrap_state_dict(loaded, name=name, key=key, strip_prefix=strip_prefix)
 
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
+def _prefix_hint(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """A hint to strip a prefix when stripping it from the checkpoint's names would make them the model's."""
+    first = next(iter(found), "")
+    parts = first.split(".")
+    for end in range(1, len(parts)):
+        prefix = ".".join(parts[:end]) + "."
+        if {key.removeprefix(prefix) for key in found} == set(expected):
+            return (f"; the checkpoint's names start with {prefix!r}: set population.checkpoint.strip_prefix: "
+                    f"{prefix!r}")
+    return ""
+
+
 def _first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str | None:
     """Describe the first entry, in the model's order, where ``found`` does not fit ``expected``."""
     for key, tensor in expected.items():
         if key not in found:
-            return f"parameter {key!r} (shape {_shape(tensor)}) is missing from the checkpoint"
+            return (f"parameter {key!r} (shape {_shape(tensor)}) is missing from the checkpoint"
+                    + _prefix_hint(expected, found))
         if found[key].shape != tensor.shape:
             return (
                 f"parameter {key!r} has shape {_shape(found[key])} in the checkpoint but {_shape(tensor)} in the model"
@@ -178,7 +254,32 @@ def _first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, to
     return None
 
 
-def check_checkpoint(model: nn.Module, data: bytes, *, arch: str, name: str = "checkpoint") -> None:
+def model_id_of(data: bytes, options: Mapping[str, Any] | None = None, *, name: str = "checkpoint") -> str:
+    """A model's id: :func:`checkpoint_id` of its bytes, or of its unwrapped state dict under checkpoint options.
+
+    With ``key`` or ``strip_prefix`` given, the id is that of the unwrapped state dict as safetensors bytes (see
+    :func:`unwrap_state_dict`): what else the file holds (epoch, optimiser state) changes no id.
+
+    Parameters
+    ----------
+    data : bytes
+    options : mapping, optional
+        ``key`` and ``strip_prefix``.
+    name : str
+
+    Returns
+    -------
+    str
+    """
+    if not options or not (options.get("key") or options.get("strip_prefix")):
+        return checkpoint_id(data)
+    state = load_state_dict(data, name=name, key=options.get("key"), strip_prefix=options.get("strip_prefix"))
+    tensors = {key: tensor.detach().clone(memory_format=torch.contiguous_format) for key, tensor in state.items()}
+    return checkpoint_id(safetensors.torch.save(tensors))
+
+
+def check_checkpoint(model: nn.Module, data: bytes, *, arch: str, name: str = "checkpoint",
+                     options: Mapping[str, Any] | None = None) -> None:
     """Refuse a checkpoint before any work is spent on it: unreadable, not fitting ``model``, or not finite.
 
     Parameters
@@ -188,6 +289,8 @@ def check_checkpoint(model: nn.Module, data: bytes, *, arch: str, name: str = "c
     data : bytes
     arch, name : str
         The architecture's and the checkpoint's names, for messages.
+    options : mapping, optional
+        ``key`` and ``strip_prefix`` (``population.checkpoint``).
 
     Raises
     ------
@@ -195,7 +298,7 @@ def check_checkpoint(model: nn.Module, data: bytes, *, arch: str, name: str = "c
         As :func:`load_model` does, and for a tensor holding NaN or Inf (a diverged training run): its
         activations would be NaN.
     """
-    state = load_state_dict(data, name=name)
+    state = load_state_dict(data, name=name, **dict(options or {}))
     mismatch = _first_mismatch(model.state_dict(), state)
     if mismatch is not None:
         raise CheckpointError(f"checkpoint {name} does not fit {arch}: {mismatch}")
@@ -206,7 +309,8 @@ def check_checkpoint(model: nn.Module, data: bytes, *, arch: str, name: str = "c
                                   "(NaN or Inf)")
 
 
-def load_model(arch: str, data: bytes, *, name: str = "checkpoint", **arch_kwargs: Any) -> tuple[nn.Module, str]:
+def load_model(arch: str, data: bytes, *, name: str = "checkpoint", architecture: Mapping[str, Any] | None = None,
+               checkpoint_options: Mapping[str, Any] | None = None, **arch_kwargs: Any) -> tuple[nn.Module, str]:
     """Build a zoo model and load a checkpoint into it, checking that every parameter fits.
 
     Parameters
@@ -217,6 +321,11 @@ def load_model(arch: str, data: bytes, *, name: str = "checkpoint", **arch_kwarg
         The checkpoint's bytes (safetensors or a ``torch.save`` zip archive of a state dict).
     name : str, default "checkpoint"
         What to call the checkpoint in error messages, e.g. its path.
+    architecture : mapping, optional
+        An architecture built with :func:`~raymatch.models.factory.build_architecture` instead of the zoo's
+        ``arch`` (a factory, torchvision or timm).
+    checkpoint_options : mapping, optional
+        ``key`` and ``strip_prefix`` (:func:`unwrap_state_dict`).
     **arch_kwargs
         Passed to :func:`~raymatch.models.build_model` (``in_channels``, ``num_classes``, ``width``,
         ``input_size``).
@@ -226,7 +335,7 @@ def load_model(arch: str, data: bytes, *, name: str = "checkpoint", **arch_kwarg
     model : torch.nn.Module
         In eval mode, on the CPU.
     model_id : str
-        :func:`checkpoint_id` of ``data``.
+        :func:`model_id_of` ``data`` (:func:`checkpoint_id` of ``data`` without checkpoint options).
 
     Raises
     ------
@@ -236,14 +345,15 @@ def load_model(arch: str, data: bytes, *, name: str = "checkpoint", **arch_kwarg
     ValueError
         When ``arch`` or ``arch_kwargs`` are not valid for :func:`~raymatch.models.build_model`.
     """
-    model = build_model(arch, **arch_kwargs)
-    state = load_state_dict(data, name=name)
+    model = build_architecture(architecture) if architecture else build_model(arch, **arch_kwargs)
+    options = dict(checkpoint_options or {})
+    state = load_state_dict(data, name=name, **options)
     mismatch = _first_mismatch(model.state_dict(), state)
     if mismatch is not None:
         raise CheckpointError(f"checkpoint {name} does not fit {arch}: {mismatch}")
     model.load_state_dict(state, strict=True)
     model.eval()
-    return model, checkpoint_id(data)
+    return model, model_id_of(data, options, name=name)
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> str:

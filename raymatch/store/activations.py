@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arrays import FORMATS, decode, encode, matrix_to_table, table_to_matrix
-from .layout import activation_prefix, manifest_key
+from .layout import activation_prefix, layer_key, manifest_key
 from .store import Store, check_name
 
 #: Default encoding of activation shards (see docs/benchmarks.md, "Activation store").
@@ -40,7 +40,7 @@ class ActivationKey:
     def __post_init__(self):
         check_name(self.probe_id, "probe id")
         check_name(self.model_id, "model id")
-        check_name(self.layer, "layer name")
+        check_name(layer_key(self.layer), "layer name")
         if not isinstance(self.repeat, int) or self.repeat < 0:
             raise ValueError(f"repeat must be a non-negative integer; got {self.repeat!r}")
 

@@ -34,6 +34,7 @@ __all__ = [
     "factor_part_key",
     "factor_prefix",
     "factor_root",
+    "layer_key",
     "manifest_key",
     "study_record_key",
     "study_records_prefix",
@@ -134,9 +135,20 @@ def training_record_key(prefix: str, seed: int) -> str:
 # ------------------------------------------------------------------------------------------------ matrices
 
 
+def layer_key(layer: str) -> str:
+    """A layer name as a store key part: one call of a reused module, ``relu#1``, is stored as ``relu=1``.
+
+    Examples
+    --------
+    >>> layer_key("layer1.0.relu#1"), layer_key("features.3")
+    ('layer1.0.relu=1', 'features.3')
+    """
+    return layer.replace("#", "=")
+
+
 def activation_prefix(probe_id: str, model_id: str, layer: str, repeat: int) -> str:
     """``activations/<probe id>/<model id>/<layer>/r<repeat>``: one activation matrix's shards and manifest."""
-    return f"activations/{probe_id}/{model_id}/{layer}/r{repeat}"
+    return f"activations/{probe_id}/{model_id}/{layer_key(layer)}/r{repeat}"
 
 
 def factor_root(probe_id: str) -> str:
@@ -146,7 +158,7 @@ def factor_root(probe_id: str) -> str:
 
 def factor_prefix(probe_id: str, model_id: str, layer: str, repeat: int, center: bool) -> str:
     """``factors/<version>/<probe id>/<model id>/<layer>/r<repeat>/<raw|centered>``: one matrix's factor."""
-    return f"{factor_root(probe_id)}/{model_id}/{layer}/r{repeat}/{'centered' if center else 'raw'}"
+    return f"{factor_root(probe_id)}/{model_id}/{layer_key(layer)}/r{repeat}/{'centered' if center else 'raw'}"
 
 
 def factor_part_key(prefix: str, part: str) -> str:
@@ -175,4 +187,4 @@ def task_id(layer: str, repeat: int, content: Any) -> str:
     >>> task_id("relu1", 0, {"pairs": [["a", "b"]]}) == task_id("relu1", np.int64(0), {"pairs": (("a", "b"),)})
     True
     """
-    return f"{layer}.r{int(repeat)}.{digest(content)}"
+    return f"{layer_key(layer)}.r{int(repeat)}.{digest(content)}"

@@ -10,6 +10,7 @@ device, the global RNG untouched.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,14 +19,17 @@ import torch
 from torch import nn
 
 from ..config import Loc
-from ..extract.layers import select_layers
+from ..extract.layers import resolve_layers, select_layers
+from ..extract.outputs import LayerOutputError, call_counts, layer_base, neuron_shape, pick_output
 from ..models import build_model
+from ..models.factory import build_architecture
 from ..probes import RowSample
 
 if TYPE_CHECKING:
     from .models import Architecture, Study
 
-__all__ = ["check_layers", "check_probe_fit", "check_reference", "few_samples", "module_tree", "output_shapes"]
+__all__ = ["architecture_tree", "check_architecture_use", "check_layers", "check_probe_fit", "check_reference",
+           "few_samples", "layer_calls", "layer_shapes", "module_tree", "output_shapes"]
 
 Problems = list[tuple[Loc, str]]
 
@@ -57,6 +61,118 @@ def module_tree(name: str, in_channels: int, num_classes: int, width: float, inp
 
 
 @functools.lru_cache(maxsize=16)
+def architecture_tree(content: str) -> nn.Module:
+    """A factory's, torchvision's or timm's architecture built on the ``meta`` device, the global RNG untouched.
+
+    Parameters
+    ----------
+    content : str
+        The canonical JSON of the architecture's :meth:`~raymatch.study.Architecture.to_dict`.
+
+    Returns
+    -------
+    torch.nn.Module
+        Shared between calls with the same content: do not modify it.
+
+    Raises
+    ------
+    raymatch.models.factory.ArchitectureError
+        When it cannot be built (its ``field`` names the key at fault).
+    """
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build_architecture(json.loads(content), use_code_path=True)
+
+
+def _image_shape(probe: Any) -> tuple[int, ...] | None:
+    """The probe's image shape ``(C, H, W)`` where it is known without loading data, else None."""
+    from ..probes.datasets import IMAGE_SHAPES
+
+    shape = getattr(probe, "image_shape", None)
+    return tuple(shape) if shape is not None else IMAGE_SHAPES.get(getattr(probe, "dataset", None))
+
+
+def _meta_outputs(architecture: Architecture, image_shape: tuple[int, ...]) -> dict[str, list[Any]]:
+    """Each module's outputs, one per call, of a forward pass of two images on the ``meta`` device."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = architecture.module_tree()
+        outputs: dict[str, list[Any]] = {}
+        handles = [module.register_forward_hook(lambda _m, _i, output, key=name: outputs.setdefault(key, []).append(
+            output)) for name, module in model.named_modules() if name]
+        try:
+            with torch.no_grad():
+                model(torch.empty(2, *image_shape))
+        finally:
+            for handle in handles:
+                handle.remove()
+    return outputs
+
+
+@functools.lru_cache(maxsize=16)
+def _calls(architecture: Architecture, image_shape: tuple[int, ...]) -> dict[str, int]:
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return call_counts(architecture.module_tree(), torch.empty(2, *image_shape))
+
+
+def layer_calls(architecture: Architecture, probe: Any) -> dict[str, int] | None:
+    """Calls per forward pass of each module of ``architecture`` on the probe's images (None where unknown).
+
+    Parameters
+    ----------
+    architecture : Architecture
+    probe : raymatch.probes.ProbeSpec
+
+    Returns
+    -------
+    dict of str to int, or None
+        None when the probe's image shape is not known without loading it, or the forward pass fails (that is
+        :func:`check_probe_fit`'s problem).
+    """
+    shape = _image_shape(probe)
+    if shape is None:
+        return None
+    try:
+        return _calls(architecture, shape)
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
+def layer_shapes(architecture: Architecture, image_shape: tuple[int, ...], entries: Sequence[Any]
+                 ) -> dict[str, tuple[int, ...]]:
+    """Each selected layer's neuron shape ``(neurons, *row axes)`` (no batch axis), from a ``meta`` forward pass.
+
+    Parameters
+    ----------
+    architecture : Architecture
+    image_shape : tuple of int
+    entries : sequence of (str or LayerEntry)
+        The study's layers.
+
+    Returns
+    -------
+    dict of str to tuple of int
+        In network order, for the layers the forward pass calls.
+
+    Raises
+    ------
+    raymatch.extract.outputs.LayerOutputError
+        A layer output that cannot become neurons over rows as its entry says (a 3-D output without ``neurons``,
+        an ``output`` index out of range, a tuple without ``output`` …).
+    ValueError
+        From :func:`~raymatch.extract.layers.resolve_layers`.
+    """
+    outputs = _meta_outputs(architecture, image_shape)
+    calls = {name: len(found) for name, found in outputs.items()}
+    shapes = {}
+    for layer, options in resolve_layers(architecture.module_tree(), entries, calls=calls).items():
+        base, index = layer_base(layer) if layer not in outputs else (layer, None)
+        if base not in outputs:
+            continue
+        picked = pick_output(outputs[base][index or 0], options.output, layer)
+        shapes[layer] = neuron_shape(picked.shape, options.neurons, layer)
+    return shapes
+
+
+@functools.lru_cache(maxsize=16)
 def output_shapes(architecture: Architecture, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Each module's output shape without the batch dimension, for images of ``image_shape``.
 
@@ -78,11 +194,12 @@ def output_shapes(architecture: Architecture, image_shape: tuple[int, ...]) -> d
         What that forward pass raises: images the architecture cannot take.
     """
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = build_model(architecture.name, **architecture.kwargs)
+        model = architecture.build()
         shapes: dict[str, tuple[int, ...]] = {}
 
-        def record(key: str, output: torch.Tensor) -> None:  # a hook returning None leaves the output alone
-            shapes.setdefault(key, tuple(output.shape[1:]))
+        def record(key: str, output: Any) -> None:  # a hook returning None leaves the output alone
+            if isinstance(output, torch.Tensor):  # (tuple and dict outputs: see layer_shapes)
+                shapes.setdefault(key, tuple(output.shape[1:]))
 
         for module_name, module in model.named_modules():
             module.register_forward_hook(lambda _m, _i, output, key=module_name: record(key, output))
@@ -123,13 +240,40 @@ def check_reference(values: Mapping[str, Any]) -> Problems:
     return problems
 
 
-def _resolve_each(model: nn.Module, selectors: Sequence[str], loc: tuple[str, ...], problems: Problems) -> list | None:
+def check_architecture_use(values: Mapping[str, Any]) -> Problems:
+    """Training and the null baseline build zoo models only: refuse them with a factory, torchvision or timm.
+
+    Parameters
+    ----------
+    values : mapping
+        The study's fields that validated.
+
+    Returns
+    -------
+    list of (tuple, str)
+    """
+    architecture = values.get("architecture")
+    if architecture is None or architecture.is_zoo:
+        return []
+    problems: Problems = []
+    population = values.get("population")
+    if population is not None and population.training is not None:
+        problems.append((("population", "training"), f"trains zoo models only; architecture {architecture.label} "
+                                                     "is not one: give its checkpoints"))
+    if values.get("null_baseline"):
+        problems.append((("null_baseline",), f"initialises zoo models only; architecture {architecture.label} is "
+                                             "not one"))
+    return problems
+
+
+def _resolve_each(model: nn.Module, selectors: Sequence[str], loc: tuple[str, ...], problems: Problems,
+                  calls: Mapping[str, int] | None = None) -> list | None:
     """The module names each selector picks, or None after reporting every selector that picks none."""
     field = ".".join(loc)
     resolved = []
     for index, selector in enumerate(selectors):
         try:
-            resolved.append(select_layers(model, [selector], field=field))
+            resolved.append(select_layers(model, [selector], field=field, calls=calls))
         except ValueError as error:
             problems.append(((*loc, index), str(error).removeprefix(f"{field}[0]: ")))
     return resolved if len(resolved) == len(selectors) else None
@@ -153,15 +297,20 @@ def check_layers(values: Mapping[str, Any]) -> Problems:
     if architecture is None:
         return []
     model = architecture.module_tree()
+    calls = layer_calls(architecture, values["probe"]) if "probe" in values else None
     problems: Problems = []
     study_layers = None
-    if "layers" in values and _resolve_each(model, values["layers"], ("layers",), problems) is not None:
-        study_layers = select_layers(model, values["layers"])
+    if "layers" in values and _resolve_each(model, values["layers"], ("layers",), problems, calls) is not None:
+        try:
+            study_layers = select_layers(model, values["layers"], calls=calls)
+        except ValueError as error:  # two entries selecting one layer with other options
+            problems.append((("layers",), str(error).removeprefix("layers")))
+        problems += _layout_problems(architecture, values, calls)
     simple_matches = values.get("simple_matches")
     if simple_matches is None or not simple_matches.layers:
         return problems
     selectors = simple_matches.layers
-    resolved = _resolve_each(model, selectors, ("simple_matches", "layers"), problems)
+    resolved = _resolve_each(model, selectors, ("simple_matches", "layers"), problems, calls)
     if resolved is None or study_layers is None:
         return problems
     for index, (selector, names) in enumerate(zip(selectors, resolved, strict=True)):
@@ -170,6 +319,23 @@ def check_layers(values: Mapping[str, Any]) -> Problems:
             problems.append((("simple_matches", "layers", index),
                              f"{selector!r} selects {', '.join(outside)}, which the study's layers do not include "
                              f"({', '.join(study_layers)})"))
+    return problems
+
+
+def _layout_problems(architecture: Architecture, values: Mapping[str, Any], calls: Mapping[str, int] | None
+                     ) -> Problems:
+    """Each layer entry whose outputs cannot become neurons over rows as it says (meta forward pass)."""
+    shape = _image_shape(values["probe"]) if calls is not None else None
+    if shape is None:
+        return []
+    problems: Problems = []
+    for index, entry in enumerate(values["layers"]):
+        try:
+            layer_shapes(architecture, shape, [entry])
+        except LayerOutputError as error:
+            problems.append((("layers", index), str(error)))
+        except (RuntimeError, ValueError, TypeError):  # selectors and forward passes report elsewhere
+            pass
     return problems
 
 
@@ -202,11 +368,12 @@ def check_probe_fit(values: Mapping[str, Any]) -> Problems:
         return problems
     try:
         output_shapes(architecture, IMAGE_SHAPES[probe.dataset])
-    except (RuntimeError, ValueError) as error:
+    except (RuntimeError, ValueError, TypeError, AttributeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        sizes = (f" (in_channels {architecture.in_channels}, input_size {architecture.input_size})"
+                 if architecture.is_zoo else "")
         problems.append((("probe",), f"{probe.dataset} images are {'×'.join(map(str, IMAGE_SHAPES[probe.dataset]))}, "
-                                     f"which architecture {architecture.name} (in_channels {architecture.in_channels}, "
-                                     f"input_size {architecture.input_size}) cannot take: {reason}"))
+                                     f"which architecture {architecture.label}{sizes} cannot take: {reason}"))
     return problems
 
 
@@ -231,9 +398,9 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
 
     probe = study.probe
     n_images = probe.n_examples or SPLIT_SIZES[probe.dataset][probe.split]
-    shapes = output_shapes(study.architecture, IMAGE_SHAPES[probe.dataset])
+    shapes = layer_shapes(study.architecture, IMAGE_SHAPES[probe.dataset], study.layers)
     found = []
-    for layer in (name for name in study.layer_names if name in shapes):  # (modules the forward pass calls)
+    for layer in (name for name in study.layer_names if name in shapes):  # (layers the forward pass calls)
         neurons, spatial = shapes[layer][0], math.prod(shapes[layer][1:])
         sampled = isinstance(probe.rows, RowSample) and spatial > 1  # as the extractor decides
         samples = min(probe.rows.rows, n_images * spatial) if sampled else n_images * spatial

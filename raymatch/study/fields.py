@@ -8,6 +8,7 @@ shown as YAML spells them (``null``, ``true``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -483,3 +484,47 @@ def pair_policy(value: Any) -> str:
     if value not in PAIR_POLICIES:
         raise ValueError(f"must be one of {', '.join(PAIR_POLICIES)}; got {shown(value)}")
     return value
+
+
+# ------------------------------------------------------------------------------------------------ architectures
+
+
+def architecture_source(value: Any) -> str | None:
+    """Check where a named architecture comes from: ``zoo``, ``torchvision``, ``timm`` or null.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    str or None
+    """
+    if value is None or value in ("zoo", "torchvision", "timm"):
+        return value
+    raise ValueError(f"must be one of zoo, torchvision, timm; got {shown(value)}")
+
+
+def keyword_arguments(value: Any) -> dict[str, Any] | None:
+    """Check keyword arguments: a mapping of identifier strings to YAML/JSON values, or null.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    dict or None
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping of argument names to values; got {shown(value)}")
+    bad = [key for key in value if not (isinstance(key, str) and key.isidentifier())]
+    if bad:
+        raise ValueError(f"argument names must be identifiers; got {', '.join(map(repr, bad))}")
+    try:
+        json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"values must be plain YAML/JSON data (numbers, strings, lists, mappings): {error}") from None
+    return dict(value)

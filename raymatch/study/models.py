@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -19,11 +20,21 @@ from torch import nn
 from ..config import Config, ConfigError, Loc, checked_by, problem_at, relocated, shown
 from ..extract.layers import select_layers
 from ..models import build_model
+from ..models.factory import ArchitectureError, build_architecture, code_digest
 from ..probes import ProbeSpec
 from ..store import Store, layout
 from ..train.spec import TrainingSpec, with_recipe_defaults
 from . import fields
-from .checks import check_layers, check_probe_fit, check_reference, module_tree
+from .checks import (
+    architecture_tree,
+    check_architecture_use,
+    check_layers,
+    check_probe_fit,
+    check_reference,
+    layer_calls,
+    module_tree,
+)
+from .entries import CheckpointOptions, LayerEntry, layer_entries
 from .fields import PAIR_POLICIES, Boolean, Fractions, OptionalString, PositiveInt, Selectors
 
 __all__ = [
@@ -222,13 +233,35 @@ class Population(_Section):
     training : Training, optional
         Models the study trains itself: seeds of the architecture trained with a recipe (see
         :mod:`raymatch.train`); their checkpoints are stored under :meth:`Training.prefix`.
+    checkpoint : CheckpointOptions, optional
+        Where the checkpoint files keep their state dict (``key``, a dotted path) and a prefix to strip from
+        its names (``strip_prefix``, e.g. DDP's ``module.``). With either given, a model's id is the digest of the
+        unwrapped state dict (:func:`~raymatch.models.checkpoint.model_id_of`).
     """
 
     checkpoints: Annotated[Selectors, checked_by(fields.checkpoints)] = ()
     glob: Annotated[str | None, checked_by(fields.glob_pattern)] = None
     training: Training | None = None
+    checkpoint: CheckpointOptions | None = None
 
     _path: ClassVar[str] = "population"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as in a study file; ``checkpoint`` only when given (so older studies hash as before).
+
+        Returns
+        -------
+        dict
+        """
+        content = super().to_dict()
+        if content["checkpoint"] is None:
+            del content["checkpoint"]
+        return content
+
+    @property
+    def checkpoint_options(self) -> dict[str, Any]:
+        """``population.checkpoint`` as keyword arguments of :func:`~raymatch.models.checkpoint.load_state_dict`."""
+        return self.checkpoint.to_dict() if self.checkpoint is not None else {}
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
@@ -244,41 +277,170 @@ class Population(_Section):
                          "(seeds and a recipe)")]
         if len(values["checkpoints"]) == 1:
             return [(("checkpoints",), "a study needs at least 2 models; got 1")]
+        if values.get("checkpoint") is not None and training:
+            return [(("checkpoint",), "only used with checkpoints or glob (the study writes its trained "
+                                      "checkpoints itself)")]
         return []
 
 
 class Architecture(_Section):
-    """The architecture every model of the population shares: a model of the zoo and its size parameters.
+    """The architecture every model of the population shares: a model of the zoo, of torchvision or timm, or a factory.
+
+    Give ``name`` (a zoo model, or one of ``source``) or ``factory``.
 
     Parameters
     ----------
-    name : str
-        One of :func:`~raymatch.models.available_models` (or ``plain{depth}``).
+    name : str, optional
+        One of :func:`~raymatch.models.available_models` (or ``plain{depth}``); with ``source``, a torchvision or
+        timm model name.
     in_channels : int, default 3
     num_classes : int, default 10
     width : float, default 1.0
         Channel multiplier.
     input_size : int, default 32
-        Height (= width) of the input images.
+        Height (= width) of the input images. The four size parameters are the zoo's only.
+    source : {'zoo', 'torchvision', 'timm'}, optional
+        Where ``name`` comes from (default the zoo); built without pretrained weights.
+    factory : str, optional
+        ``module:callable`` returning an ``nn.Module`` (``mypkg.nets:make_net``).
+    kwargs : dict, optional
+        Keyword arguments of the factory or of the torchvision/timm builder (written ``kwargs`` in a study file;
+        :attr:`kwargs` is the zoo's size parameters, :attr:`call_kwargs` these).
+    code : str, optional
+        A local package folder holding the factory's module, shipped to every Ray worker (runtime_env
+        ``py_modules``); a relative path resolves against the working directory. Its files' digest, not its
+        path, is part of the config hash.
     """
 
-    name: Annotated[str, checked_by(fields.string)]
+    name: OptionalString = None
     in_channels: PositiveInt = 3
     num_classes: PositiveInt = 10
     width: Annotated[float, Field(gt=0), checked_by(fields.number(positive=True))] = 1.0
     input_size: PositiveInt = 32
+    source: Annotated[Literal["zoo", "torchvision", "timm"] | None, checked_by(fields.architecture_source)] = None
+    factory: OptionalString = None
+    call_kwargs: Annotated[dict[str, Any] | None, checked_by(fields.keyword_arguments)] = None
+    code: OptionalString = None
 
     _path: ClassVar[str] = "architecture"
+    #: Field name → study-file key where they differ.
+    _keys: ClassVar[dict[str, str]] = {"call_kwargs": "kwargs"}
+    _zoo_sizes: ClassVar[tuple[str, ...]] = ("in_channels", "num_classes", "width", "input_size")
+
+    def __hash__(self) -> int:
+        return hash(layout.canonical_json(self.to_dict()))
+
+    @classmethod
+    def _collect(cls, data: Any) -> tuple[dict[str, Any], list[InitErrorDetails]]:
+        if isinstance(data, Mapping) and "call_kwargs" not in data and "kwargs" in data:
+            data = {("call_kwargs" if key == "kwargs" else key): value for key, value in data.items()}
+        values, problems = super()._collect(data)
+        for problem in problems:
+            loc = tuple(problem.get("loc", ()))
+            if loc[:1] == ("call_kwargs",):
+                problem["loc"] = ("kwargs", *loc[1:])
+        return values, problems
+
+    @classmethod
+    def _key_problems(cls, data: Mapping[Any, Any]) -> list[tuple[Loc, str]]:
+        allowed = ", ".join(cls._keys.get(name, name) for name in cls.model_fields)
+        return [((key,), f"unknown key (allowed: {allowed})") for key in data if key not in cls.model_fields]
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        properties = schema.get("properties", {})
+        if "call_kwargs" in properties:
+            properties["call_kwargs"] = {**properties["call_kwargs"], "title": "Kwargs"}
+            schema["properties"] = {cls._keys.get(key, key): value for key, value in properties.items()}
+        return schema
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         if len(values) < len(cls.model_fields):
             return []
+        if values["factory"] is None and values["name"] is None:
+            return [(("name",), "required key is missing")]
+        if values["factory"] is not None and values["name"] is not None:
+            return [(("factory",), "give name or factory, not both")]
+        zoo = values["factory"] is None and values["source"] in (None, "zoo")
+        problems: list[tuple[Loc, str]] = []
+        if zoo:
+            problems += [((key,), "only used with factory or source: torchvision|timm") for key in
+                         ("kwargs", "code") if values[cls._field(key)] is not None]
+        else:
+            problems += [((key,), "a size parameter of the zoo's models: give it in kwargs") for key in
+                         cls._zoo_sizes if values[key] != cls.model_fields[key].default]
+            if values["factory"] is None and values["code"] is not None:
+                problems.append((("code",), "only used with factory"))
+            if values["factory"] is not None and values["source"] is not None:
+                problems.append((("source",), "only used with name"))
+        if problems:
+            return problems
         try:
-            module_tree(**values)
+            if zoo:
+                module_tree(values["name"], **{key: values[key] for key in cls._zoo_sizes})
+            else:
+                architecture_tree(layout.canonical_json(cls._content(values)))
+        except ArchitectureError as error:
+            return [((error.field,), error.message)]
         except ValueError as error:
             return [(("name",), str(error))]
         return []
+
+    @classmethod
+    def _field(cls, key: str) -> str:
+        return next((name for name, written in cls._keys.items() if written == key), key)
+
+    @classmethod
+    def _content(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The study-file content of validated fields: the zoo's sizes for a zoo model, the new keys otherwise."""
+        if values["factory"] is None and values["source"] in (None, "zoo"):
+            content = {"name": values["name"], **{key: values[key] for key in cls._zoo_sizes}}
+            if values["source"] is not None:
+                content["source"] = values["source"]
+            return content
+        return {cls._keys.get(key, key): values[key] for key in ("name", "source", "factory", "call_kwargs", "code")
+                if values[key] is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as in a study file: a zoo model as before (name and sizes), others by the keys given.
+
+        Returns
+        -------
+        dict
+        """
+        return self._content({name: getattr(self, name) for name in type(self).model_fields})
+
+    @property
+    def is_zoo(self) -> bool:
+        """Whether the architecture is a model of raymatch's zoo (trainable by the study, with a null baseline)."""
+        return self.factory is None and self.source in (None, "zoo")
+
+    @property
+    def label(self) -> str:
+        """What to call the architecture: the zoo name, ``torchvision:resnet18``, or the factory."""
+        if self.factory is not None:
+            return self.factory
+        return self.name if self.is_zoo else f"{self.source}:{self.name}"
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        """What a Ray worker builds the model from (:func:`~raymatch.models.factory.build_architecture`).
+
+        None for the zoo (built from :attr:`name` and :attr:`kwargs`).
+        """
+        return None if self.is_zoo else self.to_dict()
+
+    @functools.cached_property
+    def code_digest(self) -> str | None:
+        """:func:`~raymatch.models.factory.code_digest` of :attr:`code` (read once), or None without code."""
+        return code_digest(self.code) if self.code else None
+
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        """The Ray runtime_env the workers need: ``py_modules`` with :attr:`code` (absolute), or empty."""
+        return {"py_modules": [os.path.abspath(self.code)]} if self.code else {}
 
     def build(self) -> nn.Module:
         """A freshly initialised model (weights from the global RNG), via :func:`~raymatch.models.build_model`.
@@ -287,6 +449,8 @@ class Architecture(_Section):
         -------
         torch.nn.Module
         """
+        if not self.is_zoo:
+            return build_architecture(self.to_dict(), use_code_path=True)
         return build_model(self.name, **self.kwargs)
 
     @property
@@ -302,6 +466,8 @@ class Architecture(_Section):
         -------
         torch.nn.Module
         """
+        if not self.is_zoo:
+            return architecture_tree(layout.canonical_json(self.to_dict()))
         return module_tree(self.name, **self.kwargs)
 
 
@@ -408,7 +574,7 @@ class Study(_Section):
     population: Population
     architecture: Architecture
     probe: ProbeSpec
-    layers: Annotated[Selectors, Field(min_length=1), checked_by(fields.strings("layer selectors", non_empty=True))]
+    layers: Annotated[tuple[str | LayerEntry, ...], Field(min_length=1), checked_by(layer_entries(non_empty=True))]
     eps: Annotated[Fractions, Field(min_length=1), checked_by(fields.fractions(non_empty=True))]
     pairs: Annotated[Literal["all", "reference", "consecutive"], checked_by(fields.pair_policy)] = "all"
     reference: OptionalString = None
@@ -422,12 +588,13 @@ class Study(_Section):
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-        return check_reference(values) + check_layers(values) + check_probe_fit(values)
+        return check_reference(values) + check_architecture_use(values) + check_layers(values) + check_probe_fit(values)
 
     @functools.cached_property
     def layer_names(self) -> tuple[str, ...]:
         """The module names :attr:`layers` select, in network order."""
-        return tuple(select_layers(self.architecture.module_tree(), self.layers))
+        return tuple(select_layers(self.architecture.module_tree(), self.layers,
+                                   calls=layer_calls(self.architecture, self.probe)))
 
     @property
     def config_hash(self) -> str:
@@ -445,6 +612,8 @@ class Study(_Section):
         content = self.to_dict()
         del content["store"], content["resources"], content["probe"]["data_dir"]
         del content["eps"], content["simple_matches"], content["null_baseline"]
+        if self.architecture.code:  # the code's content decides the numbers, not where its folder lies
+            content["architecture"]["code"] = self.architecture.code_digest
         content["math_version"] = layout.FACTOR_VERSION
         return layout.digest(content)
 

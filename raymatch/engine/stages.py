@@ -127,7 +127,7 @@ def _plan_match(context: PlanContext) -> StagePlan:
         done += len(pairs) - len(missing)
         tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
                              block=study.resources.pair_block, center=study.center, population=group.name,
-                             positions=positions, cka=study.cka)
+                             positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed)
     return StagePlan(tasks, done)
 
 
@@ -157,7 +157,8 @@ def _plan_factor(context: PlanContext) -> StagePlan:
 
     done, needed = 0, set()
     for group, layer, repeat, pairs, _ in context.pair_units:
-        done += sum(stored(context.plan.model_ids[key], layer, repeat) for key in group.checkpoints)
+        if group.permute_b_seed is None:  # the permuted null's models are the trained ones: counted once
+            done += sum(stored(context.plan.model_ids[key], layer, repeat) for key in group.checkpoints)
         for pair in context.missing_pairs("curves", group, layer, repeat, pairs):
             needed |= {(layer, repeat, model) for model in pair}
     needed |= {(task.layer, task.repeat, model) for task in context.simple_tasks[0] for model in task.pair}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -483,3 +483,43 @@ def pair_policy(value: Any) -> str:
     if value not in PAIR_POLICIES:
         raise ValueError(f"must be one of {', '.join(PAIR_POLICIES)}; got {shown(value)}")
     return value
+
+
+# ------------------------------------------------------------------------------------------------ null baselines
+
+#: The null baselines a study may add beside its trained population: untrained networks of the architecture, and
+#: the trained pairs with model b's activation rows permuted (same spectra, no sample correspondence).
+NULL_BASELINES = ("untrained", "permuted")
+
+
+def null_baselines(value: Any) -> tuple[str, ...]:
+    """Check ``null_baseline``: ``true`` (``[untrained]``), ``false`` or a list of distinct :data:`NULL_BASELINES`.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    tuple of str
+        The baselines in the order of :data:`NULL_BASELINES`; empty for ``false`` or ``[]``.
+
+    Raises
+    ------
+    ValueError
+        Anything else.
+    """
+    if isinstance(value, bool):
+        return ("untrained",) if value else ()
+    if not is_list(value):
+        raise ValueError(f"must be true, false or a list of {', '.join(NULL_BASELINES)}; got {shown(value)}")
+    problems = [(index, item) for index, item in enumerate(value) if item not in NULL_BASELINES]
+    if problems:
+        index, item = problems[0]
+        raise ValueError(f"[{index}]: must be one of {', '.join(NULL_BASELINES)}; got {shown(item)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"must list each baseline once; got {shown(list(value))}")
+    return tuple(name for name in NULL_BASELINES if name in value)
+
+
+NullBaselines = Annotated[tuple[Literal["untrained", "permuted"], ...], checked_by(null_baselines)]

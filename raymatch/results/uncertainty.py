@@ -132,26 +132,66 @@ def model_bootstrap(model_a, model_b, values, *, n_boot: int = N_BOOT, seed: int
     values = np.asarray(values, dtype=np.float64)
     keep = ~np.isnan(values)
     model_a, model_b = np.asarray(model_a, dtype=object)[keep], np.asarray(model_b, dtype=object)[keep]
-    models, matrix = pair_matrix(model_a, model_b, values[keep])
-    n_models, n_pairs = len(models), int(keep.sum())
+    pair_matrix(model_a, model_b, values[keep])  # refuses repeated pairs and self-pairs
+    n_pairs = int(keep.sum())
     mean = float(values[keep].mean()) if n_pairs else float("nan")
+    n_models = len(set(model_a) | set(model_b))
     if n_models < 2 or n_pairs == 0:
         return Interval(mean, float("nan"), float("nan"), n_models, n_pairs, n_boot, seed, level)
-    defined = ~np.isnan(matrix)
-    filled = np.where(defined, matrix, 0.0)
-    rng = np.random.default_rng(seed)
-    means, redrawn = np.empty(0), 0
-    while means.size < n_boot:
-        counts = rng.multinomial(n_models, np.full(n_models, 1.0 / n_models), size=n_boot - means.size)
-        counts = counts.astype(np.float64)
-        weight = np.einsum("ri,ij,rj->r", counts, defined.astype(np.float64), counts)  # 2 × Σ_{a<b} c_a c_b
-        total = np.einsum("ri,ij,rj->r", counts, filled, counts)
-        ok = weight > 0
-        redrawn += int((~ok).sum())
-        means = np.concatenate([means, total[ok] / weight[ok]])
+    means, redrawn = _resampled_means(model_a, model_b, values[keep][:, None], n_boot, seed)
     tail = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
+    low, high = np.quantile(means[:, 0], [tail, 1.0 - tail])
     return Interval(mean, float(low), float(high), n_models, n_pairs, n_boot, seed, level, redrawn)
+
+
+def _resampled_means(model_a, model_b, values: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, int]:
+    """Bootstrap means over models of every column of ``values`` (n_pairs × n_columns, no NaN), the same resamples.
+
+    Returns ``(means, redrawn)``: ``means`` of shape (n_boot, n_columns); ``redrawn`` resamples had no pair.
+    """
+    models = list(dict.fromkeys([*model_a, *model_b]))
+    index = {model: position for position, model in enumerate(models)}
+    first = np.array([index[model] for model in model_a])
+    second = np.array([index[model] for model in model_b])
+    rng = np.random.default_rng(seed)
+    chunks, found, redrawn = [], 0, 0
+    while found < n_boot:
+        counts = rng.multinomial(len(models), np.full(len(models), 1.0 / len(models)), size=n_boot - found)
+        weights = (counts[:, first] * counts[:, second]).astype(np.float64)  # c_a · c_b per pair and resample
+        total = weights.sum(axis=1)
+        ok = total > 0
+        redrawn += int((~ok).sum())
+        chunks.append((weights[ok] @ values) / total[ok, None])
+        found += int(ok.sum())
+    return np.concatenate(chunks), redrawn
+
+
+def model_bootstrap_curve(model_a, model_b, values, *, n_boot: int = N_BOOT, seed: int = SEED,
+                          level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`model_bootstrap` of several columns at once (e.g. a band over ε), with the same resamples for all.
+
+    Parameters
+    ----------
+    model_a, model_b : sequence of str, length n_pairs
+    values : array_like, shape (n_pairs, n_columns), no NaN
+    n_boot, seed, level
+        As in :func:`model_bootstrap`.
+
+    Returns
+    -------
+    low, high : numpy.ndarray, shape (n_columns,)
+        NaN with fewer than 2 models.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    pair_matrix(model_a, model_b, np.zeros(len(values)))
+    if values.ndim != 2 or values.shape[0] == 0 or np.isnan(values).any():
+        raise ValueError("values must be an (n_pairs, n_columns) array without NaN")
+    if len(set(model_a) | set(model_b)) < 2:
+        return np.full(values.shape[1], np.nan), np.full(values.shape[1], np.nan)
+    means, _ = _resampled_means(list(model_a), list(model_b), values, n_boot, seed)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail], axis=0)
+    return low, high
 
 
 def bootstrap_table(matches: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = SEED,
@@ -194,4 +234,4 @@ def bootstrap_table(matches: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 
 
 
 __all__ = ["BOOTSTRAP_COLUMNS", "LEVEL", "N_BOOT", "SEED", "Interval", "bootstrap_table", "model_bootstrap",
-           "pair_matrix"]
+           "model_bootstrap_curve", "pair_matrix"]

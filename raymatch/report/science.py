@@ -173,6 +173,14 @@ def eps_curve_figure(ctx: _Context, out_dir: Path):
     return _save(result, out_dir)
 
 
+def _share_positions(shares: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Where the bars of one layer go: its distinct shares (few), else the centres of 10 bins (``binned``)."""
+    distinct = np.unique(np.round(shares, 9))
+    if distinct.size <= 11:
+        return distinct, False
+    return np.linspace(0.05, 0.95, 10), True
+
+
 def universality_figure(ctx: _Context, out_dir: Path):
     """``universality.png``: per layer, how many neurons lie in the maximum match with a share of the other models."""
     from .figures import FigureResult, _save
@@ -185,27 +193,29 @@ def universality_figure(ctx: _Context, out_dir: Path):
     layers = _ordered(data["layer"], ctx.layers)
     populations = _populations(data["population"])
     figure = _new_grid_figure(len(layers))
-    bins = np.linspace(0.0, 1.0, 11)
-    width = 0.1 / (len(populations) + 0.5)
     artists: dict = {"bars": {}, "all": {}}
     for axes, layer in zip(_grid_axes(figure, len(layers)), layers, strict=True):
+        in_layer = data.loc[data["layer"] == layer]
+        positions, binned = _share_positions(in_layer["share"].to_numpy())
+        gap = np.diff(positions).min() if positions.size > 1 else 1.0
+        width = min(gap, 0.25) / (len(populations) + 0.5)
         lines = []
         for index, population in enumerate(populations):
-            shares = data.loc[(data["layer"] == layer) & (data["population"] == population), "share"].to_numpy()
+            shares = in_layer.loc[in_layer["population"] == population, "share"].to_numpy()
             if not shares.size:
                 continue
-            counts, _ = np.histogram(shares, bins=bins)
+            if binned:
+                counts = np.histogram(shares, bins=np.linspace(0.0, 1.0, 11))[0]
+            else:
+                counts = np.array([np.sum(np.isclose(shares, value)) for value in positions])
             offset = (index - (len(populations) - 1) / 2) * width
-            artists["bars"][(layer, population)] = axes.bar(bins[:-1] + 0.05 + offset, counts / shares.size,
-                                                            width=width, color=_colour(population, index),
-                                                            alpha=0.75)
+            artists["bars"][(layer, population)] = axes.bar(positions + offset, counts / shares.size, width=width,
+                                                            color=_colour(population, index), alpha=0.8)
             everyone = int((shares == 1.0).sum())
             artists["all"][(layer, population)] = everyone
-            lines.append(f"{population}: {everyone}/{shares.size}")
-        axes.set_title(layer)
-        axes.text(0.02, 0.97, "shared by all others\n" + "\n".join(lines), transform=axes.transAxes, va="top",
-                  fontsize=8)
-        axes.set_xlim(0, 1)
+            lines.append(f"{population} {everyone}/{shares.size}")
+        axes.set_title(f"{layer}\nneurons shared by all others:\n" + ", ".join(lines), fontsize=8)
+        axes.set_xlim(-0.08, 1.08)
     for axes in figure.axes:
         if axes.get_visible() and axes.get_subplotspec().is_last_row():
             axes.set_xlabel("share of the other models")
@@ -218,8 +228,8 @@ def universality_figure(ctx: _Context, out_dir: Path):
     figure.suptitle(f"{ctx.study}: neuron universality at ε = {ctx.eps:g}")
     result.caption = (f"Per layer, the distribution over neurons (every model, every repeat) of the share of the other "
                       f"models in whose maximum match at ε = {ctx.eps:g} the neuron lies (universality({ctx.eps:g})), "
-                      "in bins of 0.1 (the last includes 1); the counts of neurons shared by every other model "
-                      "(share = 1) per population are written in each panel.")
+                      "one bar per share value (in bins of 0.1 when there are many); the counts of neurons shared by "
+                      "every other model (share = 1) per population are in each panel's title.")
     result.figure, result.data, result.artists = figure, data, artists
     return _save(result, out_dir)
 

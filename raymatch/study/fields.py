@@ -522,4 +522,6 @@ def null_baselines(value: Any) -> tuple[str, ...]:
     return tuple(name for name in NULL_BASELINES if name in value)
 
 
-NullBaselines = Annotated[tuple[Literal["untrained", "permuted"], ...], checked_by(null_baselines)]
+#: ``null_baseline``: a boolean or a list in a study file (its JSON Schema), a tuple once checked.
+NullBaselines = Annotated[bool | Annotated[tuple[Literal["untrained", "permuted"], ...],
+                                          Field(json_schema_extra={"uniqueItems": True})], checked_by(null_baselines)]

@@ -10,8 +10,12 @@ import itertools
 import numpy as np
 import pytest
 
+from raymatch.engine.tasks import PERMUTATION_SEED
 from raymatch.match import EXACT_TOL, match_curve, max_match
-from raymatch.results import append_rows, connect, query
+from raymatch.match.factor import row_permutation
+from raymatch.report import write_report
+from raymatch.report.science import mean_curve, pair_steps
+from raymatch.results import append_rows, connect, load, query
 from raymatch.results.schema import UNIVERSALITY
 from raymatch.store import layout
 
@@ -47,6 +51,8 @@ def population_store(local_store):
     local_store.write_json(layout.study_record_key("u1"), {"name": "u1", "config_hash": "h1", "eps": [0.2],
                                                            "layers": ["fc1"]})
     rows = [_curve_row(a, b, models[a], models[b]) for a, b in itertools.combinations(models, 2)]
+    rows += [_curve_row(a, b, models[a], models[b][row_permutation(80, PERMUTATION_SEED)], population="permuted")
+             for a, b in itertools.combinations(models, 2)]
     rows.append(_curve_row("m0", "m1", models["m0"], models["m1"], status="failed", error="x", layer="fc2",
                            critical_a=None, critical_b=None))  # a failed curve counts nowhere
     rows.append(_curve_row("m0", "m1", models["m0"], models["m1"], config_hash="old"))  # another configuration
@@ -76,7 +82,8 @@ def test_universality_equals_max_matches_computed_directly(population_store):
     con = connect(store)
     try:
         for eps in eps_values:
-            table = con.sql(f"SELECT * FROM universality({eps!r}) ORDER BY model, neuron").to_arrow_table()
+            table = con.sql(f"SELECT * FROM universality({eps!r}) WHERE population = 'trained' "
+                            "ORDER BY model, neuron").to_arrow_table()
             assert table.schema.names == UNIVERSALITY.names
             assert table.cast(UNIVERSALITY).schema == UNIVERSALITY
             rows = table.to_pylist()
@@ -94,8 +101,8 @@ def test_universality_equals_max_matches_computed_directly(population_store):
 def test_dead_neurons_are_never_shared_and_every_neuron_is_shared_at_eps_one(population_store):
     store, _ = population_store
     dead = query(store, "SELECT matched_in FROM universality(0.999) WHERE model = 'm1' AND neuron = 4")
-    assert dead["matched_in"].tolist() == [0]
-    everyone = query(store, "SELECT count(*) AS n FROM universality(1.0) WHERE share = 1")
+    assert dead["matched_in"].tolist() == [0, 0]  # trained and permuted
+    everyone = query(store, "SELECT count(*) AS n FROM universality(1.0) WHERE share = 1 AND population = 'trained'")
     assert everyone["n"].item() == sum(m.shape[1] for m in _population().values()) - 1  # all but the dead one
     shared_by_all = query(store, "SELECT model, count(*) AS n FROM universality(0.3) WHERE share = 1 "
                                  "GROUP BY model ORDER BY model")
@@ -107,3 +114,40 @@ def test_universality_eps_out_of_range_is_a_clear_error(population_store, eps):
     store, _ = population_store
     with pytest.raises(ValueError, match=r"universality: eps must be a number in \[0, 1\]; got"):
         query(store, f"SELECT * FROM universality({eps})")
+
+
+def test_report_eps_curve_is_the_exact_mean_of_max_matches_and_universality_counts_shared_neurons(population_store,
+                                                                                                  tmp_path):
+    store, models = population_store
+    report = write_report(store, study="u1", out_dir=tmp_path / "report", eps=0.3)
+    curve = report.figures["eps_curve.png"]
+    assert curve.path.exists() and set(curve.data["population"]) == {"trained", "permuted"}
+    # the drawn step function at any ε is the mean over pairs of max_match's similarity on the activations
+    steps = pair_steps(load(store, "curves"))
+    for population in ("trained", "permuted"):
+        eps_steps, levels = mean_curve(steps[steps["population"] == population])
+        assert np.all(np.diff(eps_steps) > 0) and np.all(np.diff(levels) >= -1e-12)
+        for eps in (0.05, 0.2, 0.33, 0.6, 0.9):
+            drawn = levels[np.searchsorted(eps_steps, eps, side="right") - 1]
+            permutation = row_permutation(80, PERMUTATION_SEED)
+            pairs = [(models[a], models[b] if population == "trained" else models[b][permutation])
+                     for a, b in itertools.combinations(models, 2)]
+            assert drawn == pytest.approx(np.mean([max_match(A, B, eps).similarity for A, B in pairs]), abs=1e-12)
+    lines, bands = curve.artists["curves"], curve.artists["bands"]
+    assert set(lines) == set(bands) == {("fc1", "trained"), ("fc1", "permuted")}
+    assert lines["fc1", "permuted"].get_linestyle() == ":"
+    # the permuted null: near zero well below the chance ratio, where trained pairs are not
+    trained_at = levels_at(steps, "trained", 0.3)
+    assert levels_at(steps, "permuted", 0.3) == 0.0 and trained_at > 0.2  # 3 shared of 6-7 neurons
+    shared = report.figures["universality.png"].artists["all"]
+    expected = _expected(models, 0.3)
+    assert shared["fc1", "trained"] == sum(count == len(models) - 1 for count in expected.values())
+    assert shared["fc1", "permuted"] == 0
+    summary = report.summary
+    assert "interval over models" in summary and "2000 resamples, seed 0" in summary
+    assert "shared by every other model at ε = 0.3" in summary
+
+
+def levels_at(steps, population: str, eps: float) -> float:
+    eps_steps, levels = mean_curve(steps[steps["population"] == population])
+    return float(levels[np.searchsorted(eps_steps, eps, side="right") - 1])

@@ -1,7 +1,8 @@
 """``raymatch report``: load one study from a store, draw its figures, write its summary.
 
-:func:`_context` reads the store's ``matches``, ``simple_matches`` and ``cka`` views (see :mod:`raymatch.results`;
-``matches_at(eps)`` for an ε off the study's grid) and the study's record
+:func:`_context` reads the store's ``matches``, ``simple_matches``, ``cka`` and ``curves`` views and
+``universality(eps)`` at the report's ε (see :mod:`raymatch.results`; ``matches_at(eps)`` for an ε off the study's
+grid) and the study's record
 (:func:`raymatch.store.layout.study_record_key`, for the layers in network order);
 :func:`write_report` draws the figures (:mod:`.figures`) and writes the summary (:mod:`.summary`) into a folder;
 :func:`add_arguments` and :func:`command` are the command line.

@@ -1,12 +1,14 @@
-"""The five figures of a report, drawn with matplotlib's object API on the Agg canvas.
+"""The figures of a report, drawn with matplotlib's object API on the Agg canvas.
 
 - ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
-  min–max band), the untrained null baseline dashed in the same colour;
+  min–max band), the untrained null baseline dashed in the same colour, the permuted-row null dotted;
 - ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
   √(1 − k/d) of each layer marked;
 - ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;
 - ``cka.png`` — linear CKA per layer beside the match similarity at one ε;
-- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol).
+- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol);
+- ``eps_curve.png`` and ``universality.png`` — from :mod:`.science`: similarity as an exact step function of ε per
+  layer (nulls beside, bands from a bootstrap over models), and the share of other models each neuron is matched in.
 
 No pyplot, so no global figure registry grows; each :class:`FigureResult` keeps its figure, the artists drawn and
 the data they were drawn from. A figure without data is skipped with the reason.

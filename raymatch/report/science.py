@@ -39,7 +39,8 @@ def pair_steps(curves: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     curves : pandas.DataFrame
-        ``"ok"`` ``curves`` rows: ``critical_a``, ``critical_b``, ``n_a``, ``n_b``, ``exact_tol``, ``repeat``.
+        ``curves`` rows (only ``"ok"`` ones are used): ``critical_a``, ``critical_b``, ``n_a``, ``n_b``,
+        ``exact_tol``, ``repeat``, ``chance``.
 
     Returns
     -------
@@ -48,6 +49,8 @@ def pair_steps(curves: pd.DataFrame) -> pd.DataFrame:
         most ``exact_tol`` as 0) and ``weights`` (each break's step in similarity: ``1 / (n_a + n_b)`` over the
         pair's repeats), ``chance``.
     """
+    if "status" in curves.columns:
+        curves = curves.loc[curves["status"] == "ok"]
     out = []
     for key, group in curves.groupby(["population", "layer", "model_a", "model_b"], sort=False):
         breaks, weights = [], []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -153,6 +154,10 @@ def test_a_study_with_both_nulls_runs_queries_and_reports(local_store, tmp_path,
     assert len(shares) == sum(matrices[m, "relu3"].shape[1] for m in ids) and set(shares["others"]) == {2}
     for row in shares.itertuples():
         assert row.matched_in == expected.get((row.model, row.neuron), 0)
+    assert main(["query", local_store.root, "SELECT population, count_if(share = 1) AS n FROM universality(0.3) "
+                 "WHERE layer = 'relu3' GROUP BY ALL ORDER BY ALL", "--format", "json"]) == 0
+    by_population = {row["population"]: row["n"] for row in json.loads(capsys.readouterr().out)}
+    assert by_population["trained"] == sum(count == 2 for count in expected.values())
 
     out_dir = tmp_path / "report"
     assert main(["report", local_store.root, "--out", str(out_dir)]) == 0

@@ -131,7 +131,7 @@ def train(args: argparse.Namespace) -> int:
     from .study import load_study
 
     study = load_study(args.study)
-    if study.population.training is None and not study.null_baseline:
+    if study.population.training is None and "untrained" not in study.null_baseline:
         raise ValueError(f"{args.study}: the study trains nothing (no population.training, no null_baseline)")
     counts = run_study(study, progress=None, only="train",
                        connect=lambda: _connect_ray(args.address, args.num_cpus))["stages"]["train"]

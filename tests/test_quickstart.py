@@ -37,7 +37,9 @@ def test_quickstart_table_has_every_pair_layer_eps_row_and_the_null_sits_below(q
     mean = matches[matches["layer"] == last].groupby(["population", "eps"])["similarity"].mean()
     for eps in (0.25, 0.3):
         assert mean["untrained", eps] < mean["trained", eps]
-    assert set(load(study.store.open(), "cka")["population"]) == {"trained", "untrained"}
+    assert set(load(study.store.open(), "cka")["population"]) == {"trained", "untrained", "permuted"}
+    permuted = matches[(matches["population"] == "permuted") & (matches["eps"] <= 0.3)]
+    assert len(permuted) == n_pairs * n_layers * 4 and permuted["similarity"].max() == 0.0  # far below chance
 
     out_dir = tmp_path / "report"
     assert main(["report", str(store), "--out", str(out_dir)]) == 0

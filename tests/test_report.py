@@ -290,7 +290,7 @@ def test_missing_record_and_optional_tables_are_reported(tmp_path):
     assert report.layer_order == "table" and report.layers == WRITE_ORDER
     assert set(report.skipped) == {"simple_match_sizes.png", "cka.png", "repeats.png"}
     assert sorted(path.name for path in tmp_path.joinpath("out").iterdir()) == [
-        "max_epsilon.png", "similarity.png", "summary.md"]
+        "eps_curve.png", "max_epsilon.png", "similarity.png", "summary.md", "universality.png"]
     similarity = report.figures["similarity.png"]
     assert similarity.artists["untrained"] == {} and len(similarity.figure.axes[0].lines) == len(EPS)
     assert tick_labels(similarity.figure.axes[0]) == WRITE_ORDER

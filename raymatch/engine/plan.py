@@ -25,7 +25,7 @@ class ModelGroup:
 
     Attributes
     ----------
-    name : {'trained', 'untrained'}
+    name : {'trained', 'untrained', 'permuted'}
         The ``population`` column of its rows.
     checkpoints : list of str
         Checkpoint keys in population order.
@@ -35,6 +35,10 @@ class ModelGroup:
         Where the study trains (or initialises) the group's checkpoints; None for checkpoints given by the user.
     train_todo : list of int
         Seeds whose checkpoint is not stored yet.
+    permute_b_seed : int, optional
+        Set for the permuted-row null: the trained checkpoints again, each pair's model b with its activation rows
+        permuted by this seed (see :class:`~raymatch.engine.tasks.MatchTask`); its models are the trained ones
+        (no training, extraction, factors or ``models`` rows of their own).
     """
 
     name: str
@@ -42,6 +46,7 @@ class ModelGroup:
     reference: int | None = None
     prefix: str | None = None
     train_todo: list[int] = field(default_factory=list)
+    permute_b_seed: int | None = None
 
 
 @dataclass
@@ -89,8 +94,8 @@ class Plan:
 
     @property
     def checkpoints(self) -> list[str]:
-        """Every checkpoint of every group (trained first)."""
-        return [key for group in self.groups for key in group.checkpoints]
+        """Every checkpoint of every group (trained first), each once (the permuted null reuses the trained)."""
+        return list(dict.fromkeys(key for group in self.groups for key in group.checkpoints))
 
     def __getitem__(self, stage: str) -> StagePlan:
         return self.stages[stage]
@@ -238,11 +243,15 @@ def _groups(study, store: Store) -> list[ModelGroup]:
         trained.prefix = training.prefix(study.architecture)
         trained.train_todo = pending_seeds(store, trained.prefix, training.seeds)
     groups = [trained]
-    if study.null_baseline:
+    if "untrained" in study.null_baseline:
         seeds = training.seeds if training is not None else tuple(range(len(checkpoints)))
         prefix = untrained_prefix(study.architecture)
         groups.append(ModelGroup("untrained", population_keys(prefix, seeds), reference, prefix,
                                  pending_seeds(store, prefix, seeds)))
+    if "permuted" in study.null_baseline:
+        from .tasks import PERMUTATION_SEED
+
+        groups.append(ModelGroup("permuted", list(checkpoints), reference, permute_b_seed=PERMUTATION_SEED))
     return groups
 
 

@@ -299,6 +299,8 @@ def _record_models(study, store: Store, plan: Plan) -> None:
     training = study.population.training
     rows = []
     for group in plan.groups:
+        if group.permute_b_seed is not None:  # the permuted null: the trained models, recorded as such
+            continue
         seeds = (training.seeds if training is not None else range(len(group.checkpoints))) if group.prefix else None
         for index, key in enumerate(group.checkpoints):
             model = plan.model_ids[key]

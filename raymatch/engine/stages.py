@@ -135,7 +135,7 @@ def _match_tasks(context: PlanContext) -> tuple[list, int]:
         done += len(pairs) - len(missing)
         tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
                              block=study.resources.pair_block, center=study.center, population=group.name,
-                             positions=positions, cka=study.cka)
+                             positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed)
     return tasks, done
 
 
@@ -166,8 +166,9 @@ def _plan_factor(context: PlanContext) -> StagePlan:
     def stored(model: str, layer: str, repeat: int) -> bool:
         return manifest_key(factor_prefix(probe_id, model, layer, repeat, center)) in context.stored_factors
 
-    done = sum(stored(context.plan.model_ids[key], layer, repeat)
-               for group, layer, repeat, _, _ in context.pair_units for key in group.checkpoints)
+    done = sum(stored(context.plan.model_ids[key], layer, repeat)  # the permuted null's models: counted once
+               for group, layer, repeat, _, _ in context.pair_units if group.permute_b_seed is None
+               for key in group.checkpoints)
     readers: collections.Counter = collections.Counter()  # (layer, repeat, model) → pair tasks that need it
     for task in _match_tasks(context)[0]:
         readers.update((task.layer, task.repeat, model) for model in task.models)

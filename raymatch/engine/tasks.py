@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..match import EXACT_TOL, cross_product, linear_cka_factors, match_curve
+from ..match.factor import permute_rows, row_permutation
 from ..store import ActivationKey, Store, StoreError, layout
 from ..store.factors import cached_factor, store_factor
 
@@ -25,6 +26,10 @@ from ..store.factors import cached_factor, store_factor
 CURVE_KEYS = ("study", "population", "layer", "repeat", "model_a", "model_b", "probe_id", "config_hash",
               "code_version", "n_samples", "n_a", "n_b", "dead_a", "dead_b", "critical_a", "critical_b",
               "exact_tol", "max_epsilon", "chance", "cka", "seconds", "status", "error")
+
+#: Seed of the row permutation of the permuted-row null (``null_baseline: [permuted]``): fixed, so that its rows
+#: are reproducible and need no place in the config hash.
+PERMUTATION_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class MatchTask:
         ``"trained"``, or ``"untrained"`` for the null baseline's pairs.
     cka : bool
         Compute each pair's linear CKA too (from the same cross product as its ε-curve).
+    permute_b_seed : int, optional
+        The permuted-row null (population ``"permuted"``): model b's rows are permuted by
+        :func:`~raymatch.match.factor.row_permutation` of this seed before matching (its stored factor's basis rows
+        permuted: the same spectra, no sample correspondence with model a).
     """
 
     study: str
@@ -54,12 +63,15 @@ class MatchTask:
     center: bool = False
     population: str = "trained"
     cka: bool = True
+    permute_b_seed: int | None = None
 
     @property
     def task_id(self) -> str:
         """Deterministic id: the same work always has the same id."""
-        return layout.task_id(self.layer, self.repeat, [self.config_hash, self.probe_id, self.pairs, self.center,
-                                                        self.population, self.cka])
+        parts = [self.config_hash, self.probe_id, self.pairs, self.center, self.population, self.cka]
+        if self.permute_b_seed is not None:  # only then: every other task keeps its id
+            parts.append(self.permute_b_seed)
+        return layout.task_id(self.layer, self.repeat, parts)
 
     @property
     def models(self) -> list[str]:
@@ -73,7 +85,8 @@ class MatchTask:
 
 def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat: int,
                 pairs: list[tuple[str, str]], *, block: int, center: bool = False, population: str = "trained",
-                positions: dict[str, int] | None = None, cka: bool = True) -> list[MatchTask]:
+                positions: dict[str, int] | None = None, cka: bool = True,
+                permute_b_seed: int | None = None) -> list[MatchTask]:
     """Group ``pairs`` into tasks by the blocks of their models.
 
     A model's block is its position (``positions``; default: order of first appearance in ``pairs``) divided
@@ -90,8 +103,8 @@ def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat:
     for a, b in pairs:
         i, j = sorted((order[a] // block, order[b] // block))
         grouped.setdefault((i, j), []).append((a, b))
-    return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), center, population, cka)
-            for _, group in sorted(grouped.items())]
+    return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), center, population, cka,
+                      permute_b_seed) for _, group in sorted(grouped.items())]
 
 
 def chance_level(n_neurons: int, n_samples: int) -> float:
@@ -136,6 +149,8 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
             if a in errors or b in errors:
                 raise RuntimeError(errors.get(a) or errors.get(b))
             fa, fb = factors[a], factors[b]
+            if task.permute_b_seed is not None:
+                fb = permute_rows(fb, row_permutation(fb.n_samples, task.permute_b_seed))
             cross = cross_product(fa, fb)
             curve = match_curve(fa, fb, cross=cross)
             matched = time.perf_counter()

@@ -526,3 +526,60 @@ def _reorthogonalise(basis: np.ndarray, coords: np.ndarray, name: str) -> tuple[
         return q, r @ coords
     basis = blas.dtrmm(1.0, _triangle_inverse(r), basis, side=1, lower=0, overwrite_b=1)
     return basis, blas.dtrmm(1.0, r, np.asfortranarray(coords), side=0, lower=0)
+
+
+def row_permutation(n_samples: int, seed: int) -> np.ndarray:
+    """The fixed permutation of ``n_samples`` rows that the permuted-row null applies to model b.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of rows (samples).
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_samples,), int64
+        ``rows[i]`` is the original row placed at position ``i``: the permuted matrix is ``B[rows]``.
+    """
+    return np.random.default_rng(seed).permutation(n_samples).astype(np.int64)
+
+
+def permute_rows(fb: Factor, rows: np.ndarray) -> Factor:
+    """The :class:`Factor` of ``B[rows]`` from the factor of ``B``, without refactoring.
+
+    Permuting the samples permutes the basis's rows and leaves everything else as it is: ``B[rows] =
+    basis[rows] @ coords * norms``, ``basis[rows]`` is still orthonormal, and column norms and means do not
+    depend on the order of the rows. Spectra are kept; the correspondence of samples with any other model's is not.
+
+    Parameters
+    ----------
+    fb : Factor
+        Factor of ``B`` (n_samples × n_neurons).
+    rows : numpy.ndarray, shape (n_samples,), int
+        A permutation of ``range(n_samples)`` (see :func:`row_permutation`).
+
+    Returns
+    -------
+    Factor
+        A new factor; ``fb`` is not changed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match import factor, match_curve
+    >>> from raymatch.match.factor import permute_rows, row_permutation
+    >>> rng = np.random.default_rng(0)
+    >>> A, B = rng.standard_normal((60, 4)), rng.standard_normal((60, 3))
+    >>> rows = row_permutation(60, 0)
+    >>> fast = match_curve(factor(A), permute_rows(factor(B), rows))
+    >>> plain = match_curve(factor(A), factor(B[rows]))
+    >>> bool(np.allclose(fast.critical_a, plain.critical_a) and np.allclose(fast.critical_b, plain.critical_b))
+    True
+    """
+    rows = np.asarray(rows)
+    if rows.shape != (fb.n_samples,) or not np.array_equal(np.sort(rows), np.arange(fb.n_samples)):
+        raise ValueError(f"rows must be a permutation of range({fb.n_samples})")
+    return Factor(np.ascontiguousarray(fb.basis[rows]), fb.coords, fb.live, fb.n_samples, fb.n_neurons, fb.centered,
+                  fb.norms, fb.means)

@@ -1,7 +1,8 @@
 """``raymatch report``: load one study from a store, draw its figures, write its summary.
 
-:func:`_context` reads the store's ``matches``, ``simple_matches`` and ``cka`` views (see :mod:`raymatch.results`;
-``matches_at(eps)`` for an ε off the study's grid) and the study's record
+:func:`_context` reads the store's ``matches``, ``simple_matches``, ``cka`` and ``curves`` views and
+``universality(eps)`` at the report's ε (see :mod:`raymatch.results`; ``matches_at(eps)`` for an ε off the study's
+grid) and the study's record
 (:func:`raymatch.store.layout.study_record_key`, for the layers in network order);
 :func:`write_report` draws the figures (:mod:`.figures`) and writes the summary (:mod:`.summary`) into a folder;
 :func:`add_arguments` and :func:`command` are the command line.
@@ -210,6 +211,12 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
                              "eps, match_id", study=study)
         cka = _frame(con, "SELECT * FROM cka WHERE study = $study "
                           "ORDER BY created_at, population, layer, model_a, model_b, repeat", study=study)
+        curves = _frame(con, "SELECT * FROM curves WHERE study = $study AND status = 'ok' "
+                             "ORDER BY population, layer, model_a, model_b, repeat", study=study)
+        universality = None
+        if chosen is not None:
+            universality = _frame(con, "SELECT * FROM universality($eps) WHERE study = $study "
+                                       "ORDER BY population, layer, repeat, model, neuron", eps=chosen, study=study)
     finally:
         con.close()
 
@@ -217,7 +224,8 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
     layers, layer_order, notes = _layer_order(ok, study, record, problem)
     return _Context(study=study, matches=matches, ok=ok, layers=layers, layer_order=layer_order, notes=notes,
                     record=record, grid=grid, eps=chosen, populations=_populations(matches["population"]),
-                    simple=simple, cka=cka, off_grid=off_grid, at_eps=at_eps)
+                    simple=simple, cka=cka, off_grid=off_grid, at_eps=at_eps, curves=curves,
+                    universality=universality)
 
 
 def _safe_name(name: str) -> str:

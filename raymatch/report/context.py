@@ -69,6 +69,10 @@ class _Context:
         The study's ``simple_matches`` rows (of its current configuration).
     cka : pandas.DataFrame
         The study's ``cka`` rows.
+    curves : pandas.DataFrame, optional
+        The study's ``"ok"`` ``curves`` rows (per-neuron critical ε), for the ε-curve figure.
+    universality : pandas.DataFrame, optional
+        ``universality(eps)`` rows of the study at :attr:`eps`.
     """
 
     study: str
@@ -85,6 +89,8 @@ class _Context:
     cka: pd.DataFrame
     off_grid: bool = False
     at_eps: pd.DataFrame | None = None
+    curves: pd.DataFrame | None = None
+    universality: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if self.at_eps is None:  # in the grid: the "ok" rows at eps

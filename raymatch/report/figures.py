@@ -1,12 +1,14 @@
-"""The five figures of a report, drawn with matplotlib's object API on the Agg canvas.
+"""The figures of a report, drawn with matplotlib's object API on the Agg canvas.
 
 - ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
-  min–max band), the untrained null baseline dashed in the same colour;
+  min–max band), the untrained null baseline dashed in the same colour, the permuted-row null dotted;
 - ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
   √(1 − k/d) of each layer marked;
 - ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;
 - ``cka.png`` — linear CKA per layer beside the match similarity at one ε;
-- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol).
+- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol);
+- ``eps_curve.png`` and ``universality.png`` — from :mod:`.science`: similarity as an exact step function of ε per
+  layer (nulls beside, bands from a bootstrap over models), and the share of other models each neuron is matched in.
 
 No pyplot, so no global figure registry grows; each :class:`FigureResult` keeps its figure, the artists drawn and
 the data they were drawn from. A figure without data is skipped with the reason.
@@ -23,8 +25,10 @@ import pandas as pd
 
 from ..results import figure_data, pair_summary
 from .context import TRAINED, UNTRAINED, _Context, _ordered, _per_layer_chance, _populations
+from .science import SCIENCE_FIGURES, eps_curve_figure, universality_figure
 
-FIGURE_NAMES = ("similarity.png", "max_epsilon.png", "simple_match_sizes.png", "cka.png", "repeats.png")
+FIGURE_NAMES = ("similarity.png", "max_epsilon.png", "simple_match_sizes.png", "cka.png", "repeats.png",
+                *SCIENCE_FIGURES)
 
 _STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
@@ -118,7 +122,7 @@ def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     axes = figure.add_subplot()
     positions = np.arange(len(ctx.layers))
     colours = ctx.eps_colours()
-    trained, bands, untrained = {}, {}, {}
+    trained, bands, untrained, permuted = {}, {}, {}, {}
     # overlapping bands of a fine ε grid turn to mud unless each is fainter
     band_alpha = 0.18 if len(ctx.grid) <= 4 else max(0.06, 0.72 / len(ctx.grid))
     for eps in ctx.grid:
@@ -134,8 +138,9 @@ def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
                 bands[eps] = axes.fill_between(positions, rows["similarity_min"], rows["similarity_max"],
                                                color=colour, alpha=band_alpha, lw=0, zorder=2)
             else:
-                (untrained[eps],) = axes.plot(positions, rows["similarity_mean"], color=colour, lw=1.6, ls="--",
-                                              marker="x", ms=5, zorder=3)
+                (untrained if population == UNTRAINED else permuted)[eps], = axes.plot(
+                    positions, rows["similarity_mean"], color=colour, lw=1.6, ls="--" if population == UNTRAINED
+                    else ":", marker="x" if population == UNTRAINED else "+", ms=5, zorder=3)
     _layer_axis(axes, ctx.layers, ctx)
     _unit_axis(axes, "similarity (|X*| + |Y*|) / (n_a + n_b)")
     figure.suptitle(f"{ctx.study}: maximum-match similarity per layer")
@@ -151,13 +156,18 @@ def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     if untrained:
         handles.append(Line2D([], [], color="black", lw=1.6, ls="--", marker="x", ms=5,
                               label=f"untrained (null): mean over {n_pairs.get(UNTRAINED, 0)} pairs"))
+    if permuted:
+        handles.append(Line2D([], [], color="black", lw=1.6, ls=":", marker="+", ms=5,
+                              label="permuted rows (null): mean over pairs"))
     _legend(axes, handles)
     result.caption = ("Maximum-match similarity per layer: solid lines are the mean over trained pairs (each "
                       "pair's repeats averaged first), bands the min–max over pairs"
                       + ("; dashed lines the untrained null baseline (same architecture at initialisation, "
-                         "same pairs)" if untrained else "; no untrained null baseline in the store") + ".")
+                         "same pairs)" if untrained else "; no untrained null baseline in the store")
+                      + ("; dotted lines the permuted-row null (the trained pairs with model b's rows permuted)"
+                         if permuted else "") + ".")
     result.figure, result.data = figure, data
-    result.artists = {"trained": trained, "bands": bands, "untrained": untrained}
+    result.artists = {"trained": trained, "bands": bands, "untrained": untrained, "permuted": permuted}
     return _save(result, out_dir)
 
 
@@ -410,7 +420,8 @@ def draw_figures(ctx: _Context, out_dir: Path) -> dict[str, FigureResult]:
     figures: dict[str, FigureResult] = {}
     with matplotlib.rc_context(_STYLE):
         for name, draw in zip(FIGURE_NAMES, (_similarity_figure, _max_epsilon_figure, _simple_sizes_figure,
-                                             _cka_figure, _repeats_figure), strict=True):
+                                             _cka_figure, _repeats_figure, eps_curve_figure,
+                                             universality_figure), strict=True):
             if ctx.ok.empty:
                 figures[name] = FigureResult(name, skipped="no ok match rows (every row failed)")
             else:

@@ -18,6 +18,7 @@ from ..results import pair_summary
 from ..store.layout import study_record_key
 from .context import UNTRAINED, _Context, _ordered, _per_layer_chance, _populations
 from .figures import FigureResult
+from .science import bootstrap_lines, universality_lines
 from .tables import _MISSING, _markdown_table, _number, _similarity_cells
 
 SUMMARY_NAME = "summary.md"
@@ -155,9 +156,13 @@ def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFram
         has_null = UNTRAINED in set(table.columns.get_level_values("population"))
         lines.append("Mean over pairs (each pair's repeats averaged first); " + (
             "the untrained null baseline in parentheses." if has_null else "no untrained baseline in the store.")
+            + (" The permuted-row null (model b's rows permuted) follows as `perm`."
+               if "permuted" in set(table.columns.get_level_values("population")) else "")
             + (f" The ε={ctx.eps:g} column is off the grid: the stored curves at that ε (matches_at)."
                if ctx.off_grid else ""))
         lines += ["", _markdown_table(*_similarity_cells(table))]
+    lines += bootstrap_lines(ctx)
+    lines += universality_lines(ctx)
     lines += ["", "## Maximal ε per layer", ""]
     if ctx.ok.empty:
         lines.append("No ok match rows.")

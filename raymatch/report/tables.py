@@ -79,6 +79,9 @@ def _similarity_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             text = _number(value)
             if null is not None and (null, eps) in table.columns and np.isfinite(table.at[layer, (null, eps)]):
                 text += f" (null {table.at[layer, (null, eps)]:.2f})"
+            if main != "permuted" and ("permuted", eps) in table.columns and np.isfinite(
+                    table.at[layer, ("permuted", eps)]):
+                text += f" (perm {table.at[layer, ('permuted', eps)]:.2f})"
             cells.append(text)
         rows.append(cells)
     return header, rows

@@ -156,6 +156,20 @@ STUDIES = pa.schema([
     _field("layers", pa.list_(pa.string())),
 ])
 
+#: Columns of the ``universality(eps)`` table macro: one row per (study, population, layer, repeat, model, neuron).
+UNIVERSALITY = pa.schema([
+    _field("study", pa.string()),
+    _field("population", pa.string()),
+    _field("layer", pa.string()),
+    _field("repeat", _INT32),
+    _field("model", pa.string()),
+    _field("neuron", _INT32),
+    _field("eps", pa.float64()),
+    _field("matched_in", _INT32),
+    _field("others", _INT32),
+    _field("share", pa.float64()),
+])
+
 #: The columns that identify one result: a reader sees one row per key (see :func:`raymatch.results.connect`).
 KEYS: dict[str, tuple[str, ...]] = {
     "curves": ("study", "config_hash", "population", "layer", "repeat", "model_a", "model_b"),
@@ -339,6 +353,7 @@ __all__ = [
     "STUDIES",
     "TABLES",
     "TASKS",
+    "UNIVERSALITY",
     "VIEWS",
     "VIEW_COLUMNS",
     "table_schema",

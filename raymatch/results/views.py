@@ -53,6 +53,28 @@ def _matches_select(source: str) -> str:
     return f"SELECT {', '.join(columns)} FROM ({sized})"
 
 
+def _universality_select(eps: str) -> str:
+    """SQL of the ``universality(eps)`` rows from ``curves`` (``eps``: SQL of a checked DOUBLE).
+
+    One row per (model, neuron) of each population × layer × repeat, with the number of its pairs in whose maximum
+    match at ε the neuron lies.
+
+    Both sides of every ``"ok"`` curve contribute: model_a's neurons against model_b, and model_b's against model_a.
+    The rule is that of ``matches``: critical ε at most ``max(ε, exact_tol)`` (dead neurons, critical ε ``inf``, are
+    never matched).
+    """
+    sides = " UNION ALL ".join(
+        f"SELECT study, population, layer, repeat, model_{side} AS model, "
+        f"unnest(generate_series(0, len(critical_{side}) - 1)) AS neuron, unnest(critical_{side}) AS critical, "
+        f"greatest(g.eps, exact_tol) AS threshold, g.eps AS eps FROM curves CROSS JOIN (SELECT {eps} AS eps) g "
+        f"WHERE status = 'ok'"
+        for side in ("a", "b"))
+    return (f"SELECT study, population, layer, repeat, model, neuron::INTEGER AS neuron, any_value(eps) AS eps, "
+            f"count_if(critical <= threshold)::INTEGER AS matched_in, count(*)::INTEGER AS others, "
+            f"count_if(critical <= threshold)::DOUBLE / count(*) AS share FROM ({sides}) "
+            f"GROUP BY study, population, layer, repeat, model, neuron")
+
+
 def _eps_check(value: str) -> str:
     """SQL of ``value`` as a DOUBLE in [0, 1], or an error saying it is not."""
     return (f"CASE WHEN {value} IS NULL OR NOT (CAST({value} AS DOUBLE) BETWEEN 0 AND 1) THEN "
@@ -110,6 +132,10 @@ def connect(store: Store):
       :data:`~raymatch.results.MATCHES`; a failed curve gives a failed row at every ε.
     - ``matches_at(eps)``: a table macro, the same columns at any ε in [0, 1]
       (``SELECT * FROM matches_at(0.22)``); another ε is an error.
+    - ``universality(eps)``: a table macro over the ``"ok"`` curves, one row per (study, population, layer, repeat,
+      model, neuron): ``matched_in``, in how many of the model's pairs the neuron lies in the maximum match at ε;
+      ``others``, how many pairs the model has (the other models it was compared with); ``share`` their ratio;
+      columns of :data:`~raymatch.results.schema.UNIVERSALITY`.
     - ``cka``: the ``"ok"`` curves with a CKA value, columns of :data:`~raymatch.results.CKA`.
     - ``simple_matches``, ``models``, ``tasks``: one row per key (the latest); ``runs``: the latest row of
       each run.
@@ -147,6 +173,8 @@ def connect(store: Store):
             con.execute(f"CREATE VIEW {_quote(name)} AS {sql}")
         at = _matches_select(f"curves c CROSS JOIN (SELECT {_eps_check('eps_value')} AS eps) g")
         con.execute(f"CREATE MACRO matches_at(eps_value) AS TABLE {at}")
+        universality = _universality_select(_eps_check("eps_value").replace("matches_at:", "universality:"))
+        con.execute(f"CREATE MACRO universality(eps_value) AS TABLE {universality}")
     except BaseException:
         con.close()
         raise

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -528,3 +528,45 @@ def keyword_arguments(value: Any) -> dict[str, Any] | None:
     except (TypeError, ValueError) as error:
         raise ValueError(f"values must be plain YAML/JSON data (numbers, strings, lists, mappings): {error}") from None
     return dict(value)
+
+
+# ------------------------------------------------------------------------------------------------ null baselines
+
+#: The null baselines a study may add beside its trained population: untrained networks of the architecture, and
+#: the trained pairs with model b's activation rows permuted (same spectra, no sample correspondence).
+NULL_BASELINES = ("untrained", "permuted")
+
+
+def null_baselines(value: Any) -> tuple[str, ...]:
+    """Check ``null_baseline``: ``true`` (``[untrained]``), ``false`` or a list of distinct :data:`NULL_BASELINES`.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    tuple of str
+        The baselines in the order of :data:`NULL_BASELINES`; empty for ``false`` or ``[]``.
+
+    Raises
+    ------
+    ValueError
+        Anything else.
+    """
+    if isinstance(value, bool):
+        return ("untrained",) if value else ()
+    if not is_list(value):
+        raise ValueError(f"must be true, false or a list of {', '.join(NULL_BASELINES)}; got {shown(value)}")
+    problems = [(index, item) for index, item in enumerate(value) if item not in NULL_BASELINES]
+    if problems:
+        index, item = problems[0]
+        raise ValueError(f"[{index}]: must be one of {', '.join(NULL_BASELINES)}; got {shown(item)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"must list each baseline once; got {shown(list(value))}")
+    return tuple(name for name in NULL_BASELINES if name in value)
+
+
+#: ``null_baseline``: a boolean or a list in a study file (its JSON Schema), a tuple once checked.
+NullBaselines = Annotated[bool | Annotated[tuple[Literal["untrained", "permuted"], ...],
+                                          Field(json_schema_extra={"uniqueItems": True})], checked_by(null_baselines)]

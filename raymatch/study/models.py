@@ -553,10 +553,13 @@ class Study(_Section):
     simple_matches : SimpleMatchesConfig, default disabled
     cka : bool, default True
         Also compute linear CKA per pair and layer.
-    null_baseline : bool, default False
-        Also compare untrained networks of the same architecture (one per model of the population, seeds 0, 1,
+    null_baseline : tuple of {'untrained', 'permuted'}, default ()
+        Null baselines beside the trained population (``true`` means ``('untrained',)``, ``false`` none).
+        ``untrained``: untrained networks of the same architecture (one per model of the population, seeds 0, 1,
         … or the training seeds), with the same pairs policy, layers and ε grid: their rows have
-        ``population = 'untrained'``.
+        ``population = 'untrained'``. ``permuted``: the trained pairs again with model b's activation rows
+        permuted by a fixed seed (:data:`~raymatch.engine.tasks.PERMUTATION_SEED`), same spectra and no sample
+        correspondence: rows with ``population = 'permuted'``.
     center : bool, default False
         Centre activations (subtract each neuron's mean) before matching.
     resources : Resources
@@ -580,7 +583,7 @@ class Study(_Section):
     reference: OptionalString = None
     simple_matches: SimpleMatchesConfig = Field(default_factory=SimpleMatchesConfig)
     cka: Boolean = True
-    null_baseline: Boolean = False
+    null_baseline: fields.NullBaselines = ()
     center: Boolean = False
     resources: Resources = Field(default_factory=Resources)
 
@@ -604,10 +607,11 @@ class Study(_Section):
         :meth:`to_dict` without what does not change a stored row — ``store``, ``resources``, ``probe.data_dir``
         (where the probe's files live, as in :attr:`ProbeSpec.id <raymatch.probes.ProbeSpec.id>`), ``eps`` (a row
         holds the pair's whole ε-curve: any ε is a query), ``simple_matches`` (its rows carry their ε and search
-        settings in their task id) and ``null_baseline`` (its rows carry ``population = 'untrained'``) — plus the
-        version of the mathematics (:data:`~raymatch.store.layout.FACTOR_VERSION`). A ``glob`` population hashes
-        as its pattern, not as the checkpoints it matches. Rows of another configuration of the same study stay in
-        the store but are never shown as the study's (``curves``, ``matches``, ``raymatch status``, reports).
+        settings in their task id) and ``null_baseline`` (its rows carry ``population = 'untrained'`` or
+        ``'permuted'``) — plus the version of the mathematics (:data:`~raymatch.store.layout.FACTOR_VERSION`). A
+        ``glob`` population hashes as its pattern, not as the checkpoints it matches. Rows of another configuration
+        of the same study stay in the store but are never shown as the study's (``curves``, ``matches``, ``raymatch
+        status``, reports).
         """
         content = self.to_dict()
         del content["store"], content["resources"], content["probe"]["data_dir"]

@@ -1,0 +1,292 @@
+"""The ε-curve and universality figures of a report, and the summary tables of their numbers.
+
+- ``eps_curve.png`` — similarity as a continuous function of ε per layer, from ``curves``: the mean over pairs of
+  each pair's step function (exact, no grid: it steps at the critical ε of the neurons), trained beside the nulls,
+  with a 95 % band from a bootstrap over models (:mod:`raymatch.results.uncertainty`) and the chance ratio marked;
+- ``universality.png`` — per layer, the distribution of a neuron's ``share`` (of the other models in whose maximum
+  match with its model it lies, ``universality(eps)``) at the report's ε, per population, with the number of
+  neurons shared by every other model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..results.uncertainty import N_BOOT, SEED, bootstrap_table, model_bootstrap_curve
+from .context import _Context, _ordered, _populations
+
+SCIENCE_FIGURES = ("eps_curve.png", "universality.png")
+
+_COLOURS = {"trained": "tab:blue", "untrained": "tab:gray", "permuted": "tab:red"}
+_STYLES = {"trained": "-", "untrained": "--", "permuted": ":"}
+#: ε at which the ε-curve figure's band is evaluated (the curve itself is exact).
+BAND_POINTS = 101
+#: Resamples of the band at each of its ε (the tables use :data:`~raymatch.results.uncertainty.N_BOOT`).
+BAND_BOOT = 400
+
+
+def _colour(population: str, index: int):
+    return _COLOURS.get(population, f"C{index + 3}")
+
+
+def pair_steps(curves: pd.DataFrame) -> pd.DataFrame:
+    """Each pair's ε-curve as its breakpoints, repeats averaged: one row per (population, layer, model_a, model_b).
+
+    Parameters
+    ----------
+    curves : pandas.DataFrame
+        ``curves`` rows (only ``"ok"`` ones are used): ``critical_a``, ``critical_b``, ``n_a``, ``n_b``,
+        ``exact_tol``, ``repeat``, ``chance``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``population``, ``layer``, ``model_a``, ``model_b``, ``breaks`` (sorted finite critical ε, those at
+        most ``exact_tol`` as 0) and ``weights`` (each break's step in similarity: ``1 / (n_a + n_b)`` over the
+        pair's repeats), ``chance``.
+    """
+    if "status" in curves.columns:
+        curves = curves.loc[curves["status"] == "ok"]
+    out = []
+    for key, group in curves.groupby(["population", "layer", "model_a", "model_b"], sort=False):
+        breaks, weights = [], []
+        for row in group.itertuples():
+            values = np.concatenate([np.asarray(row.critical_a, float), np.asarray(row.critical_b, float)])
+            values = values[np.isfinite(values)]
+            values = np.where(values <= row.exact_tol, 0.0, values)
+            breaks.append(values)
+            weights.append(np.full(values.size, 1.0 / ((row.n_a + row.n_b) * len(group))))
+        breaks, weights = np.concatenate(breaks), np.concatenate(weights)
+        order = np.argsort(breaks, kind="stable")
+        out.append([*key, breaks[order], weights[order], float(group["chance"].mean())])
+    return pd.DataFrame(out, columns=["population", "layer", "model_a", "model_b", "breaks", "weights", "chance"])
+
+
+def similarity_at(steps: pd.DataFrame, eps: np.ndarray) -> np.ndarray:
+    """Each pair's similarity at each ε: ``(n_pairs, n_eps)``, from :func:`pair_steps` rows."""
+    eps = np.asarray(eps, dtype=np.float64)
+    values = np.empty((len(steps), eps.size))
+    for index, (breaks, weights) in enumerate(zip(steps["breaks"], steps["weights"], strict=True)):
+        cumulative = np.concatenate([[0.0], np.cumsum(weights)])
+        values[index] = cumulative[np.searchsorted(breaks, eps, side="right")]
+    return values
+
+
+def mean_curve(steps: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The exact mean over pairs of their ε-curves as a step function: ``(eps, similarity)`` from 0 to 1.
+
+    ``similarity[i]`` holds on ``[eps[i], eps[i + 1])`` (draw with ``drawstyle='steps-post'``).
+    """
+    n_pairs = len(steps)
+    breaks = np.concatenate([[0.0], *steps["breaks"], [1.0]]) if n_pairs else np.array([0.0, 1.0])
+    weights = np.concatenate([[0.0], *(w / n_pairs for w in steps["weights"]), [0.0]]) if n_pairs else np.zeros(2)
+    order = np.argsort(breaks, kind="stable")
+    breaks, levels = breaks[order], np.cumsum(weights[order])
+    last = np.r_[breaks[1:] != breaks[:-1], True]  # the level after every step at one ε
+    return breaks[last], levels[last]
+
+
+def _band(steps: pd.DataFrame, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return model_bootstrap_curve(list(steps["model_a"]), list(steps["model_b"]), similarity_at(steps, eps),
+                                 n_boot=BAND_BOOT, seed=SEED)
+
+
+def _grid_axes(figure, n: int):
+    ncols = min(n, 4)
+    nrows = math.ceil(n / ncols)
+    axes = figure.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    for extra in axes.flat[n:]:
+        extra.set_visible(False)
+    return list(axes.flat[:n])
+
+
+def _new_grid_figure(n: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ncols, nrows = min(n, 4), math.ceil(n / 4)
+    figure = Figure(figsize=(3.6 * ncols + 1.0, 3.0 * nrows + 1.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def eps_curve_figure(ctx: _Context, out_dir: Path):
+    """``eps_curve.png``: each layer's mean similarity as an exact step function of ε, populations overlaid."""
+    from .figures import FigureResult, _save
+
+    result = FigureResult("eps_curve.png")
+    curves = ctx.curves if ctx.curves is not None else pd.DataFrame()
+    if curves.empty:
+        result.skipped = "no ok curves"
+        return result
+    steps = pair_steps(curves)
+    layers = _ordered(steps["layer"], ctx.layers)
+    populations = _populations(steps["population"])
+    figure = _new_grid_figure(len(layers))
+    grid = np.linspace(0.0, 1.0, BAND_POINTS)
+    artists: dict = {"curves": {}, "bands": {}, "chance": {}}
+    rows = []
+    for axes, layer in zip(_grid_axes(figure, len(layers)), layers, strict=True):
+        for index, population in enumerate(populations):
+            selected = steps.loc[(steps["layer"] == layer) & (steps["population"] == population)]
+            if selected.empty:
+                continue
+            colour = _colour(population, index)
+            eps, level = mean_curve(selected)
+            (line,) = axes.plot(eps, level, drawstyle="steps-post", color=colour, lw=1.8,
+                                ls=_STYLES.get(population, "-."), zorder=3)
+            artists["curves"][(layer, population)] = line
+            low, high = _band(selected, grid)
+            artists["bands"][(layer, population)] = axes.fill_between(grid, low, high, color=colour, alpha=0.15,
+                                                                      lw=0, zorder=2)
+            rows += [{"layer": layer, "population": population, "eps": e, "similarity": s} for e, s in
+                     zip(eps, level, strict=True)]
+        chance = float(steps.loc[steps["layer"] == layer, "chance"].mean())
+        artists["chance"][layer] = axes.axvline(chance, color="black", ls=(0, (1, 2)), lw=1.2)
+        if ctx.eps is not None:
+            axes.axvline(ctx.eps, color="tab:green", lw=0.8, alpha=0.6)
+        axes.set_title(layer)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1.02)
+    for axes in figure.axes:
+        if axes.get_visible() and axes.get_subplotspec().is_last_row():
+            axes.set_xlabel("ε")
+        if axes.get_visible() and axes.get_subplotspec().is_first_col():
+            axes.set_ylabel("similarity")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color=_colour(p, i), ls=_STYLES.get(p, "-."), lw=1.8, label=f"{p}: mean over pairs")
+               for i, p in enumerate(populations)]
+    handles += [Patch(color="black", alpha=0.15, lw=0, label="95 % bootstrap over models"),
+                Line2D([], [], color="black", ls=(0, (1, 2)), lw=1.2, label="chance ratio √(1 − k/d)")]
+    if ctx.eps is not None:
+        handles.append(Line2D([], [], color="tab:green", lw=0.8, label=f"report ε = {ctx.eps:g}"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+    figure.suptitle(f"{ctx.study}: similarity as a function of ε (exact step functions from the stored curves)")
+    result.caption = ("Mean maximum-match similarity over pairs as a function of ε, per layer: the exact step "
+                      "function of the stored critical ε (each pair's repeats averaged), one line per population; "
+                      f"bands: 95 % percentile bootstrap over models ({BAND_BOOT} resamples, seed {SEED}, at "
+                      f"{BAND_POINTS} ε); dotted: the chance ratio √(1 − k/d).")
+    result.figure, result.data, result.artists = figure, pd.DataFrame(rows), artists
+    return _save(result, out_dir)
+
+
+def _share_positions(shares: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Where the bars of one layer go: its distinct shares (few), else the centres of 10 bins (``binned``)."""
+    distinct = np.unique(np.round(shares, 9))
+    if distinct.size <= 11:
+        return distinct, False
+    return np.linspace(0.05, 0.95, 10), True
+
+
+def universality_figure(ctx: _Context, out_dir: Path):
+    """``universality.png``: per layer, how many neurons lie in the maximum match with a share of the other models."""
+    from .figures import FigureResult, _save
+
+    result = FigureResult("universality.png")
+    data = ctx.universality if ctx.universality is not None else pd.DataFrame()
+    if data.empty or ctx.eps is None:
+        result.skipped = "no ok curves"
+        return result
+    layers = _ordered(data["layer"], ctx.layers)
+    populations = _populations(data["population"])
+    figure = _new_grid_figure(len(layers))
+    artists: dict = {"bars": {}, "all": {}}
+    for axes, layer in zip(_grid_axes(figure, len(layers)), layers, strict=True):
+        in_layer = data.loc[data["layer"] == layer]
+        positions, binned = _share_positions(in_layer["share"].to_numpy())
+        gap = np.diff(positions).min() if positions.size > 1 else 1.0
+        width = min(gap, 0.25) / (len(populations) + 0.5)
+        lines = []
+        for index, population in enumerate(populations):
+            shares = in_layer.loc[in_layer["population"] == population, "share"].to_numpy()
+            if not shares.size:
+                continue
+            if binned:
+                counts = np.histogram(shares, bins=np.linspace(0.0, 1.0, 11))[0]
+            else:
+                counts = np.array([np.sum(np.isclose(shares, value)) for value in positions])
+            offset = (index - (len(populations) - 1) / 2) * width
+            artists["bars"][(layer, population)] = axes.bar(positions + offset, counts / shares.size, width=width,
+                                                            color=_colour(population, index), alpha=0.8)
+            everyone = int((shares == 1.0).sum())
+            artists["all"][(layer, population)] = everyone
+            lines.append(f"{population} {everyone}/{shares.size}")
+        axes.set_title(f"{layer}\nneurons shared by all others:\n" + ", ".join(lines), fontsize=8)
+        axes.set_xlim(-0.08, 1.08)
+    for axes in figure.axes:
+        if axes.get_visible() and axes.get_subplotspec().is_last_row():
+            axes.set_xlabel("share of the other models")
+        if axes.get_visible() and axes.get_subplotspec().is_first_col():
+            axes.set_ylabel("fraction of neurons")
+    from matplotlib.patches import Patch
+
+    figure.legend(handles=[Patch(color=_colour(p, i), alpha=0.75, label=p) for i, p in enumerate(populations)],
+                  loc="outside lower center", ncols=len(populations), frameon=False)
+    figure.suptitle(f"{ctx.study}: neuron universality at ε = {ctx.eps:g}")
+    result.caption = (f"Per layer, the distribution over neurons (every model, every repeat) of the share of the other "
+                      f"models in whose maximum match at ε = {ctx.eps:g} the neuron lies (universality({ctx.eps:g})), "
+                      "one bar per share value (in bins of 0.1 when there are many); the counts of neurons shared by "
+                      "every other model (share = 1) per population are in each panel's title.")
+    result.figure, result.data, result.artists = figure, data, artists
+    return _save(result, out_dir)
+
+
+def bootstrap_lines(ctx: _Context) -> list[str]:
+    """Summary lines: mean similarity at the report's ε with its 95 % bootstrap interval over models, per layer."""
+    from .tables import _markdown_table
+
+    if ctx.eps is None or ctx.at_eps is None or ctx.at_eps.empty:
+        return []
+    table = bootstrap_table(ctx.at_eps)
+    populations = _populations(table["population"])
+    rows = []
+    for layer in _ordered(table["layer"], ctx.layers):
+        row = [layer]
+        for population in populations:
+            cell = table.loc[(table["layer"] == layer) & (table["population"] == population)]
+            if cell.empty:
+                row.append("—")
+                continue
+            cell = cell.iloc[0]
+            row.append(f"{cell.similarity_mean:.3f} [{cell.ci_low:.3f}, {cell.ci_high:.3f}]"
+                       if np.isfinite(cell.ci_low) else f"{cell.similarity_mean:.3f}")
+        rows.append(row)
+    n_models = ", ".join(f"{p} {int(table.loc[table['population'] == p, 'n_models'].max())}" for p in populations)
+    return ["", f"## Mean similarity at ε = {ctx.eps:g} with a 95 % interval over models", "",
+            f"Percentile bootstrap over models ({N_BOOT} resamples, seed {SEED}; models: {n_models}): models are "
+            "resampled with replacement and the mean recomputed over the pairs among the models drawn (a model drawn "
+            "twice counts twice, two draws of one model make no pair); each pair's repeats are averaged first. With "
+            "few models the interval is too narrow (see docs/science.md).", "",
+            _markdown_table(["layer", *populations], rows)]
+
+
+def universality_lines(ctx: _Context) -> list[str]:
+    """Summary lines: per layer and population, the neurons shared by every other model at the report's ε."""
+    from .tables import _markdown_table
+
+    data = ctx.universality
+    if data is None or data.empty or ctx.eps is None:
+        return []
+    populations = _populations(data["population"])
+    rows = []
+    for layer in _ordered(data["layer"], ctx.layers):
+        row = [layer]
+        for population in populations:
+            shares = data.loc[(data["layer"] == layer) & (data["population"] == population), "share"]
+            row.append(f"{int((shares == 1).sum())}/{len(shares)} (mean share {shares.mean():.2f})"
+                       if len(shares) else "—")
+        rows.append(row)
+    return ["", f"## Neurons shared by every other model at ε = {ctx.eps:g}", "",
+            f"Neurons (over every model and repeat) in the maximum match with every other model they were compared "
+            f"with, of all neurons, and the mean share (`SELECT * FROM universality({ctx.eps:g})`).", "",
+            _markdown_table(["layer", *populations], rows)]
+
+
+__all__ = ["SCIENCE_FIGURES", "bootstrap_lines", "eps_curve_figure", "mean_curve", "pair_steps", "similarity_at",
+           "universality_figure", "universality_lines"]

@@ -173,13 +173,12 @@ class PlanContext:
     @functools.cached_property
     def simple_tasks(self) -> tuple[list[Any], int]:
         """The simple-match tasks still to do, and how many are stored."""
-        from ..extract.layers import select_layers
         from .tasks import SimpleTask
 
         study, simple = self.study, self.study.simple_matches
         if not simple.enabled:
             return [], 0
-        layers = set(select_layers(study.architecture.module_tree(), simple.layers))
+        layers = set(study.simple_layer_names)
         todo, done = [], 0
         for group, layer, repeat, pairs, _ in self.pair_units:
             if layer not in layers or group.name != "trained":
@@ -198,6 +197,8 @@ class PlanContext:
 def resolve_population(study, store: Store) -> list[str]:
     """The study's checkpoints: the explicit list, the trained seeds' keys, or the store keys matching its glob.
 
+    A study importing its activations has no checkpoints: its models' names stand in for them.
+
     Raises
     ------
     ValueError
@@ -206,6 +207,8 @@ def resolve_population(study, store: Store) -> list[str]:
     population = study.population
     if population.checkpoints:
         return list(population.checkpoints)
+    if population.activations is not None:  # imported: the models' names (seed<k>, or as listed)
+        return population.activations.model_names
     if population.training is not None:
         from ..train import population_keys
 
@@ -227,7 +230,7 @@ def _groups(study, store: Store) -> list[ModelGroup]:
     training = study.population.training
     reference = None
     if study.pairs == "reference":
-        names = [f"seed{seed}" for seed in training.seeds] if training is not None else checkpoints
+        names = [f"seed{seed}" for seed in training.seeds] if training is not None else checkpoints  # (imported too)
         if study.reference not in names:
             raise ValueError(f"reference {study.reference!r} is not in the population ({len(names)} models)")
         reference = names.index(study.reference)

@@ -188,23 +188,30 @@ def check_probe_fit(values: Mapping[str, Any]) -> Problems:
     list of (tuple, str)
         Problems located at ``probe.n_examples`` and ``probe``.
     """
-    from ..probes.datasets import IMAGE_SHAPES, SPLIT_SIZES
+    from ..probes import DatasetError, probe_size
+    from ..probes.spec import IMPORTED
 
     probe, architecture = values.get("probe"), values.get("architecture")
-    if probe is None:
+    if probe is None or probe.dataset == IMPORTED:
         return []
     problems: Problems = []
-    available = SPLIT_SIZES[probe.dataset][probe.split]
+    try:
+        available, image_shape = probe_size(probe)  # the user's files: read and checked here, before Ray
+    except DatasetError as error:
+        field, _, message = str(error).partition(": ")
+        known = field.startswith("probe") and " " not in field
+        return [(tuple(field.split(".")) if known else ("probe",), message if known else str(error))]
+    source = probe.path if probe.from_files else f"{probe.dataset}/{probe.split}"
     if probe.n_examples is not None and probe.n_examples > available:
         problems.append((("probe", "n_examples"), f"asks for {probe.n_examples} examples but "
-                                                  f"{probe.dataset}/{probe.split} has {available}"))
+                                                  f"{source} has {available}"))
     if architecture is None:
         return problems
     try:
-        output_shapes(architecture, IMAGE_SHAPES[probe.dataset])
+        output_shapes(architecture, image_shape)
     except (RuntimeError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        problems.append((("probe",), f"{probe.dataset} images are {'×'.join(map(str, IMAGE_SHAPES[probe.dataset]))}, "
+        problems.append((("probe",), f"{probe.dataset} images are {'×'.join(map(str, image_shape))}, "
                                      f"which architecture {architecture.name} (in_channels {architecture.in_channels}, "
                                      f"input_size {architecture.input_size}) cannot take: {reason}"))
     return problems
@@ -227,11 +234,14 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
     list of (str, int, int, str)
         In network order; empty when every layer has more samples than neurons.
     """
-    from ..probes.datasets import IMAGE_SHAPES, SPLIT_SIZES
+    from ..probes import probe_size
 
     probe = study.probe
-    n_images = probe.n_examples or SPLIT_SIZES[probe.dataset][probe.split]
-    shapes = output_shapes(study.architecture, IMAGE_SHAPES[probe.dataset])
+    if study.architecture is None:  # imported activations: their layers and rows are checked on import
+        return []
+    available, image_shape = probe_size(probe)
+    n_images = probe.n_examples or available
+    shapes = output_shapes(study.architecture, image_shape)
     found = []
     for layer in (name for name in study.layer_names if name in shapes):  # (modules the forward pass calls)
         neurons, spatial = shapes[layer][0], math.prod(shapes[layer][1:])

@@ -231,10 +231,10 @@ class ProbeSpec(Config):
         used = USED_KEYS[dataset]
         problems: list[tuple[Loc, str]] = [
             ((key,), f"not used by dataset {dataset} (it uses {', '.join(('rows', *used))})")
-            for key in data if key in cls.model_fields and key not in ("dataset", "rows", *used)
-            and values.get(key) is not None]  # (a value that failed its own check is reported as such)
+            for key, info in cls.model_fields.items() if key not in ("dataset", "rows", *used)
+            and values.get(key) not in (None, info.default)]  # (a value that failed its check: reported as such)
         problems += [((key,), f"required by dataset {dataset}") for key in _REQUIRED_KEYS.get(dataset, ())
-                     if data.get(key) is None]
+                     if key not in data or data[key] is None]
         if dataset in SPLITS and split is not None and split not in SPLITS[dataset]:
             problems.append((("split",), f"must be one of {', '.join(SPLITS[dataset])} for {dataset}; got {split!r}"))
         return problems
@@ -253,6 +253,15 @@ class ProbeSpec(Config):
         if self.dataset not in SPLITS:
             del content["split"]
         return content
+
+    def replace(self, **changes: Any) -> ProbeSpec:
+        """A copy with some fields changed, checked like a new probe (the keys its dataset uses, and ``changes``).
+
+        Returns
+        -------
+        ProbeSpec
+        """
+        return type(self).from_dict({**self.to_dict(), **changes})
 
     @property
     def from_files(self) -> bool:
@@ -300,7 +309,8 @@ def load_probe(spec: ProbeSpec) -> torch.Tensor:
     """
     if spec.dataset == IMPORTED:
         raise DatasetError("an imported probe has no images: its activations come from population.activations")
-    images = load_user_probe(spec) if spec.from_files else load_dataset(spec.dataset, spec.split, spec.data_dir)[0]
+    images = load_user_probe(spec).copy() if spec.from_files else \
+        load_dataset(spec.dataset, spec.split, spec.data_dir)[0]
     if spec.n_examples is not None:
         if spec.n_examples > len(images):
             raise DatasetError(

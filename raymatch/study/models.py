@@ -272,9 +272,10 @@ class ActivationImport(_Section):
             return []
         needed = ("dir", "prefix", "seeds") if kind == "authors-npz" else ("path", "models")
         problems: list[tuple[Loc, str]] = [((key,), f"required with layout {kind}") for key in needed
-                                           if key not in data]
-        problems += [((key,), f"not used with layout {kind} (it uses {', '.join(needed)})") for key in data
-                     if key in cls.model_fields and key not in ("layout", *needed)]
+                                           if data.get(key) in (None, ())]
+        problems += [((key,), f"not used with layout {kind} (it uses {', '.join(needed)})")
+                     for key, info in cls.model_fields.items()
+                     if key not in ("layout", *needed) and values.get(key) not in (None, info.default)]
         if kind == "npy" and len(values.get("models", ())) == 1:
             problems.append((("models",), "a study needs at least 2 models; got 1"))
         return problems

@@ -32,13 +32,14 @@ from torch import nn
 from ..store import Store
 from ..store.store import check_name
 
-__all__ = ["ImportError_", "ImportJob", "ImportScan", "import_model", "imported_model_ids", "scan_import", "select_imported"]
+__all__ = ["ImportError_", "ImportJob", "ImportScan", "import_model", "imported_model_ids", "scan_import",
+           "select_imported"]
 
 _ID_HEX_CHARS = 16
 _FIELD = "population.activations"
 
 
-class ImportError_(ValueError):  # noqa: N801 - not the builtin ImportError
+class ImportError_(ValueError):
     """Imported activations that cannot be used: one line naming the field or file."""
 
 

@@ -25,8 +25,8 @@ from ..store.store import check_name
 from ..train.spec import TrainingSpec, with_recipe_defaults
 from . import fields
 from .checks import check_layers, check_probe_fit, check_reference, module_tree
-from .imported import check_imported, check_sources, imported_layer_names
 from .fields import PAIR_POLICIES, Boolean, Fractions, OptionalString, PositiveInt, Selectors
+from .imported import check_imported, check_sources, imported_layer_names
 
 __all__ = [
     "PAIR_POLICIES",

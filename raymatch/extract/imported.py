@@ -175,8 +175,11 @@ def scan_import(spec: Any) -> ImportScan:
         A missing or unreadable file, a layer name that cannot be a store key, an array of rank below 2 or of
         another dtype than numbers, models with different layer sets, row counts or layer shapes.
     """
-    return _scan(spec.layout, spec.dir, spec.prefix, tuple(spec.seeds), spec.path, tuple(spec.models),
-                 _signature(spec))
+    return _scan(*_spec_key(spec), _signature(spec))
+
+
+def _spec_key(spec: Any) -> tuple:
+    return spec.layout, spec.dir, spec.prefix, tuple(spec.seeds), spec.path, tuple(spec.models)
 
 
 @functools.lru_cache(maxsize=16)
@@ -270,12 +273,12 @@ def imported_model_ids(spec: Any) -> dict[str, str]:
     ImportError_
         A NaN or infinite value (naming the file, model and layer), or a problem of :func:`scan_import`.
     """
-    scan = scan_import(spec)
-    return _model_ids(scan, _signature(spec))
+    return dict(_model_ids(_spec_key(spec), _signature(spec)))
 
 
 @functools.lru_cache(maxsize=16)
-def _model_ids(scan: ImportScan, signature: tuple) -> dict[str, str]:
+def _model_ids(key: tuple, signature: tuple) -> dict[str, str]:
+    scan = _scan(*key, signature)
     ids = {}
     for model in scan.models:
         hasher = hashlib.sha256()
@@ -313,7 +316,7 @@ class _Replay(nn.Module):
     def forward(self, index: torch.Tensor) -> None:
         """Emit rows ``index`` (consecutive example indices) of the array through the layer's module."""
         start, stop = int(index[0]), int(index[-1]) + 1
-        rows = np.ascontiguousarray(self._replay_array[start:stop], dtype=np.float32)
+        rows = np.array(self._replay_array[start:stop], dtype=np.float32, order="C")  # a writable copy
         self.get_submodule(self._replay_layer)(torch.from_numpy(rows))
 
 

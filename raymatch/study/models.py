@@ -228,6 +228,10 @@ def _import_layout(value: Any) -> str:
     return value
 
 
+def _import_seeds(value: Any) -> tuple[int, ...]:
+    return () if value == () else fields.seeds(value)  # () is the default of layout npy
+
+
 def _path_template(value: Any) -> str | None:
     if value is None:
         return None
@@ -259,7 +263,7 @@ class ActivationImport(_Section):
     layout: Annotated[Literal["authors-npz", "npy"], checked_by(_import_layout)]
     dir: OptionalString = None
     prefix: OptionalString = None
-    seeds: Annotated[tuple[Annotated[int, Field(ge=0)], ...], checked_by(fields.seeds)] = ()
+    seeds: Annotated[tuple[Annotated[int, Field(ge=0)], ...], checked_by(_import_seeds)] = ()
     path: Annotated[str | None, checked_by(_path_template)] = None
     models: Annotated[Selectors, checked_by(_model_names)] = ()
 
@@ -272,7 +276,7 @@ class ActivationImport(_Section):
             return []
         needed = ("dir", "prefix", "seeds") if kind == "authors-npz" else ("path", "models")
         problems: list[tuple[Loc, str]] = [((key,), f"required with layout {kind}") for key in needed
-                                           if data.get(key) in (None, ())]
+                                           if not data.get(key)]
         problems += [((key,), f"not used with layout {kind} (it uses {', '.join(needed)})")
                      for key, info in cls.model_fields.items()
                      if key not in ("layout", *needed) and values.get(key) not in (None, info.default)]
@@ -530,8 +534,9 @@ class Study(_Section):
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-        return (check_sources(values, data) + check_reference(values) + check_layers(values)
-                + check_probe_fit(values) + check_imported(values))
+        if getattr(values.get("population"), "activations", None) is not None:  # no architecture, no probe run
+            return check_sources(values, data) + check_reference(values) + check_imported(values)
+        return check_sources(values, data) + check_reference(values) + check_layers(values) + check_probe_fit(values)
 
     @functools.cached_property
     def layer_names(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,19 +177,28 @@ def test_bad_imports_exit_2_with_one_line_before_anything_is_written(tmp_path, c
         err = capsys.readouterr().err.splitlines()
         problems = err[1:] if "problem(s)" in err[0] else [err[0].removeprefix("raymatch: error: ")]
         assert len(problems) == 1, err
-        import re
-
         assert re.search(message, problems[0]), problems
         assert not store_root.exists()
 
 
 def test_a_missing_seed_file_and_a_bad_template_are_named():
+    missing = {"name": "x", "store": {"uri": "file:///tmp/x"}, "layers": ["a"], "eps": [0.2],
+               "population": {"activations": {"layout": "authors-npz", "dir": "/nonexistent", "prefix": "x",
+                                              "seeds": [5, 6]}}}
     with pytest.raises(StudyError, match=r"population\.activations\.seeds: no file .*rnd_5/x\.npz for seed 5"):
-        load_study_text = {"name": "x", "store": {"uri": "file:///tmp/x"}, "layers": ["a"], "eps": [0.2],
-                           "population": {"activations": {"layout": "authors-npz", "dir": "/nonexistent",
-                                                          "prefix": "x", "seeds": [5, 6]}}}
-        raymatch.study.Study.from_dict(load_study_text)
+        raymatch.study.Study.from_dict(missing)
     with pytest.raises(StudyError, match=r"population\.activations\.path: must hold \{model\} and \{layer\}"):
         raymatch.study.Study.from_dict({"name": "x", "store": {"uri": "file:///tmp/x"}, "layers": ["a"],
                                         "eps": [0.2], "population": {"activations": {
                                             "layout": "npy", "path": "acts/{model}.npy", "models": ["a", "b"]}}})
+
+
+def test_imported_layers_with_no_more_samples_than_neurons_are_refused(tmp_path, capsys):
+    data = _write_authors(tmp_path / "authors")
+    study_file = _study_file(tmp_path, data, tmp_path / "store",
+                             probe={"dataset": "imported", "rows": {"rows": 4, "repeats": 1}})
+    assert main(["plan", str(study_file)]) == 2
+    err = capsys.readouterr().err
+    assert "layers: features.1 has 4 neurons but the probe gives it only 4 samples" in err
+    assert "layers: features.4 has 6 neurons but the probe gives it only 4 samples" in err
+    assert not (tmp_path / "store").exists()

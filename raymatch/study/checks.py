@@ -237,8 +237,10 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
     from ..probes import probe_size
 
     probe = study.probe
-    if study.architecture is None:  # imported activations: their layers and rows are checked on import
-        return []
+    if study.architecture is None:  # imported activations: the shapes in the files' headers
+        from .imported import imported_few_samples
+
+        return imported_few_samples(study)
     available, image_shape = probe_size(probe)
     n_images = probe.n_examples or available
     shapes = output_shapes(study.architecture, image_shape)

@@ -16,7 +16,7 @@ from ..extract.imported import ImportError_, scan_import, select_imported
 from ..probes import RowSample
 from ..probes.spec import IMPORTED
 
-__all__ = ["check_imported", "check_sources", "imported_layer_names"]
+__all__ = ["check_imported", "check_sources", "imported_few_samples", "imported_layer_names"]
 
 Problems = list[tuple[Loc, str]]
 
@@ -132,3 +132,30 @@ def imported_layer_names(spec: Any, selectors) -> list[str]:
     list of str
     """
     return select_imported(scan_import(spec).layers, list(selectors))
+
+
+def imported_few_samples(study) -> list[tuple[str, int, int, str]]:
+    """``(layer, neurons, samples, field)`` for each imported layer with no more samples than neurons (any model).
+
+    As :func:`~raymatch.study.checks.few_samples`: an (N, F) layer has N samples, an (N, C, …) layer N × positions,
+    or ``probe.rows.rows`` when sampled.
+
+    Parameters
+    ----------
+    study : raymatch.study.Study
+
+    Returns
+    -------
+    list of (str, int, int, str)
+    """
+    scan = scan_import(study.population.activations)
+    rows = study.probe.rows
+    found = []
+    for layer in study.layer_names:
+        shapes = [scan.shapes[model][layer] for model in scan.models]
+        neurons, positions = max(shape[1] for shape in shapes), math.prod(shapes[0][2:])
+        sampled = isinstance(rows, RowSample) and positions > 1
+        samples = min(rows.rows, shapes[0][0] * positions) if sampled else shapes[0][0] * positions
+        if samples <= neurons:
+            found.append((layer, neurons, samples, "probe.rows.rows" if sampled else "the imported examples"))
+    return found

@@ -230,7 +230,7 @@ def _groups(study, store: Store) -> list[ModelGroup]:
     training = study.population.training
     reference = None
     if study.pairs == "reference":
-        names = [f"seed{seed}" for seed in training.seeds] if training is not None else checkpoints  # (imported too)
+        names = [f"seed{seed}" for seed in training.seeds] if training is not None else checkpoints
         if study.reference not in names:
             raise ValueError(f"reference {study.reference!r} is not in the population ({len(names)} models)")
         reference = names.index(study.reference)

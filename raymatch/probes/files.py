@@ -11,7 +11,8 @@ the files' bytes (never their paths), so the same data anywhere gives the same p
 - ``array``: ``(N, C, H, W)`` (``layout: NCHW``), ``(N, H, W, C)`` (``layout: NHWC``) or ``(N, H, W)`` (one channel);
   values times ``scale``, then ``(x - mean_c) / std_c``. A ``.npz`` needs ``key`` unless it holds one array.
 - ``table``: a Parquet ``column`` of encoded image bytes (read as the ``images`` route) or of fixed-length numeric
-  lists, each one image flattened in ``layout`` order with ``size: [H, W]`` (channels = length / (H·W)).
+  lists, each one image flattened in ``layout`` order with ``size: [H, W]`` (channels = length / (H·W)), values
+  times ``scale``.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def _load(settings: tuple, signature: tuple) -> np.ndarray:
     elif dataset == "array":
         images = _read_array(Path(path), key, layout or "NCHW") * (1.0 if scale is None else float(scale))
     else:
-        images = _read_table(Path(path), column, size, layout or "NCHW")
+        images = _read_table(Path(path), column, size, layout or "NCHW", 1.0 if scale is None else float(scale))
     images = _normalise(images, mean, std)
     images.flags.writeable = False
     return images
@@ -227,8 +228,8 @@ def _to_nchw(array: np.ndarray, layout: str, what: str) -> np.ndarray:
     return array if layout == "NCHW" else array.transpose(0, 3, 1, 2)
 
 
-def _read_table(path: Path, column: str, size: tuple[int, int] | None, layout: str) -> np.ndarray:
-    """A Parquet column of encoded images or fixed-length numeric lists, as float64 ``(N, C, H, W)``."""
+def _read_table(path: Path, column: str, size: tuple[int, int] | None, layout: str, scale: float) -> np.ndarray:
+    """A Parquet column of encoded images (in [0, 1]) or numeric lists (times ``scale``), float64 ``(N, C, H, W)``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -259,7 +260,7 @@ def _read_table(path: Path, column: str, size: tuple[int, int] | None, layout: s
     height, width = size
     if length % (height * width):
         raise DatasetError(f"probe.size: lists of {length} values are not a whole number of {height}×{width} images")
-    flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(values), length)
+    flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(values), length) * scale
     channels = length // (height * width)
     shape = (len(values), channels, height, width) if layout == "NCHW" else (len(values), height, width, channels)
     return _to_nchw(flat.reshape(shape), layout, f"{path}[{column}]")

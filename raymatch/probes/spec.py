@@ -35,7 +35,7 @@ USED_KEYS: dict[str, tuple[str, ...]] = {
     "cifar10": ("split", "n_examples", "seed", "data_dir"),
     "images": ("path", "size", "mean", "std", "n_examples", "seed"),
     "array": ("path", "key", "layout", "scale", "mean", "std", "n_examples", "seed"),
-    "table": ("path", "column", "size", "layout", "mean", "std", "n_examples", "seed"),
+    "table": ("path", "column", "size", "layout", "scale", "mean", "std", "n_examples", "seed"),
     IMPORTED: (),
 }
 #: The keys added for the user's own files: left out of :meth:`ProbeSpec.to_dict` while null, so the ids and
@@ -190,7 +190,7 @@ class ProbeSpec(Config):
     layout : {'NCHW', 'NHWC'}, optional
         Axis order of an array (or of a table's flattened lists); default NCHW.
     scale : float, optional
-        Multiplies an array's values first (``1/255`` for bytes).
+        Multiplies an array's values (or a table's numeric lists) first (``1/255`` for bytes).
     column : str, optional
         The Parquet column of a ``table`` probe.
 

@@ -28,7 +28,8 @@ __all__ = ["IMPORTED", "ProbeSpec", "RowSample", "load_probe", "probe_size", "ro
 IMPORTED = "imported"
 #: Every probe dataset: the built-in ones, those read from the user's files, and ``imported``.
 DATASETS = (*SPLITS, *USER_DATASETS, IMPORTED)
-#: The keys each dataset uses besides ``dataset`` and ``rows``; any other key given (not null) is a problem.
+#: The keys each dataset uses besides ``dataset`` and ``rows``; any other key set (not null, not its default) is a
+#: problem.
 USED_KEYS: dict[str, tuple[str, ...]] = {
     "digits": ("split", "n_examples", "seed"),
     "fashion-mnist": ("split", "n_examples", "seed", "data_dir"),

@@ -109,10 +109,11 @@ def test_the_example_imports_the_authors_layout_and_its_curves_equal_max_match_o
     assert (tmp_path / "report" / "summary.md").exists()
 
 
-def test_npy_layout_import_only_writes_the_arrays_under_content_ids(tmp_path, capsys):
+@pytest.mark.usefixtures("ray_cluster")
+def test_npy_layout_imports_under_content_ids_and_runs_against_a_reference(tmp_path, capsys):
     rng = np.random.default_rng(7)
-    arrays = {model: {"block1": rng.standard_normal((40, 5, 3, 3)).astype(np.float32),
-                      "head": rng.standard_normal((40, 7))} for model in ("net_a", "net_b")}
+    arrays = {model: {"block1": np.maximum(rng.standard_normal((40, 5, 3, 3)), 0).astype(np.float32),
+                      "head": rng.standard_normal((40, 7))} for model in ("net_a", "net_b", "net_c")}
     for model, layers in arrays.items():
         (tmp_path / "acts" / model).mkdir(parents=True)
         for layer, array in layers.items():
@@ -121,10 +122,11 @@ def test_npy_layout_import_only_writes_the_arrays_under_content_ids(tmp_path, ca
     study_file.write_text(yaml.safe_dump({
         "name": "npy-import", "store": {"uri": f"file://{tmp_path / 'store'}"},
         "population": {"activations": {"layout": "npy", "path": str(tmp_path / "acts" / "{model}" / "{layer}.npy"),
-                                       "models": ["net_a", "net_b"]}},
-        "layers": ["block1", "head"], "eps": [0.25]}))
+                                       "models": ["net_a", "net_b", "net_c"]}},
+        "layers": ["block1", "head"], "eps": [0.25], "pairs": "reference", "reference": "net_b",
+        "resources": {"gpus_per_actor": 0}}))
     assert main(["import", str(study_file)]) == 0, capsys.readouterr().err
-    assert "imported 2 model(s) (4 model × layer matrices)" in capsys.readouterr().out
+    assert "imported 3 model(s) (6 model × layer matrices)" in capsys.readouterr().out
     study = load_study(study_file)
     assert study.probe == ProbeSpec(dataset="imported")
     store = Store(f"file://{tmp_path / 'store'}")
@@ -138,6 +140,23 @@ def test_npy_layout_import_only_writes_the_arrays_under_content_ids(tmp_path, ca
         np.testing.assert_array_equal(conv, layers["block1"].transpose(0, 2, 3, 1).reshape(-1, 5))
         head = read_activations(store, ActivationKey(study.probe.id, model_id, "head"))
         np.testing.assert_array_equal(head, layers["head"].astype(np.float32))
+
+    # the run finds every matrix imported, and compares each model with the reference
+    assert main(["run", str(study_file), "--quiet"]) == 0, capsys.readouterr().err
+    assert "extract          0        3       0" in capsys.readouterr().out
+    models = load(store, "models", study="npy-import")
+    name_of = dict(zip(models["model_id"], models["checkpoint"], strict=True))
+    matches = load(store, "matches", study="npy-import")
+    assert sorted((name_of[a], name_of[b]) for a, b in zip(matches["model_a"], matches["model_b"], strict=True)) \
+        == [("net_b", "net_a")] * 2 + [("net_b", "net_c")] * 2
+    for row in matches.itertuples():
+        def plain(model, layer=row.layer):
+            array = arrays[name_of[model]][layer].astype(np.float64)
+            return array.transpose(0, 2, 3, 1).reshape(-1, 5) if array.ndim == 4 else array
+
+        want = raymatch.max_match(plain(row.model_a), plain(row.model_b), row.eps)
+        assert list(row.neurons_a) == want.a.tolist() and list(row.neurons_b) == want.b.tolist()
+        assert row.similarity == pytest.approx(want.similarity)
 
 
 def _nan(seed, arrays):

@@ -140,6 +140,31 @@ def train(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def import_activations(args: argparse.Namespace) -> int:
+    """Import a study's activations (``population.activations``) into its store, and nothing else."""
+    from .engine.plan import make_plan
+    from .engine.run import import_population
+    from .results import check_store_version
+    from .study import load_study
+
+    study = load_study(args.study)
+    if study.population.activations is None:
+        raise ValueError(f"{args.study}: the study imports no activations (it has no population.activations)")
+    store = study.store.open()
+    if not store.is_local:
+        store.check(write=False)
+    planned = make_plan(study, store)["extract"]  # every file read and checked before anything is written
+    store.check()
+    check_store_version(store)
+    outcomes = import_population(study, store, planned.tasks)
+    for outcome in outcomes:
+        outcome.reraise()
+    layers = sum(len(outcome.item.layers) for outcome in outcomes)
+    print(f"study {study.name}: imported {len(outcomes)} model(s) ({layers} model × layer matrices) into "
+          f"{store.uri}; {planned.done} model(s) already stored")
+    return 0
+
+
 def status(args: argparse.Namespace) -> int:
     """Print a store's latest runs, what each recorded study still has to do, and the failed rows."""
     from .engine.run import store_status
@@ -301,6 +326,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[store, common])
     report_cmd.add_arguments(report_parser)
     report_parser.set_defaults(run=report_cmd.command)
+
+    import_cmd = commands.add_parser("import", help="import a study's activations (population.activations) only",
+                                     parents=[common])
+    import_cmd.add_argument("study", metavar="STUDY.yaml")
+    import_cmd.set_defaults(run=import_activations)
 
     status_cmd = commands.add_parser("status", help="latest runs, what each study still has to do, failed rows",
                                      parents=[store, common])

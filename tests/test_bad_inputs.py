@@ -137,7 +137,7 @@ def assert_one_line(code: int, err: str, *needles: str) -> str:
 STUDY_FILE_CASES = {
     "malformed YAML": ("name: x\nstore: {uri: /tmp/x\nlayers: [relu\n", ["malformed YAML at line"]),
     "not a mapping": ("- just\n- a list\n", ["the top level must be a mapping of study fields"]),
-    "unknown key": (dict(frobnicate=1, probe__size=10), ["frobnicate: unknown key", "probe.size: unknown key"]),
+    "unknown key": (dict(frobnicate=1, probe__sized=10), ["frobnicate: unknown key", "probe.sized: unknown key"]),
     "wrong types": (dict(architecture__width="wide", resources__pair_block="two", cka="maybe"),
                     ["architecture.width: must be a positive number; got 'wide'",
                      "resources.pair_block: must be a positive integer; got 'two'",

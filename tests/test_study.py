@@ -160,16 +160,22 @@ def test_config_hash_is_pinned(example):
     [
         {"resources": Resources(gpus_per_actor=0.5, cpus_per_task=4, pair_block=32, max_in_flight=2)},
         {"store": StoreConfig("s3://bucket/prefix", endpoint_url="http://127.0.0.1:9000")},
-        {"probe": ProbeSpec("digits", "test", n_examples=200, seed=0, rows="all", data_dir="/elsewhere")},
         {"eps": (0.15, 0.25)},  # a row holds the pair's whole ε-curve: any ε is a query
         {"eps": (0.15, 0.25, 0.5, 0.75)},
         {"simple_matches": SimpleMatchesConfig()},  # simple-match rows carry their ε and settings themselves
         {"null_baseline": True},  # the baseline's rows carry population = 'untrained'
     ],
-    ids=["resources", "store", "probe.data_dir", "fewer eps", "more eps", "simple_matches", "null_baseline"],
+    ids=["resources", "store", "fewer eps", "more eps", "simple_matches", "null_baseline"],
 )
 def test_config_hash_ignores_what_changes_no_stored_row(example, change):
     assert example.replace(**change).config_hash == example.config_hash
+
+
+def test_config_hash_ignores_the_probe_data_dir(example):
+    fashion = example.replace(architecture=Architecture("small_cnn", in_channels=1, width=0.5, input_size=28),
+                              probe=ProbeSpec("fashion-mnist", "test", n_examples=200))
+    moved = fashion.replace(probe=fashion.probe.replace(data_dir="/elsewhere"))
+    assert moved.config_hash == fashion.config_hash
 
 
 @pytest.mark.parametrize(
@@ -269,8 +275,8 @@ def test_missing_file_is_an_os_error(tmp_path):
 def test_missing_required_keys_are_listed_together():
     assert problems_of("cka: true\n") == [
         f"{key}: required key is missing"
-        for key in ("name", "store", "population", "architecture", "probe", "layers", "eps")
-    ]
+        for key in ("name", "store", "population", "layers", "eps", "architecture", "probe")
+    ]  # (architecture and probe: optional when population.activations imports activations)
 
 
 CATALOGUE = {
@@ -290,8 +296,17 @@ CATALOGUE = {
         ["simple_matches.epsilon: unknown key (allowed: enabled, eps, layers, max_neurons)"],
     ),
     "unknown probe key": (
-        edited(probe__size=10),
-        ["probe.size: unknown key (allowed: dataset, split, n_examples, seed, rows, data_dir)"],
+        edited(probe__sized=10),
+        ["probe.sized: unknown key (allowed: dataset, split, n_examples, seed, rows, data_dir, path, size, mean, std, "
+         "key, layout, scale, column)"],
+    ),
+    "probe key the dataset does not use": (
+        edited(probe__size=[8, 8]),
+        ["probe.size: not used by dataset digits (it uses rows, split, n_examples, seed)"],
+    ),
+    "data_dir with digits": (
+        edited(probe__data_dir="/some/png/folder"),
+        ["probe.data_dir: not used by dataset digits (it uses rows, split, n_examples, seed)"],
     ),
     "unknown probe.rows key": (
         edited(probe__rows={"rows": 100, "repeat": 2}),
@@ -371,7 +386,8 @@ CATALOGUE = {
     # probe
     "unknown dataset": (
         edited(probe__dataset="imagenet"),
-        ["probe.dataset: must be one of digits, fashion-mnist, cifar10; got 'imagenet'"],
+        ["probe.dataset: must be one of digits, fashion-mnist, cifar10, images, array, table, imported; got "
+         "'imagenet'"],
     ),
     "probe repeats 0": (
         edited(probe__rows={"rows": 100, "repeats": 0}),
@@ -380,7 +396,8 @@ CATALOGUE = {
     "probe without dataset": (edited(probe__dataset=None), ["probe.dataset: required key is missing"]),
     "probe not a mapping": (
         edited(probe="digits"),
-        ["probe: must be a mapping of dataset, split, n_examples, seed, rows, data_dir; got 'digits'"],
+        ["probe: must be a mapping of dataset, split, n_examples, seed, rows, data_dir, path, size, mean, std, key, "
+         "layout, scale, column; got 'digits'"],
     ),
     # pairs
     "unknown pair policy": (edited(pairs="star"), ["pairs: must be one of all, reference, consecutive; got 'star'"]),
@@ -399,12 +416,12 @@ CATALOGUE = {
     # population
     "checkpoints and glob": (
         edited(population__glob="checkpoints/tiny/*.safetensors"),
-        ["population: give one of checkpoints, glob and training, not checkpoints and glob"],
+        ["population: give one of checkpoints, glob, training and activations, not checkpoints and glob"],
     ),
     "neither checkpoints nor glob": (
         edited(population={}),
-        ["population: give checkpoints (a list of store keys), glob (a pattern of store keys) or training (seeds "
-         "and a recipe)"],
+        ["population: give checkpoints (a list of store keys), glob (a pattern of store keys), training (seeds "
+         "and a recipe) or activations (files to import)"],
     ),
     "one checkpoint": (
         edited(population__checkpoints=["checkpoints/tiny/seed0.safetensors"]),

@@ -178,15 +178,12 @@ class PlanContext:
     @functools.cached_property
     def simple_tasks(self) -> tuple[list[Any], int]:
         """The simple-match tasks still to do, and how many are stored."""
-        from ..extract.layers import select_layers
-        from ..study.checks import layer_calls
         from .tasks import SimpleTask
 
         study, simple = self.study, self.study.simple_matches
         if not simple.enabled:
             return [], 0
-        layers = set(select_layers(study.architecture.module_tree(), simple.layers,
-                                   calls=layer_calls(study.architecture, study.probe)))  # relu#k: each call
+        layers = set(study.simple_layer_names)
         todo, done = [], 0
         for group, layer, repeat, pairs, _ in self.pair_units:
             if layer not in layers or group.name != "trained":
@@ -205,6 +202,8 @@ class PlanContext:
 def resolve_population(study, store: Store) -> list[str]:
     """The study's checkpoints: the explicit list, the trained seeds' keys, or the store keys matching its glob.
 
+    A study importing its activations has no checkpoints: its models' names stand in for them.
+
     Raises
     ------
     ValueError
@@ -213,6 +212,8 @@ def resolve_population(study, store: Store) -> list[str]:
     population = study.population
     if population.checkpoints:
         return list(population.checkpoints)
+    if population.activations is not None:  # imported: the models' names (seed<k>, or as listed)
+        return population.activations.model_names
     if population.training is not None:
         from ..train import population_keys
 

@@ -40,7 +40,8 @@ def write_study_record(study, store: Store) -> None:
     """``studies/<name>.json``: the study's configuration and its layers in network order (for status, report)."""
     store.write_json(study_record_key(study.name), {
         "name": study.name, "config_hash": study.config_hash, "code_version": __version__,
-        "layers": list(study.layer_names), "eps": list(study.eps), "architecture": study.architecture.to_dict(),
+        "layers": list(study.layer_names), "eps": list(study.eps),
+        "architecture": study.architecture.to_dict() if study.architecture is not None else None,
         "probe": study.probe.to_dict(), "config": study.to_dict(),
     })
 
@@ -160,6 +161,8 @@ class _Executors:
         resources = self.study.resources
         if stage.executor == "training":
             return self._train(plan, tasks)
+        if stage.executor == "extraction" and self.study.population.activations is not None:
+            return import_population(self.study, self.store, tasks)  # imported: files read by the driver
         if stage.executor == "extraction":
             from .workers import extract_job, extract_population
 
@@ -212,6 +215,30 @@ class _Executors:
 
         for actor in self.shared or ():
             ray.kill(actor)
+
+
+def import_population(study, store: Store, jobs: list) -> list:
+    """The extract stage of a study importing its activations: each job's arrays written by this process.
+
+    Returns
+    -------
+    list of Outcome
+        One per job, in order; the first failure stops the rest (its error kept as the cause).
+    """
+    from ..extract.imported import import_model
+    from .runner import Outcome
+
+    outcomes = []
+    for job in jobs:
+        started = time.perf_counter()
+        try:
+            result = import_model(store, study.population.activations, study.probe, job)
+        except Exception as error:
+            outcomes.append(Outcome(job, None, f"{type(error).__name__}: {error}", time.perf_counter() - started,
+                                    cause=error))
+            break
+        outcomes.append(Outcome(job, result, seconds=time.perf_counter() - started))
+    return outcomes
 
 
 def _outcomes_of(extract_population, store: Store, jobs: list, resources, progress, runtime_env=None) -> list:
@@ -296,7 +323,8 @@ def _record_models(study, store: Store, plan: Plan) -> None:
     recorded = read_columns(store, "models", ["population", "model_id"],
                             filters={"study": study.name, "config_hash": study.config_hash})
     known = set(zip(*(recorded.column(name).to_pylist() for name in ("population", "model_id")), strict=True))
-    training = study.population.training
+    training, imported = study.population.training, study.population.activations
+    architecture = study.architecture.label if study.architecture is not None else f"imported:{imported.layout}"
     rows = []
     for group in plan.groups:
         if group.permute_b_seed is not None:  # the permuted null: the trained models, recorded as such
@@ -308,8 +336,10 @@ def _record_models(study, store: Store, plan: Plan) -> None:
                 continue
             seed = seeds[index] if seeds is not None else None
             record = store.read_json(training_record_key(group.prefix, seed)) if seed is not None else {}
+            if imported is not None and imported.layout == "authors-npz":  # the authors' rnd_<seed>
+                seed = imported.seeds[index]
             rows.append({"study": study.name, "config_hash": study.config_hash, "population": group.name,
-                         "model_id": model, "seed": seed, "checkpoint": key, "architecture": study.architecture.label,
+                         "model_id": model, "seed": seed, "checkpoint": key, "architecture": architecture,
                          "holdout_accuracy": record.get("holdout_accuracy"),
                          "test_accuracy": record.get("test_accuracy"),
                          "epochs": record.get("epochs"), "selected_epoch": record.get("selected_epoch")})

@@ -86,6 +86,8 @@ def _plan_extract(context: PlanContext) -> StagePlan:
     from ..models.checkpoint import check_checkpoint, model_id_of
 
     study, store, plan = context.study, context.store, context.plan
+    if study.population.activations is not None:
+        return _plan_import(context)
     if plan["train"].tasks:  # model ids (and everything after) are known once the checkpoints exist
         return NOT_KNOWN_YET
     todo = []
@@ -101,6 +103,26 @@ def _plan_extract(context: PlanContext) -> StagePlan:
     jobs = [ExtractionJob(key, study.architecture.label, study.probe, tuple(study.layers), study.architecture.kwargs,
                           architecture=study.architecture.spec, checkpoint_options=options or None)
             for key in todo]
+    return StagePlan(jobs, len(plan.checkpoints) - len(jobs))
+
+
+def _plan_import(context: PlanContext) -> StagePlan:
+    """Imported activations: one job per model with a layer not stored; every file read and checked here, before Ray.
+
+    The model ids are the digests of the imported arrays (NaN/Inf refused while hashing them).
+    """
+    from ..extract.extractor import stored_repeats
+    from ..extract.imported import ImportJob, imported_model_ids
+
+    study, store, plan = context.study, context.store, context.plan
+    plan.model_ids.update(imported_model_ids(study.population.activations))
+    _check_distinct(plan.model_ids)
+    jobs = []
+    for name in plan.checkpoints:
+        layers = [layer for layer in plan.layers
+                  if stored_repeats(store, study.probe.id, plan.model_ids[name], layer) is None]
+        if layers:
+            jobs.append(ImportJob(name, plan.model_ids[name], tuple(layers)))
     return StagePlan(jobs, len(plan.checkpoints) - len(jobs))
 
 

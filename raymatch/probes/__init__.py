@@ -1,12 +1,13 @@
 """Probe datasets that work offline, and deterministic row/position sampling for conv layers.
 
 :func:`load_dataset` reads scikit-learn's digits, Fashion-MNIST (idx files) or CIFAR-10 (binary batches);
+:mod:`.files` reads the user's own images, arrays and Parquet tables;
 :class:`ProbeSpec` fixes a probe's content (and its :attr:`~ProbeSpec.id`); :func:`load_probe` turns a spec into
 input images and :func:`sample_rows` picks the (image, position) rows every model of a population shares.
 """
 
 from .datasets import DatasetError, available_datasets, load_dataset
-from .spec import ProbeSpec, RowSample, load_probe, row_positions, sample_rows
+from .spec import ProbeSpec, RowSample, load_probe, probe_size, row_positions, sample_rows
 
 __all__ = [
     "DatasetError",
@@ -15,6 +16,7 @@ __all__ = [
     "available_datasets",
     "load_dataset",
     "load_probe",
+    "probe_size",
     "row_positions",
     "sample_rows",
 ]

@@ -8,6 +8,7 @@ layer's spatial shape, never on the model, so every model of a population is com
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
@@ -16,11 +17,32 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..config import Config, Loc, checked_by, is_integer
+from ..config import Config, Loc, checked_by, is_integer, is_number
 from ..store.layout import digest
 from .datasets import SPLITS, DatasetError, available_datasets, load_dataset
+from .files import USER_DATASETS, content_digest, load_user_probe
 
-__all__ = ["ProbeSpec", "RowSample", "load_probe", "row_positions", "sample_rows"]
+__all__ = ["IMPORTED", "ProbeSpec", "RowSample", "load_probe", "probe_size", "row_positions", "sample_rows"]
+
+#: The probe of a study that imports its activations (``population.activations``): nothing to run.
+IMPORTED = "imported"
+#: Every probe dataset: the built-in ones, those read from the user's files, and ``imported``.
+DATASETS = (*SPLITS, *USER_DATASETS, IMPORTED)
+#: The keys each dataset uses besides ``dataset`` and ``rows``; any other key set (not null, not its default) is a
+#: problem.
+USED_KEYS: dict[str, tuple[str, ...]] = {
+    "digits": ("split", "n_examples", "seed"),
+    "fashion-mnist": ("split", "n_examples", "seed", "data_dir"),
+    "cifar10": ("split", "n_examples", "seed", "data_dir"),
+    "images": ("path", "size", "mean", "std", "n_examples", "seed"),
+    "array": ("path", "key", "layout", "scale", "mean", "std", "n_examples", "seed"),
+    "table": ("path", "column", "size", "layout", "scale", "mean", "std", "n_examples", "seed"),
+    IMPORTED: (),
+}
+#: The keys added for the user's own files: left out of :meth:`ProbeSpec.to_dict` while null, so the ids and
+#: config hashes of built-in probes are those of before.
+FILE_KEYS = ("path", "size", "mean", "std", "key", "layout", "scale", "column")
+_REQUIRED_KEYS = {"images": ("path",), "array": ("path",), "table": ("path", "column")}
 
 
 def _positive_int(value: Any, field: str = "") -> int:
@@ -46,9 +68,49 @@ def _string(value: Any) -> str:
 
 
 def _dataset(value: Any) -> str:
-    if _string(value) not in SPLITS:
-        raise ValueError(f"must be one of {', '.join(available_datasets())}; got {value!r}")
+    if _string(value) not in DATASETS:
+        raise ValueError(f"must be one of {', '.join([*available_datasets(), *USER_DATASETS, IMPORTED])}; "
+                         f"got {value!r}")
     return value
+
+
+def _optional_string(value: Any) -> str | None:
+    return None if value is None else _string(value)
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(is_integer(v) and v > 0 for v in value):
+        raise ValueError(f"must be [height, width], two positive integers; got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def _channel_values(positive: bool):
+    def check(value: Any) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)) or not value or not all(is_number(v) for v in value):
+            raise ValueError(f"must be a list of numbers (one, or one per channel); got {value!r}")
+        if positive and not all(v > 0 for v in value):
+            raise ValueError(f"must hold positive numbers; got {value!r}")
+        return tuple(float(v) for v in value)
+
+    return check
+
+
+def _layout(value: Any) -> str | None:
+    if value is not None and value not in ("NCHW", "NHWC"):
+        raise ValueError(f"must be NCHW or NHWC; got {value!r}")
+    return value
+
+
+def _scale(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not is_number(value) or value == 0:
+        raise ValueError(f"must be a non-zero number; got {value!r}")
+    return float(value)
 
 
 def _data_dir(value: Any) -> str | None:
@@ -113,7 +175,28 @@ class ProbeSpec(Config):
         ``'all'`` uses every (image, position) row of a conv layer; a :class:`RowSample` (or a mapping with its
         fields) samples rows as in the paper.
     data_dir : str, optional
-        Where the dataset's files live. Not part of :attr:`id`: the same files anywhere give the same probe.
+        Where the dataset's files live (``fashion-mnist``, ``cifar10``). Not part of :attr:`id`: the same files
+        anywhere give the same probe.
+    path : str, optional
+        The user's data (datasets ``images``: a folder; ``array``: a ``.npy``/``.npz`` file; ``table``: a
+        ``.parquet`` file); see :mod:`raymatch.probes.files`. Part of :attr:`id` through the files' bytes only.
+    size : (int, int), optional
+        ``[H, W]``: ``images`` (and encoded images of a ``table``) are resized and centre-cropped to it; a table of
+        numeric lists is reshaped to it.
+    mean, std : tuple of float, optional
+        Normalisation ``(x - mean_c) / std_c``, one value or one per channel (after ``/255`` for image files,
+        after ``scale`` for arrays).
+    key : str, optional
+        The array of a ``.npz`` file (needed when it holds more than one).
+    layout : {'NCHW', 'NHWC'}, optional
+        Axis order of an array (or of a table's flattened lists); default NCHW.
+    scale : float, optional
+        Multiplies an array's values (or a table's numeric lists) first (``1/255`` for bytes).
+    column : str, optional
+        The Parquet column of a ``table`` probe.
+
+    A key the dataset does not use (``data_dir`` with ``digits``, ``split`` with ``images``) is a problem; the
+    ``imported`` dataset is the probe of a study that imports its activations (only ``rows`` applies).
 
     Raises
     ------
@@ -122,7 +205,7 @@ class ProbeSpec(Config):
         (``probe.n_examples: must be a positive integer; got 0``).
     """
 
-    dataset: Annotated[str, checked_by(_dataset)] = Field(json_schema_extra={"enum": list(SPLITS)})
+    dataset: Annotated[str, checked_by(_dataset)] = Field(json_schema_extra={"enum": list(DATASETS)})
     split: Annotated[str, checked_by(_string)] = Field(
         "test", json_schema_extra={"enum": list(dict.fromkeys(split for splits in SPLITS.values() for split in splits))}
     )
@@ -130,15 +213,61 @@ class ProbeSpec(Config):
     seed: NonNegativeInt = 0
     rows: Annotated[Literal["all"] | RowSample, checked_by(_rows)] = "all"
     data_dir: Annotated[str | None, checked_by(_data_dir)] = None
+    path: Annotated[str | None, checked_by(_data_dir)] = None
+    size: Annotated[tuple[PositiveInt, PositiveInt] | None, checked_by(_size)] = None
+    mean: Annotated[tuple[float, ...] | None, checked_by(_channel_values(positive=False))] = None
+    std: Annotated[tuple[float, ...] | None, checked_by(_channel_values(positive=True))] = None
+    key: Annotated[str | None, checked_by(_optional_string)] = None
+    layout: Annotated[Literal["NCHW", "NHWC"] | None, checked_by(_layout)] = None
+    scale: Annotated[float | None, checked_by(_scale)] = None
+    column: Annotated[str | None, checked_by(_optional_string)] = None
 
     _path: ClassVar[str] = "probe"
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         dataset, split = values.get("dataset"), values.get("split")
-        if dataset is not None and split is not None and split not in SPLITS[dataset]:
-            return [(("split",), f"must be one of {', '.join(SPLITS[dataset])} for {dataset}; got {split!r}")]
-        return []
+        if dataset is None:
+            return []
+        used = USED_KEYS[dataset]
+        problems: list[tuple[Loc, str]] = [
+            ((key,), f"not used by dataset {dataset} (it uses {', '.join(('rows', *used))})")
+            for key, info in cls.model_fields.items() if key not in ("dataset", "rows", *used)
+            and values.get(key) not in (None, info.default)]  # (a value that failed its check: reported as such)
+        problems += [((key,), f"required by dataset {dataset}") for key in _REQUIRED_KEYS.get(dataset, ())
+                     if key not in data or data[key] is None]
+        if dataset in SPLITS and split is not None and split not in SPLITS[dataset]:
+            problems.append((("split",), f"must be one of {', '.join(SPLITS[dataset])} for {dataset}; got {split!r}"))
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain values; the keys of the user's files only when set, ``split`` only where used.
+
+        Returns
+        -------
+        dict
+        """
+        content = super().to_dict()
+        for key in FILE_KEYS:
+            if content[key] is None:
+                del content[key]
+        if self.dataset not in SPLITS:
+            del content["split"]
+        return content
+
+    def replace(self, **changes: Any) -> ProbeSpec:
+        """A copy with some fields changed, checked like a new probe (the keys its dataset uses, and ``changes``).
+
+        Returns
+        -------
+        ProbeSpec
+        """
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    @property
+    def from_files(self) -> bool:
+        """Whether the probe is read from the user's files (``images``, ``array``, ``table``)."""
+        return self.dataset in USER_DATASETS
 
     @property
     def id(self) -> str:
@@ -146,10 +275,18 @@ class ProbeSpec(Config):
 
         The first 16 hex digits of the SHA-256 of the canonical JSON (sorted keys, no spaces) of
         ``dataset, split, n_examples, seed, rows`` (:func:`raymatch.store.layout.digest`): stable across
-        processes, machines and Python versions.
+        processes, machines and Python versions. A probe read from the user's files has its ``path`` replaced by
+        the SHA-256 of the files' bytes (:func:`~raymatch.probes.files.content_digest`): a different file gives a
+        different id, the same file anywhere the same one.
         """
+        return self._id
+
+    @functools.cached_property
+    def _id(self) -> str:
         content = self.to_dict()
         del content["data_dir"]
+        if self.from_files:
+            content["path"] = content_digest(self)
         return digest(content)
 
 
@@ -171,15 +308,51 @@ def load_probe(spec: ProbeSpec) -> torch.Tensor:
     DatasetError
         The dataset cannot be loaded, or ``n_examples`` exceeds the split's size.
     """
-    images, _ = load_dataset(spec.dataset, spec.split, spec.data_dir)
+    if spec.dataset == IMPORTED:
+        raise DatasetError("an imported probe has no images: its activations come from population.activations")
+    images = load_user_probe(spec).copy() if spec.from_files else \
+        load_dataset(spec.dataset, spec.split, spec.data_dir)[0]
     if spec.n_examples is not None:
         if spec.n_examples > len(images):
             raise DatasetError(
-                f"probe asks for {spec.n_examples} examples but {spec.dataset}/{spec.split} has {len(images)}"
+                f"probe asks for {spec.n_examples} examples but {_source(spec)} has {len(images)}"
             )
         chosen = np.sort(np.random.default_rng(spec.seed).permutation(len(images))[: spec.n_examples])
         images = images[chosen]
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+
+
+def _source(spec: ProbeSpec) -> str:
+    return spec.path if spec.from_files else f"{spec.dataset}/{spec.split}"
+
+
+def probe_size(spec: ProbeSpec) -> tuple[int, tuple[int, int, int]]:
+    """How many images the probe's source holds and their shape, before any ``n_examples`` subset.
+
+    Built-in datasets: their published sizes (nothing is read). The user's files: read (and checked) once, then
+    cached while the files are unchanged.
+
+    Parameters
+    ----------
+    spec : ProbeSpec
+
+    Returns
+    -------
+    n_images : int
+    shape : tuple of int
+        ``(channels, height, width)``.
+
+    Raises
+    ------
+    DatasetError
+        The user's files cannot be read (one line naming the field or file).
+    """
+    from .datasets import IMAGE_SHAPES, SPLIT_SIZES
+
+    if spec.from_files:
+        images = load_user_probe(spec)
+        return len(images), tuple(images.shape[1:])
+    return SPLIT_SIZES[spec.dataset][spec.split], IMAGE_SHAPES[spec.dataset]
 
 
 def sample_rows(spec: ProbeSpec, n_images: int, height: int, width: int, repeat: int) -> np.ndarray | None:

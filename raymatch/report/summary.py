@@ -107,6 +107,10 @@ def _caveats(ctx: _Context) -> str:
     if isinstance(probe, dict) and probe.get("dataset"):
         examples = probe.get("n_examples") or "all"
         text = f"activations from the {probe.get('split', '?')} split of {probe['dataset']} ({examples} examples"
+        if probe["dataset"] == "imported" or probe.get("path"):  # imported activations, or the user's own files
+            source = "imported activations" if probe["dataset"] == "imported" else \
+                f"{probe['dataset']} probe {probe['path']}"
+            text = f"activations from {source} ({examples} examples"
         rows = probe.get("rows")
         if isinstance(rows, dict):
             text += f"; conv layers: {rows.get('rows')} rows drawn {rows.get('repeats', 1)} time(s)"

@@ -84,11 +84,19 @@ def architecture_tree(content: str) -> nn.Module:
 
 
 def _image_shape(probe: Any) -> tuple[int, ...] | None:
-    """The probe's image shape ``(C, H, W)`` where it is known without loading data, else None."""
-    from ..probes.datasets import IMAGE_SHAPES
+    """The probe's image shape ``(C, H, W)``: a built-in dataset's, or read from the user's files; else None.
 
-    shape = getattr(probe, "image_shape", None)
-    return tuple(shape) if shape is not None else IMAGE_SHAPES.get(getattr(probe, "dataset", None))
+    None for imported activations and for files that cannot be read (:func:`check_probe_fit` reports those).
+    """
+    from ..probes import DatasetError, probe_size
+    from ..probes.spec import IMPORTED
+
+    if probe is None or getattr(probe, "dataset", None) == IMPORTED:
+        return None
+    try:
+        return tuple(probe_size(probe)[1])  # the user's files are read once (cached while unchanged)
+    except DatasetError:
+        return None
 
 
 def _meta_outputs(architecture: Architecture, image_shape: tuple[int, ...]) -> dict[str, list[Any]]:
@@ -354,25 +362,32 @@ def check_probe_fit(values: Mapping[str, Any]) -> Problems:
     list of (tuple, str)
         Problems located at ``probe.n_examples`` and ``probe``.
     """
-    from ..probes.datasets import IMAGE_SHAPES, SPLIT_SIZES
+    from ..probes import DatasetError, probe_size
+    from ..probes.spec import IMPORTED
 
     probe, architecture = values.get("probe"), values.get("architecture")
-    if probe is None:
+    if probe is None or probe.dataset == IMPORTED:
         return []
     problems: Problems = []
-    available = SPLIT_SIZES[probe.dataset][probe.split]
+    try:
+        available, image_shape = probe_size(probe)  # the user's files: read and checked here, before Ray
+    except DatasetError as error:
+        field, _, message = str(error).partition(": ")
+        known = field.startswith("probe") and " " not in field
+        return [(tuple(field.split(".")) if known else ("probe",), message if known else str(error))]
+    source = probe.path if probe.from_files else f"{probe.dataset}/{probe.split}"
     if probe.n_examples is not None and probe.n_examples > available:
         problems.append((("probe", "n_examples"), f"asks for {probe.n_examples} examples but "
-                                                  f"{probe.dataset}/{probe.split} has {available}"))
+                                                  f"{source} has {available}"))
     if architecture is None:
         return problems
     try:
-        output_shapes(architecture, IMAGE_SHAPES[probe.dataset])
+        output_shapes(architecture, image_shape)
     except (RuntimeError, ValueError, TypeError, AttributeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         sizes = (f" (in_channels {architecture.in_channels}, input_size {architecture.input_size})"
                  if architecture.is_zoo else "")
-        problems.append((("probe",), f"{probe.dataset} images are {'×'.join(map(str, IMAGE_SHAPES[probe.dataset]))}, "
+        problems.append((("probe",), f"{probe.dataset} images are {'×'.join(map(str, image_shape))}, "
                                      f"which architecture {architecture.label}{sizes} cannot take: {reason}"))
     return problems
 
@@ -394,11 +409,16 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
     list of (str, int, int, str)
         In network order; empty when every layer has more samples than neurons.
     """
-    from ..probes.datasets import IMAGE_SHAPES, SPLIT_SIZES
+    from ..probes import probe_size
 
     probe = study.probe
-    n_images = probe.n_examples or SPLIT_SIZES[probe.dataset][probe.split]
-    shapes = layer_shapes(study.architecture, IMAGE_SHAPES[probe.dataset], study.layers)
+    if study.architecture is None:  # imported activations: the shapes in the files' headers
+        from .imported import imported_few_samples
+
+        return imported_few_samples(study)
+    available, image_shape = probe_size(probe)
+    n_images = probe.n_examples or available
+    shapes = layer_shapes(study.architecture, image_shape, study.layers)
     found = []
     for layer in (name for name in study.layer_names if name in shapes):  # (layers the forward pass calls)
         neurons, spatial = shapes[layer][0], math.prod(shapes[layer][1:])

@@ -17,12 +17,13 @@ from pydantic import Field, ValidationError
 from pydantic_core import InitErrorDetails
 from torch import nn
 
-from ..config import Config, ConfigError, Loc, checked_by, problem_at, relocated, shown
+from ..config import Config, ConfigError, Loc, checked_by, invalid, problem_at, relocated, shown
 from ..extract.layers import select_layers
 from ..models import build_model
 from ..models.factory import ArchitectureError, build_architecture, code_digest
 from ..probes import ProbeSpec
 from ..store import Store, layout
+from ..store.store import check_name
 from ..train.spec import TrainingSpec, with_recipe_defaults
 from . import fields
 from .checks import (
@@ -36,9 +37,11 @@ from .checks import (
 )
 from .entries import CheckpointOptions, LayerEntry, layer_entries
 from .fields import PAIR_POLICIES, Boolean, Fractions, OptionalString, PositiveInt, Selectors
+from .imported import check_imported, check_sources, imported_layer_names
 
 __all__ = [
     "PAIR_POLICIES",
+    "ActivationImport",
     "Architecture",
     "Population",
     "Resources",
@@ -217,6 +220,97 @@ def untrained_prefix(architecture: Architecture) -> str:
     return layout.untrained_prefix(architecture.name, architecture.to_dict())
 
 
+def _model_names(value: Any) -> tuple[str, ...]:
+    names = fields.strings("model names", non_empty=False)(value)
+    problems = []
+    for index, name in enumerate(names):
+        try:
+            check_name(name, "model name")
+        except ValueError as error:
+            problems.append(((index,), str(error)))
+    if problems:
+        raise invalid(problems, value)
+    return names
+
+
+def _import_layout(value: Any) -> str:
+    if value not in ("authors-npz", "npy"):
+        raise ValueError(f"must be authors-npz or npy; got {shown(value)}")
+    return value
+
+
+def _import_seeds(value: Any) -> tuple[int, ...]:
+    return () if value == () else fields.seeds(value)  # () is the default of layout npy
+
+
+def _path_template(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = fields.string(value)
+    if text.count("{model}") != 1 or text.count("{layer}") != 1:
+        raise ValueError(f"must hold {{model}} and {{layer}} once each (acts/{{model}}/{{layer}}.npy); got {text!r}")
+    return text
+
+
+class ActivationImport(_Section):
+    """Activations computed elsewhere, imported instead of extracted (see :mod:`raymatch.extract.imported`).
+
+    Parameters
+    ----------
+    layout : {'authors-npz', 'npy'}
+        ``authors-npz``: ``<dir>/rnd_<seed>/<prefix>.npz`` per seed, one array per layer, models named
+        ``seed<k>``. ``npy``: one ``.npy`` per (model, layer) at ``path`` with ``{model}`` and ``{layer}`` filled in.
+    dir, prefix : str
+        ``authors-npz`` only.
+    seeds : tuple of int
+        ``authors-npz`` only: at least two distinct seeds, in population order.
+    path : str
+        ``npy`` only: a template such as ``acts/{model}/{layer}.npy`` (relative paths resolve against the working
+        directory); every file matching it with ``{layer}`` free is a layer.
+    models : tuple of str
+        ``npy`` only: at least two distinct model names, in population order.
+    """
+
+    layout: Annotated[Literal["authors-npz", "npy"], checked_by(_import_layout)]
+    dir: OptionalString = None
+    prefix: OptionalString = None
+    seeds: Annotated[tuple[Annotated[int, Field(ge=0)], ...], checked_by(_import_seeds)] = ()
+    path: Annotated[str | None, checked_by(_path_template)] = None
+    models: Annotated[Selectors, checked_by(_model_names)] = ()
+
+    _path: ClassVar[str] = "population.activations"
+
+    @classmethod
+    def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        kind = values.get("layout")
+        if kind is None:
+            return []
+        needed = ("dir", "prefix", "seeds") if kind == "authors-npz" else ("path", "models")
+        problems: list[tuple[Loc, str]] = [((key,), f"required with layout {kind}") for key in needed
+                                           if not data.get(key)]
+        problems += [((key,), f"not used with layout {kind} (it uses {', '.join(needed)})")
+                     for key, info in cls.model_fields.items()
+                     if key not in ("layout", *needed) and values.get(key) not in (None, info.default)]
+        if kind == "npy" and len(values.get("models", ())) == 1:
+            problems.append((("models",), "a study needs at least 2 models; got 1"))
+        return problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields of the layout, as in a study file.
+
+        Returns
+        -------
+        dict
+        """
+        needed = ("dir", "prefix", "seeds") if self.layout == "authors-npz" else ("path", "models")
+        return {key: value for key, value in super().to_dict().items() if key in ("layout", *needed)}
+
+    @property
+    def model_names(self) -> list[str]:
+        """The models in population order: ``seed<k>`` (``authors-npz``) or the listed names (``npy``)."""
+        return [f"seed{seed}" for seed in self.seeds] if self.layout == "authors-npz" else list(self.models)
+
+
 class Population(_Section):
     """Which trained models a study compares: checkpoints, a glob of store keys, or seeds the study trains itself.
 
@@ -237,25 +331,29 @@ class Population(_Section):
         Where the checkpoint files keep their state dict (``key``, a dotted path) and a prefix to strip from
         its names (``strip_prefix``, e.g. DDP's ``module.``). With either given, a model's id is the digest of the
         unwrapped state dict (:func:`~raymatch.models.checkpoint.model_id_of`).
+    activations : ActivationImport, optional
+        Activations computed elsewhere, imported into the store: no architecture, no probe to run.
     """
 
     checkpoints: Annotated[Selectors, checked_by(fields.checkpoints)] = ()
     glob: Annotated[str | None, checked_by(fields.glob_pattern)] = None
     training: Training | None = None
     checkpoint: CheckpointOptions | None = None
+    activations: ActivationImport | None = None
 
     _path: ClassVar[str] = "population"
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as in a study file; ``checkpoint`` only when given (so older studies hash as before).
+        """The fields as in a study file; ``checkpoint`` and ``activations`` only when given (older hashes hold).
 
         Returns
         -------
         dict
         """
         content = super().to_dict()
-        if content["checkpoint"] is None:
-            del content["checkpoint"]
+        for name in ("checkpoint", "activations"):
+            if content[name] is None:
+                del content[name]
         return content
 
     @property
@@ -268,18 +366,19 @@ class Population(_Section):
         if "checkpoints" not in values or "glob" not in values:
             return []
         training = values["training"] if "training" in values else data.get("training")
+        activations = values["activations"] if "activations" in values else data.get("activations")
         given = [name for name, value in (("checkpoints", values["checkpoints"]), ("glob", values["glob"]),
-                                          ("training", training)) if value]
+                                          ("training", training), ("activations", activations)) if value]
         if len(given) > 1:
-            return [((), f"give one of checkpoints, glob and training, not {' and '.join(given)}")]
+            return [((), f"give one of checkpoints, glob, training and activations, not {' and '.join(given)}")]
         if not given:
-            return [((), "give checkpoints (a list of store keys), glob (a pattern of store keys) or training "
-                         "(seeds and a recipe)")]
+            return [((), "give checkpoints (a list of store keys), glob (a pattern of store keys), training "
+                         "(seeds and a recipe) or activations (files to import)")]
         if len(values["checkpoints"]) == 1:
             return [(("checkpoints",), "a study needs at least 2 models; got 1")]
-        if values.get("checkpoint") is not None and training:
-            return [(("checkpoint",), "only used with checkpoints or glob (the study writes its trained "
-                                      "checkpoints itself)")]
+        if values.get("checkpoint") is not None and (training or activations):
+            return [(("checkpoint",), "only used with checkpoints or glob (a trained population's checkpoints are "
+                                      "the study's own; imported activations have none)")]
         return []
 
 
@@ -537,9 +636,11 @@ class Study(_Section):
         Letters, digits and ``_ . -``, not starting with ``.`` or ``-``: it becomes part of store keys.
     store : StoreConfig
     population : Population
-    architecture : Architecture
+    architecture : Architecture, optional
+        Required, except for a study importing its activations (``population.activations``), which has none.
     probe : ProbeSpec
-        The inputs every model is fed, and the activation rows kept.
+        The inputs every model is fed, and the activation rows kept. Optional with ``population.activations``:
+        then ``{dataset: imported}`` (with ``rows`` to sample conv layers), nothing being fed.
     layers : tuple of str
         Layer selectors (module names, globs, or types such as ``relu``), each picking at least one module of
         the architecture; see :func:`~raymatch.extract.select_layers` and :attr:`layer_names`.
@@ -575,8 +676,8 @@ class Study(_Section):
     name: Annotated[str, Field(pattern=f"^{fields.NAME}$"), checked_by(fields.study_name)]
     store: StoreConfig
     population: Population
-    architecture: Architecture
-    probe: ProbeSpec
+    architecture: Architecture | None = None
+    probe: ProbeSpec = Field(default_factory=lambda: ProbeSpec(dataset="imported"))
     layers: Annotated[tuple[str | LayerEntry, ...], Field(min_length=1), checked_by(layer_entries(non_empty=True))]
     eps: Annotated[Fractions, Field(min_length=1), checked_by(fields.fractions(non_empty=True))]
     pairs: Annotated[Literal["all", "reference", "consecutive"], checked_by(fields.pair_policy)] = "all"
@@ -591,13 +692,29 @@ class Study(_Section):
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-        return check_reference(values) + check_architecture_use(values) + check_layers(values) + check_probe_fit(values)
+        if getattr(values.get("population"), "activations", None) is not None:  # no architecture, no probe run
+            return check_sources(values, data) + check_reference(values) + check_imported(values)
+        return (check_sources(values, data) + check_reference(values) + check_architecture_use(values)
+                + check_layers(values) + check_probe_fit(values))
 
     @functools.cached_property
     def layer_names(self) -> tuple[str, ...]:
-        """The module names :attr:`layers` select, in network order."""
+        """The layer names :attr:`layers` select, in network order (imported layers: in the files' order).
+
+        A module called k times per forward pass gives ``<name>#0 … <name>#{k-1}``.
+        """
+        if self.population.activations is not None:
+            return tuple(imported_layer_names(self.population.activations, self.layers))
         return tuple(select_layers(self.architecture.module_tree(), self.layers,
                                    calls=layer_calls(self.architecture, self.probe)))
+
+    @functools.cached_property
+    def simple_layer_names(self) -> tuple[str, ...]:
+        """The layer names ``simple_matches.layers`` select, in network order."""
+        if self.population.activations is not None:
+            return tuple(imported_layer_names(self.population.activations, self.simple_matches.layers))
+        return tuple(select_layers(self.architecture.module_tree(), self.simple_matches.layers,
+                                   calls=layer_calls(self.architecture, self.probe)))  # relu#k: each call
 
     @property
     def config_hash(self) -> str:
@@ -614,9 +731,13 @@ class Study(_Section):
         status``, reports).
         """
         content = self.to_dict()
+        if content["architecture"] is None:  # imported activations
+            del content["architecture"]
+        if self.probe.from_files:  # the files' bytes, not where they are
+            content["probe"]["path"] = self.probe.id
         del content["store"], content["resources"], content["probe"]["data_dir"]
         del content["eps"], content["simple_matches"], content["null_baseline"]
-        if self.architecture.code:  # the code's content decides the numbers, not where its folder lies
+        if self.architecture is not None and self.architecture.code:  # its content decides the numbers, not its folder
             content["architecture"]["code"] = self.architecture.code_digest
         content["math_version"] = layout.FACTOR_VERSION
         return layout.digest(content)

@@ -103,7 +103,8 @@ def test_specs_are_frozen_and_hashable():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"dataset": "mnist"}, "probe.dataset: must be one of digits, fashion-mnist, cifar10; got 'mnist'"),
+        ({"dataset": "mnist"}, "probe.dataset: must be one of digits, fashion-mnist, cifar10, images, array, table, "
+                                "imported; got 'mnist'"),
         ({"dataset": 3}, "probe.dataset: must be a string; got int"),
         ({"dataset": "digits", "split": "val"}, "probe.split: must be one of train, test, all for digits; got 'val'"),
         ({"dataset": "cifar10", "split": "all"}, "probe.split: must be one of train, test for cifar10; got 'all'"),

@@ -185,7 +185,7 @@ def _missing_layer(seed, arrays):
                                  r"classifier\.1"),
     (None, {"architecture": {"name": "small_cnn"}}, r"architecture: not used with population\.activations"),
     (None, {"probe": {"dataset": "digits"}}, r"probe\.dataset: must be imported with population\.activations"),
-    (None, {"null_baseline": True}, r"null_baseline: needs an architecture"),
+    (None, {"null_baseline": True}, r"null_baseline: untrained needs an architecture"),
 ])
 def test_bad_imports_exit_2_with_one_line_before_anything_is_written(tmp_path, capsys, edit, changes, message):
     data = _write_authors(tmp_path / "authors", edit=edit)

@@ -149,9 +149,10 @@ class _Executors:
         from .workers import start_actors
 
         if self.shared is None:
+            architecture = self.study.architecture  # None for imported activations
             self.shared = start_actors(self.capacity, gpus_per_actor=0,
                                        cpus_per_actor=self.study.resources.cpus_per_task,
-                                       runtime_env=self.study.architecture.runtime_env)  # code: py_modules
+                                       runtime_env=architecture.runtime_env if architecture else None)  # code
         return self.shared
 
     def run(self, stage: Stage, plan: Plan, tasks: list, on_outcome=None) -> list:

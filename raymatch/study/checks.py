@@ -268,9 +268,9 @@ def check_architecture_use(values: Mapping[str, Any]) -> Problems:
     if population is not None and population.training is not None:
         problems.append((("population", "training"), f"trains zoo models only; architecture {architecture.label} "
                                                      "is not one: give its checkpoints"))
-    if values.get("null_baseline"):
-        problems.append((("null_baseline",), f"initialises zoo models only; architecture {architecture.label} is "
-                                             "not one"))
+    if "untrained" in (values.get("null_baseline") or ()):
+        problems.append((("null_baseline",), f"untrained initialises zoo models only; architecture "
+                                             f"{architecture.label} is not one (permuted needs no initialisation)"))
     return problems
 
 

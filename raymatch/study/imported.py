@@ -55,8 +55,9 @@ def check_sources(values: Mapping[str, Any], data: Mapping[str, Any]) -> Problem
     if probe is not None and probe.dataset != IMPORTED:
         problems.append((("probe", "dataset"), "must be imported with population.activations (no probe is run; "
                                                "only probe.rows applies)"))
-    if values.get("null_baseline") is True:
-        problems.append((("null_baseline",), f"needs an architecture to initialise; {why}"))
+    if "untrained" in (values.get("null_baseline") or ()):
+        problems.append((("null_baseline",), f"untrained needs an architecture to initialise; {why} "
+                                             "(permuted needs none)"))
     return problems
 
 

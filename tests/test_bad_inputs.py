@@ -163,6 +163,9 @@ STUDY_FILE_CASES = {
     "fewer sampled rows than neurons": (dict(probe__rows={"rows": 3}),
                                         ["layers: relu1 has 4 neurons but the probe gives it only 3 samples",
                                          "raise probe.rows.rows"]),
+    "more sampled rows than a layer has": (dict(layers=["relu1", "pool", "relu3"], probe__rows={"rows": 1000}),
+                                           ["probe.rows.rows: asks for 1000 rows but layer 'pool' of 40 images × 4×4 "
+                                            "positions has only 640"]),
     "eps outside [0, 1]": (dict(eps=[0.25, 1.5, -0.1]),
                            ["eps[1]: must lie in [0, 1]; got 1.5", "eps[2]: must lie in [0, 1]; got -0.1"]),
     "empty eps grid": (dict(eps=[]), ["eps: must not be empty"]),

@@ -56,7 +56,7 @@ def live_columns(X: np.ndarray) -> np.ndarray:
 def test_a_network_and_its_permuted_twin_match_exactly_in_every_layer_and_row_sample(local_store, tmp_path, capsys):
     trained = train_model("small_cnn", ARCH, recipe("quick", dataset="digits"), seed=1)
     model, _ = load_model("small_cnn", trained.checkpoint, **ARCH)
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(10)  # relu3 ratios up to 1.68e-6 here: two live neurons above the old 1e-6
     permutation = {"conv1": rng.permutation(model.conv1.out_channels), "fc1": rng.permutation(model.fc1.out_features)}
     model.load_state_dict(permuted_twin(model.state_dict(), *(torch.from_numpy(permutation[k]) for k in
                                                               ("conv1", "fc1"))))

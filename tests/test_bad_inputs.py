@@ -206,6 +206,19 @@ def test_debug_shows_the_traceback(tmp_path, capsys, ray_starts):
         cli.main(["--debug", "run", study_file])
 
 
+def test_more_sampled_rows_than_a_layer_has_stop_a_runnable_study_before_ray(tmp_path, store_root, capsys,
+                                                                             ray_starts):
+    """Issue 15, defect 6: with every checkpoint there, the study used to start Ray and fail in extraction."""
+    before = snapshot(store_root)
+    study_file = write_study(tmp_path, study(str(store_root), layers=["relu1", "pool"],
+                                             probe__rows={"rows": 1000, "repeats": 2}))
+    code, err = run_cli(capsys, "run", study_file)
+    problems = assert_problem(code, err, study_file)
+    assert problems == ("  probe.rows.rows: asks for 1000 rows but layer 'pool' of 40 images × 4×4 positions has "
+                        "only 640")
+    assert snapshot(store_root) == before and ray_starts == []
+
+
 def test_a_missing_study_file(tmp_path, capsys, ray_starts):
     code, err = run_cli(capsys, "run", str(tmp_path / "nowhere.yaml"))
     assert_one_line(code, err, "No such file or directory", "nowhere.yaml")

@@ -163,6 +163,9 @@ STUDY_FILE_CASES = {
     "fewer sampled rows than neurons": (dict(probe__rows={"rows": 3}),
                                         ["layers: relu1 has 4 neurons but the probe gives it only 3 samples",
                                          "raise probe.rows.rows"]),
+    "more sampled rows than a layer has": (dict(layers=["relu1", "pool", "relu3"], probe__rows={"rows": 1000}),
+                                           ["probe.rows.rows: asks for 1000 rows but layer 'pool' of 40 images × 4×4 "
+                                            "positions has only 640"]),
     "eps outside [0, 1]": (dict(eps=[0.25, 1.5, -0.1]),
                            ["eps[1]: must lie in [0, 1]; got 1.5", "eps[2]: must lie in [0, 1]; got -0.1"]),
     "empty eps grid": (dict(eps=[]), ["eps: must not be empty"]),
@@ -201,6 +204,19 @@ def test_debug_shows_the_traceback(tmp_path, capsys, ray_starts):
     study_file = write_study(tmp_path, study(str(tmp_path / "store"), eps=[]))
     with pytest.raises(ValueError, match="eps: must not be empty"):
         cli.main(["--debug", "run", study_file])
+
+
+def test_more_sampled_rows_than_a_layer_has_stop_a_runnable_study_before_ray(tmp_path, store_root, capsys,
+                                                                             ray_starts):
+    """Issue 15, defect 6: with every checkpoint there, the study used to start Ray and fail in extraction."""
+    before = snapshot(store_root)
+    study_file = write_study(tmp_path, study(str(store_root), layers=["relu1", "pool"],
+                                             probe__rows={"rows": 1000, "repeats": 2}))
+    code, err = run_cli(capsys, "run", study_file)
+    problems = assert_problem(code, err, study_file)
+    assert problems == ("  probe.rows.rows: asks for 1000 rows but layer 'pool' of 40 images × 4×4 positions has "
+                        "only 640")
+    assert snapshot(store_root) == before and ray_starts == []
 
 
 def test_a_missing_study_file(tmp_path, capsys, ray_starts):

@@ -23,7 +23,7 @@ from raymatch.engine.tasks import (
     run_curve_task,
     simple_task,
 )
-from raymatch.match import EXACT_TOL, linear_cka
+from raymatch.match import exact_tolerance, linear_cka
 from raymatch.match.synthetic import relu_pair
 from raymatch.store import ActivationKey, read_activations, write_activations
 
@@ -81,7 +81,7 @@ def test_curve_rows_equal_match_curve_and_cka_on_the_stored_activations(store):
         np.testing.assert_allclose(row["critical_b"], want.critical_b, rtol=0, atol=1e-9)
         assert (row["n_samples"], row["n_a"], row["n_b"]) == (400, 24, 24)
         assert (row["dead_a"], row["dead_b"]) == (want.dead_a.size, want.dead_b.size)
-        assert row["exact_tol"] == EXACT_TOL
+        assert row["exact_tol"] == exact_tolerance(np.float32) == 2.0 ** -13  # float32 activations: 1024 epsilons
         assert row["chance"] == pytest.approx(chance_level(24, 400))
         assert row["max_epsilon"] == pytest.approx(want.max_epsilon, abs=1e-9)
         assert row["cka"] == pytest.approx(linear_cka(A, B), abs=1e-9)

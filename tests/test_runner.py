@@ -61,3 +61,39 @@ def test_warm_actors_are_an_interchangeable_executor(tmp_path, local_store):
 def pid_of_square(counter_dir, x):
     value, _ = square_slowly(counter_dir, x)
     return value, os.getpid()
+
+
+def down_after_a_moment(x):
+    """Item 0 finds the store down; the others are still running (or queued) on the actors when it does."""
+    from raymatch.store import StoreError
+
+    if x == 0:
+        time.sleep(0.3)
+        raise StoreError("store file:///nowhere is down")
+    time.sleep(2.0)
+    return x
+
+
+def test_a_fatal_error_with_actor_calls_in_flight_stops_quietly(capfd):
+    """Issue 15, defect 6: killing the actors after a run stopped prints no raylet line about calls in flight.
+
+    Without cancelling them first, every call in flight is reported by Ray as "Task WorkerActor.run_task failed.
+    There are 2 retries remaining … killed by `ray.kill`" on the driver's output.
+    """
+    import ray
+
+    from raymatch.engine.workers import start_actors
+    from raymatch.store import StoreError
+
+    actors = start_actors(2, gpus_per_actor=0, cpus_per_actor=1)
+    ray.get([actor.describe.remote() for actor in actors])  # started: the calls below run at once
+    try:
+        with pytest.raises(StoreError, match="is down"):
+            run_bounded(down_after_a_moment, range(4), max_in_flight=4, progress=False, actors=actors,
+                        fatal=(StoreError,))
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    time.sleep(2.0)  # Ray reports failed calls asynchronously
+    out, err = capfd.readouterr()
+    assert "ray.kill" not in out + err and "retries remaining" not in out + err, out + err

@@ -132,7 +132,8 @@ def test_round_trip_with_every_field_set():
         store={"uri": "s3://bucket/studies", "endpoint_url": "http://127.0.0.1:9000"},
         population={"glob": "checkpoints/vgg11/*.safetensors"},
         architecture={"name": "vgg11_bn", "width": 0.25},
-        probe=ProbeSpec("cifar10", "test", n_examples=1000, rows=RowSample(10_000, repeats=16, seed=3)),
+        # (3000 images: the 2×2 layers of features.* have 12,000 rows to sample 10,000 from; 1000 had only 4000)
+        probe=ProbeSpec("cifar10", "test", n_examples=3000, rows=RowSample(10_000, repeats=16, seed=3)),
         layers=["features.*", "linear"],
         eps=[0.5, 0, 1],
         pairs="reference",

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import __version__
-from ..match import EXACT_TOL, cross_product, linear_cka_factors, match_curve
+from ..match import cross_product, exact_tolerance, linear_cka_factors, match_curve
 from ..match.factor import permute_rows, row_permutation
-from ..store import ActivationKey, Store, StoreError, layout
+from ..store import ActivationKey, Store, StoreError, layout, read_manifest
 from ..store.factors import cached_factor, store_factor
 
 #: The keys of every ``curves`` row, in order (failed rows hold None for what was not measured).
@@ -112,8 +112,19 @@ def chance_level(n_neurons: int, n_samples: int) -> float:
     return math.sqrt(1.0 - n_neurons / n_samples) if n_neurons < n_samples else 0.0
 
 
+def activation_tolerance(store: Store, key: ActivationKey) -> float:
+    """The exact tolerance of a stored activation matrix: :func:`~raymatch.match.exact_tolerance` of its dtype.
+
+    The dtype is the one its manifest records (float32 for everything the extractor stores: 1.22e-4).
+    """
+    return exact_tolerance(read_manifest(store, key).get("dtype", "float32"))
+
+
 def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -> list[dict]:
     """One ``curves`` row per pair of ``task``: the pair's ε-curve, counts and CKA; a failing pair is a failed row.
+
+    Each curve is computed, and its row's ``exact_tol`` recorded, with the exact tolerance of the stored
+    activations' dtype (:func:`activation_tolerance`; the coarser of the pair's two); failed rows have none.
 
     A store that fails (:class:`~raymatch.store.StoreError`: unreachable, full) fails the task instead: no rows, so
     that a rerun computes its pairs rather than keeping a transient failure as their result.
@@ -127,12 +138,13 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
         ε-curves) and ``cka_seconds`` (CKA from the shared cross products), summed over the task.
     """
     clock = {"factor_seconds": 0.0, "match_seconds": 0.0, "cka_seconds": 0.0}
-    factors, errors = {}, {}
+    factors, tolerances, errors = {}, {}, {}
     for model in task.models:
         started = time.perf_counter()
+        key = ActivationKey(task.probe_id, model, task.layer, task.repeat)
         try:
-            factors[model] = cached_factor(store, ActivationKey(task.probe_id, model, task.layer, task.repeat),
-                                           center=task.center)
+            factors[model] = cached_factor(store, key, center=task.center)
+            tolerances[model] = activation_tolerance(store, key)
         except StoreError:  # the store failed, not the pair: no row (a rerun computes the pair), the task fails
             raise
         except Exception as error:  # an application error: recorded in the rows, not retried
@@ -144,7 +156,7 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
         row = dict.fromkeys(CURVE_KEYS)
         row.update({"study": task.study, "population": task.population, "layer": task.layer,
                     "repeat": task.repeat, "model_a": a, "model_b": b, "probe_id": task.probe_id,
-                    "config_hash": task.config_hash, "code_version": __version__, "exact_tol": EXACT_TOL})
+                    "config_hash": task.config_hash, "code_version": __version__})
         try:
             if a in errors or b in errors:
                 raise RuntimeError(errors.get(a) or errors.get(b))
@@ -152,7 +164,8 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
             if task.permute_b_seed is not None:
                 fb = permute_rows(fb, row_permutation(fb.n_samples, task.permute_b_seed))
             cross = cross_product(fa, fb)
-            curve = match_curve(fa, fb, cross=cross)
+            exact_tol = max(tolerances[a], tolerances[b])  # the coarser of the two stored dtypes
+            curve = match_curve(fa, fb, cross=cross, exact_tol=exact_tol)
             matched = time.perf_counter()
             clock["match_seconds"] += matched - started
             cka = linear_cka_factors(fa, fb, cross) if task.cka else None
@@ -166,7 +179,8 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
             "n_samples": int(curve.n_samples), "n_a": curve.n_a, "n_b": curve.n_b,
             "dead_a": int(curve.dead_a.size), "dead_b": int(curve.dead_b.size),
             "critical_a": [float(x) for x in curve.critical_a], "critical_b": [float(x) for x in curve.critical_b],
-            "max_epsilon": curve.max_epsilon, "chance": chance_level(max(curve.n_a, curve.n_b), curve.n_samples),
+            "exact_tol": exact_tol, "max_epsilon": curve.max_epsilon,
+            "chance": chance_level(max(curve.n_a, curve.n_b), curve.n_samples),
             "cka": cka, "seconds": time.perf_counter() - started, "status": "ok", "error": None,
         })
         rows.append(row)
@@ -202,9 +216,10 @@ def run_simple_task(store: Store, task: SimpleTask) -> list[dict]:
     from ..match import max_match, simple_matches
 
     a, b = task.pair
-    fa, fb = (cached_factor(store, ActivationKey(task.probe_id, model, task.layer, task.repeat), center=task.center)
-              for model in task.pair)
-    largest = max_match(fa, fb, task.eps)
+    keys = [ActivationKey(task.probe_id, model, task.layer, task.repeat) for model in task.pair]
+    fa, fb = (cached_factor(store, key, center=task.center) for key in keys)
+    exact_tol = max(activation_tolerance(store, key) for key in keys)
+    largest = max_match(fa, fb, task.eps, exact_tol=exact_tol)
     if largest.size_a + largest.size_b > task.max_neurons:
         return []
     return [{"study": task.study, "population": task.population, "layer": task.layer, "model_a": a, "model_b": b,
@@ -212,7 +227,7 @@ def run_simple_task(store: Store, task: SimpleTask) -> list[dict]:
              "neurons_a": m.a.astype(np.int32).tolist(), "neurons_b": m.b.astype(np.int32).tolist(),
              "size_a": m.size_a, "size_b": m.size_b, "neuron": f"{m.neuron[0]}:{m.neuron[1]}",
              "search_order": str(m.order), "code_version": __version__, "config_hash": task.config_hash}
-            for i, m in enumerate(simple_matches(fa, fb, task.eps))]
+            for i, m in enumerate(simple_matches(fa, fb, task.eps, exact_tol=exact_tol))]
 
 
 @dataclass(frozen=True)

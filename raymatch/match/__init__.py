@@ -6,12 +6,13 @@ No Ray, no IO: arrays (numpy or torch) or :class:`Factor` objects in, dataclasse
 from .api import candidate_order, match_curve, max_match, minimal_match, simple_matches
 from .cka import linear_cka, linear_cka_factors
 from .factor import CompactFactor, Factor, compact_factor, cross_product, factor
-from .inputs import DEAD_RTOL, EXACT_TOL, RANK_RTOL
+from .inputs import DEAD_RTOL, EXACT_TOL, EXACT_TOL_EPS, RANK_RTOL, exact_tolerance
 from .results import Match, MatchCurve, SimpleMatch
 
 __all__ = [
     "DEAD_RTOL",
     "EXACT_TOL",
+    "EXACT_TOL_EPS",
     "RANK_RTOL",
     "CompactFactor",
     "Factor",
@@ -21,6 +22,7 @@ __all__ = [
     "candidate_order",
     "compact_factor",
     "cross_product",
+    "exact_tolerance",
     "factor",
     "linear_cka",
     "linear_cka_factors",

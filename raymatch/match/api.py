@@ -8,7 +8,7 @@ import numpy as np
 
 from .engine import Pair, PairState
 from .factor import Factor, Prepared, factor
-from .inputs import check_eps, check_same_samples, effective_eps
+from .inputs import check_eps, check_same_samples, effective_eps, resolve_exact_tol
 from .results import Match, MatchCurve, SimpleMatch
 
 
@@ -53,11 +53,11 @@ def _match(fa, fb, eps: float, keep_a, keep_b, cls=Match, **extra) -> Match:
     )
 
 
-def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
+def max_match(A, B, eps: float, *, center: bool | None = None, exact_tol: float | None = None) -> Match:
     """Find the maximum ε-match between the neurons of two layers (Algorithm 1).
 
     A neuron is kept when its ratio to the span of the other side's kept neurons is at most
-    ``max(eps, EXACT_TOL)``; dead neurons are in no match.
+    ``max(eps, exact_tol)``; dead neurons are in no match.
 
     Parameters
     ----------
@@ -69,6 +69,10 @@ def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
         Largest ratio (sine of the angle to the other side's span) a matched neuron may have.
     center : bool, optional
         Subtract column means first (default False; factors keep the choice they were made with).
+    exact_tol : float, optional
+        The tolerance of an exact (ε = 0) match, in [``EXACT_TOL``, 1). Default: that of the inputs' dtype,
+        :func:`~raymatch.match.inputs.exact_tolerance` (1.22e-4 for float32, 1e-6 for float64; factors count
+        as float64: pass the tolerance of the activations they were made from).
 
     Returns
     -------
@@ -108,13 +112,14 @@ def max_match(A, B, eps: float, *, center: bool | None = None) -> Match:
     ([0, 1, 3, 4], [2], 5, 0.9)
     """
     eps = check_eps(eps)
+    exact_tol = resolve_exact_tol(exact_tol, A, B)
     pair, fa, fb = _pair(A, B, center)
     state = PairState(pair)
-    state.cascade(effective_eps(eps))
+    state.cascade(effective_eps(eps, exact_tol))
     return _match(fa, fb, eps, state.alive_a, state.alive_b)
 
 
-def match_curve(A, B, *, center: bool | None = None, cross=None) -> MatchCurve:
+def match_curve(A, B, *, center: bool | None = None, cross=None, exact_tol: float | None = None) -> MatchCurve:
     """Compute every neuron's critical ε in one peeling pass: the maximum match at every ε.
 
     A neuron's critical ε is the smallest ε at which it belongs to the maximum match, so
@@ -132,11 +137,16 @@ def match_curve(A, B, *, center: bool | None = None, cross=None) -> MatchCurve:
         With two factors: ``A.basis.T @ B.basis`` when already computed
         (:func:`~raymatch.match.cross_product`), e.g. for the same pair's
         :func:`~raymatch.match.cka.linear_cka_factors`; the pair then does no work over the samples.
+    exact_tol : float, optional
+        The tolerance of an exact (ε = 0) match, in [``EXACT_TOL``, 1). Default: that of the inputs' dtype,
+        :func:`~raymatch.match.inputs.exact_tolerance` (1.22e-4 for float32, 1e-6 for float64; factors count
+        as float64: pass the tolerance of the activations they were made from).
 
     Returns
     -------
     MatchCurve
-        ``critical_a`` has shape (n_a,), ``critical_b`` shape (n_b,); ``inf`` marks dead neurons.
+        ``critical_a`` has shape (n_a,), ``critical_b`` shape (n_b,); ``inf`` marks dead neurons, 0 the
+        neurons of the exact match (ratios at most ``exact_tol``).
 
     Examples
     --------
@@ -157,8 +167,9 @@ def match_curve(A, B, *, center: bool | None = None, cross=None) -> MatchCurve:
     >>> curve.at(0.5) == max_match(A, B, 0.5)
     True
     """
+    exact_tol = resolve_exact_tol(exact_tol, A, B)
     pair, fa, fb = _pair(A, B, center, cross)
-    live_a, live_b = PairState(pair).peel()
+    live_a, live_b = PairState(pair).peel(exact_tol)
     critical_a = np.full(fa.n_neurons, np.inf)
     critical_b = np.full(fb.n_neurons, np.inf)
     critical_a[fa.live] = live_a
@@ -227,10 +238,10 @@ def _check_neuron(neuron, n_a: int, n_b: int) -> tuple[str, int]:
 class _Minimiser:
     """The maximum match of a pair at one ε, ready for v-minimal searches inside it."""
 
-    def __init__(self, pair: Pair, fa, fb, eps: float):
-        self.fa, self.fb, self.eps = fa, fb, eps
+    def __init__(self, pair: Pair, fa, fb, eps: float, exact_tol: float):
+        self.fa, self.fb, self.eps, self.threshold = fa, fb, eps, effective_eps(eps, exact_tol)
         state = PairState(pair)
-        state.cascade(effective_eps(eps))
+        state.cascade(self.threshold)
         self.keep_a = np.flatnonzero(state.alive_a)  # positions among live neurons
         self.keep_b = np.flatnonzero(state.alive_b)
         self.state = PairState(pair.restrict(self.keep_a, self.keep_b))
@@ -251,7 +262,7 @@ class _Minimiser:
         to_local.update({("b", int(j)): i for i, j in enumerate(self.fb.live[self.keep_b])})
         local_order = [(s, to_local[(s, j)]) for s, j in candidates]
         state = self.state.copy()
-        state.minimal(effective_eps(self.eps), (side, int(local)), local_order)
+        state.minimal(self.threshold, (side, int(local)), local_order)
         return _match(
             self.fa, self.fb, self.eps,
             self.keep_a[state.alive_a], self.keep_b[state.alive_b],
@@ -259,7 +270,8 @@ class _Minimiser:
         )
 
 
-def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None = None) -> SimpleMatch | None:
+def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None = None,
+                  exact_tol: float | None = None) -> SimpleMatch | None:
     """Find a v-minimal match containing ``neuron``: a match with no proper sub-match containing it.
 
     The authors' procedure: start from the maximum match at ``eps``; try deleting each other
@@ -280,6 +292,10 @@ def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None =
         Deletion order, see :func:`candidate_order`; recorded in the result.
     center : bool, optional
         Subtract column means first (default False; factors keep the choice they were made with).
+    exact_tol : float, optional
+        The tolerance of an exact (ε = 0) match, in [``EXACT_TOL``, 1). Default: that of the inputs' dtype,
+        :func:`~raymatch.match.inputs.exact_tolerance` (1.22e-4 for float32, 1e-6 for float64; factors count
+        as float64: pass the tolerance of the activations they were made from).
 
     Returns
     -------
@@ -307,13 +323,15 @@ def minimal_match(A, B, eps: float, neuron, *, order=None, center: bool | None =
     True
     """
     eps = check_eps(eps)
+    exact_tol = resolve_exact_tol(exact_tol, A, B)
     pair, fa, fb = _pair(A, B, center)
     neuron = _check_neuron(neuron, fa.n_neurons, fb.n_neurons)
     candidate_order([], [], order)  # validate before any work
-    return _Minimiser(pair, fa, fb, eps).search(neuron, order)
+    return _Minimiser(pair, fa, fb, eps, exact_tol).search(neuron, order)
 
 
-def simple_matches(A, B, eps: float, *, order=None, center: bool | None = None) -> list[SimpleMatch]:
+def simple_matches(A, B, eps: float, *, order=None, center: bool | None = None,
+                   exact_tol: float | None = None) -> list[SimpleMatch]:
     """Find the distinct simple matches by a v-minimal search for every v in the maximum match.
 
     Parameters
@@ -328,6 +346,10 @@ def simple_matches(A, B, eps: float, *, order=None, center: bool | None = None) 
         Deletion order used for every v, see :func:`candidate_order`.
     center : bool, optional
         Subtract column means first (default False; factors keep the choice they were made with).
+    exact_tol : float, optional
+        The tolerance of an exact (ε = 0) match, in [``EXACT_TOL``, 1). Default: that of the inputs' dtype,
+        :func:`~raymatch.match.inputs.exact_tolerance` (1.22e-4 for float32, 1e-6 for float64; factors count
+        as float64: pass the tolerance of the activations they were made from).
 
     Returns
     -------
@@ -349,9 +371,10 @@ def simple_matches(A, B, eps: float, *, order=None, center: bool | None = None) 
     [([2], [2], ('a', 2)), ([0, 1], [0, 1], ('a', 0))]
     """
     eps = check_eps(eps)
+    exact_tol = resolve_exact_tol(exact_tol, A, B)
     pair, fa, fb = _pair(A, B, center)
     candidate_order([], [], order)
-    minimiser = _Minimiser(pair, fa, fb, eps)
+    minimiser = _Minimiser(pair, fa, fb, eps, exact_tol)
     found: dict[tuple, SimpleMatch] = {}
     for side, keep, f in (("a", minimiser.keep_a, fa), ("b", minimiser.keep_b, fb)):
         for index in f.live[keep]:

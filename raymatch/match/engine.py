@@ -330,12 +330,13 @@ class PairState:
             self.delete(drop_a, drop_b)
 
     @one_thread_method
-    def peel(self) -> tuple[np.ndarray, np.ndarray]:
+    def peel(self, exact_tol: float = EXACT_TOL) -> tuple[np.ndarray, np.ndarray]:
         """Every remaining neuron's critical ε, by peeling the largest ratio first.
 
         The maximum match at ε is what remains once the largest ratio is ≤ ε, so a neuron's
         critical ε is the running minimum of the largest ratios seen up to its deletion.
         Neurons whose ratio reaches the running minimum are deleted together (a cascade).
+        What is left once the largest ratio is at most ``exact_tol`` is the exact match: critical ε 0.
 
         Returns
         -------
@@ -346,7 +347,7 @@ class PairState:
         critical_a = np.zeros(a.res2.size)
         critical_b = np.zeros(b.res2.size)
         level2 = np.inf
-        floor2 = EXACT_TOL * EXACT_TOL
+        floor2 = exact_tol * exact_tol
         while a.n_alive or b.n_alive:
             top = max(a.res2.max(initial=-1.0), b.res2.max(initial=-1.0))
             level2 = min(level2, top)

@@ -25,8 +25,113 @@ RANK_RTOL = 1e-10
 
 #: ε = 0 asks for an *exact* match (equal spans), which floating point cannot decide without a
 #: tolerance. Every match decision therefore keeps a neuron when its ratio is at most
-#: ``max(eps, EXACT_TOL)``; critical ε values at or below ``EXACT_TOL`` are reported as 0.
+#: ``max(eps, exact_tol)``; critical ε values at or below ``exact_tol`` are reported as 0. ``EXACT_TOL``
+#: is the smallest tolerance, the one of float64 (and integer) activations: the computation's own floor.
 EXACT_TOL = 1e-6
+
+#: The exact tolerance of activations stored in a floating dtype is ``EXACT_TOL_EPS`` machine epsilons of
+#: that dtype, at least ``EXACT_TOL`` (see :func:`exact_tolerance`): 1024 × 2⁻²³ ≈ 1.22e-4 for float32.
+EXACT_TOL_EPS = 1024
+
+
+def exact_tolerance(dtype: Any) -> float:
+    """The tolerance of an exact (ε = 0) match between activations stored in ``dtype``.
+
+    ``max(EXACT_TOL, EXACT_TOL_EPS · eps(dtype))``: 1.22e-4 for float32, ``EXACT_TOL`` = 1e-6 for float64
+    and integers. Narrower floats (float16, bfloat16) count as float32, the precision networks compute in.
+
+    Parameters
+    ----------
+    dtype : numpy dtype, torch dtype or anything :class:`numpy.dtype` accepts
+
+    Returns
+    -------
+    float
+
+    Notes
+    -----
+    Two networks computing the same function — a network and its twin with the channels or units of a
+    layer permuted — give the same activations only up to the rounding of a changed summation order:
+    each activation is a sum over the layer's fan-in ``K``, whose rounding error grows like ``√K · u``
+    relative to the activation (``u`` = eps / 2), and it carries on through the layers above. Measured
+    on ``small_cnn`` and its permuted twin (conv1's channels and fc1's units; 360 digits, widths 0.5–4,
+    fan-ins 72–2,048): the ratios of the twin's neurons against the original's span reach 0.3e-6–2.2e-6,
+    about 3–18 float32 epsilons; relu3 of a width-1 twin had two of its 58 live neurons at 1.009e-6 and
+    1.017e-6, just above the old fixed ``EXACT_TOL = 1e-6``. 1024 epsilons leave a factor of ~50 above
+    the largest of those for deeper networks and wider fan-ins (a VGG's 4,608) while staying far below
+    any ε a study asks about (1.22e-4). float64 activations would need far less (1024 × 2⁻⁵² ≈ 2.3e-13),
+    but the algorithm's own float64 arithmetic (QR factors, rank decisions at ``RANK_RTOL``) keeps the
+    floor ``EXACT_TOL``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match.inputs import exact_tolerance
+    >>> exact_tolerance(np.float32), exact_tolerance("float64"), exact_tolerance(np.int64)
+    (0.0001220703125, 1e-06, 1e-06)
+    """
+    if type(dtype).__module__.startswith("torch"):
+        dtype = "float64" if dtype.itemsize >= 8 or not dtype.is_floating_point else "float32"
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        return EXACT_TOL
+    return max(EXACT_TOL, EXACT_TOL_EPS * float(np.finfo(np.promote_types(dtype, np.float32)).eps))
+
+
+def source_dtype(value: Any) -> np.dtype | None:
+    """The dtype activations come in, before any conversion; None for a factor (already float64).
+
+    Parameters
+    ----------
+    value : array_like, torch.Tensor, Factor or Prepared
+
+    Returns
+    -------
+    numpy.dtype or None
+        What :func:`exact_tolerance` is given for ``value``; nothing is validated or copied (lists are
+        read with :func:`numpy.asarray`).
+    """
+    if type(value).__module__.startswith("torch"):
+        floating = value.dtype.is_floating_point
+        return np.dtype("float64" if not floating or value.dtype.itemsize >= 8 else "float32")
+    if hasattr(value, "coords") and hasattr(value, "live"):  # a Factor or a CompactFactor
+        return None
+    if hasattr(value, "columns") and hasattr(value, "live"):  # a Prepared
+        return None
+    dtype = getattr(value, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(value).dtype
+
+
+def resolve_exact_tol(exact_tol: Any, *values: Any) -> float:
+    """The exact tolerance of a pair: ``exact_tol`` when given, else that of the coarser dtype of ``values``.
+
+    Parameters
+    ----------
+    exact_tol : float or None
+        A tolerance in [``EXACT_TOL``, 1) chosen by the caller (e.g. from the dtype of the stored activations a
+        factor was made from), or None.
+    *values
+        The pair's inputs (arrays, tensors or factors); a factor alone gives ``EXACT_TOL``.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        ``exact_tol`` not a number in [``EXACT_TOL``, 1).
+    """
+    if exact_tol is None:
+        return max((exact_tolerance(dtype) for dtype in map(source_dtype, values) if dtype is not None),
+                   default=EXACT_TOL)
+    try:
+        value = float(exact_tol)
+    except (TypeError, ValueError):
+        raise ValueError(f"exact_tol must be a number in [{EXACT_TOL}, 1); got {exact_tol!r}") from None
+    if math.isnan(value) or not EXACT_TOL <= value < 1.0:
+        raise ValueError(f"exact_tol must be a number in [{EXACT_TOL}, 1); got {exact_tol!r}")
+    return value
 
 
 def activation_array(value: Any, name: str) -> np.ndarray:
@@ -131,18 +236,18 @@ def check_eps(eps: Any, name: str = "eps") -> float:
     return value
 
 
-def effective_eps(eps: float) -> float:
-    """Return the threshold a ratio is compared with: ``max(eps, EXACT_TOL)``.
+def effective_eps(eps: float, exact_tol: float = EXACT_TOL) -> float:
+    """Return the threshold a ratio is compared with: ``max(eps, exact_tol)``.
 
     Examples
     --------
-    ε = 0 (an exact match) is decided with the tolerance ``EXACT_TOL``:
+    ε = 0 (an exact match) is decided with the exact tolerance (``EXACT_TOL`` unless given):
 
     >>> from raymatch.match.inputs import effective_eps
-    >>> effective_eps(0.0), effective_eps(0.25)
-    (1e-06, 0.25)
+    >>> effective_eps(0.0), effective_eps(0.25), effective_eps(0.0, 1.2e-4)
+    (1e-06, 0.25, 0.00012)
     """
-    return max(eps, EXACT_TOL)
+    return max(eps, exact_tol)
 
 
 def check_same_samples(n_a: int, n_b: int) -> None:

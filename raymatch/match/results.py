@@ -154,7 +154,8 @@ class MatchCurve(_Row):
     ----------
     critical_a, critical_b : numpy.ndarray, shape (n_a,), (n_b,), float64
         Smallest ε at which each neuron belongs to the maximum match; ``inf`` for dead neurons,
-        0 for neurons in the exact match (ratios at most ``EXACT_TOL``).
+        0 for neurons in the exact match (ratios at most the exact tolerance the curve was computed with:
+        :func:`~raymatch.match.exact_tolerance` of the activations' dtype, or the ``exact_tol`` given).
     n_samples : int
         Number of samples (rows) the activation vectors run over.
     dead_a, dead_b : numpy.ndarray, int64
@@ -204,7 +205,8 @@ class MatchCurve(_Row):
         ----------
         eps : float in [0, 1]
             The ε of the match; a neuron is in it when its critical ε is at most
-            ``max(eps, EXACT_TOL)``.
+            ``max(eps, EXACT_TOL)`` (the neurons of the exact match have critical ε 0, whatever exact tolerance
+            the curve was computed with).
 
         Returns
         -------

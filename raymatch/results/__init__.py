@@ -16,7 +16,9 @@ Stored tables (:data:`TABLES`)
   ``n_a``/``n_b``.
 - ``critical_a``, ``critical_b`` : list<float64> — every neuron's critical ε (``inf`` for dead neurons).
 - ``exact_tol`` : float64 — the tolerance of the exact match: neuron ``i`` is in the maximum match at ε iff
-  ``critical_a[i] <= max(ε, exact_tol)``.
+  ``critical_a[i] <= max(ε, exact_tol)``. It follows the dtype of the pair's stored activations
+  (:func:`raymatch.match.exact_tolerance`: 2⁻¹³ ≈ 1.22e-4 for float32); older rows hold 1e-6. Null in
+  failed rows.
 - ``max_epsilon``, ``chance``, ``cka`` (nullable), ``seconds`` : float64.
 - ``status`` (``"ok"`` or ``"failed"``), ``error`` (null when ok), ``created_at`` : timestamp[us, UTC].
 

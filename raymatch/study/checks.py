@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from .models import Architecture, Study
 
 __all__ = ["architecture_tree", "check_architecture_use", "check_layers", "check_probe_fit", "check_reference",
-           "few_samples", "layer_calls", "layer_shapes", "module_tree", "output_shapes"]
+           "check_sampled_rows", "few_samples", "layer_calls", "layer_shapes", "module_tree", "output_shapes",
+           "sampled_row_grid"]
 
 Problems = list[tuple[Loc, str]]
 
@@ -348,9 +349,10 @@ def _layout_problems(architecture: Architecture, values: Mapping[str, Any], call
 
 
 def check_probe_fit(values: Mapping[str, Any]) -> Problems:
-    """A probe subset no larger than its split, and images the architecture can take.
+    """A probe subset no larger than its split, images the architecture can take, and rows each layer has.
 
-    Nothing is loaded: the split's published size and image shape, and a forward pass on the ``meta`` device.
+    Nothing is loaded: the split's published size and image shape, and a forward pass on the ``meta`` device
+    (whose layer shapes also bound the sampled rows: :func:`check_sampled_rows`).
 
     Parameters
     ----------
@@ -360,7 +362,7 @@ def check_probe_fit(values: Mapping[str, Any]) -> Problems:
     Returns
     -------
     list of (tuple, str)
-        Problems located at ``probe.n_examples`` and ``probe``.
+        Problems located at ``probe.n_examples``, ``probe`` and ``probe.rows.rows``.
     """
     from ..probes import DatasetError, probe_size
     from ..probes.spec import IMPORTED
@@ -389,6 +391,68 @@ def check_probe_fit(values: Mapping[str, Any]) -> Problems:
                  if architecture.is_zoo else "")
         problems.append((("probe",), f"{probe.dataset} images are {'×'.join(map(str, image_shape))}, "
                                      f"which architecture {architecture.label}{sizes} cannot take: {reason}"))
+        return problems
+    return problems + check_sampled_rows(values)
+
+
+def sampled_row_grid(shape: Sequence[int]) -> tuple[int, int] | None:
+    """The ``(height, width)`` grid of positions a layer's rows are sampled over, as the extractor sees it.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The layer's output shape without the batch dimension: ``(F,)``, ``(C, L)`` or ``(C, H, W, …)``.
+
+    Returns
+    -------
+    tuple of int, or None
+        ``(H, W·…)`` for ``(C, H, W, …)``, ``(L, 1)`` for ``(C, L)``; None for a layer of one position per image
+        (``(F,)``, or a spatial size of 1), whose rows are never sampled: one row per image.
+    """
+    spatial = math.prod(shape[1:])
+    if len(shape) < 2 or spatial <= 1:
+        return None
+    return (shape[1], math.prod(shape[2:])) if len(shape) > 2 else (spatial, 1)
+
+
+def check_sampled_rows(values: Mapping[str, Any]) -> Problems:
+    """Sampled rows (``probe.rows.rows``) no more than each sampled layer has: images × positions.
+
+    The extractor (:mod:`raymatch.extract.extractor`) samples a layer of output ``(N, C, H, W)`` over its ``N·H·W``
+    (image, position) rows and keeps every row of an ``(N, F)`` layer; asking for more rows than a layer has would
+    fail only once extraction runs, so the layers' shapes come from a forward pass on the ``meta`` device here.
+
+    Parameters
+    ----------
+    values : mapping
+        The study's fields that validated: nothing to check without the probe, a row sample, the architecture
+        and layers that all resolve.
+
+    Returns
+    -------
+    list of (tuple, str)
+        One problem per layer with too few rows, located at ``probe.rows.rows``.
+    """
+    from ..probes import DatasetError, probe_size
+
+    probe, architecture, entries = values.get("probe"), values.get("architecture"), values.get("layers")
+    if probe is None or architecture is None or entries is None or not isinstance(probe.rows, RowSample):
+        return []
+    try:
+        available, image_shape = probe_size(probe)
+        shapes = layer_shapes(architecture, tuple(image_shape), entries)  # (neurons, *row axes) per layer
+    except (DatasetError, RuntimeError, ValueError, TypeError):  # reported by check_layers and check_probe_fit
+        return []
+    n_images = probe.n_examples or available
+    problems: Problems = []
+    for layer, shape in shapes.items():
+        grid = sampled_row_grid(shape)
+        if grid is None or probe.rows.rows <= n_images * grid[0] * grid[1]:
+            continue
+        height, width = grid
+        problems.append((("probe", "rows", "rows"),
+                         f"asks for {probe.rows.rows} rows but layer {layer!r} of {n_images} images × "
+                         f"{height}×{width} positions has only {n_images * height * width}"))
     return problems
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "task_id",
     "trained_prefix",
     "training_record_key",
+    "trajectory_checkpoint_key",
+    "trajectory_record_key",
     "untrained_prefix",
 ]
 
@@ -129,6 +131,16 @@ def checkpoint_key(prefix: str, seed: int) -> str:
 def training_record_key(prefix: str, seed: int) -> str:
     """``<prefix>/seed<k>.json``: one seed's training record, its completion marker."""
     return f"{prefix}/seed{seed}.json"
+
+
+def trajectory_checkpoint_key(prefix: str, seed: int, epoch: int) -> str:
+    """``<prefix>/seed<k>/epoch<e>.safetensors``: one seed's weights after epoch ``e`` (``save_every``)."""
+    return f"{prefix}/seed{seed}/epoch{epoch}.safetensors"
+
+
+def trajectory_record_key(prefix: str, seed: int, epoch: int) -> str:
+    """``<prefix>/seed<k>/epoch<e>.json``: the record of one saved epoch of a seed's training trajectory."""
+    return f"{prefix}/seed{seed}/epoch{epoch}.json"
 
 
 # ------------------------------------------------------------------------------------------------ matrices

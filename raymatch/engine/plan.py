@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..store import Store
 
-__all__ = ["ModelGroup", "Plan", "PlanContext", "StagePlan", "make_plan", "resolve_population"]
+__all__ = ["ModelGroup", "Plan", "PlanContext", "StagePlan", "make_plan", "population_policy", "resolve_population"]
 
 
 @dataclass
@@ -25,8 +26,9 @@ class ModelGroup:
 
     Attributes
     ----------
-    name : {'trained', 'untrained'}
-        The ``population`` column of its rows.
+    name : {'trained', 'untrained', 'trajectory'}
+        The ``population`` column of its rows (``trajectory``: the saved epochs of each trained seed, compared
+        within the seed).
     checkpoints : list of str
         Checkpoint keys in population order.
     reference : int, optional
@@ -35,6 +37,11 @@ class ModelGroup:
         Where the study trains (or initialises) the group's checkpoints; None for checkpoints given by the user.
     train_todo : list of int
         Seeds whose checkpoint is not stored yet.
+    position_pairs : list of (int, int), optional
+        The pairs, as positions in ``checkpoints``, when the group sets them itself (``trajectory``: within each
+        seed); otherwise the study's pair policy decides.
+    origins : list of (int, int or None), optional
+        ``(seed, epoch)`` of each checkpoint of a ``trajectory`` group (epoch None: the seed's final weights).
     """
 
     name: str
@@ -42,6 +49,8 @@ class ModelGroup:
     reference: int | None = None
     prefix: str | None = None
     train_todo: list[int] = field(default_factory=list)
+    position_pairs: list[tuple[int, int]] | None = None
+    origins: list[tuple[int, int | None]] | None = None
 
 
 @dataclass
@@ -89,8 +98,8 @@ class Plan:
 
     @property
     def checkpoints(self) -> list[str]:
-        """Every checkpoint of every group (trained first)."""
-        return [key for group in self.groups for key in group.checkpoints]
+        """Every checkpoint of every group (trained first), each once."""
+        return list(dict.fromkeys(key for group in self.groups for key in group.checkpoints))
 
     def __getitem__(self, stage: str) -> StagePlan:
         return self.stages[stage]
@@ -127,7 +136,11 @@ class PlanContext:
         for group in self.plan.groups:
             ids = [self.plan.model_ids[key] for key in group.checkpoints]
             positions = {model: index for index, model in enumerate(ids)}
-            pairs = [(ids[i], ids[j]) for i, j in pair_positions(self.study.pairs, len(ids), group.reference)]
+            chosen = group.position_pairs
+            if chosen is None:
+                chosen = pair_positions(population_policy(self.study.pairs), len(ids), group.reference)
+            # a saved epoch that is the selected one is the final model itself: no pair
+            pairs = list(dict.fromkeys((ids[i], ids[j]) for i, j in chosen if ids[i] != ids[j]))
             for layer in self.plan.layers:
                 for repeat in range(stored_repeats(self.store, self.study.probe.id, ids[0], layer)):
                     units.append((group, layer, repeat, pairs, positions))
@@ -219,9 +232,41 @@ def resolve_population(study, store: Store) -> list[str]:
     return found
 
 
+def population_policy(pairs: Any) -> str:
+    """The pair policy across a population's models: ``pairs`` itself, or ``'all'`` for ``{reference: final}``."""
+    return pairs if isinstance(pairs, str) else "all"
+
+
+def _trajectory_group(study, trained: ModelGroup) -> ModelGroup:
+    """The saved epochs and the final weights of each trained seed, paired within the seed by the pair policy.
+
+    ``consecutive``: epoch e with e + k; ``{reference: final}``: each saved epoch with the seed's final
+    (selected) weights; ``all``: every two of the seed's saved epochs and final weights.
+    """
+    from ..train import trajectory_epochs, trajectory_keys
+
+    training = study.population.training
+    epochs = trajectory_epochs(training.spec.epochs, training.save_every)
+    checkpoints: list[str] = []
+    origins: list[tuple[int, int | None]] = []
+    pairs: list[tuple[int, int]] = []
+    for seed, final in zip(training.seeds, trained.checkpoints, strict=True):
+        start = len(checkpoints)
+        checkpoints += [*trajectory_keys(trained.prefix, seed, epochs), final]
+        origins += [(seed, epoch) for epoch in epochs] + [(seed, None)]
+        last = len(checkpoints) - 1
+        if study.pairs == "consecutive":
+            pairs += list(itertools.pairwise(range(start, last)))
+        elif study.pairs == "all":
+            pairs += list(itertools.combinations(range(start, last + 1), 2))
+        else:  # {reference: final}
+            pairs += [(position, last) for position in range(start, last)]
+    return ModelGroup("trajectory", checkpoints, prefix=trained.prefix, position_pairs=pairs, origins=origins)
+
+
 def _groups(study, store: Store) -> list[ModelGroup]:
     from ..study import untrained_prefix
-    from ..train import pending_seeds, population_keys
+    from ..train import pending_seeds, population_keys, trajectory_epochs
 
     checkpoints = resolve_population(study, store)
     training = study.population.training
@@ -234,8 +279,11 @@ def _groups(study, store: Store) -> list[ModelGroup]:
     trained = ModelGroup("trained", checkpoints, reference)
     if training is not None:
         trained.prefix = training.prefix(study.architecture)
-        trained.train_todo = pending_seeds(store, trained.prefix, training.seeds)
+        trained.train_todo = pending_seeds(store, trained.prefix, training.seeds,
+                                           trajectory_epochs(training.spec.epochs, training.save_every))
     groups = [trained]
+    if training is not None and training.save_every is not None:
+        groups.append(_trajectory_group(study, trained))
     if study.null_baseline:
         seeds = training.seeds if training is not None else tuple(range(len(checkpoints)))
         prefix = untrained_prefix(study.architecture)

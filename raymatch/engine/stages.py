@@ -88,14 +88,20 @@ def _plan_extract(context: PlanContext) -> StagePlan:
     study, store, plan = context.study, context.store, context.plan
     if plan["train"].tasks:  # model ids (and everything after) are known once the checkpoints exist
         return NOT_KNOWN_YET
-    todo = []
+    todo, seen = [], set()
     for key in plan.checkpoints:
         data = read_checkpoint(store, key)
         model = plan.model_ids[key] = checkpoint_id(data)
+        if model in seen:  # the same weights under two keys (a trajectory's selected epoch): extracted once
+            continue
+        seen.add(model)
         if any(stored_repeats(store, study.probe.id, model, layer) is None for layer in plan.layers):
             todo.append(key)  # refused here, before Ray, if corrupt, of another shape, or NaN
             check_checkpoint(study.architecture.module_tree(), data, arch=study.architecture.name, name=key)
-    _check_distinct(plan.model_ids)
+    # a trajectory's saved epoch may be its seed's selected (final) weights: the same model, compared with no one
+    saved_epochs = {key for group in plan.groups if group.name == "trajectory" for key in group.checkpoints}
+    saved_epochs -= {key for group in plan.groups if group.name != "trajectory" for key in group.checkpoints}
+    _check_distinct({key: model for key, model in plan.model_ids.items() if key not in saved_epochs})
     jobs = [ExtractionJob(key, study.architecture.name, study.probe, tuple(study.layers), study.architecture.kwargs)
             for key in todo]
     return StagePlan(jobs, len(plan.checkpoints) - len(jobs))

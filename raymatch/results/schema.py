@@ -109,6 +109,7 @@ MODELS = pa.schema([
     _field("epochs", pa.int64(), True),
     _field("selected_epoch", pa.int64(), True),
     _field("created_at", _TIMESTAMP),
+    _field("epoch", pa.int64(), True),  # epochs trained of these weights (0: untrained; trajectories: e)
 ])
 
 #: ``tasks``: completion markers of tasks (e.g. simple-match tasks, which may produce no row).

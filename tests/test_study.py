@@ -521,8 +521,8 @@ def test_nested_specs_report_every_problem_under_its_full_path():
         population={"training": {"seeds": [0, 1], "lr": -1, "epochs": 1.5, "learning_rate": 0.1}},
     )
     assert problems_of(data) == [
-        "population.training.learning_rate: unknown key (allowed: seeds, save_every, dataset, recipe, epochs, batch_size, lr, "
-        "momentum, weight_decay, milestones, gamma, augment, holdout, n_train, data_dir, select)",
+        "population.training.learning_rate: unknown key (allowed: seeds, save_every, dataset, recipe, epochs, "
+        "batch_size, lr, momentum, weight_decay, milestones, gamma, augment, holdout, n_train, data_dir, select)",
         "population.training.epochs: must be an integer ≥ 0, got 1.5",
         "population.training.lr: must be in (0, inf), got -1",
         "probe.n_examples: must be a positive integer; got 0",

@@ -184,6 +184,74 @@ class PlanContext:
         return frozenset(self.store.list(factor_root(self.study.probe.id)))
 
     @functools.cached_property
+    def spatial_layers(self) -> frozenset[str]:
+        """The study's layers with more than one position per example (conv layers), from a ``meta`` forward pass."""
+        import math
+
+        from ..probes.datasets import IMAGE_SHAPES
+        from ..study.checks import output_shapes
+
+        shapes = output_shapes(self.study.architecture, IMAGE_SHAPES[self.study.probe.dataset])
+        return frozenset(name for name, shape in shapes.items() if len(shape) > 1 and math.prod(shape[1:]) > 1)
+
+    @functools.cached_property
+    def pooled_layers(self) -> tuple[str, ...]:
+        """The conv layers whose per-example means extraction stores too (``cross_layers.pool: mean``)."""
+        cross = self.study.cross_layers
+        if cross is None or cross.pool != "mean":
+            return ()
+        return tuple(name for name in self.study.cross_layer_names if name in self.spatial_layers)
+
+    @functools.cached_property
+    def cross_units(self) -> list[tuple[ModelGroup, str, str, str, str, int, list[tuple[str, str]]]]:
+        """``(group, layer_a, layer_b, matrix_a, matrix_b, repeat, pairs)`` of ``cross_layers``.
+
+        Pairs of models first, then (``within_model``) each model against itself; none without ``cross_layers``.
+        Same-layer units only with ``pool: mean`` (see :mod:`.cross`).
+
+        The trajectory group is not compared across layers.
+        """
+        from .cross import layer_pairs, matrix_layer
+
+        cross = self.study.cross_layers
+        if cross is None:
+            return []
+        layers = list(self.study.cross_layer_names)
+        units = []
+        for group, layer, repeat, pairs, _ in self.pair_units:
+            if group.name == "trajectory" or layer != layers[0]:
+                continue  # one pass per (group, repeat) of the first cross layer: its repeats are every layer's
+            if cross.pool == "mean" and repeat > 0:
+                continue  # per-example matrices: one repeat
+            ids = list(dict.fromkeys(self.plan.model_ids[key] for key in group.checkpoints))
+            for same_model, chosen in ((False, pairs), (True, [(m, m) for m in ids] if cross.within_model else [])):
+                for layer_a, layer_b in layer_pairs(layers, same_model, cross.pool == "mean") if chosen else []:
+                    matrix_a = matrix_layer(layer_a, layer_a in self.spatial_layers, cross.pool)
+                    matrix_b = matrix_layer(layer_b, layer_b in self.spatial_layers, cross.pool)
+                    units.append((group, layer_a, layer_b, matrix_a, matrix_b, repeat, list(chosen)))
+        return units
+
+    @functools.cached_property
+    def stored_cross(self) -> frozenset[tuple]:
+        """(population, layer_a, layer_b, pool, repeat, model_a, model_b) of the study's ``cross_curves`` rows.
+
+        Of the study's current configuration (one scan of the table's identity columns).
+        """
+        from ..results import read_columns
+
+        columns = ["population", "layer_a", "layer_b", "pool", "repeat", "model_a", "model_b"]
+        rows = read_columns(self.store, "cross_curves", columns,
+                            filters={"study": self.study.name, "config_hash": self.study.config_hash})
+        return frozenset(zip(*(rows.column(name).to_pylist() for name in columns), strict=True))
+
+    def missing_cross(self, group: ModelGroup, layer_a: str, layer_b: str, repeat: int,
+                      pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The pairs of one cross unit that ``cross_curves`` holds no rows of."""
+        pool = self.study.cross_layers.pool
+        return [pair for pair in pairs
+                if (group.name, layer_a, layer_b, pool, repeat, *pair) not in self.stored_cross]
+
+    @functools.cached_property
     def simple_tasks(self) -> tuple[list[Any], int]:
         """The simple-match tasks still to do, and how many are stored."""
         from ..extract.layers import select_layers

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .cross import cross_task
 from .plan import NOT_KNOWN_YET, PlanContext, StagePlan
 from .tasks import block_tasks, factor_and_store, match_task, simple_task
 
@@ -84,6 +85,7 @@ def _plan_extract(context: PlanContext) -> StagePlan:
     from ..extract.extractor import read_checkpoint, stored_repeats
     from ..models import checkpoint_id
     from ..models.checkpoint import check_checkpoint
+    from ..store.layout import pooled_layer
 
     study, store, plan = context.study, context.store, context.plan
     if plan["train"].tasks:  # model ids (and everything after) are known once the checkpoints exist
@@ -95,15 +97,16 @@ def _plan_extract(context: PlanContext) -> StagePlan:
         if model in seen:  # the same weights under two keys (a trajectory's selected epoch): extracted once
             continue
         seen.add(model)
-        if any(stored_repeats(store, study.probe.id, model, layer) is None for layer in plan.layers):
+        if any(stored_repeats(store, study.probe.id, model, layer) is None
+               for layer in [*plan.layers, *map(pooled_layer, context.pooled_layers)]):
             todo.append(key)  # refused here, before Ray, if corrupt, of another shape, or NaN
             check_checkpoint(study.architecture.module_tree(), data, arch=study.architecture.name, name=key)
     # a trajectory's saved epoch may be its seed's selected (final) weights: the same model, compared with no one
     saved_epochs = {key for group in plan.groups if group.name == "trajectory" for key in group.checkpoints}
     saved_epochs -= {key for group in plan.groups if group.name != "trajectory" for key in group.checkpoints}
     _check_distinct({key: model for key, model in plan.model_ids.items() if key not in saved_epochs})
-    jobs = [ExtractionJob(key, study.architecture.name, study.probe, tuple(study.layers), study.architecture.kwargs)
-            for key in todo]
+    jobs = [ExtractionJob(key, study.architecture.name, study.probe, tuple(study.layers), study.architecture.kwargs,
+                          pooled=context.pooled_layers) for key in todo]
     return StagePlan(jobs, len(plan.checkpoints) - len(jobs))
 
 
@@ -137,6 +140,27 @@ def _plan_match(context: PlanContext) -> StagePlan:
     return StagePlan(tasks, done)
 
 
+def _plan_cross(context: PlanContext) -> StagePlan:
+    """One task per (group, layer of a, layer of b, repeat) of ``cross_layers`` with pairs ``cross_curves`` lacks."""
+    from .cross import CrossTask
+
+    study = context.study
+    if study.cross_layers is None:
+        return StagePlan()
+    if not _activations_stored(context):
+        return NOT_KNOWN_YET
+    tasks, done = [], 0
+    for group, layer_a, layer_b, matrix_a, matrix_b, repeat, pairs in context.cross_units:
+        missing = context.missing_cross(group, layer_a, layer_b, repeat, pairs)
+        done += len(pairs) - len(missing)
+        block = study.resources.pair_block ** 2  # as many pairs as a block of match tasks
+        tasks += [CrossTask(study.name, study.config_hash, study.probe.id, group.name, layer_a, layer_b, matrix_a,
+                            matrix_b, study.cross_layers.pool, repeat, tuple(missing[start:start + block]),
+                            study.center, study.cka)
+                  for start in range(0, len(missing), block)]
+    return StagePlan(tasks, done)
+
+
 def _plan_simple(context: PlanContext) -> StagePlan:
     """One task per (pair, layer, repeat, ε) of the simple-match layers without a stored result."""
     if not _activations_stored(context):
@@ -167,6 +191,9 @@ def _plan_factor(context: PlanContext) -> StagePlan:
         for pair in context.missing_pairs("curves", group, layer, repeat, pairs):
             needed |= {(layer, repeat, model) for model in pair}
     needed |= {(task.layer, task.repeat, model) for task in context.simple_tasks[0] for model in task.pair}
+    for group, layer_a, layer_b, matrix_a, matrix_b, repeat, pairs in context.cross_units:
+        for a, b in context.missing_cross(group, layer_a, layer_b, repeat, pairs):
+            needed |= {(matrix_a, repeat, a), (matrix_b, repeat, b)}
     tasks = [FactorTask(ActivationKey(probe_id, model, layer, repeat), center)
              for layer, repeat, model in sorted(needed) if not stored(model, layer, repeat)]
     return StagePlan(tasks, done)
@@ -180,6 +207,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("match", "pairs × layers × repeats", _plan_match, match_task, "workers", _pairs_in, table="curves"),
     Stage("simple", "pairs × layers × repeats × ε", _plan_simple, simple_task, "workers", table="simple_matches",
           marks_done=True),
+    Stage("cross", "pairs × layer pairs × repeats", _plan_cross, cross_task, "workers", _pairs_in,
+          table="cross_curves"),
 )
 
 

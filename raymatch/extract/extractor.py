@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from ..models import load_model
 from ..probes import ProbeSpec, RowSample, load_probe, sample_rows
 from ..store import ActivationKey, ActivationWriter, Store, is_stored
 from ..store.activations import DEFAULT_FORMAT, DEFAULT_SHARD_ROWS
+from ..store.layout import pooled_layer
 from .layers import select_layers
 
 
@@ -42,6 +44,9 @@ class ExtractionJob:
     arch_kwargs : dict
         Constructor arguments (in_channels, num_classes, width, input_size).
     batch_size : int
+    pooled : tuple of str
+        Module names whose global average over positions (one row per example) is also stored, as the layer
+        ``<name>+mean`` (:func:`~raymatch.store.layout.pooled_layer`; ``cross_layers.pool: mean``).
     """
 
     checkpoint: str
@@ -50,6 +55,7 @@ class ExtractionJob:
     layers: tuple[str, ...] = ("relu",)
     arch_kwargs: dict = field(default_factory=dict)
     batch_size: int = 256
+    pooled: tuple[str, ...] = ()
 
 
 def read_checkpoint(store: Store, checkpoint: str) -> bytes:
@@ -125,10 +131,34 @@ class _LayerTap:
         self.offset += batch
 
 
+class _MeanTap:
+    """Forward hook that stores one layer's global average over positions: one row per image, (N, C)."""
+
+    def __init__(self, name: str, make_writer):
+        self.name, self.make_writer = name, make_writer
+        self.writer: ActivationWriter | None = None
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        batch = output.shape[0]
+        flat = output.detach().reshape(batch, output.shape[1], -1)  # (B, C, positions)
+        if self.writer is None:
+            meta = {"layer_shape": list(output.shape[1:]), "row_policy": "all", "pooled_from": self.name,
+                    "pool": "mean"}
+            self.writer = self.make_writer(pooled_layer(self.name), 0, flat.shape[1], meta)
+        block = flat.double().mean(dim=2).to("cpu", torch.float32)  # (B, C)
+        if not torch.isfinite(block.sum()):
+            raise ValueError(f"pooled activations of layer {self.name} have non-finite values (NaN or Inf)")
+        self.writer.append(block.numpy())
+
+
 def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.Tensor, probe: ProbeSpec,
                   layers: list[str], *, batch_size: int = 256, device: str | torch.device = "cpu",
-                  shard_rows: int = DEFAULT_SHARD_ROWS, fmt: str = DEFAULT_FORMAT) -> dict[str, dict]:
+                  shard_rows: int = DEFAULT_SHARD_ROWS, fmt: str = DEFAULT_FORMAT,
+                  pooled: Sequence[str] = ()) -> dict[str, dict]:
     """Run ``images`` (N, C, H, W) through ``model`` and store the activations of ``layers``.
+
+    The modules named in ``pooled`` also get their global average over positions stored, one row per image, as
+    the layer ``<name>+mean`` (:func:`~raymatch.store.layout.pooled_layer`).
 
     Every (layer, repeat) becomes visible only when complete (its manifest is written last); on any
     error the parts written so far are removed.
@@ -151,6 +181,8 @@ def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.T
 
     taps = {name: _LayerTap(name, model_id, probe, images.shape[0], make_writer) for name in layers}
     handles = [modules[name].register_forward_hook(tap) for name, tap in taps.items()]
+    means = {name: _MeanTap(name, make_writer) for name in pooled}
+    handles += [modules[name].register_forward_hook(tap) for name, tap in means.items()]
     model = model.to(device).eval()
     try:
         with torch.no_grad():
@@ -163,6 +195,9 @@ def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.T
             manifests = [writer.close() for writer in tap.writers]
             summary[name] = {"shape": list(tap.shape or ()), "repeats": len(manifests),
                              "rows": [m["shape"][0] for m in manifests]}
+        for name, tap in means.items():
+            manifest = tap.writer.close()
+            summary[pooled_layer(name)] = {"shape": manifest["shape"][1:], "repeats": 1, "rows": [manifest["shape"][0]]}
         for writer in made:
             writer.result()
         return summary
@@ -196,13 +231,16 @@ def run_job(store: Store, job: ExtractionJob, *, device: str | torch.device = "c
     model, model_id = load_model(job.arch, data, name=job.checkpoint, **job.arch_kwargs)
     layers = select_layers(model, job.layers)
     todo = [layer for layer in layers if stored_repeats(store, job.probe.id, model_id, layer) is None]
+    pooled = [layer for layer in job.pooled
+              if stored_repeats(store, job.probe.id, model_id, pooled_layer(layer)) is None]
     summary = {"checkpoint": job.checkpoint, "model_id": model_id, "probe_id": job.probe.id,
-               "layers": layers, "computed": todo, "skipped": [layer for layer in layers if layer not in todo]}
-    if todo:
+               "layers": layers, "computed": todo + [pooled_layer(layer) for layer in pooled],
+               "skipped": [layer for layer in layers if layer not in todo]}
+    if todo or pooled:
         if images is None:
             images = load_probe(job.probe)
         summary["outputs"] = extract_model(store, model, model_id, images, job.probe, todo,
                                            batch_size=job.batch_size, device=device, shard_rows=shard_rows,
-                                           fmt=fmt)
+                                           fmt=fmt, pooled=pooled)
     summary["seconds"] = time.perf_counter() - started
     return summary

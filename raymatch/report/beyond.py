@@ -4,8 +4,8 @@
   weights (``pairs: {reference: final}`` or ``all``), or against the next saved epoch (``pairs: consecutive``);
   mean over seeds, min–max band. Drawn when the study has ``trajectory`` rows.
 - ``cross_layers.png`` — one heatmap per ε: mean similarity of layer i of model a against layer j of model b over
-  the study's pairs (``cross_curves`` off the diagonal, ``curves`` on it). Drawn when the study has
-  ``cross_curves`` rows.
+  the study's pairs (``cross_curves`` off the diagonal; on it ``curves``, or the pooled ``cross_curves`` rows
+  with ``pool: mean``). Drawn when the study has ``cross_curves`` rows.
 
 Both read the views of :func:`raymatch.results.connect` and recompute nothing.
 """
@@ -102,21 +102,28 @@ def _trajectory_figure(data: pd.DataFrame, against: str, ctx: _Context, study: s
 
 
 _CROSS_SQL = """
-SELECT population, layer_a, layer_b, eps, avg(similarity) AS similarity, count(*) AS rows
-FROM cross_matches WHERE study = $study AND status = 'ok' AND model_a <> model_b
-GROUP BY ALL
+WITH crossed AS (
+    SELECT population, layer_a, layer_b, eps, avg(similarity) AS similarity, count(*) AS rows
+    FROM cross_matches WHERE study = $study AND status = 'ok' AND model_a <> model_b
+    GROUP BY ALL
+), same AS (
+    SELECT population, layer AS layer_a, layer AS layer_b, eps, avg(similarity) AS similarity, count(*) AS rows
+    FROM matches WHERE study = $study AND status = 'ok'
+      AND population IN (SELECT population FROM crossed) AND layer IN (SELECT layer_a FROM crossed)
+    GROUP BY ALL
+)
+SELECT * FROM crossed
 UNION ALL
-SELECT population, layer AS layer_a, layer AS layer_b, eps, avg(similarity), count(*)
-FROM matches WHERE study = $study AND status = 'ok'
-  AND population IN (SELECT DISTINCT population FROM cross_matches WHERE study = $study)
-GROUP BY ALL
+SELECT * FROM same s WHERE NOT EXISTS (SELECT 1 FROM crossed c WHERE c.population = s.population
+                                       AND c.layer_a = s.layer_a AND c.layer_b = s.layer_b AND c.eps = s.eps)
 """
 
 
 def cross_layer_data(con, study: str) -> pd.DataFrame:
     """Mean similarity per (population, layer of a, layer of b, ε) over the study's pairs of distinct models.
 
-    Off the diagonal from ``cross_curves``; on it (``layer_a = layer_b``) from ``curves``, the same pairs.
+    Off the diagonal from ``cross_curves``; on it (``layer_a = layer_b``) from ``cross_curves`` where it has them
+    (``pool: mean``: the pooled matrices), else from ``curves`` (the same pairs and matrices).
 
     Parameters
     ----------
@@ -164,7 +171,8 @@ def _cross_figure(data: pd.DataFrame, ctx: _Context, study: str, out_dir: Path) 
         figure.colorbar(image, ax=figure.axes, shrink=0.8, label="mean similarity")
     figure.suptitle(f"{study}: maximum-match similarity across layers")
     result.caption = ("Mean similarity of layer i of model a with layer j of model b over the study's pairs of "
-                      "distinct models (cross_curves off the diagonal, curves on it; repeats pooled).")
+                      "distinct models (cross_curves off the diagonal; on it curves, or cross_curves with pool: "
+                      "mean; repeats averaged in).")
     result.figure, result.data, result.artists = figure, data, {"matrices": matrices}
     return _save(result, out_dir)
 

@@ -20,8 +20,8 @@ import pandas as pd
 from ..results import connect
 from ..store import Store
 from ..store.layout import study_record_key, table_prefix
-from .context import DEFAULT_EPS, _Context, _ordered, _populations
 from .beyond import draw_beyond_figures
+from .context import DEFAULT_EPS, _Context, _ordered, _populations
 from .figures import FigureResult, draw_figures
 from .summary import SUMMARY_NAME, _summary
 from .tables import format_similarity_table, similarity_table

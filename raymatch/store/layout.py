@@ -27,6 +27,7 @@ __all__ = [
     "DIGEST_CHARS",
     "FACTOR_VERSION",
     "MANIFEST",
+    "POOLED_SUFFIX",
     "activation_prefix",
     "canonical_json",
     "checkpoint_key",
@@ -35,6 +36,7 @@ __all__ = [
     "factor_prefix",
     "factor_root",
     "manifest_key",
+    "pooled_layer",
     "study_record_key",
     "study_records_prefix",
     "table_prefix",
@@ -144,6 +146,18 @@ def trajectory_record_key(prefix: str, seed: int, epoch: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ matrices
+
+
+#: How a layer's per-example pooled matrix is named among the layers: ``<layer>+mean`` (``@`` is no key character).
+POOLED_SUFFIX = "+mean"
+
+
+def pooled_layer(layer: str) -> str:
+    """``<layer>+mean``: where a conv layer's per-example average over positions is stored, as a layer of its own.
+
+    Extracted beside the layer when a study's ``cross_layers.pool`` is ``mean``: one row per example.
+    """
+    return f"{layer}{POOLED_SUFFIX}"
 
 
 def activation_prefix(probe_id: str, model_id: str, layer: str, repeat: int) -> str:

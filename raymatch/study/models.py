@@ -128,8 +128,7 @@ class Training(_Section):
         The recipe and its settings (dataset, epochs, optimiser, held-out split …).
     save_every : int, optional
         Also keep each seed's weights after every ``save_every``-th epoch: its training trajectory, compared
-        within the seed (see :attr:`Study.pairs`). Unset, nothing is kept and :attr:`Study.config_hash` is as
-        without the key.
+        within the seed (see :attr:`Study.pairs`). Not part of :attr:`Study.config_hash`.
 
     Notes
     -----
@@ -182,8 +181,9 @@ class Training(_Section):
                  "description": "Distinct non-negative seeds, one model each, in population order."}
         save_every = {"type": ["integer", "null"], "minimum": 1,
                       "description": "Keep every k-th epoch's weights: the seed's training trajectory."}
-        properties = {"seeds": seeds, "save_every": save_every, **{name: {key: value for key, value in schema.items() if key != "default"}
-                                          for name, schema in spec["properties"].items()}}
+        properties = {"seeds": seeds, "save_every": save_every,
+                      **{name: {key: value for key, value in schema.items() if key != "default"}
+                         for name, schema in spec["properties"].items()}}
         return {"title": "Training", "type": "object", "properties": properties, "required": ["seeds"],
                 "additionalProperties": False,
                 "description": "Seeds trained with one recipe; fields left out take the recipe's defaults."}
@@ -443,7 +443,7 @@ class Study(_Section):
     center : bool, default False
         Centre activations (subtract each neuron's mean) before matching.
     cross_layers : CrossLayersConfig, optional
-        Also compare different layers (table ``cross_curves``); unset, :attr:`config_hash` is as without the key.
+        Also compare different layers (table ``cross_curves``); not part of :attr:`config_hash`.
     resources : Resources
         How the work is spread over the cluster (not part of :attr:`config_hash`).
 
@@ -516,7 +516,10 @@ class Study(_Section):
         :meth:`to_dict` without what does not change a stored row — ``store``, ``resources``, ``probe.data_dir``
         (where the probe's files live, as in :attr:`ProbeSpec.id <raymatch.probes.ProbeSpec.id>`), ``eps`` (a row
         holds the pair's whole ε-curve: any ε is a query), ``simple_matches`` (its rows carry their ε and search
-        settings in their task id) and ``null_baseline`` (its rows carry ``population = 'untrained'``) — plus the
+        settings in their task id), ``null_baseline`` (its rows carry ``population = 'untrained'``),
+        ``cross_layers`` (its rows, in ``cross_curves``, carry their layers and pooling) and
+        ``population.training.save_every`` (its rows carry ``population = 'trajectory'``; the selected checkpoints
+        are the same with or without it) — plus the
         version of the mathematics (:data:`~raymatch.store.layout.FACTOR_VERSION`). A ``glob`` population hashes
         as its pattern, not as the checkpoints it matches. Rows of another configuration of the same study stay in
         the store but are never shown as the study's (``curves``, ``matches``, ``raymatch status``, reports).
@@ -524,6 +527,9 @@ class Study(_Section):
         content = self.to_dict()
         del content["store"], content["resources"], content["probe"]["data_dir"]
         del content["eps"], content["simple_matches"], content["null_baseline"]
+        content.pop("cross_layers", None)  # its rows (cross_curves) carry their layers and pooling
+        if content["population"].get("training"):  # trajectory rows carry population 'trajectory'
+            content["population"]["training"].pop("save_every", None)
         content["math_version"] = layout.FACTOR_VERSION
         return layout.digest(content)
 

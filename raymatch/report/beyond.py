@@ -104,7 +104,7 @@ def _trajectory_figure(data: pd.DataFrame, against: str, ctx: _Context, study: s
 _CROSS_SQL = """
 WITH crossed AS (
     SELECT population, layer_a, layer_b, eps, avg(similarity) AS similarity, count(*) AS rows
-    FROM cross_matches WHERE study = $study AND status = 'ok' AND model_a <> model_b
+    FROM cross_matches WHERE study = $study AND status = 'ok' AND model_a <> model_b AND pool = $pool
     GROUP BY ALL
 ), same AS (
     SELECT population, layer AS layer_a, layer AS layer_b, eps, avg(similarity) AS similarity, count(*) AS rows
@@ -119,7 +119,7 @@ SELECT * FROM same s WHERE NOT EXISTS (SELECT 1 FROM crossed c WHERE c.populatio
 """
 
 
-def cross_layer_data(con, study: str) -> pd.DataFrame:
+def cross_layer_data(con, study: str, pool: str = "none") -> pd.DataFrame:
     """Mean similarity per (population, layer of a, layer of b, ε) over the study's pairs of distinct models.
 
     Off the diagonal from ``cross_curves``; on it (``layer_a = layer_b``) from ``cross_curves`` where it has them
@@ -130,13 +130,15 @@ def cross_layer_data(con, study: str) -> pd.DataFrame:
     con : duckdb.DuckDBPyConnection
         From :func:`raymatch.results.connect`.
     study : str
+    pool : {'none', 'mean'}
+        The rows of this pooling only (the study's ``cross_layers.pool``).
 
     Returns
     -------
     pandas.DataFrame
         Columns ``population``, ``layer_a``, ``layer_b``, ``eps``, ``similarity``, ``rows``.
     """
-    return con.sql(_CROSS_SQL, params={"study": study}).df()
+    return con.sql(_CROSS_SQL, params={"study": study, "pool": pool}).df()
 
 
 def _cross_figure(data: pd.DataFrame, ctx: _Context, study: str, out_dir: Path) -> FigureResult:
@@ -196,11 +198,12 @@ def draw_beyond_figures(store: Store, ctx: _Context, out_dir: Path) -> dict[str,
 
     from ..results import connect
 
-    pairs = ((ctx.record or {}).get("config") or {}).get("pairs", "all")
+    config = (ctx.record or {}).get("config") or {}
+    pairs, pool = config.get("pairs", "all"), (config.get("cross_layers") or {}).get("pool", "none")
     con = connect(store)
     try:
         trajectory, against = trajectory_data(con, ctx.study, pairs)
-        cross = cross_layer_data(con, ctx.study) if _has_view(con, "cross_matches") else pd.DataFrame()
+        cross = cross_layer_data(con, ctx.study, pool) if _has_view(con, "cross_matches") else pd.DataFrame()
     finally:
         con.close()
     figures: dict[str, FigureResult] = {}

@@ -131,3 +131,26 @@ def test_trajectory_study_end_to_end_matches_plain_numpy(tmp_path, ray_cluster, 
     summary = (rows.merge(saved[["model_id", "epoch"]], left_on="model_a", right_on="model_id")
                .groupby(["layer", "eps", "epoch"])["similarity"].mean())
     assert np.isfinite(summary.to_numpy()).all()
+
+
+def test_a_models_table_from_before_the_epoch_column_takes_new_rows(tmp_path):
+    import datetime as dt
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from raymatch.results import append_rows, query
+    from raymatch.results.schema import MODELS
+    from raymatch.store.layout import study_record_key
+
+    store = Store(str(tmp_path / "store"))
+    old = pa.schema([field for field in MODELS if field.name != "epoch"])
+    row = {"study": "s", "config_hash": "h", "population": "trained", "model_id": "m0", "seed": 0, "checkpoint": None,
+           "architecture": "mlp", "holdout_accuracy": None, "test_accuracy": None, "epochs": 3, "selected_epoch": 2,
+           "created_at": dt.datetime.now(dt.timezone.utc)}
+    write_deltalake(store.path("results/models"), pa.Table.from_pylist([row], schema=old))
+    append_rows(store, "models", [{**row, "model_id": "m1", "epoch": 2, "created_at": None}])
+    store.write_json(study_record_key("s"), {"name": "s", "config_hash": "h", "eps": [0.5], "layers": []})
+    epochs = query(store, "SELECT model_id, epoch FROM models ORDER BY model_id")
+    assert epochs["model_id"].tolist() == ["m0", "m1"]
+    assert epochs["epoch"].isna().tolist() == [True, False] and epochs["epoch"].iloc[1] == 2

@@ -76,7 +76,8 @@ class Stage:
 def _plan_train(context: PlanContext) -> StagePlan:
     """One task per (group, seed) whose checkpoint record is not stored."""
     tasks = [(group.name, seed) for group in context.plan.groups for seed in group.train_todo]
-    return StagePlan(tasks, len(context.plan.checkpoints) - len(tasks))
+    models = sum(len(group.checkpoints) for group in context.plan.groups if group.origins is None)  # no trajectory
+    return StagePlan(tasks, models - len(tasks))
 
 
 def _plan_extract(context: PlanContext) -> StagePlan:

@@ -211,7 +211,7 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
         simple = _frame(con, "SELECT * FROM simple_matches SEMI JOIN studies USING (study, config_hash) "
                              "WHERE study = $study ORDER BY created_at, population, layer, model_a, model_b, repeat, "
                              "eps, match_id", study=study)
-        cka = _frame(con, "SELECT * FROM cka WHERE study = $study "
+        cka = _frame(con, "SELECT * FROM cka WHERE study = $study AND population <> 'trajectory' "
                           "ORDER BY created_at, population, layer, model_a, model_b, repeat", study=study)
     finally:
         con.close()

@@ -174,7 +174,8 @@ STUDY_FILE_CASES = {
                                        "'..'"]),
     "training: bad recipe key": (dict(population={"training": {"seeds": [0, 1], "recipe": "quick",
                                                                 "dataset": "digits", "frobnicate": 3}}),
-                                 ["population.training.frobnicate: unknown key (allowed: seeds, dataset, recipe,"]),
+                                 ["population.training.frobnicate: unknown key (allowed: seeds, save_every, dataset, "
+                                  "recipe,"]),
     "training: unknown recipe": (dict(population={"training": {"seeds": [0, 1], "recipe": "turbo"}}),
                                  ["population.training.recipe: unknown training recipe 'turbo'"]),
 }

@@ -30,7 +30,7 @@ SMALL_CNN_LEAVES = "conv1, relu1, conv2, relu2, pool, flatten, fc1, relu3, fc2"
 CREDENTIALS = "credentials do not belong in a study file; pass them through the environment (runtime_env on a cluster)"
 TOP_LEVEL_KEYS = (
     "name, store, population, architecture, probe, layers, eps, pairs, reference, simple_matches, cka, null_baseline, "
-    "center, resources"
+    "center, cross_layers, resources"
 )
 
 
@@ -540,8 +540,8 @@ def test_nested_specs_report_every_problem_under_its_full_path():
         population={"training": {"seeds": [0, 1], "lr": -1, "epochs": 1.5, "learning_rate": 0.1}},
     )
     assert problems_of(data) == [
-        "population.training.learning_rate: unknown key (allowed: seeds, dataset, recipe, epochs, batch_size, lr, "
-        "momentum, weight_decay, milestones, gamma, augment, holdout, n_train, data_dir, select)",
+        "population.training.learning_rate: unknown key (allowed: seeds, save_every, dataset, recipe, epochs, "
+        "batch_size, lr, momentum, weight_decay, milestones, gamma, augment, holdout, n_train, data_dir, select)",
         "population.training.epochs: must be an integer ≥ 0, got 1.5",
         "population.training.lr: must be in (0, inf), got -1",
         "probe.n_examples: must be a positive integer; got 0",

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..store import Store
 
-__all__ = ["ModelGroup", "Plan", "PlanContext", "StagePlan", "make_plan", "resolve_population"]
+__all__ = ["ModelGroup", "Plan", "PlanContext", "StagePlan", "make_plan", "population_policy", "resolve_population"]
 
 
 @dataclass
@@ -25,8 +26,9 @@ class ModelGroup:
 
     Attributes
     ----------
-    name : {'trained', 'untrained', 'permuted'}
-        The ``population`` column of its rows.
+    name : {'trained', 'untrained', 'permuted', 'trajectory'}
+        The ``population`` column of its rows (``trajectory``: the saved epochs of each trained seed, compared
+        within the seed).
     checkpoints : list of str
         Checkpoint keys in population order.
     reference : int, optional
@@ -39,6 +41,11 @@ class ModelGroup:
         Set for the permuted-row null: the trained checkpoints again, each pair's model b with its activation rows
         permuted by this seed (see :class:`~raymatch.engine.tasks.MatchTask`); its models are the trained ones
         (no training, extraction, factors or ``models`` rows of their own).
+    position_pairs : list of (int, int), optional
+        The pairs, as positions in ``checkpoints``, when the group sets them itself (``trajectory``: within each
+        seed); otherwise the study's pair policy decides.
+    origins : list of (int, int or None), optional
+        ``(seed, epoch)`` of each checkpoint of a ``trajectory`` group (epoch None: the seed's final weights).
     """
 
     name: str
@@ -47,6 +54,8 @@ class ModelGroup:
     prefix: str | None = None
     train_todo: list[int] = field(default_factory=list)
     permute_b_seed: int | None = None
+    position_pairs: list[tuple[int, int]] | None = None
+    origins: list[tuple[int, int | None]] | None = None
 
 
 @dataclass
@@ -132,7 +141,11 @@ class PlanContext:
         for group in self.plan.groups:
             ids = [self.plan.model_ids[key] for key in group.checkpoints]
             positions = {model: index for index, model in enumerate(ids)}
-            pairs = [(ids[i], ids[j]) for i, j in pair_positions(self.study.pairs, len(ids), group.reference)]
+            chosen = group.position_pairs
+            if chosen is None:
+                chosen = pair_positions(population_policy(self.study.pairs), len(ids), group.reference)
+            # a saved epoch that is the selected one is the final model itself: no pair
+            pairs = list(dict.fromkeys((ids[i], ids[j]) for i, j in chosen if ids[i] != ids[j]))
             for layer in self.plan.layers:
                 for repeat in range(stored_repeats(self.store, self.study.probe.id, ids[0], layer)):
                     units.append((group, layer, repeat, pairs, positions))
@@ -174,6 +187,74 @@ class PlanContext:
         from ..store.layout import factor_root
 
         return frozenset(self.store.list(factor_root(self.study.probe.id)))
+
+    @functools.cached_property
+    def spatial_layers(self) -> frozenset[str]:
+        """The study's layers with more than one position per example (conv layers), from a ``meta`` forward pass."""
+        import math
+
+        from ..probes.datasets import IMAGE_SHAPES
+        from ..study.checks import output_shapes
+
+        shapes = output_shapes(self.study.architecture, IMAGE_SHAPES[self.study.probe.dataset])
+        return frozenset(name for name, shape in shapes.items() if len(shape) > 1 and math.prod(shape[1:]) > 1)
+
+    @functools.cached_property
+    def pooled_layers(self) -> tuple[str, ...]:
+        """The conv layers whose per-example means extraction stores too (``cross_layers.pool: mean``)."""
+        cross = self.study.cross_layers
+        if cross is None or cross.pool != "mean":
+            return ()
+        return tuple(name for name in self.study.cross_layer_names if name in self.spatial_layers)
+
+    @functools.cached_property
+    def cross_units(self) -> list[tuple[ModelGroup, str, str, str, str, int, list[tuple[str, str]]]]:
+        """``(group, layer_a, layer_b, matrix_a, matrix_b, repeat, pairs)`` of ``cross_layers``.
+
+        Pairs of models first, then (``within_model``) each model against itself; none without ``cross_layers``.
+        Same-layer units only with ``pool: mean`` (see :mod:`.cross`).
+
+        The trajectory group is not compared across layers.
+        """
+        from .cross import layer_pairs, matrix_layer
+
+        cross = self.study.cross_layers
+        if cross is None:
+            return []
+        layers = list(self.study.cross_layer_names)
+        units = []
+        for group, layer, repeat, pairs, _ in self.pair_units:
+            if group.name == "trajectory" or layer != layers[0]:
+                continue  # one pass per (group, repeat) of the first cross layer: its repeats are every layer's
+            if cross.pool == "mean" and repeat > 0:
+                continue  # per-example matrices: one repeat
+            ids = list(dict.fromkeys(self.plan.model_ids[key] for key in group.checkpoints))
+            for same_model, chosen in ((False, pairs), (True, [(m, m) for m in ids] if cross.within_model else [])):
+                for layer_a, layer_b in layer_pairs(layers, same_model, cross.pool == "mean") if chosen else []:
+                    matrix_a = matrix_layer(layer_a, layer_a in self.spatial_layers, cross.pool)
+                    matrix_b = matrix_layer(layer_b, layer_b in self.spatial_layers, cross.pool)
+                    units.append((group, layer_a, layer_b, matrix_a, matrix_b, repeat, list(chosen)))
+        return units
+
+    @functools.cached_property
+    def stored_cross(self) -> frozenset[tuple]:
+        """(population, layer_a, layer_b, pool, repeat, model_a, model_b) of the study's ``cross_curves`` rows.
+
+        Of the study's current configuration (one scan of the table's identity columns).
+        """
+        from ..results import read_columns
+
+        columns = ["population", "layer_a", "layer_b", "pool", "repeat", "model_a", "model_b"]
+        rows = read_columns(self.store, "cross_curves", columns,
+                            filters={"study": self.study.name, "config_hash": self.study.config_hash})
+        return frozenset(zip(*(rows.column(name).to_pylist() for name in columns), strict=True))
+
+    def missing_cross(self, group: ModelGroup, layer_a: str, layer_b: str, repeat: int,
+                      pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The pairs of one cross unit that ``cross_curves`` holds no rows of."""
+        pool = self.study.cross_layers.pool
+        return [pair for pair in pairs
+                if (group.name, layer_a, layer_b, pool, repeat, *pair) not in self.stored_cross]
 
     @functools.cached_property
     def simple_tasks(self) -> tuple[list[Any], int]:
@@ -227,9 +308,41 @@ def resolve_population(study, store: Store) -> list[str]:
     return found
 
 
+def population_policy(pairs: Any) -> str:
+    """The pair policy across a population's models: ``pairs`` itself, or ``'all'`` for ``{reference: final}``."""
+    return pairs if isinstance(pairs, str) else "all"
+
+
+def _trajectory_group(study, trained: ModelGroup) -> ModelGroup:
+    """The saved epochs and the final weights of each trained seed, paired within the seed by the pair policy.
+
+    ``consecutive``: epoch e with e + k; ``{reference: final}``: each saved epoch with the seed's final
+    (selected) weights; ``all``: every two of the seed's saved epochs and final weights.
+    """
+    from ..train import trajectory_epochs, trajectory_keys
+
+    training = study.population.training
+    epochs = trajectory_epochs(training.spec.epochs, training.save_every)
+    checkpoints: list[str] = []
+    origins: list[tuple[int, int | None]] = []
+    pairs: list[tuple[int, int]] = []
+    for seed, final in zip(training.seeds, trained.checkpoints, strict=True):
+        start = len(checkpoints)
+        checkpoints += [*trajectory_keys(trained.prefix, seed, epochs), final]
+        origins += [(seed, epoch) for epoch in epochs] + [(seed, None)]
+        last = len(checkpoints) - 1
+        if study.pairs == "consecutive":
+            pairs += list(itertools.pairwise(range(start, last)))
+        elif study.pairs == "all":
+            pairs += list(itertools.combinations(range(start, last + 1), 2))
+        else:  # {reference: final}
+            pairs += [(position, last) for position in range(start, last)]
+    return ModelGroup("trajectory", checkpoints, prefix=trained.prefix, position_pairs=pairs, origins=origins)
+
+
 def _groups(study, store: Store) -> list[ModelGroup]:
     from ..study import untrained_prefix
-    from ..train import pending_seeds, population_keys
+    from ..train import pending_seeds, population_keys, trajectory_epochs
 
     checkpoints = resolve_population(study, store)
     training = study.population.training
@@ -242,8 +355,11 @@ def _groups(study, store: Store) -> list[ModelGroup]:
     trained = ModelGroup("trained", checkpoints, reference)
     if training is not None:
         trained.prefix = training.prefix(study.architecture)
-        trained.train_todo = pending_seeds(store, trained.prefix, training.seeds)
+        trained.train_todo = pending_seeds(store, trained.prefix, training.seeds,
+                                           trajectory_epochs(training.spec.epochs, training.save_every))
     groups = [trained]
+    if training is not None and training.save_every is not None:
+        groups.append(_trajectory_group(study, trained))
     if "untrained" in study.null_baseline:
         seeds = training.seeds if training is not None else tuple(range(len(checkpoints)))
         prefix = untrained_prefix(study.architecture)

@@ -195,7 +195,8 @@ class _Executors:
             outcomes += train_population(self.store, study.architecture.name, study.architecture.kwargs, spec,
                                          seeds, prefix=group.prefix, untrained=untrained,
                                          cpus_per_task=resources.cpus_per_task, gpus_per_task=self.training_gpus(),
-                                         max_in_flight=resources.max_in_flight, progress=self.progress)
+                                         max_in_flight=resources.max_in_flight, progress=self.progress,
+                                         save_every=None if untrained else study.save_every)
         return outcomes
 
     def training_gpus(self) -> float:
@@ -330,6 +331,9 @@ def _record_models(study, store: Store, plan: Plan) -> None:
     for group in plan.groups:
         if group.permute_b_seed is not None:  # the permuted null: the trained models, recorded as such
             continue
+        if group.origins is not None:  # a trajectory: its saved epochs (the final weights are rows already)
+            rows += _trajectory_model_rows(study, store, plan, group, known, rows)
+            continue
         seeds = (training.seeds if training is not None else range(len(group.checkpoints))) if group.prefix else None
         for index, key in enumerate(group.checkpoints):
             model = plan.model_ids[key]
@@ -343,9 +347,33 @@ def _record_models(study, store: Store, plan: Plan) -> None:
                          "model_id": model, "seed": seed, "checkpoint": key, "architecture": architecture,
                          "holdout_accuracy": record.get("holdout_accuracy"),
                          "test_accuracy": record.get("test_accuracy"),
-                         "epochs": record.get("epochs"), "selected_epoch": record.get("selected_epoch")})
+                         "epochs": record.get("epochs"), "selected_epoch": record.get("selected_epoch"),
+                         "epoch": record.get("selected_epoch")})
     if rows:
         append_rows(store, "models", rows)
+
+
+def _trajectory_model_rows(study, store: Store, plan: Plan, group, known: set, rows: list[dict]) -> list[dict]:
+    """``models`` rows of a trajectory's saved epochs not recorded yet (population ``trajectory``, ``epoch`` e).
+
+    A saved epoch with the same weights as a model recorded already (its seed's selected epoch) is not recorded
+    again: the ``models`` table has one row per model id.
+    """
+    from ..store.layout import trajectory_record_key
+
+    taken = {model for _, model in known} | {row["model_id"] for row in rows}
+    added = []
+    for key, (seed, epoch) in zip(group.checkpoints, group.origins, strict=True):
+        model = plan.model_ids[key]
+        if epoch is None or model in taken:
+            continue
+        taken.add(model)
+        record = store.read_json(trajectory_record_key(group.prefix, seed, epoch))
+        added.append({"study": study.name, "config_hash": study.config_hash, "population": group.name,
+                      "model_id": model, "seed": seed, "checkpoint": key, "architecture": study.architecture.name,
+                      "holdout_accuracy": record.get("holdout_accuracy"), "test_accuracy": None,
+                      "epochs": study.population.training.spec.epochs, "selected_epoch": None, "epoch": epoch})
+    return added
 
 
 def _counts(stage: Stage, outcomes: list, skipped: int, stage_start: float) -> dict:

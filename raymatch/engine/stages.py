@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .cross import cross_task
 from .plan import NOT_KNOWN_YET, PlanContext, StagePlan
 from .tasks import block_tasks, factor_and_store, match_task, simple_task
 
@@ -76,7 +77,8 @@ class Stage:
 def _plan_train(context: PlanContext) -> StagePlan:
     """One task per (group, seed) whose checkpoint record is not stored."""
     tasks = [(group.name, seed) for group in context.plan.groups for seed in group.train_todo]
-    return StagePlan(tasks, len(context.plan.checkpoints) - len(tasks))
+    models = sum(len(group.checkpoints) for group in context.plan.groups if group.origins is None)  # no trajectory
+    return StagePlan(tasks, models - len(tasks))
 
 
 def _plan_extract(context: PlanContext) -> StagePlan:
@@ -84,24 +86,33 @@ def _plan_extract(context: PlanContext) -> StagePlan:
     from ..extract import ExtractionJob
     from ..extract.extractor import read_checkpoint, stored_repeats
     from ..models.checkpoint import check_checkpoint, model_id_of
+    from ..store.layout import pooled_layer
 
     study, store, plan = context.study, context.store, context.plan
     if study.population.activations is not None:
         return _plan_import(context)
     if plan["train"].tasks:  # model ids (and everything after) are known once the checkpoints exist
         return NOT_KNOWN_YET
-    todo = []
+    todo, seen = [], set()
     options = study.population.checkpoint_options  # a nested state dict, a prefix to strip
     for key in plan.checkpoints:
         data = read_checkpoint(store, key)
         model = plan.model_ids[key] = model_id_of(data, options, name=key)
-        if any(stored_repeats(store, study.probe.id, model, layer) is None for layer in plan.layers):
+        if model in seen:  # the same weights under two keys (a trajectory's selected epoch): extracted once
+            continue
+        seen.add(model)
+        if any(stored_repeats(store, study.probe.id, model, layer) is None
+               for layer in [*plan.layers, *map(pooled_layer, context.pooled_layers)]):
             todo.append(key)  # refused here, before Ray, if corrupt, of another shape, or NaN
             check_checkpoint(study.architecture.module_tree(), data, arch=study.architecture.label, name=key,
                              options=options)
-    _check_distinct(plan.model_ids)
+    # a trajectory's saved epoch may be its seed's selected (final) weights: the same model, compared with no one
+    saved_epochs = {key for group in plan.groups if group.name == "trajectory" for key in group.checkpoints}
+    saved_epochs -= {key for group in plan.groups if group.name != "trajectory" for key in group.checkpoints}
+    _check_distinct({key: model for key, model in plan.model_ids.items() if key not in saved_epochs})
     jobs = [ExtractionJob(key, study.architecture.label, study.probe, tuple(study.layers), study.architecture.kwargs,
-                          architecture=study.architecture.spec, checkpoint_options=options or None)
+                          architecture=study.architecture.spec, checkpoint_options=options or None,
+                          pooled=context.pooled_layers)
             for key in todo]
     return StagePlan(jobs, len(plan.checkpoints) - len(jobs))
 
@@ -161,6 +172,34 @@ def _match_tasks(context: PlanContext) -> tuple[list, int]:
     return tasks, done
 
 
+def _plan_cross(context: PlanContext) -> StagePlan:
+    """One task per (group, layer of a, layer of b, repeat) of ``cross_layers`` with pairs ``cross_curves`` lacks."""
+    if context.study.cross_layers is None:
+        return StagePlan()
+    if not _activations_stored(context):
+        return NOT_KNOWN_YET
+    return StagePlan(*_cross_tasks(context))
+
+
+def _cross_tasks(context: PlanContext) -> tuple[list, int]:
+    """The cross-layer tasks still to do and the pairs stored (shared by the factor and cross planners)."""
+    from .cross import CrossTask
+
+    study = context.study
+    if study.cross_layers is None:
+        return [], 0
+    tasks, done = [], 0
+    for group, layer_a, layer_b, matrix_a, matrix_b, repeat, pairs in context.cross_units:
+        missing = context.missing_cross(group, layer_a, layer_b, repeat, pairs)
+        done += len(pairs) - len(missing)
+        block = study.resources.pair_block ** 2  # as many pairs as a block of match tasks
+        tasks += [CrossTask(study.name, study.config_hash, study.probe.id, group.name, layer_a, layer_b, matrix_a,
+                            matrix_b, study.cross_layers.pool, repeat, tuple(missing[start:start + block]),
+                            study.center, study.cka)
+                  for start in range(0, len(missing), block)]
+    return tasks, done
+
+
 def _plan_simple(context: PlanContext) -> StagePlan:
     """One task per (pair, layer, repeat, ε) of the simple-match layers without a stored result."""
     if not _activations_stored(context):
@@ -196,6 +235,9 @@ def _plan_factor(context: PlanContext) -> StagePlan:
         readers.update((task.layer, task.repeat, model) for model in task.models)
     for task in context.simple_tasks[0]:
         readers.update((task.layer, task.repeat, model) for model in set(task.pair))
+    for task in _cross_tasks(context)[0]:
+        readers.update({(task.matrix_a, task.repeat, a) for a, _ in task.pairs}
+                       | {(task.matrix_b, task.repeat, b) for _, b in task.pairs})
     tasks = [FactorTask(ActivationKey(probe_id, model, layer, repeat), center)
              for (layer, repeat, model), count in sorted(readers.items())
              if count > 1 and not stored(model, layer, repeat)]
@@ -210,6 +252,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("match", "pairs × layers × repeats", _plan_match, match_task, "workers", _pairs_in, table="curves"),
     Stage("simple", "pairs × layers × repeats × ε", _plan_simple, simple_task, "workers", table="simple_matches",
           marks_done=True),
+    Stage("cross", "pairs × layer pairs × repeats", _plan_cross, cross_task, "workers", _pairs_in,
+          table="cross_curves"),
 )
 
 

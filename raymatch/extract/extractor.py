@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -25,6 +25,7 @@ from ..models import load_model
 from ..probes import ProbeSpec, RowSample, load_probe, sample_rows
 from ..store import ActivationKey, ActivationWriter, Store, is_stored
 from ..store.activations import DEFAULT_FORMAT, DEFAULT_SHARD_ROWS
+from ..store.layout import pooled_layer
 from .layers import resolve_layers
 from .outputs import LayerOptions, as_neuron_matrix, call_counts, layer_base, neuron_shape, pick_output
 
@@ -51,6 +52,9 @@ class ExtractionJob:
     checkpoint_options : dict, optional
         ``key`` and ``strip_prefix`` of ``population.checkpoint`` (see
         :func:`~raymatch.models.checkpoint.unwrap_state_dict`).
+    pooled : tuple of str
+        Module names whose global average over positions (one row per example) is also stored, as the layer
+        ``<name>+mean`` (:func:`~raymatch.store.layout.pooled_layer`; ``cross_layers.pool: mean``).
     """
 
     checkpoint: str
@@ -61,6 +65,7 @@ class ExtractionJob:
     batch_size: int = 256
     architecture: dict | None = None
     checkpoint_options: dict | None = None
+    pooled: tuple[str, ...] = ()
 
 
 def read_checkpoint(store: Store, checkpoint: str) -> bytes:
@@ -154,13 +159,36 @@ class _ModuleTap:
             neuron_shape(picked.shape, options.neurons, tap.name), picked)
 
 
+class _MeanTap:
+    """Forward hook that stores one layer's global average over positions: one row per image, (N, C)."""
+
+    def __init__(self, name: str, make_writer):
+        self.name, self.make_writer = name, make_writer
+        self.writer: ActivationWriter | None = None
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        batch = output.shape[0]
+        flat = output.detach().reshape(batch, output.shape[1], -1)  # (B, C, positions)
+        if self.writer is None:
+            meta = {"layer_shape": list(output.shape[1:]), "row_policy": "all", "pooled_from": self.name,
+                    "pool": "mean"}
+            self.writer = self.make_writer(pooled_layer(self.name), 0, flat.shape[1], meta)
+        block = flat.double().mean(dim=2).to("cpu", torch.float32)  # (B, C)
+        if not torch.isfinite(block.sum()):
+            raise ValueError(f"pooled activations of layer {self.name} have non-finite values (NaN or Inf)")
+        self.writer.append(block.numpy())
+
+
 def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.Tensor, probe: ProbeSpec,
                   layers, *, batch_size: int = 256, device: str | torch.device = "cpu",
-                  shard_rows: int = DEFAULT_SHARD_ROWS, fmt: str = DEFAULT_FORMAT) -> dict[str, dict]:
+                  shard_rows: int = DEFAULT_SHARD_ROWS, fmt: str = DEFAULT_FORMAT,
+                  pooled: Sequence[str] = ()) -> dict[str, dict]:
     """Run ``images`` (N, C, H, W) through ``model`` and store the activations of ``layers``.
 
     ``layers`` are layer names (``relu#1`` for the second call of a reused module ``relu``), or a mapping of
-    layer names to :class:`~raymatch.extract.outputs.LayerOptions`.
+    layer names to :class:`~raymatch.extract.outputs.LayerOptions`. The modules named in ``pooled`` also get their
+    global average over positions stored, one row per image, as the layer ``<name>+mean``
+    (:func:`~raymatch.store.layout.pooled_layer`).
 
     Every (layer, repeat) becomes visible only when complete (its manifest is written last); on any
     error the parts written so far are removed.
@@ -189,6 +217,8 @@ def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.T
         module_tap = by_module.setdefault(base, _ModuleTap({}, {}))
         module_tap.taps[index], module_tap.options[index] = tap, options[name]
     handles = [modules[base].register_forward_hook(module_tap) for base, module_tap in by_module.items()]
+    means = {name: _MeanTap(name, make_writer) for name in pooled}
+    handles += [modules[name].register_forward_hook(tap) for name, tap in means.items()]
     model = model.to(device).eval()
     try:
         with torch.no_grad():
@@ -203,6 +233,9 @@ def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.T
             manifests = [writer.close() for writer in tap.writers]
             summary[name] = {"shape": list(tap.shape or ()), "repeats": len(manifests),
                              "rows": [m["shape"][0] for m in manifests]}
+        for name, tap in means.items():
+            manifest = tap.writer.close()
+            summary[pooled_layer(name)] = {"shape": manifest["shape"][1:], "repeats": 1, "rows": [manifest["shape"][0]]}
         for writer in made:
             writer.result()
         return summary
@@ -240,12 +273,15 @@ def run_job(store: Store, job: ExtractionJob, *, device: str | torch.device = "c
     options = resolve_layers(model, job.layers, calls=call_counts(model.eval(), images[:1]))
     layers = list(options)
     todo = [layer for layer in layers if stored_repeats(store, job.probe.id, model_id, layer) is None]
+    pooled = [layer for layer in job.pooled
+              if stored_repeats(store, job.probe.id, model_id, pooled_layer(layer)) is None]
     summary = {"checkpoint": job.checkpoint, "model_id": model_id, "probe_id": job.probe.id,
-               "layers": layers, "computed": todo, "skipped": [layer for layer in layers if layer not in todo]}
-    if todo:
+               "layers": layers, "computed": todo + [pooled_layer(layer) for layer in pooled],
+               "skipped": [layer for layer in layers if layer not in todo]}
+    if todo or pooled:
         summary["outputs"] = extract_model(store, model, model_id, images, job.probe,
                                            {layer: options[layer] for layer in todo},
                                            batch_size=job.batch_size, device=device, shard_rows=shard_rows,
-                                           fmt=fmt)
+                                           fmt=fmt, pooled=pooled)
     summary["seconds"] = time.perf_counter() - started
     return summary

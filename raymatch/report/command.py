@@ -21,6 +21,7 @@ import pandas as pd
 from ..results import connect
 from ..store import Store
 from ..store.layout import study_record_key, table_prefix
+from .beyond import draw_beyond_figures
 from .context import DEFAULT_EPS, _Context, _ordered, _populations
 from .figures import FigureResult, draw_figures
 from .summary import SUMMARY_NAME, _summary
@@ -193,7 +194,9 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
         studies = sorted(_frame(con, "SELECT DISTINCT study FROM curves")["study"])
         stale = 0 if studies else int(_frame(con, "SELECT count(*) AS n FROM curves_all")["n"].iloc[0])
         study = _choose_study(store, studies, study, stale)
-        matches = _frame(con, f"SELECT * FROM matches WHERE study = $study {_ROW_ORDER}", study=study)
+        # trajectory rows (saved epochs within a seed) have a figure of their own (report/beyond.py)
+        matches = _frame(con, f"SELECT * FROM matches WHERE study = $study AND population <> 'trajectory' "
+                              f"{_ROW_ORDER}", study=study)
         ok = matches.loc[matches["status"] == "ok"].reset_index(drop=True)
         grid = sorted(set(ok["eps"].astype(float)))
         chosen, off_grid, at_eps = None, False, ok.iloc[:0]
@@ -209,7 +212,7 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
         simple = _frame(con, "SELECT * FROM simple_matches SEMI JOIN studies USING (study, config_hash) "
                              "WHERE study = $study ORDER BY created_at, population, layer, model_a, model_b, repeat, "
                              "eps, match_id", study=study)
-        cka = _frame(con, "SELECT * FROM cka WHERE study = $study "
+        cka = _frame(con, "SELECT * FROM cka WHERE study = $study AND population <> 'trajectory' "
                           "ORDER BY created_at, population, layer, model_a, model_b, repeat", study=study)
         curves = _frame(con, "SELECT * FROM curves WHERE study = $study AND status = 'ok' "
                              "ORDER BY population, layer, model_a, model_b, repeat", study=study)
@@ -268,6 +271,7 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
     out = Path(out_dir) if out_dir is not None else Path(f"report-{_safe_name(ctx.study)}")
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(ctx, out)
+    figures.update(draw_beyond_figures(store, ctx, out))  # trajectory.png, cross_layers.png: where there are rows
     rows = pd.concat([ctx.ok, ctx.at_eps], ignore_index=True) if ctx.off_grid else ctx.ok
     table = similarity_table(rows, layers=ctx.layers)
     summary = _summary(ctx, figures, table)

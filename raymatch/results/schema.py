@@ -63,6 +63,20 @@ CURVES = pa.schema([
     _field("created_at", _TIMESTAMP),
 ])
 
+def _cross_columns(schema: pa.Schema) -> list[pa.Field]:
+    """``schema``'s fields with ``layer`` replaced by ``layer_a``, ``layer_b`` and ``pool``."""
+    fields = []
+    for item in schema:
+        fields += ([_field("layer_a", pa.string()), _field("layer_b", pa.string()), _field("pool", pa.string())]
+                   if item.name == "layer" else [item])
+    return fields
+
+
+#: ``cross_curves``: one row per (pair, layer of a, layer of b, repeat) of ``cross_layers``: the ``curves``
+#: columns with ``layer`` replaced by ``layer_a`` (of model a), ``layer_b`` (of model b) and ``pool`` (``'none'``:
+#: the layers' stored rows; ``'mean'``: conv layers averaged over positions, one row per example).
+CROSS_CURVES = pa.schema(_cross_columns(CURVES))
+
 #: ``simple_matches``: one row per simple (v-minimal) match found.
 SIMPLE_MATCHES = pa.schema([
     *_pair_identity(with_eps=True),
@@ -109,6 +123,7 @@ MODELS = pa.schema([
     _field("epochs", pa.int64(), True),
     _field("selected_epoch", pa.int64(), True),
     _field("created_at", _TIMESTAMP),
+    _field("epoch", pa.int64(), True),  # epochs trained of these weights (0: untrained; trajectories: e)
 ])
 
 #: ``tasks``: completion markers of tasks (e.g. simple-match tasks, which may produce no row).
@@ -124,6 +139,7 @@ TASKS = pa.schema([
 #: The stored (Delta) tables, each under ``results/<table>/`` of the store.
 TABLES: dict[str, pa.Schema] = {"curves": CURVES, "simple_matches": SIMPLE_MATCHES, "runs": RUNS,
                                 "models": MODELS, "tasks": TASKS}
+TABLES["cross_curves"] = CROSS_CURVES
 
 #: Columns of the ``matches`` view (and of ``matches_at(eps)``): one row per (pair, layer, ε, repeat).
 MATCHES = pa.schema([
@@ -140,6 +156,9 @@ MATCHES = pa.schema([
     _field("error", pa.string(), True),
     *_PROVENANCE,
 ])
+
+#: Columns of the ``cross_matches`` view: ``cross_curves`` at each ε of its study's grid, as ``matches``.
+CROSS_MATCHES = pa.schema(_cross_columns(MATCHES))
 
 #: Columns of the ``cka`` view: one row per (pair, layer, repeat) whose curve carries a CKA value.
 CKA = pa.schema([
@@ -178,20 +197,23 @@ KEYS: dict[str, tuple[str, ...]] = {
     "runs": ("run_id",),
     "models": ("study", "config_hash", "model_id"),
     "tasks": ("study", "config_hash", "stage", "task_id"),
+    "cross_curves": ("study", "config_hash", "population", "layer_a", "layer_b", "pool", "repeat", "model_a",
+                     "model_b"),
 }
 
 #: The column that orders the rows of one key: the latest wins (``curves`` prefer ``"ok"`` rows first).
 ORDER_BY: dict[str, str] = {"curves": "created_at", "simple_matches": "created_at", "runs": "updated_at",
-                            "models": "created_at", "tasks": "created_at"}
+                            "models": "created_at", "tasks": "created_at", "cross_curves": "created_at"}
 
 #: Column filled with the current UTC time when a row leaves it out.
 FILLED_TIME: dict[str, str] = {"curves": "created_at", "simple_matches": "created_at", "runs": "updated_at",
-                               "models": "created_at", "tasks": "created_at"}
+                               "models": "created_at", "tasks": "created_at", "cross_curves": "created_at"}
 
 #: The views of :func:`raymatch.results.connect` and their columns (stored tables' views keep their schema).
 VIEW_COLUMNS: dict[str, pa.Schema] = {
     "curves": CURVES, "curves_all": CURVES, "matches": MATCHES, "cka": CKA, "studies": STUDIES,
     "simple_matches": SIMPLE_MATCHES, "runs": RUNS, "models": MODELS, "tasks": TASKS,
+    "cross_curves": CROSS_CURVES, "cross_matches": CROSS_MATCHES,
     **{f"{table}_raw": schema for table, schema in TABLES.items()},
 }
 VIEWS = tuple(VIEW_COLUMNS)
@@ -296,7 +318,7 @@ def _check_row(schema: pa.Schema, table: str, row: Mapping, index: int) -> None:
                 raise ValueError(f"{where}: missing required field {field.name!r}")
             continue
         _check_value(field, value, where)
-    if table == "curves":
+    if table in ("curves", "cross_curves"):
         _check_curve(row, where)
     elif table == "runs" and row["status"] not in RUN_STATUSES:
         raise ValueError(f"{where}: field 'status' must be one of {', '.join(map(repr, RUN_STATUSES))}; "
@@ -342,6 +364,8 @@ def to_table(table: str, rows: list[dict]) -> pa.Table:
 
 __all__ = [
     "CKA",
+    "CROSS_CURVES",
+    "CROSS_MATCHES",
     "CURVES",
     "KEYS",
     "MATCHES",

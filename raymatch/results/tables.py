@@ -199,7 +199,8 @@ def _commit(store: Store, table: str, data: pa.Table, *, ensure: bool = True) ->
 
     delta-rs retries a commit that lost the race for a version (appends never conflict with appends). A commit
     refused outright (a racing driver's creation of the table committed its metadata meanwhile) committed
-    nothing, so it is tried again, twice at most.
+    nothing, so it is tried again, twice at most. A nullable column added to a table's schema since the table was
+    created (``models.epoch``) is added to it by the append (``schema_mode='merge'``); older rows read it as null.
     """
     from deltalake import CommitProperties, write_deltalake
     from deltalake.exceptions import CommitFailedError
@@ -209,6 +210,7 @@ def _commit(store: Store, table: str, data: pa.Table, *, ensure: bool = True) ->
     for attempt in range(_APPEND_ATTEMPTS):
         try:
             write_deltalake(table_uri(store, table), data, mode="append", storage_options=storage_options(store),
+                            schema_mode="merge",
                             commit_properties=CommitProperties(max_commit_retries=_COMMIT_RETRIES),
                             writer_properties=_writer_properties())
             return

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..store import Store, layout
-from .schema import CKA, KEYS, MATCHES, ORDER_BY, STUDIES, TABLES, VIEW_COLUMNS, VIEWS
+from .schema import CKA, CROSS_MATCHES, KEYS, MATCHES, ORDER_BY, STUDIES, TABLES, VIEW_COLUMNS, VIEWS
 from .tables import check_store_version, dataset
 
 
@@ -25,12 +25,12 @@ def _latest(source: str, table: str) -> str:
     """One row per key of ``table`` from ``source``: ``"ok"`` curves first, then the latest."""
     keys = ", ".join(map(_quote, KEYS[table]))
     order = f"{_quote(ORDER_BY[table])} DESC"
-    if table == "curves":
+    if table in ("curves", "cross_curves"):
         order = f"(status = 'ok') DESC, {order}"
     return f"SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1"
 
 
-def _matches_select(source: str) -> str:
+def _matches_select(source: str, names: list[str] = MATCHES.names) -> str:
     """The ``matches`` columns from ``source``, which yields ``curves`` columns ``c.*`` and a DOUBLE ``eps``.
 
     A neuron is in the maximum match at ε iff its critical ε is at most ``max(ε, exact_tol)``: ``size_a``
@@ -41,7 +41,7 @@ def _matches_select(source: str) -> str:
     inner = (f"SELECT c.*, g.eps AS _eps, greatest(g.eps, c.exact_tol) AS _threshold FROM {source}")
     sized = (f"SELECT *, {size.format(s='a')} AS size_a, {size.format(s='b')} AS size_b FROM ({inner})")
     columns = []
-    for name in MATCHES.names:
+    for name in names:
         if name == "eps":
             columns.append("_eps AS eps")
         elif name == "similarity":
@@ -93,12 +93,14 @@ def _view_sql() -> dict[str, str]:
         "matches": _matches_select(f"curves c JOIN {grid} g ON c.study = g.study AND c.config_hash = g.config_hash"),
         "cka": f"SELECT {cka} FROM curves WHERE status = 'ok' AND cka IS NOT NULL",
     }
+    cross_grid = f"cross_curves c JOIN {grid} g ON c.study = g.study AND c.config_hash = g.config_hash"
+    cross = {"cross_matches": _matches_select(cross_grid, CROSS_MATCHES.names)}  # after the cross_curves view
     for table in TABLES:
         if table == "runs":  # every run of every configuration: the history
             views[table] = _latest(f"{table}_raw", table)
         elif table != "curves":  # like curves: each study's current configuration only
             views[table] = _latest(f"(SELECT * FROM {table}_raw SEMI JOIN studies USING (study, config_hash))", table)
-    return views
+    return {**views, **cross}
 
 
 def _study_records(store: Store) -> pa.Table:
@@ -139,6 +141,9 @@ def connect(store: Store):
     - ``cka``: the ``"ok"`` curves with a CKA value, columns of :data:`~raymatch.results.CKA`.
     - ``simple_matches``, ``models``, ``tasks``: one row per key (the latest); ``runs``: the latest row of
       each run.
+    - ``cross_curves``: like ``curves``, the rows of ``cross_layers`` (one per pair, layer of a, layer of b,
+      pool and repeat); ``cross_matches``: those at each ε of the study's grid, the ``matches`` columns with
+      ``layer_a``, ``layer_b`` and ``pool`` for ``layer``.
     - ``<table>_raw``: every stored row of each table, duplicates included.
 
     Parameters

@@ -27,6 +27,7 @@ __all__ = [
     "DIGEST_CHARS",
     "FACTOR_VERSION",
     "MANIFEST",
+    "POOLED_SUFFIX",
     "activation_prefix",
     "canonical_json",
     "checkpoint_key",
@@ -36,12 +37,15 @@ __all__ = [
     "factor_root",
     "layer_key",
     "manifest_key",
+    "pooled_layer",
     "study_record_key",
     "study_records_prefix",
     "table_prefix",
     "task_id",
     "trained_prefix",
     "training_record_key",
+    "trajectory_checkpoint_key",
+    "trajectory_record_key",
     "untrained_prefix",
 ]
 
@@ -132,6 +136,16 @@ def training_record_key(prefix: str, seed: int) -> str:
     return f"{prefix}/seed{seed}.json"
 
 
+def trajectory_checkpoint_key(prefix: str, seed: int, epoch: int) -> str:
+    """``<prefix>/seed<k>/epoch<e>.safetensors``: one seed's weights after epoch ``e`` (``save_every``)."""
+    return f"{prefix}/seed{seed}/epoch{epoch}.safetensors"
+
+
+def trajectory_record_key(prefix: str, seed: int, epoch: int) -> str:
+    """``<prefix>/seed<k>/epoch<e>.json``: the record of one saved epoch of a seed's training trajectory."""
+    return f"{prefix}/seed{seed}/epoch{epoch}.json"
+
+
 # ------------------------------------------------------------------------------------------------ matrices
 
 
@@ -144,6 +158,18 @@ def layer_key(layer: str) -> str:
     ('layer1.0.relu=1', 'features.3')
     """
     return layer.replace("#", "=")
+
+
+#: How a layer's per-example pooled matrix is named among the layers: ``<layer>+mean`` (``@`` is no key character).
+POOLED_SUFFIX = "+mean"
+
+
+def pooled_layer(layer: str) -> str:
+    """``<layer>+mean``: where a conv layer's per-example average over positions is stored, as a layer of its own.
+
+    Extracted beside the layer when a study's ``cross_layers.pool`` is ``mean``: one row per example.
+    """
+    return f"{layer}{POOLED_SUFFIX}"
 
 
 def activation_prefix(probe_id: str, model_id: str, layer: str, repeat: int) -> str:

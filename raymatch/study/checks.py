@@ -28,9 +28,9 @@ from ..probes import RowSample
 if TYPE_CHECKING:
     from .models import Architecture, Study
 
-__all__ = ["architecture_tree", "check_architecture_use", "check_layers", "check_probe_fit", "check_reference",
-           "check_sampled_rows", "few_samples", "layer_calls", "layer_shapes", "module_tree", "output_shapes",
-           "sampled_row_grid"]
+__all__ = ["architecture_tree", "check_architecture_use", "check_cross_layers", "check_layers", "check_probe_fit",
+           "check_reference", "check_sampled_rows", "check_trajectory", "few_samples", "layer_calls", "layer_shapes",
+           "module_tree", "output_shapes", "row_identity", "sampled_row_grid"]
 
 Problems = list[tuple[Loc, str]]
 
@@ -491,3 +491,116 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
         if samples <= neurons:
             found.append((layer, neurons, samples, "probe.rows.rows" if sampled else "probe.n_examples"))
     return found
+
+
+def check_trajectory(values: Mapping[str, Any]) -> Problems:
+    """``pairs: {reference: final}`` only with ``population.training.save_every``; ``pairs: reference`` not with it.
+
+    Parameters
+    ----------
+    values : mapping
+        The study's fields that validated.
+
+    Returns
+    -------
+    list of (tuple, str)
+        Problems located at ``pairs``.
+    """
+    if "pairs" not in values or "population" not in values:
+        return []
+    training = values["population"].training
+    save_every = None if training is None else training.save_every
+    pairs = values["pairs"]
+    if isinstance(pairs, dict) and save_every is None:
+        return [(("pairs",), "{reference: final} compares each seed's saved epochs with its final weights: it needs "
+                             "population.training.save_every")]
+    if pairs == "reference" and save_every is not None:
+        return [(("pairs",), "reference (one seed) does not apply along a seed's trajectory: use {reference: final}, "
+                             "consecutive or all with population.training.save_every")]
+    if save_every is not None and save_every > training.spec.epochs:
+        return [(("population", "training", "save_every"), f"{save_every} is more than the {training.spec.epochs} "
+                                                            "epochs trained: no epoch would be kept")]
+    return []
+
+
+def row_identity(shape: Sequence[int], probe: Any) -> tuple:
+    """What the stored rows of a layer of output ``shape`` are, as the extractor keeps them.
+
+    Two layers are compared over the same rows exactly when their identities are equal: per-example layers (one
+    row per image: linear layers, and conv layers of one position) share ``('example',)``; conv layers have
+    ``('positions', height, width)`` (every position, or row samples drawn from the probe, the repeat and
+    that shape alone, so the same shape gives the same samples).
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The layer's output shape without the batch dimension.
+    probe : raymatch.probes.ProbeSpec
+
+    Returns
+    -------
+    tuple
+    """
+    spatial = math.prod(shape[1:]) if len(shape) > 1 else 1
+    if spatial <= 1:
+        return ("example",)
+    return ("positions", *shape[1:])
+
+
+def _described(identity: tuple) -> str:
+    return "one row per example" if identity == ("example",) else f"positions {'×'.join(map(str, identity[1:]))}"
+
+
+def check_cross_layers(values: Mapping[str, Any]) -> Problems:
+    """``cross_layers``: layers within the study's, at least two, and each two comparable over the same rows.
+
+    Without ``pool: mean``, two listed layers whose rows differ (:func:`row_identity`) are refused, naming both
+    and why.
+
+    Parameters
+    ----------
+    values : mapping
+        The study's fields that validated.
+
+    Returns
+    -------
+    list of (tuple, str)
+        Problems located at ``cross_layers.layers``.
+    """
+    from ..probes.datasets import IMAGE_SHAPES
+
+    cross, architecture = values.get("cross_layers"), values.get("architecture")
+    if cross is None or architecture is None or "layers" not in values:
+        return []
+    model = architecture.module_tree()
+    problems: Problems = []
+    where = ("cross_layers", "layers")
+    if _resolve_each(model, cross.layers, where, problems) is None:
+        return problems
+    try:
+        study_layers = select_layers(model, values["layers"])
+    except ValueError:
+        return problems  # reported at layers
+    names = select_layers(model, cross.layers)
+    outside = [name for name in names if name not in study_layers]
+    if outside:
+        return [(where, f"selects {', '.join(outside)}, which the study's layers do not include "
+                        f"({', '.join(study_layers)})")]
+    if len(names) < 2:
+        return [(where, f"must select at least 2 layers; selects {', '.join(names)}")]
+    probe = values.get("probe")
+    if cross.pool == "mean" or probe is None:
+        return problems
+    try:
+        shapes = output_shapes(architecture, IMAGE_SHAPES[probe.dataset])
+    except (RuntimeError, ValueError):
+        return problems  # reported at probe
+    identities = {name: row_identity(shapes[name], probe) for name in names if name in shapes}
+    first = names[0]
+    for name in names[1:]:
+        if name in identities and first in identities and identities[name] != identities[first]:
+            problems.append((where, f"{first} ({_described(identities[first])}) and {name} "
+                                    f"({_described(identities[name])}) are not compared over the same rows; "
+                                    "give cross_layers.pool: mean to compare their per-example means"))
+            break
+    return problems

@@ -466,6 +466,72 @@ def study_name(value: Any) -> str:
     return name
 
 
+def optional_positive_int(value: Any) -> int | None:
+    """Check a positive integer, or None (null).
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    int or None
+
+    Raises
+    ------
+    ValueError
+    """
+    return None if value is None else positive_int(value)
+
+
+#: ``pairs: {reference: final}``: each saved epoch of a seed against the seed's own final (selected) weights.
+FINAL_REFERENCE = {"reference": "final"}
+
+
+def pair_policy_or_final(value: Any) -> str | dict[str, str]:
+    """Check one of :data:`PAIR_POLICIES` or the trajectory policy ``{reference: final}``.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    str or dict
+        The policy name, or :data:`FINAL_REFERENCE` (a new dict).
+
+    Raises
+    ------
+    ValueError
+    """
+    if isinstance(value, Mapping) and dict(value) == FINAL_REFERENCE:
+        return dict(FINAL_REFERENCE)
+    if isinstance(value, Mapping):
+        raise ValueError(f"as a mapping, must be {{reference: final}} (with population.training.save_every); "
+                         f"got {shown(value)}")
+    return pair_policy(value)
+
+
+def cross_pool(value: Any) -> str:
+    """Check a ``cross_layers.pool``: ``'none'`` or ``'mean'``.
+
+    Parameters
+    ----------
+    value : object
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ValueError
+    """
+    if value not in ("none", "mean"):
+        raise ValueError(f"must be one of none, mean; got {shown(value)}")
+    return value
+
+
 def pair_policy(value: Any) -> str:
     """Check one of :data:`PAIR_POLICIES`.
 

@@ -29,9 +29,11 @@ from . import fields
 from .checks import (
     architecture_tree,
     check_architecture_use,
+    check_cross_layers,
     check_layers,
     check_probe_fit,
     check_reference,
+    check_trajectory,
     layer_calls,
     module_tree,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "PAIR_POLICIES",
     "ActivationImport",
     "Architecture",
+    "CrossLayersConfig",
     "Population",
     "Resources",
     "SimpleMatchesConfig",
@@ -132,6 +135,9 @@ class Training(_Section):
         Distinct non-negative seeds, at least two; their order is the population order.
     spec : raymatch.train.TrainingSpec
         The recipe and its settings (dataset, epochs, optimiser, held-out split …).
+    save_every : int, optional
+        Also keep each seed's weights after every ``save_every``-th epoch: its training trajectory, compared
+        within the seed (see :attr:`Study.pairs`). Not part of :attr:`Study.config_hash`.
 
     Notes
     -----
@@ -143,6 +149,7 @@ class Training(_Section):
 
     seeds: Annotated[tuple[Annotated[int, Field(ge=0)], ...], Field(min_length=2), checked_by(fields.seeds)]
     spec: TrainingSpec
+    save_every: Annotated[int | None, Field(ge=1), checked_by(fields.optional_positive_int)] = None
 
     _path: ClassVar[str] = "population.training"
 
@@ -153,10 +160,15 @@ class Training(_Section):
         if not isinstance(data, Mapping):
             return {}, [problem_at((), "must be a mapping of seeds, recipe and training settings; got "
                                        f"{shown(data)}", data)]
-        allowed = ", ".join(("seeds", *TrainingSpec.model_fields))
+        allowed = ", ".join(("seeds", "save_every", *TrainingSpec.model_fields))
         problems = [problem_at((key,), f"unknown key (allowed: {allowed})", data)
-                    for key in data if key != "seeds" and key not in TrainingSpec.model_fields]
+                    for key in data if key not in ("seeds", "save_every") and key not in TrainingSpec.model_fields]
         values: dict[str, Any] = {}
+        if "save_every" in data:
+            try:
+                values["save_every"] = fields.optional_positive_int(data["save_every"])
+            except ValueError as error:
+                problems.append(problem_at(("save_every",), str(error), data["save_every"]))
         if "seeds" not in data:
             problems.append(problem_at(("seeds",), "required key is missing", data))
         else:
@@ -176,20 +188,24 @@ class Training(_Section):
         spec = TrainingSpec.model_json_schema()
         seeds = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "uniqueItems": True,
                  "description": "Distinct non-negative seeds, one model each, in population order."}
-        properties = {"seeds": seeds, **{name: {key: value for key, value in schema.items() if key != "default"}
-                                          for name, schema in spec["properties"].items()}}
+        save_every = {"type": ["integer", "null"], "minimum": 1,
+                      "description": "Keep every k-th epoch's weights: the seed's training trajectory."}
+        properties = {"seeds": seeds, "save_every": save_every,
+                      **{name: {key: value for key, value in schema.items() if key != "default"}
+                         for name, schema in spec["properties"].items()}}
         return {"title": "Training", "type": "object", "properties": properties, "required": ["seeds"],
                 "additionalProperties": False,
                 "description": "Seeds trained with one recipe; fields left out take the recipe's defaults."}
 
     def to_dict(self) -> dict[str, Any]:
-        """The seeds and the spec's fields side by side, as in a study file.
+        """The seeds and the spec's fields side by side, as in a study file (``save_every`` only when set).
 
         Returns
         -------
         dict
         """
-        return {"seeds": list(self.seeds), **self.spec.to_dict()}
+        every = {} if self.save_every is None else {"save_every": self.save_every}
+        return {"seeds": list(self.seeds), **every, **self.spec.to_dict()}
 
     def prefix(self, architecture: Architecture) -> str:
         """Store prefix of the trained checkpoints: ``checkpoints/<arch>/trained-<digest of architecture and spec>``.
@@ -599,6 +615,29 @@ class SimpleMatchesConfig(_Section):
                 if values.get(name) == ()]
 
 
+class CrossLayersConfig(_Section):
+    """Which layers a study also compares across: layer i of model a against layer j of model b.
+
+    Parameters
+    ----------
+    layers : tuple of str
+        Layer selectors, all within the study's layers; at least two layers selected.
+    within_model : bool, default False
+        Also compare each model's layers among themselves (a = b, i < j).
+    pool : {'none', 'mean'}, default 'none'
+        ``'mean'``: conv layers are compared through their global average over positions, one row per example
+        (an extra per-example matrix extracted as ``<layer>@mean``), so that any two layers share their rows.
+        ``'none'``: two layers are compared over their stored rows only when these coincide (per-example
+        layers; conv layers of the same spatial shape and row samples); any other pair is refused at plan time.
+    """
+
+    layers: Annotated[Selectors, Field(min_length=1), checked_by(fields.strings("layer selectors", non_empty=True))]
+    within_model: Boolean = False
+    pool: Annotated[Literal["none", "mean"], checked_by(fields.cross_pool)] = "none"
+
+    _path: ClassVar[str] = "cross_layers"
+
+
 class Resources(_Section):
     """How a study's work is spread over a Ray cluster; no influence on its results.
 
@@ -646,8 +685,13 @@ class Study(_Section):
         the architecture; see :func:`~raymatch.extract.select_layers` and :attr:`layer_names`.
     eps : tuple of float
         The ε grid: distinct values in [0, 1], stored sorted.
-    pairs : {'all', 'reference', 'consecutive'}, default 'all'
-        Which model pairs are compared; see :meth:`pairs_of`.
+    pairs : {'all', 'reference', 'consecutive'} or {'reference': 'final'}, default 'all'
+        Which model pairs are compared; see :meth:`pairs_of`. With ``population.training.save_every`` the saved
+        epochs of each seed are also compared *within the seed* (population ``trajectory``): ``consecutive``
+        pairs epoch e with e + k, ``{reference: final}`` each saved epoch with the seed's final (selected)
+        weights, ``all`` every two of them; the final models are still compared across seeds with the policy
+        (``all`` for ``{reference: final}``). ``{reference: final}`` needs ``save_every``; ``reference`` (a
+        seed) is refused with it.
     reference : str, optional
         The checkpoint every other model is compared with; required by (and only used with) ``pairs='reference'``,
         and one of the checkpoints when the population lists them.
@@ -663,6 +707,8 @@ class Study(_Section):
         correspondence: rows with ``population = 'permuted'``.
     center : bool, default False
         Centre activations (subtract each neuron's mean) before matching.
+    cross_layers : CrossLayersConfig, optional
+        Also compare different layers (table ``cross_curves``); not part of :attr:`config_hash`.
     resources : Resources
         How the work is spread over the cluster (not part of :attr:`config_hash`).
 
@@ -680,12 +726,14 @@ class Study(_Section):
     probe: ProbeSpec = Field(default_factory=lambda: ProbeSpec(dataset="imported"))
     layers: Annotated[tuple[str | LayerEntry, ...], Field(min_length=1), checked_by(layer_entries(non_empty=True))]
     eps: Annotated[Fractions, Field(min_length=1), checked_by(fields.fractions(non_empty=True))]
-    pairs: Annotated[Literal["all", "reference", "consecutive"], checked_by(fields.pair_policy)] = "all"
+    pairs: Annotated[Literal["all", "reference", "consecutive"] | dict[str, str],
+                     checked_by(fields.pair_policy_or_final)] = "all"
     reference: OptionalString = None
     simple_matches: SimpleMatchesConfig = Field(default_factory=SimpleMatchesConfig)
     cka: Boolean = True
     null_baseline: fields.NullBaselines = ()
     center: Boolean = False
+    cross_layers: CrossLayersConfig | None = None
     resources: Resources = Field(default_factory=Resources)
 
     _root: ClassVar[str] = "study"
@@ -695,7 +743,33 @@ class Study(_Section):
         if getattr(values.get("population"), "activations", None) is not None:  # no architecture, no probe run
             return check_sources(values, data) + check_reference(values) + check_imported(values)
         return (check_sources(values, data) + check_reference(values) + check_architecture_use(values)
-                + check_layers(values) + check_probe_fit(values))
+                + check_layers(values) + check_probe_fit(values) + check_trajectory(values)
+                + check_cross_layers(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain values, as in a study file; ``cross_layers`` only when set.
+
+        Returns
+        -------
+        dict
+        """
+        content = super().to_dict()
+        if content.get("cross_layers") is None:
+            content.pop("cross_layers", None)
+        return content
+
+    @property
+    def save_every(self) -> int | None:
+        """``population.training.save_every``: set, the study compares each seed's training trajectory."""
+        training = self.population.training
+        return None if training is None else training.save_every
+
+    @functools.cached_property
+    def cross_layer_names(self) -> tuple[str, ...]:
+        """The module names :attr:`cross_layers` selects, in network order (empty without ``cross_layers``)."""
+        if self.cross_layers is None:
+            return ()
+        return tuple(select_layers(self.architecture.module_tree(), self.cross_layers.layers))
 
     @functools.cached_property
     def layer_names(self) -> tuple[str, ...]:
@@ -724,11 +798,13 @@ class Study(_Section):
         :meth:`to_dict` without what does not change a stored row — ``store``, ``resources``, ``probe.data_dir``
         (where the probe's files live, as in :attr:`ProbeSpec.id <raymatch.probes.ProbeSpec.id>`), ``eps`` (a row
         holds the pair's whole ε-curve: any ε is a query), ``simple_matches`` (its rows carry their ε and search
-        settings in their task id) and ``null_baseline`` (its rows carry ``population = 'untrained'`` or
-        ``'permuted'``) — plus the version of the mathematics (:data:`~raymatch.store.layout.FACTOR_VERSION`). A
-        ``glob`` population hashes as its pattern, not as the checkpoints it matches. Rows of another configuration
-        of the same study stay in the store but are never shown as the study's (``curves``, ``matches``, ``raymatch
-        status``, reports).
+        settings in their task id), ``null_baseline`` (its rows carry ``population = 'untrained'`` or
+        ``'permuted'``), ``cross_layers`` (its rows, in ``cross_curves``, carry their layers and pooling) and
+        ``population.training.save_every`` (its rows carry ``population = 'trajectory'``; the selected checkpoints
+        are the same with or without it) — plus the version of the mathematics
+        (:data:`~raymatch.store.layout.FACTOR_VERSION`). A ``glob`` population hashes as its pattern, not as the
+        checkpoints it matches. Rows of another configuration of the same study stay in the store but are never
+        shown as the study's (``curves``, ``matches``, ``raymatch status``, reports).
         """
         content = self.to_dict()
         if content["architecture"] is None:  # imported activations
@@ -739,6 +815,9 @@ class Study(_Section):
         del content["eps"], content["simple_matches"], content["null_baseline"]
         if self.architecture is not None and self.architecture.code:  # its content decides the numbers, not its folder
             content["architecture"]["code"] = self.architecture.code_digest
+        content.pop("cross_layers", None)  # its rows (cross_curves) carry their layers and pooling
+        if content["population"].get("training"):  # trajectory rows carry population 'trajectory'
+            content["population"]["training"].pop("save_every", None)
         content["math_version"] = layout.FACTOR_VERSION
         return layout.digest(content)
 

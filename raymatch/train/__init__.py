@@ -15,7 +15,9 @@ selection, and the test split, the probe of the matches, is only evaluated once,
     <prefix>/seed<k>.safetensors   the selected weights (safetensors)
     <prefix>/seed<k>.json          the training record, written last: a seed is done iff its record exists
 
-so a re-run trains only the seeds whose record is missing. :func:`untrained_model` (``untrained=True``)
+so a re-run trains only the seeds whose record is missing. With ``save_every = k`` the weights after every
+k-th epoch are kept too (``<prefix>/seed<k>/epoch<e>.safetensors`` and ``.json``, written before the seed's
+record): the seed's training trajectory. :func:`untrained_model` (``untrained=True``)
 writes the initialisations instead, the null baseline: seed ``k``'s untrained model is exactly the
 starting point of seed ``k``'s training.
 
@@ -23,14 +25,22 @@ Importing this module does not import torch or Ray; the functions that need them
 """
 
 
-from .loop import HOLDOUT_SEED, TrainedModel, holdout_split, train_model, untrained_model
-from .population import pending_seeds, population_keys, record_key, train_population
+from .loop import HOLDOUT_SEED, SavedEpoch, TrainedModel, holdout_split, train_model, untrained_model
+from .population import (
+    pending_seeds,
+    population_keys,
+    record_key,
+    train_population,
+    trajectory_epochs,
+    trajectory_keys,
+)
 from .spec import RECIPES, SELECTIONS, TrainingSpec, recipe
 
 __all__ = [
     "HOLDOUT_SEED",
     "RECIPES",
     "SELECTIONS",
+    "SavedEpoch",
     "TrainedModel",
     "TrainingSpec",
     "holdout_split",
@@ -40,5 +50,7 @@ __all__ = [
     "record_key",
     "train_model",
     "train_population",
+    "trajectory_epochs",
+    "trajectory_keys",
     "untrained_model",
 ]

@@ -8,7 +8,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,14 +89,37 @@ class TrainedModel:
         trained models also have ``holdout_accuracy`` (of the selected weights; None without a holdout),
         ``holdout_accuracy_history`` and ``train_loss`` (one mean training loss per epoch), ``n_train`` and
         ``n_holdout``. :func:`train_population` adds ``checkpoint_key``.
+    trajectory : list of SavedEpoch
+        The weights kept every ``save_every`` epochs (:func:`train_model`), in epoch order; empty otherwise.
     """
 
+    checkpoint: bytes
+    record: dict[str, Any]
+    trajectory: list[SavedEpoch] = field(default_factory=list)
+
+
+@dataclass
+class SavedEpoch:
+    """The weights of one model after one epoch of training (one point of its trajectory).
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs trained (1 = after the first pass).
+    checkpoint : bytes
+        Safetensors bytes of the weights at that point.
+    record : dict
+        JSON-able: ``kind = 'trajectory'``, ``seed``, ``epoch``, ``holdout_accuracy`` (after that epoch; None
+        without a holdout), ``train_loss`` (of that epoch), ``spec_id`` and ``checkpoint_id``.
+    """
+
+    epoch: int
     checkpoint: bytes
     record: dict[str, Any]
 
 
 def train_model(arch: str, arch_kwargs: Mapping[str, Any], spec: TrainingSpec, seed: int, *, threads: int = 1,
-                device: str = "cpu") -> TrainedModel:
+                device: str = "cpu", save_every: int | None = None) -> TrainedModel:
     """Train one model from one seed and keep the weights selected on the holdout.
 
     The seed fixes everything random: ``torch.manual_seed(seed)`` before
@@ -126,6 +149,10 @@ def train_model(arch: str, arch_kwargs: Mapping[str, Any], spec: TrainingSpec, s
     device : str, default 'cpu'
         ``'cpu'`` or ``'cuda'`` (``'cuda:<i>'``); CUDA falls back to the CPU, with a warning, when torch
         sees no GPU. The record says which device was used.
+    save_every : int, optional
+        Also keep the weights after every ``save_every``-th epoch (epochs ``k, 2k, …`` up to ``spec.epochs``) in
+        :attr:`TrainedModel.trajectory`. Saving reads the weights only: the selected checkpoint is the same
+        with or without it.
 
     Returns
     -------
@@ -168,12 +195,16 @@ def train_model(arch: str, arch_kwargs: Mapping[str, Any], spec: TrainingSpec, s
         best = holdout_accuracy() if spec.epochs == 0 else None
         losses: list[float] = []
         history: list[float | None] = []
+        trajectory: list[SavedEpoch] = []
         for epoch in range(1, spec.epochs + 1):
             losses.append(_train_epoch(torch, model, optimizer, images, labels, train_indices, spec, rng, pad_values,
                                        device))
             scheduler.step()
             accuracy = holdout_accuracy()
             history.append(accuracy)
+            if save_every is not None and epoch % save_every == 0:
+                trajectory.append(_saved_epoch(model, checkpoint_bytes, checkpoint_id, seed, epoch, accuracy,
+                                               losses[-1], spec.id))
             if spec.select == "last" or epoch == 1 or accuracy > best:  # strict: ties keep the earliest epoch
                 selected_state, selected_epoch, best = _state_on_cpu(model), epoch, accuracy
         model.load_state_dict(selected_state)
@@ -197,7 +228,17 @@ def train_model(arch: str, arch_kwargs: Mapping[str, Any], spec: TrainingSpec, s
         "seconds": time.perf_counter() - started,
         "checkpoint_id": checkpoint_id(checkpoint),
     }
-    return TrainedModel(checkpoint, record)
+    if save_every is not None:
+        record["saved_epochs"] = [saved.epoch for saved in trajectory]
+    return TrainedModel(checkpoint, record, trajectory)
+
+
+def _saved_epoch(model: Any, checkpoint_bytes: Any, checkpoint_id: Any, seed: int, epoch: int,
+                 accuracy: float | None, loss: float, spec_id: str) -> SavedEpoch:
+    """The model's weights now, as one point of its trajectory."""
+    data = checkpoint_bytes(model)
+    return SavedEpoch(epoch, data, {"kind": "trajectory", "seed": seed, "epoch": epoch, "holdout_accuracy": accuracy,
+                                    "train_loss": loss, "spec_id": spec_id, "checkpoint_id": checkpoint_id(data)})
 
 
 def untrained_model(arch: str, arch_kwargs: Mapping[str, Any], seed: int, *, dataset: str | None = None,

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from ..engine.runner import Outcome
     from ..store import Store
 
-from ..store.layout import checkpoint_key, training_record_key
+from ..store.layout import checkpoint_key, training_record_key, trajectory_checkpoint_key, trajectory_record_key
 from .loop import _check_seed, train_model, untrained_model
 from .spec import TrainingSpec
 
@@ -28,19 +28,34 @@ def record_key(prefix: str, seed: int) -> str:
     return training_record_key(_check_prefix(prefix), _check_seed(seed))
 
 
-def pending_seeds(store: Store, prefix: str, seeds: Iterable[int]) -> list[int]:
+def trajectory_epochs(epochs: int, save_every: int | None) -> list[int]:
+    """The epochs ``k, 2k, …`` (up to ``epochs``) whose weights a ``save_every = k`` training keeps; [] for None."""
+    return [] if save_every is None else list(range(save_every, epochs + 1, save_every))
+
+
+def trajectory_keys(prefix: str, seed: int, epochs: Iterable[int]) -> list[str]:
+    """The checkpoint keys ``<prefix>/seed<k>/epoch<e>.safetensors`` of one seed's saved epochs, in their order."""
+    prefix = _check_prefix(prefix)
+    return [trajectory_checkpoint_key(prefix, _check_seed(seed), epoch) for epoch in epochs]
+
+
+def pending_seeds(store: Store, prefix: str, seeds: Iterable[int], saved_epochs: Iterable[int] = ()) -> list[int]:
     """The seeds, in the given order, whose record is not in the store (one listing of ``prefix``).
 
-    A checkpoint without its record (a task killed between the two writes) is pending.
+    A checkpoint without its record (a task killed between the two writes) is pending; so is a seed lacking
+    the record of one of ``saved_epochs`` (a trajectory asked for after the seed was trained without it).
     """
     seeds = _check_seeds(seeds)
+    saved_epochs = list(saved_epochs)
     present = set(store.list(_check_prefix(prefix)))
-    return [seed for seed in seeds if record_key(prefix, seed) not in present]
+    return [seed for seed in seeds if record_key(prefix, seed) not in present
+            or any(trajectory_record_key(prefix.strip("/"), seed, epoch) not in present for epoch in saved_epochs)]
 
 
 def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], spec: TrainingSpec,
                      seeds: Iterable[int], *, prefix: str, untrained: bool = False, cpus_per_task: float = 1,
-                     gpus_per_task: float = 0, max_in_flight: int = 4, progress: bool | None = None) -> list[Outcome]:
+                     gpus_per_task: float = 0, max_in_flight: int = 4, progress: bool | None = None,
+                     save_every: int | None = None) -> list[Outcome]:
     """Train (or initialise) one model per seed as Ray tasks, skipping the seeds already done.
 
     Each task writes ``<prefix>/seed<k>.safetensors`` and then its record ``<prefix>/seed<k>.json``
@@ -72,6 +87,10 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
         Tasks submitted at once.
     progress : bool, optional
         Progress reporting, as in :func:`~raymatch.engine.runner.run_bounded`.
+    save_every : int, optional
+        Also keep every ``save_every``-th epoch's weights of each trained seed, with a record, under
+        ``<prefix>/seed<k>/epoch<e>.safetensors`` / ``.json`` (written before the seed's own record). A seed
+        done without them is trained again (on the CPU, to the same bytes).
 
     Returns
     -------
@@ -102,7 +121,8 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
     if cpus_per_task <= 0 or gpus_per_task < 0:
         raise ValueError(f"cpus_per_task must be > 0 and gpus_per_task >= 0, got {cpus_per_task} and {gpus_per_task}")
 
-    todo = pending_seeds(store, prefix, seeds)
+    saved = [] if untrained else trajectory_epochs(spec.epochs, save_every)
+    todo = pending_seeds(store, prefix, seeds, saved)
     _check_done_records(store, prefix, [seed for seed in seeds if seed not in set(todo)], arch, arch_kwargs,
                         None if untrained else spec.id)
     if not todo:
@@ -113,18 +133,22 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
     threads = max(1, int(cpus_per_task))
     device = "cuda" if gpus_per_task > 0 else "cpu"
     label = f"{'initialise' if untrained else 'train'} {prefix}"
-    task_args = (store, arch, arch_kwargs, spec, prefix, untrained, threads, device)
+    task_args = (store, arch, arch_kwargs, spec, prefix, untrained, threads, device, None if untrained else save_every)
     return run_bounded(_population_task, todo, args=task_args, max_in_flight=max_in_flight, label=label,
                        progress=progress, **resources)
 
 
 def _population_task(store: Store, arch: str, arch_kwargs: dict, spec: TrainingSpec, prefix: str, untrained: bool,
-                     threads: int, device: str, seed: int) -> dict[str, Any]:
-    """Ray task body: train or initialise one seed, write its checkpoint, then its record."""
+                     threads: int, device: str, save_every: int | None, seed: int) -> dict[str, Any]:
+    """Ray task body: train or initialise one seed, write its saved epochs, its checkpoint, then its record."""
     if untrained:
         model = untrained_model(arch, arch_kwargs, seed, dataset=spec.dataset, data_dir=spec.data_dir, threads=threads)
     else:
-        model = train_model(arch, arch_kwargs, spec, seed, threads=threads, device=device)
+        model = train_model(arch, arch_kwargs, spec, seed, threads=threads, device=device, save_every=save_every)
+    for saved in model.trajectory:
+        (key,) = trajectory_keys(prefix, seed, [saved.epoch])
+        store.write_bytes(key, saved.checkpoint)
+        store.write_json(trajectory_record_key(prefix, seed, saved.epoch), {**saved.record, "checkpoint_key": key})
     (checkpoint,) = population_keys(prefix, [seed])
     store.write_bytes(checkpoint, model.checkpoint)
     record = {**model.record, "checkpoint_key": checkpoint}

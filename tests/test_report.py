@@ -177,11 +177,15 @@ def test_every_file_is_written_and_is_a_png(full):
     assert plt.get_fignums() == []  # figures are not registered with pyplot: nothing global to close or leak
 
 
-def expected_means(store: Store, population: str, eps: float) -> pd.Series:
+def expected_pairs(store: Store, population: str, eps: float) -> pd.DataFrame:
+    """Per (layer, pair): the similarity with the pair's repeats averaged."""
     rows = load(store, "matches")
     rows = rows[(rows["status"] == "ok") & (rows["population"] == population) & (rows["eps"] == eps)]
-    per_pair = rows.groupby(["layer", "model_a", "model_b"])["similarity"].mean()
-    return per_pair.groupby(level="layer").mean().reindex(LAYERS)
+    return rows.groupby(["layer", "model_a", "model_b"])["similarity"].mean().reset_index()
+
+
+def expected_means(store: Store, population: str, eps: float) -> pd.Series:
+    return expected_pairs(store, population, eps).groupby("layer")["similarity"].mean().reindex(LAYERS)
 
 
 def test_similarity_figure_has_a_line_and_band_per_eps_and_dashed_nulls(full):
@@ -202,8 +206,18 @@ def test_similarity_figure_has_a_line_and_band_per_eps_and_dashed_nulls(full):
     low, high = axes.get_ylim()
     assert low <= 0 and high >= 1
     legend = axes.get_legend().get_texts()
-    assert any("min–max" in text.get_text() for text in legend)
+    assert any("bootstrap over models" in text.get_text() for text in legend)
     assert any("untrained" in text.get_text() for text in legend)
+    # the band: the 95 % bootstrap interval over models of the per-pair means (repeats averaged), which holds the mean
+    from raymatch.results.uncertainty import model_bootstrap
+
+    per_pair = expected_pairs(store, "trained", 0.25)
+    first = per_pair.loc[per_pair["layer"] == LAYERS[0]]
+    interval = model_bootstrap(first["model_a"], first["model_b"], first["similarity"])
+    path = bands[0.25].get_paths()[0].vertices
+    at_first = path[np.isclose(path[:, 0], 0.0), 1]
+    assert min(at_first) == pytest.approx(interval.low) and max(at_first) == pytest.approx(interval.high)
+    assert interval.low <= trained[0.25].get_ydata()[0] <= interval.high
 
 
 def test_max_epsilon_figure_boxes_points_and_chance(full):

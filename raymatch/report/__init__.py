@@ -5,7 +5,7 @@
 network order), and writes into a folder:
 
 - ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
-  min–max band), the untrained null baseline dashed in the same colour;
+  95 % band from a bootstrap over models), the untrained null baseline dashed in the same colour;
 - ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
   √(1 − k/d) of each layer marked;
 - ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;

@@ -1,7 +1,7 @@
 """The figures of a report, drawn with matplotlib's object API on the Agg canvas.
 
 - ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
-  min–max band), the untrained null baseline dashed in the same colour, the permuted-row null dotted;
+  95 % band from a bootstrap over models), the untrained null baseline dashed in the same colour, the permuted-row null dotted;
 - ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
   √(1 − k/d) of each layer marked;
 - ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..results import figure_data, pair_summary
+from ..results.uncertainty import N_BOOT, SEED, bootstrap_table
 from .context import TRAINED, UNTRAINED, _Context, _ordered, _per_layer_chance, _populations
 from .science import SCIENCE_FIGURES, eps_curve_figure, universality_figure
 
@@ -123,6 +124,8 @@ def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     positions = np.arange(len(ctx.layers))
     colours = ctx.eps_colours()
     trained, bands, untrained, permuted = {}, {}, {}, {}
+    intervals = bootstrap_table(ctx.ok.loc[ctx.ok["population"] == TRAINED])  # 95 % over models, per layer and ε
+    intervals = intervals.set_index(["layer", "eps"]) if not intervals.empty else None
     # overlapping bands of a fine ε grid turn to mud unless each is fainter
     band_alpha = 0.18 if len(ctx.grid) <= 4 else max(0.06, 0.72 / len(ctx.grid))
     for eps in ctx.grid:
@@ -135,8 +138,11 @@ def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
             if population == TRAINED:
                 (trained[eps],) = axes.plot(positions, rows["similarity_mean"], color=colour, lw=2, marker="o",
                                             ms=5, zorder=3)
-                bands[eps] = axes.fill_between(positions, rows["similarity_min"], rows["similarity_max"],
-                                               color=colour, alpha=band_alpha, lw=0, zorder=2)
+                if intervals is not None:
+                    band = intervals.reindex([(layer, eps) for layer in ctx.layers])
+                    bands[eps] = axes.fill_between(positions, band["ci_low"].astype(float),
+                                                   band["ci_high"].astype(float), color=colour, alpha=band_alpha,
+                                                   lw=0, zorder=2)
             else:
                 (untrained if population == UNTRAINED else permuted)[eps], = axes.plot(
                     positions, rows["similarity_mean"], color=colour, lw=1.6, ls="--" if population == UNTRAINED
@@ -152,7 +158,8 @@ def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     if trained:
         handles.append(Line2D([], [], color="black", lw=2, marker="o", ms=5,
                               label=f"trained: mean over {n_pairs.get(TRAINED, 0)} pairs"))
-        handles.append(Patch(color="black", alpha=max(band_alpha, 0.12), lw=0, label="trained: min–max over pairs"))
+        handles.append(Patch(color="black", alpha=max(band_alpha, 0.12), lw=0,
+                             label="trained: 95 % bootstrap over models"))
     if untrained:
         handles.append(Line2D([], [], color="black", lw=1.6, ls="--", marker="x", ms=5,
                               label=f"untrained (null): mean over {n_pairs.get(UNTRAINED, 0)} pairs"))
@@ -161,7 +168,8 @@ def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
                               label="permuted rows (null): mean over pairs"))
     _legend(axes, handles)
     result.caption = ("Maximum-match similarity per layer: solid lines are the mean over trained pairs (each "
-                      "pair's repeats averaged first), bands the min–max over pairs"
+                      "pair's repeats averaged first), bands their 95 % percentile bootstrap interval over models "
+                      f"({N_BOOT} resamples, seed {SEED}: pairs share models, so models are resampled)"
                       + ("; dashed lines the untrained null baseline (same architecture at initialisation, "
                          "same pairs)" if untrained else "; no untrained null baseline in the store")
                       + ("; dotted lines the permuted-row null (the trained pairs with model b's rows permuted)"

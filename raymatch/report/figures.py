@@ -1,7 +1,8 @@
 """The figures of a report, drawn with matplotlib's object API on the Agg canvas.
 
 - ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
-  95 % band from a bootstrap over models), the untrained null baseline dashed in the same colour, the permuted-row null dotted;
+  95 % band from a bootstrap over models), the untrained null baseline dashed in the same colour, the permuted-row
+  null dotted;
 - ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
   √(1 − k/d) of each layer marked;
 - ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;

@@ -109,10 +109,7 @@ def two_nodes(tmp_path):
     gcs = _free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_")}
     env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "disabled",
-                "RAY_USAGE_STATS_ENABLED": "0",
-                # a dead node is declared dead within ~3 s instead of ~15-30 s
-                "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-                "RAY_health_check_timeout_ms": "1000"})
+                "RAY_USAGE_STATS_ENABLED": "0"})
     for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(secret, None)  # the workers get them from the driver's runtime_env only
     ray_dir = tempfile.mkdtemp(prefix="rm2n-")  # short: Ray's socket paths must stay under 108 bytes

@@ -232,7 +232,7 @@ def problems_of(error: ValidationError, prefix: str = "", root: str = "config") 
     -------
     list of str
         E.g. ``probe.rows.repeats: must be a positive integer; got 0``, ``eps[2]: duplicate of eps[0] (0.15)``,
-        ``store.region: unknown key (allowed: uri, endpoint_url)``, ``name: required key is missing``.
+        ``store.region: unknown key (allowed: uri, endpoint_url, shared)``, ``name: required key is missing``.
         Pydantic's "Value error, " prefix is dropped.
     """
     lines = []

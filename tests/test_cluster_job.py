@@ -1,7 +1,8 @@
 """`ray job submit` of a tiny study to a real `ray start --head` cluster on 127.0.0.1, with the moto S3 store.
 
 Credentials reach the job only through its runtime_env (the driver's environment does not), and the
-table is checked through `raymatch query`; a second submission computes nothing.
+table is checked through `raymatch query`; a second submission computes nothing; a third, of a study with a relative
+local store, is refused before any work (issue 15, defect 9).
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ def head_node(tmp_path):
         shutil.rmtree(ray_dir, ignore_errors=True)
 
 
-def _submit(address, env, working_dir, endpoint):
+def _submit(address, env, working_dir, endpoint, study="study.yaml"):
     """Submit the study job, retrying while the head's job agent is still starting."""
     runtime_env = {"env_vars": {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
                                 "AWS_DEFAULT_REGION": "us-east-1", "RAY_USAGE_STATS_ENABLED": "0"}}
     command = [RAY, "job", "submit", "--address", address, "--working-dir", str(working_dir),
-               "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "jobs/study.py", "study.yaml"]
+               "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "jobs/study.py", study]
     deadline = time.monotonic() + 300  # on a loaded 2-core machine the agent has taken minutes to register
     while True:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -124,3 +125,13 @@ def test_ray_job_submit_runs_a_study_against_moto_s3(s3_store, moto_endpoint, he
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "extract          0        3       0" in second.stdout and "match            0 " in second.stdout
     assert len(load(s3_store, "matches")) == rows_before
+
+    # issue 15, defect 9: a relative local store would land in Ray's temporary copy of the working directory
+    (working_dir / "relative.yaml").write_text(STUDY.format(bucket=BUCKET, endpoint=moto_endpoint).replace(
+        f'{{uri: "s3://{BUCKET}/study", endpoint_url: "{moto_endpoint}"}}', '{uri: "file://./raymatch-store"}'))
+    third = _submit(address, env, working_dir, moto_endpoint, study="relative.yaml")
+    assert third.returncode != 0
+    assert ("raymatch: error: store.uri 'file://./raymatch-store' is a relative path inside Ray job raysubmit_"
+            in third.stdout + third.stderr), third.stdout[-3000:] + third.stderr[-3000:]
+    assert "runtime_resources/working_dir_files/_ray_pkg_" in third.stdout + third.stderr
+    assert not (working_dir / "raymatch-store").exists()

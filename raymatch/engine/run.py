@@ -25,6 +25,7 @@ from .. import __version__
 from ..results import TableWriter, append_rows, check_store_version, compact_table, data_files, read_columns
 from ..store import Store, StoreError
 from ..store.layout import study_record_key, study_records_prefix, training_record_key
+from .cluster import check_store_in_job, check_store_on_cluster
 from .plan import Plan, make_plan
 from .stages import STAGES, Stage
 
@@ -90,7 +91,9 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None, c
         The name of a stage to stop after (``'train'`` for ``raymatch train``).
     connect : callable, optional
         Called without arguments once the population is planned and the store is known writable, before
-        anything is written: connect to Ray there, so that bad inputs fail without starting it.
+        anything is written: connect to Ray there, so that bad inputs fail without starting it. A local store
+        is then refused on a cluster of several alive nodes unless it is declared ``shared``, and before all
+        this, a relative local store inside a submitted Ray job (:mod:`raymatch.engine.cluster`).
 
     Returns
     -------
@@ -99,6 +102,7 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None, c
         ``skipped``, ``failed`` counts, ``seconds`` and the first ``errors``.
     """
     started = time.perf_counter()
+    check_store_in_job(study.store)  # a relative local store inside `ray job submit`: its results would vanish
     store = study.store.open()
     if not store.is_local:  # an unreachable endpoint, a missing bucket, refused credentials: one clear line
         store.check(write=False)
@@ -107,6 +111,7 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None, c
     check_store_version(store)  # a store of raymatch 0.1.0: refused before Ray starts or anything is written
     if connect is not None:
         connect()
+    check_store_on_cluster(study.store)  # a local store on several nodes must be declared shared
     write_study_record(study, store)
     record = RunRecord(study, store)
     summary: dict = {"study": study.name, "config_hash": study.config_hash, "run_id": record.row["run_id"],

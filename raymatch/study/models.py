@@ -91,6 +91,10 @@ class StoreConfig(_Section):
         opens the store), or ``s3://bucket/prefix``.
     endpoint_url : str, optional
         An S3-compatible endpoint, for ``s3://`` stores only.
+    shared : bool, default False
+        For a ``file://`` store on a Ray cluster of more than one node: the folder is on a filesystem every node
+        mounts at the same path (NFS, a shared volume). Without it such a run is refused before anything is
+        written (:func:`raymatch.engine.cluster.check_store_on_cluster`). Not part of the config hash.
 
     Notes
     -----
@@ -100,6 +104,7 @@ class StoreConfig(_Section):
 
     uri: Annotated[str, checked_by(fields.store_uri)]
     endpoint_url: Annotated[str | None, checked_by(fields.endpoint)] = None
+    shared: Boolean = False
 
     _path: ClassVar[str] = "store"
 
@@ -114,6 +119,8 @@ class StoreConfig(_Section):
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         if "uri" in values and values.get("endpoint_url") is not None and fields.scheme(values["uri"]) == "file":
             return [(("endpoint_url",), "only used with an s3:// store")]
+        if "uri" in values and values.get("shared") and fields.scheme(values["uri"]) != "file":
+            return [(("shared",), "only used with a file:// store (an s3:// store is shared by every node)")]
         return []
 
     def open(self) -> Store:

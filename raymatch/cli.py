@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from .engine.run import run_study
 
     study = _load_checked(args)
-    summary = run_study(study, progress=None,
+    summary = run_study(study, progress=None, retry_failed=args.retry_failed,
                         connect=lambda: _connect_ray(args.address, args.num_cpus))  # Ray once the inputs are good
     print(f"study {summary['study']} (config {summary['config_hash']}, run {summary['run_id']}) finished in "
           f"{summary['seconds']:.1f} s")
@@ -151,10 +151,14 @@ def status(args: argparse.Namespace) -> int:
     runs = report["runs"]
     print(f"latest runs in {store.uri}:" if not runs.empty else f"no runs recorded in {store.uri}")
     if not runs.empty:
-        shown = runs[["run_id", "status", "started_at", "ended_at", "computed", "skipped", "failed", "host"]]
+        shown = runs[["run_id", "status", "started_at", "ended_at", "updated_at", "computed", "skipped", "failed",
+                      "host"]]
         print(format_frame(shown, "table"))
         if (runs["status"] == "running").any():
             print("(a run still 'running' is going on, or its driver died: rerun the study to finish it)")
+        if (runs["status"] == "abandoned").any():
+            print("(an 'abandoned' run's driver stopped sending heartbeats (updated_at): it died or lost the store; "
+                  "rerun the study to finish it)")
     for name, counts in report["pending"].items():
         if isinstance(counts, str):
             print(f"study {name}: cannot plan: {counts}")
@@ -285,6 +289,8 @@ def _parser() -> argparse.ArgumentParser:
                                         parents=[_study_options("run"), common])
     _add_ray_arguments(run_study_cmd)
     run_study_cmd.add_argument("--quiet", action="store_true", help="no similarity table after the run")
+    run_study_cmd.add_argument("--retry-failed", action="store_true",
+                               help="compute again the pairs whose stored rows failed (default: failed rows are done)")
     run_study_cmd.set_defaults(run=run)
 
     train_cmd = commands.add_parser("train", help="train a study's population (population.training, null baseline)",
@@ -335,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
+    except KeyboardInterrupt as error:  # SIGINT/SIGTERM: the run recorded itself as cancelled
+        if args.debug:
+            raise
+        reason = str(error) or "cancelled"
+        print(f"{parser.prog}: {reason}: rows computed so far are stored; rerun to finish", file=sys.stderr)
+        return 130
     except ConfigError as error:  # every problem of the file, one per line (a StudyError)
         if args.debug:
             raise

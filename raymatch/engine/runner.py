@@ -56,7 +56,8 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
     expected to restart and retry calls after a crash (``max_restarts``/``max_task_retries``); tasks are
     retried ``max_retries`` times after a system failure. Application errors are never retried.
     An item failing with an error of a ``fatal`` type (a store that cannot be reached: every other item would
-    fail the same way, one retry timeout after another) cancels the items still in flight and raises it.
+    fail the same way, one retry timeout after another) cancels the items still in flight and raises it; so does
+    any exception raised while waiting (``KeyboardInterrupt``, a cancelled run's signal).
 
     Returns the outcomes in the order of ``items``. ``progress`` shows a bar on an interactive
     terminal and periodic lines otherwise (default: on when stderr is a terminal). ``on_outcome`` is called on
@@ -73,26 +74,29 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
     pending: dict[ray.ObjectRef, tuple[int, int]] = {}
     reporter = Progress(len(items), label, progress)
     next_index, stopped = 0, False
-    while (next_index < len(items) and not stopped) or pending:
-        while next_index < len(items) and len(pending) < max_in_flight and not stopped:
-            ref = executor.submit(items[next_index])
-            pending[ref] = (next_index, executor.last_actor)
-            next_index += 1
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            index, actor = pending.pop(ref)
-            outcome = outcomes[index] = executor.collect(ref, actor, items[index])
-            if fatal and isinstance(outcome.cause, fatal):
-                executor.cancel(pending)
-                reporter.close()
-                raise outcome.cause
-            if on_outcome is not None:
-                on_outcome(outcome)
-            if stop_on_failure and not outcome.ok and not stopped:
-                stopped = True  # no progress line for it: the caller reports the failure
-                executor.cancel(pending)
-                continue
-            reporter.step()
+    try:
+        while (next_index < len(items) and not stopped) or pending:
+            while next_index < len(items) and len(pending) < max_in_flight and not stopped:
+                ref = executor.submit(items[next_index])
+                pending[ref] = (next_index, executor.last_actor)
+                next_index += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                index, actor = pending.pop(ref)
+                outcome = outcomes[index] = executor.collect(ref, actor, items[index])
+                if fatal and isinstance(outcome.cause, fatal):
+                    raise outcome.cause
+                if on_outcome is not None:
+                    on_outcome(outcome)
+                if stop_on_failure and not outcome.ok and not stopped:
+                    stopped = True  # no progress line for it: the caller reports the failure
+                    executor.cancel(pending)
+                    continue
+                reporter.step()
+    except BaseException:  # a fatal error, or the run cancelled (SIGINT/SIGTERM): nothing more runs
+        executor.cancel(pending)
+        reporter.close()
+        raise
     reporter.close()
     if stopped:
         ran = [outcome for outcome in outcomes if outcome is not None]

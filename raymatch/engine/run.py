@@ -105,12 +105,13 @@ def _cancel_on_signals():
     """SIGINT and SIGTERM raise :class:`RunCancelled` in the driver's main thread (once; later ones are noted).
 
     Ray's blocking calls check for signals, so the exception reaches the loop that submits work, which cancels
-    what is in flight. Outside the main thread (no signal handlers there) this does nothing.
+    what is in flight (Ray turns it into a plain ``KeyboardInterrupt`` on the way: the list yielded holds the
+    signal received). Outside the main thread (no signal handlers there) this does nothing.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
 
     def handler(signum, _frame):
         if received:  # already stopping: let the rows computed so far be committed
@@ -121,7 +122,7 @@ def _cancel_on_signals():
 
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
@@ -244,7 +245,7 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None, c
     check_store_version(store)  # a store of raymatch 0.1.0: refused before Ray starts or anything is written
     if connect is not None:
         connect()
-    with _cancel_on_signals():  # after connecting: replaces the SIGTERM handler ray.init installs
+    with _cancel_on_signals() as signals:  # after connecting: replaces the SIGTERM handler ray.init installs
         write_study_record(study, store)
         record = RunRecord(study, store, heartbeat=heartbeat)
         summary: dict = {"study": study.name, "config_hash": study.config_hash, "run_id": record.row["run_id"],
@@ -253,12 +254,16 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None, c
         try:
             _run_stages(study, store, plan, summary, progress, only, retry_failed)
         except BaseException as error:
+            if isinstance(error, KeyboardInterrupt) and signals and not isinstance(error, RunCancelled):
+                error = RunCancelled(signals[0])  # Ray re-raised the signal's exception as a KeyboardInterrupt
             log.info("run %s ended with %s: %s", record.row["run_id"], type(error).__name__, error)
             try:
                 record.finish(summary["stages"], error=f"{type(error).__name__}: {error}",
                               cancelled=isinstance(error, KeyboardInterrupt))
             except StoreError:  # the store is what failed (unreachable, full): report the run's own error
                 pass
+            if isinstance(error, RunCancelled):
+                raise error from None
             raise
     record.finish(summary["stages"])
     summary["seconds"] = time.perf_counter() - started

@@ -94,7 +94,7 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
                     continue
                 reporter.step()
     except BaseException:  # a fatal error, or the run cancelled (SIGINT/SIGTERM): nothing more runs
-        executor.cancel(pending)
+        executor.cancel(pending, calls_on_actors=True)
         reporter.close()
         raise
     reporter.close()
@@ -134,11 +134,18 @@ class _Executor:
             self.busy.pop(actor, None)
         return outcome
 
-    def cancel(self, pending) -> None:
-        """Cancel Ray tasks still in flight (calls on actors end with the actors, which their owner stops)."""
-        if not self.actors:
+    def cancel(self, pending, *, calls_on_actors: bool = False) -> None:
+        """Cancel Ray tasks still in flight (calls on actors end with the actors, which their owner stops).
+
+        With ``calls_on_actors``, calls on actors are cancelled too (the run stops: they are not retried when
+        their owner then kills the actors).
+        """
+        if not self.actors or calls_on_actors:
             for ref in pending:
-                ray.cancel(ref)
+                try:
+                    ray.cancel(ref)
+                except Exception:  # already finished, or its worker gone: nothing to cancel
+                    continue
 
 
 def _collect(ref: ray.ObjectRef, item: Any) -> Outcome:

@@ -438,7 +438,8 @@ CATALOGUE = {
     ),
     "nested store credentials": (
         edited(store__options={"token": "t", "region": "eu"}),
-        [f"store.options.token: {CREDENTIALS}", "store.options: unknown key (allowed: uri, endpoint_url)"],
+        [f"store.options.token: {CREDENTIALS}",
+         "store.options: unknown key (allowed: uri, endpoint_url, timeouts, retries)"],
     ),
     "store password": (edited(store__password="hunter2"), [f"store.password: {CREDENTIALS}"]),
     "credentials in the store uri": (

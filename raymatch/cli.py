@@ -389,11 +389,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except KeyboardInterrupt as error:  # SIGINT/SIGTERM: the run recorded itself as cancelled
+    except KeyboardInterrupt as error:  # SIGINT/SIGTERM: a run records itself as cancelled
         if args.debug:
             raise
-        reason = str(error) or "cancelled"
-        print(f"{parser.prog}: {reason}: rows computed so far are stored; rerun to finish", file=sys.stderr)
+        from .engine.run import RunCancelled
+
+        if isinstance(error, RunCancelled):
+            print(f"{parser.prog}: {error}: rows computed so far are stored; rerun to finish", file=sys.stderr)
+        else:
+            print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     except ConfigError as error:  # every problem of the file, one per line (a StudyError)
         if args.debug:

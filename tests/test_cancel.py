@@ -160,3 +160,15 @@ def test_sigint_to_a_driver_in_the_match_stage_raises_run_cancelled(ray_cluster,
     assert sent and 2 <= sent[0] < N_TASKS
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     _assert_cancelled(store, sent[0], "SIGINT")
+
+
+def test_an_interrupted_command_exits_130_in_one_line(tmp_path, capsys, monkeypatch):
+    from raymatch import cli
+    from raymatch.store import Store as StoreClass
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StoreClass, "open_existing", interrupted)
+    assert cli.main(["status", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "raymatch: interrupted\n"

@@ -41,7 +41,7 @@ __all__ = ["HEARTBEAT_SECONDS", "RunCancelled", "RunRecord", "heartbeat_seconds"
 
 log = logging.getLogger("raymatch")
 
-#: The ``runs`` table gets two small files a run (start, end): compacted when a run ends with more than this.
+#: The ``runs`` table gets a small file per append (start, heartbeats, end): compacted when a run ends with more.
 _RUNS_FILES_BEFORE_COMPACTION = 16
 #: Seconds between two heartbeats of a running driver (each is one small Delta commit to ``runs``); the
 #: environment variable ``RAYMATCH_HEARTBEAT_S`` overrides it.

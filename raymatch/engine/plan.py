@@ -126,10 +126,15 @@ class Plan:
 
 
 class PlanContext:
-    """What the stage planners share: the study, its store, the plan so far, and store reads made once."""
+    """What the stage planners share: the study, its store, the plan so far, and store reads made once.
 
-    def __init__(self, study, store: Store, plan: Plan):
+    With ``retry_failed``, a pair whose only rows are failed ones counts as missing (``raymatch run
+    --retry-failed``).
+    """
+
+    def __init__(self, study, store: Store, plan: Plan, *, retry_failed: bool = False):
         self.study, self.store, self.plan = study, store, plan
+        self.retry_failed = retry_failed
 
     @functools.cached_property
     def pair_units(self) -> list[tuple[ModelGroup, str, int, list[tuple[str, str]], dict[str, int]]]:
@@ -157,13 +162,16 @@ class PlanContext:
 
         One scan of the table's log and identity columns, filtered to the study's current configuration. Work is
         planned per pair, not per task: when the population grows, only the new pairs are computed, whichever
-        blocks they fall in. A pair with a row is done (failed rows included: ``raymatch status`` lists them).
+        blocks they fall in. A pair with a row is done (failed rows included: ``raymatch status`` lists them),
+        unless the context retries failed pairs: then only a pair with an ``"ok"`` row is done.
         """
         from ..results import read_columns
 
         columns = ["population", "layer", "repeat", "model_a", "model_b"]
-        rows = read_columns(self.store, table, columns,
-                            filters={"study": self.study.name, "config_hash": self.study.config_hash})
+        filters = {"study": self.study.name, "config_hash": self.study.config_hash}
+        if self.retry_failed and "status" in _table_columns(table):
+            filters["status"] = "ok"
+        rows = read_columns(self.store, table, columns, filters=filters)
         return frozenset(zip(*(rows.column(name).to_pylist() for name in columns), strict=True))
 
     @functools.cached_property
@@ -280,6 +288,12 @@ class PlanContext:
         return todo, done
 
 
+def _table_columns(table: str) -> list[str]:
+    from ..results.schema import table_schema
+
+    return table_schema(table).names
+
+
 def resolve_population(study, store: Store) -> list[str]:
     """The study's checkpoints: the explicit list, the trained seeds' keys, or the store keys matching its glob.
 
@@ -372,13 +386,15 @@ def _groups(study, store: Store) -> list[ModelGroup]:
     return groups
 
 
-def make_plan(study, store: Store) -> Plan:
+def make_plan(study, store: Store, *, retry_failed: bool = False) -> Plan:
     """Resolve the model groups and ask every stage what is stored and what is left, running nothing.
 
     Parameters
     ----------
     study : raymatch.study.Study
     store : Store
+    retry_failed : bool, default False
+        Plan the pairs whose only stored rows are failed ones again (by default a failed row is done work).
 
     Returns
     -------
@@ -393,7 +409,7 @@ def make_plan(study, store: Store) -> Plan:
     from .stages import STAGES
 
     plan = Plan(_groups(study, store), list(study.layer_names))
-    context = PlanContext(study, store, plan)
+    context = PlanContext(study, store, plan, retry_failed=retry_failed)
     for stage in STAGES:
         plan.stages[stage.name] = stage.plan(context)
     return plan

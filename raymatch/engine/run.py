@@ -6,19 +6,27 @@ task per (block of pairs, layer, repeat) computing the whole ε grid from one ``
 CKA tasks likewise. A stage reads only what the one before it stored, so a rerun — or a run on another
 machine — computes exactly what is missing.
 
-Each run records itself in the ``runs`` table (written when it starts and replaced when it ends) and the study's
-configuration in ``studies/<name>.json``, from which ``raymatch status`` and ``raymatch report`` work without
-the study file. Run and stage events go to the ``raymatch`` logger.
+Each run records itself in the ``runs`` table (written when it starts, refreshed every
+:func:`heartbeat_seconds` by a heartbeat, and replaced when it ends) and the study's configuration in
+``studies/<name>.json``, from which ``raymatch status`` and ``raymatch report`` work without the study file. A
+``running`` row whose heartbeat is older than three intervals is shown as ``abandoned`` (its driver died).
+SIGINT/SIGTERM to the driver cancel the run (:class:`RunCancelled`): no more submissions, Ray work in flight
+cancelled, the rows computed so far committed, the run recorded as ``cancelled``. Run and stage events go to
+the ``raymatch`` logger.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as _dt
 import json
 import logging
+import os
 import secrets
+import signal
 import socket
+import threading
 import time
 
 from .. import __version__
@@ -29,12 +37,96 @@ from .cluster import check_store_in_job, check_store_on_cluster
 from .plan import Plan, make_plan
 from .stages import STAGES, Stage
 
-__all__ = ["RunRecord", "run_study", "store_status", "write_study_record"]
+__all__ = ["HEARTBEAT_SECONDS", "RunCancelled", "RunRecord", "heartbeat_seconds", "run_state", "run_study",
+           "store_status", "write_study_record"]
 
 log = logging.getLogger("raymatch")
 
-#: The ``runs`` table gets two small files a run (start, end): compacted when a run ends with more than this.
+#: The ``runs`` table gets a small file per append (start, heartbeats, end): compacted when a run ends with more.
 _RUNS_FILES_BEFORE_COMPACTION = 16
+#: Seconds between two heartbeats of a running driver (each is one small Delta commit to ``runs``); the
+#: environment variable ``RAYMATCH_HEARTBEAT_S`` overrides it.
+HEARTBEAT_SECONDS = 30.0
+#: A ``running`` run whose latest heartbeat is older than this many intervals is shown as ``abandoned``.
+ABANDONED_AFTER_HEARTBEATS = 3
+
+
+def heartbeat_seconds() -> float:
+    """The heartbeat interval: ``RAYMATCH_HEARTBEAT_S`` if set (a positive number), else :data:`HEARTBEAT_SECONDS`."""
+    value = os.environ.get("RAYMATCH_HEARTBEAT_S")
+    if value is None or not value.strip():
+        return HEARTBEAT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"RAYMATCH_HEARTBEAT_S must be a positive number of seconds; got {value!r}")
+    return seconds
+
+
+def run_state(status: str, updated_at, *, now=None, heartbeat: float | None = None) -> str:
+    """The state of a run as ``raymatch status`` shows it: its status, or ``abandoned`` for a silent driver.
+
+    Parameters
+    ----------
+    status : str
+        The ``status`` of the run's latest ``runs`` row.
+    updated_at : datetime
+        That row's ``updated_at`` (UTC): the run's latest heartbeat.
+    now : datetime, optional
+        The current UTC time (default: now).
+    heartbeat : float, optional
+        The heartbeat interval in seconds (default: :func:`heartbeat_seconds`).
+
+    Returns
+    -------
+    str
+        ``status``, except ``"abandoned"`` for a ``running`` run not heard of for more than
+        :data:`ABANDONED_AFTER_HEARTBEATS` intervals.
+    """
+    if status != "running" or updated_at is None:
+        return status
+    now = now if now is not None else _dt.datetime.now(_dt.timezone.utc)
+    interval = heartbeat if heartbeat is not None else heartbeat_seconds()
+    age = (now - updated_at).total_seconds()
+    return "abandoned" if age > ABANDONED_AFTER_HEARTBEATS * interval else status
+
+
+class RunCancelled(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT, SIGTERM: Ctrl-C, ``kill``, ``ray job stop``)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"cancelled by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _cancel_on_signals():
+    """SIGINT and SIGTERM raise :class:`RunCancelled` in the driver's main thread (once; later ones are noted).
+
+    Ray's blocking calls check for signals, so the exception reaches the loop that submits work, which cancels
+    what is in flight (Ray turns it into a plain ``KeyboardInterrupt`` on the way: the list yielded holds the
+    signal received). Outside the main thread (no signal handlers there) this does nothing.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, _frame):
+        if received:  # already stopping: let the rows computed so far be committed
+            log.warning("%s received again: still stopping", signal.Signals(signum).name)
+            return
+        received.append(signum)
+        raise RunCancelled(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def write_study_record(study, store: Store) -> None:
@@ -48,38 +140,77 @@ def write_study_record(study, store: Store) -> None:
 
 
 class RunRecord:
-    """One row of the ``runs`` table, written when the run starts and replaced when it ends."""
+    """One row of the ``runs`` table, written when the run starts, refreshed by a heartbeat, replaced when it ends.
 
-    def __init__(self, study, store: Store):
+    Parameters
+    ----------
+    study : raymatch.study.Study
+        Its ``name`` and ``config_hash`` are recorded.
+    store : Store
+    heartbeat : float, optional
+        Seconds between two heartbeats (default: :func:`heartbeat_seconds`); each appends the row with a fresh
+        ``updated_at`` from a daemon thread until :meth:`finish`.
+    """
+
+    def __init__(self, study, store: Store, *, heartbeat: float | None = None):
         self.store = store
+        self.heartbeat = heartbeat if heartbeat is not None else heartbeat_seconds()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         started = _dt.datetime.now(_dt.timezone.utc)
         self.row = {"run_id": f"{study.name}.{started:%Y%m%dT%H%M%S}.{secrets.token_hex(4)}", "study": study.name,
                     "config_hash": study.config_hash, "host": socket.gethostname(), "code_version": __version__,
                     "started_at": started, "ended_at": None, "status": "running", "computed": 0, "skipped": 0,
                     "failed": 0, "stages": "{}", "error": None}
         self._write()
+        self._thread = threading.Thread(target=self._beat, name="raymatch-heartbeat", daemon=True)
+        self._thread.start()
 
     def _write(self) -> None:
         """Append the row as it is now: readers of ``runs`` see the latest row of each run."""
-        append_rows(self.store, "runs", [{**self.row, "updated_at": _dt.datetime.now(_dt.timezone.utc)}])
+        with self._lock:
+            append_rows(self.store, "runs", [{**self.row, "updated_at": _dt.datetime.now(_dt.timezone.utc)}])
 
-    def finish(self, stages: dict, error: str | None = None) -> None:
+    def _beat(self) -> None:
+        """The heartbeat: the row again, with a fresh ``updated_at``, every interval until the run ends."""
+        while not self._stop.wait(self.heartbeat):
+            try:
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    append_rows(self.store, "runs",
+                                [{**self.row, "updated_at": _dt.datetime.now(_dt.timezone.utc)}])
+            except Exception as error:  # a store down for a while: the run itself reports it; try again later
+                log.warning("heartbeat of run %s not recorded: %s", self.row["run_id"], error)
+
+    def stop_heartbeat(self) -> None:
+        """Stop the heartbeat (waits for a beat being written)."""
+        self._stop.set()
+        with self._lock:
+            pass
+
+    def finish(self, stages: dict, error: str | None = None, *, cancelled: bool = False) -> None:
         """Replace the row with the run's outcome: totals, per-stage counts, status and error."""
+        self.stop_heartbeat()
         totals = {name: sum(counts.get(name, 0) for counts in stages.values())
                   for name in ("computed", "skipped", "failed")}
         failed = error is not None or totals["failed"] > 0
-        self.row.update(totals, ended_at=_dt.datetime.now(_dt.timezone.utc), error=error,
-                        status="failed" if failed else "succeeded",
+        status = "cancelled" if cancelled else "failed" if failed else "succeeded"
+        self.row.update(totals, ended_at=_dt.datetime.now(_dt.timezone.utc), error=error, status=status,
                         stages=json.dumps({name: {key: counts[key] for key in ("computed", "skipped", "failed",
                                                                                 "seconds", "nodes")
                                                   if counts.get(key) not in (None, {})}  # nodes: where tasks ran
                                            for name, counts in stages.items()}, sort_keys=True))
         self._write()
-        if len(data_files(self.store, "runs")) > _RUNS_FILES_BEFORE_COMPACTION:  # two appends a run add up
-            compact_table(self.store, "runs")
+        try:
+            if len(data_files(self.store, "runs")) > _RUNS_FILES_BEFORE_COMPACTION:  # appends and heartbeats add up
+                compact_table(self.store, "runs")
+        except StoreError as error:  # the run is recorded: a compaction that fails is only a cost for readers
+            log.warning("could not compact the runs table: %s", error)
 
 
-def run_study(study, *, progress: bool | None = None, only: str | None = None, connect=None) -> dict:
+def run_study(study, *, progress: bool | None = None, only: str | None = None, connect=None,
+              retry_failed: bool = False) -> dict:
     """Run every stage of ``study`` on the connected Ray cluster; returns the run's summary.
 
     Parameters
@@ -94,38 +225,55 @@ def run_study(study, *, progress: bool | None = None, only: str | None = None, c
         anything is written: connect to Ray there, so that bad inputs fail without starting it. A local store
         is then refused on a cluster of several alive nodes unless it is declared ``shared``, and before all
         this, a relative local store inside a submitted Ray job (:mod:`raymatch.engine.cluster`).
+    retry_failed : bool, default False
+        Compute again the pairs whose only ``curves`` rows of this configuration are failed ones (a new ``"ok"``
+        row supersedes a failed one in the views); by default a failed row counts as done.
 
     Returns
     -------
     dict
         ``study``, ``config_hash``, ``run_id``, ``seconds`` and ``stages``: per stage run, its ``computed``,
         ``skipped``, ``failed`` counts, ``seconds`` and the first ``errors``.
+
+    Raises
+    ------
+    RunCancelled
+        SIGINT or SIGTERM reached the driver (in its main thread) while the run was going on: submission
+        stopped, Ray work in flight cancelled, the rows computed so far committed, the run recorded as
+        ``cancelled``.
     """
     started = time.perf_counter()
     check_store_in_job(study.store)  # a relative local store inside `ray job submit`: its results would vanish
+    heartbeat = heartbeat_seconds()  # a bad RAYMATCH_HEARTBEAT_S: refused before anything runs
     store = study.store.open()
     if not store.is_local:  # an unreachable endpoint, a missing bucket, refused credentials: one clear line
         store.check(write=False)
-    plan = make_plan(study, store)  # bad populations and checkpoints fail here, before anything is written
+    plan = make_plan(study, store, retry_failed=retry_failed)  # bad populations and checkpoints fail here
     store.check()
     check_store_version(store)  # a store of raymatch 0.1.0: refused before Ray starts or anything is written
     if connect is not None:
         connect()
     check_store_on_cluster(study.store)  # a local store on several nodes must be declared shared
-    write_study_record(study, store)
-    record = RunRecord(study, store)
-    summary: dict = {"study": study.name, "config_hash": study.config_hash, "run_id": record.row["run_id"],
-                     "stages": {}}
-    log.info("run %s of study %s (config %s) started", record.row["run_id"], study.name, study.config_hash)
-    try:
-        _run_stages(study, store, plan, summary, progress, only)
-    except BaseException as error:
-        log.info("run %s ended with %s: %s", record.row["run_id"], type(error).__name__, error)
+    with _cancel_on_signals() as signals:  # after connecting: replaces the SIGTERM handler ray.init installs
+        write_study_record(study, store)
+        record = RunRecord(study, store, heartbeat=heartbeat)
+        summary: dict = {"study": study.name, "config_hash": study.config_hash, "run_id": record.row["run_id"],
+                         "stages": {}}
+        log.info("run %s of study %s (config %s) started", record.row["run_id"], study.name, study.config_hash)
         try:
-            record.finish(summary["stages"], error=f"{type(error).__name__}: {error}")
-        except StoreError:  # the store is what failed (unreachable, full): report the run's own error
-            pass
-        raise
+            _run_stages(study, store, plan, summary, progress, only, retry_failed)
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt) and signals and not isinstance(error, RunCancelled):
+                error = RunCancelled(signals[0])  # Ray re-raised the signal's exception as a KeyboardInterrupt
+            log.info("run %s ended with %s: %s", record.row["run_id"], type(error).__name__, error)
+            try:
+                record.finish(summary["stages"], error=f"{type(error).__name__}: {error}",
+                              cancelled=isinstance(error, KeyboardInterrupt))
+            except StoreError:  # the store is what failed (unreachable, full): report the run's own error
+                pass
+            if isinstance(error, RunCancelled):
+                raise error from None
+            raise
     record.finish(summary["stages"])
     summary["seconds"] = time.perf_counter() - started
     log.info("run %s finished in %.1f s", record.row["run_id"], summary["seconds"])
@@ -261,7 +409,8 @@ def _outcomes_of(extract_population, store: Store, jobs: list, resources, progre
     return [Outcome(job, summary) for job, summary in zip(jobs, summaries, strict=True)]
 
 
-def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool | None, only: str | None) -> None:
+def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool | None, only: str | None,
+                retry_failed: bool = False) -> None:
     executors = _Executors(study, store, progress)
     writer = TableWriter(store)  # rows of every task, committed by the driver in batches
     finished = False
@@ -269,7 +418,7 @@ def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool |
         for stage in STAGES:
             stage_start = time.perf_counter()
             if not plan[stage.name].known:  # the stage before it has just stored what it needs
-                plan = make_plan(study, store)
+                plan = make_plan(study, store, retry_failed=retry_failed)
             if stage.table is not None:
                 _record_models(study, store, plan)
             planned = plan[stage.name]
@@ -409,7 +558,8 @@ def store_status(store: Store, *, runs: int = 10) -> dict:
     Returns
     -------
     dict
-        ``runs``: a DataFrame of the latest runs (newest first); ``pending``: per study name, its plan's
+        ``runs``: a DataFrame of the latest runs (newest first; a ``running`` run whose heartbeat is older than
+        three intervals has the status ``abandoned``, see :func:`run_state`); ``pending``: per study name, its plan's
         ``{stage: (done, to do)}`` or the error that stopped the planning; ``failed``: the failed ``curves``
         rows of each study's current configuration (study, population, layer, repeat, model_a, model_b, error).
     """
@@ -417,6 +567,9 @@ def store_status(store: Store, *, runs: int = 10) -> dict:
     from ..study import Study
 
     history = load(store, "runs").sort_values("started_at", ascending=False).head(runs).reset_index(drop=True)
+    now, heartbeat = _dt.datetime.now(_dt.timezone.utc), heartbeat_seconds()
+    history["status"] = [run_state(status, updated, now=now, heartbeat=heartbeat)
+                         for status, updated in zip(history["status"], history["updated_at"], strict=True)]
     pending: dict[str, dict | str] = {}
     for key in store.list(study_records_prefix()):
         if not key.endswith(".json"):

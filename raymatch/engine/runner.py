@@ -94,8 +94,8 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
                     executor.cancel(pending)
                     continue
                 reporter.step()
-    except BaseException:  # a fatal outcome, an interrupt: nothing left running behind the caller's back
-        executor.abandon(pending)
+    except BaseException:  # a fatal outcome, an interrupt, the run cancelled (SIGINT/SIGTERM): nothing more runs
+        executor.cancel(pending, calls_on_actors=True)
         reporter.close()
         raise
     reporter.close()
@@ -135,24 +135,19 @@ class _Executor:
             self.busy.pop(actor, None)
         return outcome
 
-    def cancel(self, pending) -> None:
-        """Cancel Ray tasks still in flight (calls on actors end with the actors, which their owner stops)."""
-        if not self.actors:
-            for ref in pending:
-                ray.cancel(ref)
+    def cancel(self, pending, *, calls_on_actors: bool = False) -> None:
+        """Cancel Ray tasks still in flight (calls on actors end with the actors, which their owner stops).
 
-    def abandon(self, pending) -> None:
-        """Cancel every call still in flight, on actors too, when :func:`run_bounded` stops with an error.
-
-        A cancelled actor call is never retried: when its owner then kills the actor (``ray.kill``), Ray has
-        nothing to report, where an uncancelled call would print a "Task WorkerActor.run_task failed … retries
-        remaining … killed by ray.kill" line for each call in flight.
+        With ``calls_on_actors``, calls on actors are cancelled too (the run stops): a cancelled call is never
+        retried, so when its owner then kills the actors Ray has nothing to report, where an uncancelled call
+        would print "Task WorkerActor.run_task failed … retries remaining … killed by ray.kill".
         """
-        for ref in pending:
-            try:
-                ray.cancel(ref)
-            except Exception:  # already finished, or its worker already gone: nothing to cancel
-                pass
+        if not self.actors or calls_on_actors:
+            for ref in pending:
+                try:
+                    ray.cancel(ref)
+                except Exception:  # already finished, or its worker gone: nothing to cancel
+                    continue
 
 
 def _collect(ref: ray.ObjectRef, item: Any) -> Outcome:

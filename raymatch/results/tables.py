@@ -46,7 +46,8 @@ def storage_options(store: Store) -> dict[str, str]:
     On S3: the store's endpoint (``http://`` allowed when the endpoint says so, e.g. a server on 127.0.0.1),
     credentials passed to the store (else delta-rs takes the standard ``AWS_*`` environment variables), the
     region (``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else ``us-east-1``), conditional writes for commits, and
-    retries with backoff for up to a minute.
+    retries with backoff for up to a minute; the store's ``connect_timeout``, ``read_timeout`` (the request
+    ``timeout``) and ``retries`` (``max_retries``) where given.
     """
     if store.is_local:
         return {}
@@ -54,6 +55,13 @@ def storage_options(store: Store) -> dict[str, str]:
     # ~31 s of backoff, raymatch.store.Store): object_store's defaults give up after a few seconds.
     options = {"conditional_put": "etag", "max_retries": "20", "retry_timeout": "60s",
                "backoff_config.init_backoff": "500ms", "backoff_config.max_backoff": "8s"}
+    # the study's store timeouts and retries (store: {timeouts: {connect, read}, retries}), where given
+    if getattr(store, "connect_timeout", None) is not None:
+        options["connect_timeout"] = f"{round(store.connect_timeout * 1000)}ms"
+    if getattr(store, "read_timeout", None) is not None:
+        options["timeout"] = f"{round(store.read_timeout * 1000)}ms"
+    if getattr(store, "retries", None) is not None:
+        options["max_retries"] = str(store.retries)
     endpoint = store.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["AWS_ENDPOINT_URL"] = endpoint
@@ -471,6 +479,10 @@ def _arrow_filesystem(store: Store, table: str):
         if "AWS_ACCESS_KEY_ID" in options:
             kwargs.update(access_key=options["AWS_ACCESS_KEY_ID"], secret_key=options["AWS_SECRET_ACCESS_KEY"],
                           session_token=options.get("AWS_SESSION_TOKEN"))
+        for name, seconds in (("connect_timeout", getattr(store, "connect_timeout", None)),
+                              ("request_timeout", getattr(store, "read_timeout", None))):
+            if seconds is not None:
+                kwargs[name] = float(seconds)
         base = pafs.S3FileSystem(**kwargs)
     return pafs.SubTreeFileSystem(store.path(layout.table_prefix(table)), base)
 

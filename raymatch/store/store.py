@@ -89,12 +89,22 @@ class Store:
         Passed explicitly, they travel with the store (to Ray workers, whose environment may differ).
     storage_options : dict, optional
         Further fsspec options for the filesystem.
+    connect_timeout, read_timeout : float, optional
+        Seconds an S3 request waits to connect, and for an answer (default: s3fs's 5 and 15); also the
+        results tables' ``connect_timeout`` and request ``timeout`` (default there: 5 and 30).
+    retries : int, optional
+        Retries of a failed S3 request: each call is tried ``retries + 1`` times in all by botocore (s3fs's own
+        repetition of timed-out calls is then off), and results-table requests retry ``retries`` times. Default:
+        botocore 6 tries (``AWS_MAX_ATTEMPTS`` overrides), s3fs up to 5 on a timeout, tables 20 within 60 s.
     """
 
     def __init__(self, uri: str, *, endpoint_url: str | None = None, key: str | None = None,
-                 secret: str | None = None, storage_options: dict | None = None):
+                 secret: str | None = None, storage_options: dict | None = None,
+                 connect_timeout: float | None = None, read_timeout: float | None = None,
+                 retries: int | None = None):
         self.uri = check_uri(uri)
         self.endpoint_url = endpoint_url
+        self.connect_timeout, self.read_timeout, self.retries = connect_timeout, read_timeout, retries
         options = dict(storage_options or {})
         protocol = uri.split("://", 1)[0] if "://" in uri else "file"
         self.protocol = protocol
@@ -111,8 +121,13 @@ class Store:
             # 1 + 2 + 4 + 8 + 16 = 31 s in all, then the call fails (docs/reliability.md, "Faults"). The standard
             # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE variables, or storage_options' config_kwargs, override this.
             config = dict(options.get("config_kwargs") or {})
-            if not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):
+            if retries is not None:  # the study's own: every call tried retries + 1 times, by botocore alone
+                config["retries"] = {"mode": "standard", "total_max_attempts": retries + 1}
+            elif not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):
                 config.setdefault("retries", {"mode": "standard", "total_max_attempts": 6})
+            for name, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+                if seconds is not None:
+                    config[name] = float(seconds)
             options["config_kwargs"] = config
             # Other processes write to the same bucket: a cached listing would hide their objects from exists().
             options.setdefault("use_listings_cache", False)
@@ -123,7 +138,7 @@ class Store:
             path = uri.split("://", 1)[1] if uri.startswith("file://") else uri
             self.root = os.path.abspath(os.path.expanduser(path))
         self._options = options
-        self.fs = fsspec.filesystem(protocol, **options)
+        self.fs = self._filesystem()
 
     @classmethod
     def open_existing(cls, uri: str, *, endpoint_url: str | None = None) -> Store:
@@ -148,7 +163,14 @@ class Store:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.fs = fsspec.filesystem(self.protocol, **self._options)
+        self.fs = self._filesystem()
+
+    def _filesystem(self):
+        """The fsspec filesystem of the store's options (s3fs repeats no timed-out call when retries are given)."""
+        fs = fsspec.filesystem(self.protocol, **self._options)
+        if self.protocol == "s3" and getattr(self, "retries", None) is not None:
+            fs.retries = 1  # one try at s3fs's level: botocore makes the retries + 1 tries
+        return fs
 
     def __repr__(self) -> str:
         endpoint = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""

@@ -50,6 +50,7 @@ __all__ = [
     "Resources",
     "SimpleMatchesConfig",
     "StoreConfig",
+    "StoreTimeouts",
     "Study",
     "StudyError",
     "Training",
@@ -81,6 +82,42 @@ class _Section(Config):
 # ------------------------------------------------------------------------------------------------ sections
 
 
+def _optional_seconds(value: Any) -> float | None:
+    """Null, or a positive finite number of seconds."""
+    return None if value is None else fields.number(positive=True)(value)
+
+
+def _optional_retries(value: Any) -> int | None:
+    """Null, or a non-negative integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a non-negative integer; got {value!r}")
+    return value
+
+
+OptionalSeconds = Annotated[float | None, Field(gt=0), checked_by(_optional_seconds)]
+
+
+class StoreTimeouts(_Section):
+    """How long a store request waits before it fails (and is retried); null keeps the clients' defaults.
+
+    Parameters
+    ----------
+    connect : float, optional
+        Seconds to open a connection: S3 object calls (s3fs/botocore ``connect_timeout``) and results-table
+        requests (delta-rs ``connect_timeout``). Default (null): 5 s for both.
+    read : float, optional
+        Seconds to wait for an answer: S3 object calls (``read_timeout``, default 15 s) and the whole of a
+        results-table request (delta-rs ``timeout``, default 30 s).
+    """
+
+    connect: OptionalSeconds = None
+    read: OptionalSeconds = None
+
+    _path: ClassVar[str] = "store.timeouts"
+
+
 class StoreConfig(_Section):
     """Where a study's activations, factors and results live.
 
@@ -95,6 +132,14 @@ class StoreConfig(_Section):
         For a ``file://`` store on a Ray cluster of more than one node: the folder is on a filesystem every node
         mounts at the same path (NFS, a shared volume). Without it such a run is refused before anything is
         written (:func:`raymatch.engine.cluster.check_store_on_cluster`). Not part of the config hash.
+    timeouts : StoreTimeouts
+        ``{connect: s, read: s}``: seconds before an S3 request fails (default: the clients' own, see
+        :class:`StoreTimeouts`).
+    retries : int, optional
+        Retries of each failed S3 request (a timeout, a connection refused, a throttled request), with backoff:
+        ``n`` tries every object call ``n + 1`` times in all and lets a results-table request retry ``n`` times.
+        Default (null): 6 tries of each object call by botocore (``AWS_MAX_ATTEMPTS`` overrides), each of which
+        s3fs repeats up to 5 times on a timeout; results-table requests retry up to 20 times within 60 s.
 
     Notes
     -----
@@ -105,6 +150,8 @@ class StoreConfig(_Section):
     uri: Annotated[str, checked_by(fields.store_uri)]
     endpoint_url: Annotated[str | None, checked_by(fields.endpoint)] = None
     shared: Boolean = False
+    timeouts: StoreTimeouts = StoreTimeouts()
+    retries: Annotated[int | None, Field(ge=0), checked_by(_optional_retries)] = None
 
     _path: ClassVar[str] = "store"
 
@@ -130,7 +177,8 @@ class StoreConfig(_Section):
         -------
         raymatch.store.Store
         """
-        return Store(self.uri, endpoint_url=self.endpoint_url)
+        return Store(self.uri, endpoint_url=self.endpoint_url, connect_timeout=self.timeouts.connect,
+                     read_timeout=self.timeouts.read, retries=self.retries)
 
 
 class Training(_Section):

@@ -58,7 +58,7 @@ def test_shared_is_checked_and_changes_no_config_hash(tmp_path):
     with pytest.raises(StudyError) as refused:
         Study.from_dict({**data, "store": {"uri": "s3://bucket/store", "shared": True, "frob": 1}})
     assert refused.value.problems == [
-        "store.frob: unknown key (allowed: uri, endpoint_url, shared)",
+        "store.frob: unknown key (allowed: uri, endpoint_url, shared, timeouts, retries)",
         "store.shared: only used with a file:// store (an s3:// store is shared by every node)"]
 
 

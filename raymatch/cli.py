@@ -334,12 +334,14 @@ def _parser() -> argparse.ArgumentParser:
     run_demo.set_defaults(run=demo)
 
     run_query = commands.add_parser(
-        "query", help="run SQL over a store's results (curves, matches, matches_at(eps), cka, simple_matches, "
-                      "runs, models)",
+        "query", help="run SQL over a store's results (curves, matches, matches_at(eps), universality(eps), cka, "
+                      "cross_curves, simple_matches, runs, models)",
         description="Run one DuckDB SQL query over the results of a store: the views curves, matches (at each "
-                    "study's ε grid), the table macro matches_at(eps) (any ε, from the stored curves), cka, "
-                    "simple_matches, runs, models, tasks, studies and curves_all (every configuration). S3 "
-                    "credentials come from the standard AWS environment.", parents=[store, common])
+                    "study's ε grid), the table macros matches_at(eps) (any ε, from the stored curves) and "
+                    "universality(eps) (per neuron: in how many of its model's pairs it is matched), cka, "
+                    "cross_curves and cross_matches (cross_layers), simple_matches, runs, models, tasks, studies "
+                    "and curves_all (every configuration). S3 credentials come from the standard AWS environment.",
+        parents=[store, common])
     run_query.add_argument("sql", metavar="SQL", help="the query, e.g. 'SELECT layer, avg(similarity) FROM matches "
                                                      "GROUP BY layer'")
     run_query.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",

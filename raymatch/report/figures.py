@@ -291,12 +291,19 @@ def _simple_sizes_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     return _save(result, out_dir)
 
 
-def _draw_spread(axes, summary: pd.DataFrame, colour, *, dashed: bool):
+#: How each population's line is drawn (as in similarity.png): trained solid, untrained dashed, permuted dotted.
+_NULL_STYLE = {UNTRAINED: ("--", "x"), "permuted": (":", "+")}
+
+
+def _draw_spread(axes, summary: pd.DataFrame, colour, *, population: str):
+    """The mean per layer (a band of the min–max for the trained population; nulls as lines of their own style)."""
     positions = np.arange(len(summary))
-    (line,) = axes.plot(positions, summary["mean"], color=colour, lw=1.6 if dashed else 2, ls="--" if dashed else "-",
-                        marker="x" if dashed else "o", ms=5, zorder=3)
-    band = None if dashed else axes.fill_between(positions, summary["min"], summary["max"], color=colour,
-                                                 alpha=0.18, lw=0, zorder=2)
+    null = population != TRAINED
+    ls, marker = _NULL_STYLE.get(population, ("-.", "s")) if null else ("-", "o")
+    (line,) = axes.plot(positions, summary["mean"], color=colour, lw=1.6 if null else 2, ls=ls, marker=marker, ms=5,
+                        zorder=3)
+    band = None if null else axes.fill_between(positions, summary["min"], summary["max"], color=colour,
+                                               alpha=0.18, lw=0, zorder=2)
     return line, band
 
 
@@ -316,14 +323,13 @@ def _cka_figure(ctx: _Context, out_dir: Path) -> FigureResult:
     colour = ctx.eps_colour(ctx.eps)
     artists: dict[str, dict] = {"cka": {}, "similarity": {}}
     for population in _populations([*per_pair["population"], *similarity["population"]]):
-        dashed = population != TRAINED
         for axes, values, column, line_colour, key in ((cka_axes, per_pair, "cka", _CKA_COLOUR, "cka"),
                                                        (match_axes, similarity, "similarity", colour, "similarity")):
             rows = values.loc[values["population"] == population]
             if rows.empty:
                 continue
             artists[key][population] = _draw_spread(axes, _spread_by_layer(rows, column, layers), line_colour,
-                                                    dashed=dashed)
+                                                    population=population)
     _layer_axis(cka_axes, layers, ctx)
     _layer_axis(match_axes, layers, ctx)
     _unit_axis(cka_axes, "value")
@@ -339,13 +345,15 @@ def _cka_figure(ctx: _Context, out_dir: Path) -> FigureResult:
 
     handles = [Line2D([], [], color="black", lw=2, marker="o", ms=5, label="trained: mean over pairs"),
                Patch(color="black", alpha=0.18, lw=0, label="trained: min–max over pairs")]
-    if any(UNTRAINED in drawn for drawn in artists.values()):
-        handles.append(Line2D([], [], color="black", lw=1.6, ls="--", marker="x", ms=5,
-                              label="untrained (null): mean"))
+    nulls = [population for population in _NULL_STYLE if any(population in drawn for drawn in artists.values())]
+    for population in nulls:
+        ls, marker = _NULL_STYLE[population]
+        handles.append(Line2D([], [], color="black", lw=1.6, ls=ls, marker=marker, ms=5,
+                              label=f"{'permuted rows' if population == 'permuted' else population} (null): mean"))
     _legend(match_axes, handles)
     result.caption = (f"Linear CKA (left) and maximum-match similarity at {eps_text} (right{off_grid}) per layer: "
                       "solid lines the mean over trained pairs (repeats averaged), bands the min–max over pairs, "
-                      "dashed the untrained null baseline where present.")
+                      "dashed the untrained null baseline and dotted the permuted-row null where present.")
     data = per_pair.merge(similarity, how="outer", on=["population", "layer", "model_a", "model_b"])
     result.figure, result.data, result.artists = figure, data, artists
     return _save(result, out_dir)

@@ -7,14 +7,16 @@ process groups with a Ray temp dir of their own; the driver is a subprocess join
 1. the study on a local store not declared ``shared``: refused once connected (2 alive nodes), nothing written;
 2. the same study on that store declared ``shared: true``: work lands on both nodes;
 3. the same study on moto S3 (credentials only through the driver's ``runtime_env``): work on both nodes;
-4. the second node stopped (SIGTERM to its `ray start`), the same study into a fresh store on the head alone:
-   the one-node reference (a local store on one node needs no ``shared``).
+4. the same study into a fresh shared store, the second node's raylet SIGKILLed by pid (found in /proc by its
+   ``--node_id``) once 3 match tasks have returned: the run completes on the head (``runs`` status
+   ``succeeded``, no failed rows). On several nodes the engine runs its stages as Ray tasks, which Ray runs
+   again on the nodes left; the cluster's health checks are fast here (``RAY_health_check_*``: a dead node is
+   declared dead in ~5 s, not Ray's default ~30 s);
+5. the second node stopped for good, the same study into a fresh store on the head alone: the one-node
+   reference (a local store on one node needs no ``shared``).
 
 Every ``curves`` table must equal the reference's (same rows, same numbers; ``seconds`` and ``created_at``
 aside), and the node ids recorded per stage in the ``runs`` table's ``stages`` JSON show where work ran.
-
-Not here: a node lost *during* a run (docs/reliability.md, "Clusters": with the second node's raylet SIGKILLed
-mid-stage, the run waited for ever in the tests tried; open).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from .conftest import BUCKET, S3_KEY, S3_SECRET
 from .extract.helpers import put_checkpoint
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-N_MODELS = 4  # 6 pairs × 2 layers = 12 match tasks (pair_block 1)
+N_MODELS = 6  # 15 pairs × 2 layers = 30 match tasks (pair_block 1): enough to lose a node in the middle
 N_PAIRS = N_MODELS * (N_MODELS - 1) // 2
 
 
@@ -52,18 +54,61 @@ def study(uri: str, **store) -> dict:
 
 
 DRIVER = textwrap.dedent("""
-    import json, os, signal, sys, time
+    import faulthandler, json, os, signal, sys, threading, time
     import ray
+    from raymatch.engine import run as run_module
     from raymatch.engine.cluster import alive_nodes
     from raymatch.engine.run import run_study
     from raymatch.study import Study
 
     address, plan_path, second_node = sys.argv[1], sys.argv[2], int(sys.argv[3])
     ray.init(address=address, logging_level="ERROR", runtime_env={"env_vars": json.loads(os.environ["JOB_ENV"])})
+    here = ray.get_runtime_context().get_node_id()  # the head: a driver joins the head node of its host
+    kill = {"after": None, "at": None, "outcomes_after": 0}
+
+    def raylet_of(node_id):  # the pid of the raylet of node_id, from /proc (no psutil here)
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                args = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if args[0].endswith(b"raylet") and f"--node_id={node_id}".encode() in args:
+                return int(entry)
+        raise RuntimeError(f"no raylet of node {node_id} in /proc")
+
+    finished = threading.Event()
+
+    def watchdog():  # the run not ended 150 s after the kill: show where the driver waits, and end
+        if not finished.wait(150):
+            faulthandler.dump_traceback(all_threads=True)
+            os._exit(3)
+
+    original = run_module._recorder
+
+    def recorder(study, stage, writer):  # counts the stage's outcomes; kills the other node's raylet mid-stage
+        record, seen = original(study, stage, writer), []
+
+        def counted(outcome):
+            record(outcome)
+            seen.append(outcome.node)
+            if stage.name == "match" and kill["at"] is not None:
+                kill["outcomes_after"] += 1
+            if stage.name == "match" and len(seen) == kill["after"]:
+                other = next(node for node in alive_nodes() if node != here)
+                os.kill(raylet_of(other), signal.SIGKILL)
+                kill["at"] = time.monotonic()
+                threading.Thread(target=watchdog, daemon=True).start()
+        return counted
+
+    run_module._recorder = recorder
     results = []
     for step in json.load(open(plan_path)):
-        if step.get("stop_second_node"):  # the one-node reference: the second node leaves, between runs
-            os.killpg(second_node, signal.SIGTERM)
+        kill["after"] = step.get("kill_after")
+        if step.get("stop_second_node"):  # the one-node reference: the second node is gone for good
+            try:
+                os.killpg(second_node, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             deadline = time.monotonic() + 120
             while len(alive_nodes()) > 1 and time.monotonic() < deadline:
                 time.sleep(1)
@@ -74,9 +119,17 @@ DRIVER = textwrap.dedent("""
         except ValueError as error:
             results.append({"nodes": nodes, "error": str(error)})
             continue
+        finished.set()
+        deadline = time.monotonic() + 30
+        while kill["at"] is not None and len(alive_nodes()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.5)  # the GCS has (most likely) declared the killed node dead already
         counts = {name: {key: stage[key] for key in ("computed", "skipped", "failed", "nodes")}
                   for name, stage in summary["stages"].items()}
-        results.append({"nodes": nodes, "stages": counts, "seconds": time.monotonic() - started})
+        results.append({"nodes": nodes, "stages": counts, "seconds": time.monotonic() - started,
+                        "after_kill": None if kill["at"] is None else time.monotonic() - kill["at"],
+                        "killed_after": kill["after"] if kill["at"] is not None else None,
+                        "outcomes_after_kill": kill["outcomes_after"], "nodes_after": alive_nodes(), "head": here})
+        kill.update(at=None, outcomes_after=0)
     print("RESULTS " + json.dumps(results), flush=True)
 """)
 
@@ -109,7 +162,10 @@ def two_nodes(tmp_path):
     gcs = _free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_")}
     env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "disabled",
-                "RAY_USAGE_STATS_ENABLED": "0"})
+                "RAY_USAGE_STATS_ENABLED": "0",
+                # the GCS declares a node dead after 5 failed checks 1 s apart (~5 s; Ray's default is ~30 s)
+                "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
+                "RAY_health_check_timeout_ms": "3000"})
     for secret in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(secret, None)  # the workers get them from the driver's runtime_env only
     ray_dir = tempfile.mkdtemp(prefix="rm2n-")  # short: Ray's socket paths must stay under 108 bytes
@@ -167,7 +223,7 @@ def nodes_of(step: dict) -> set:
 
 def test_a_study_on_two_nodes_equals_one_node(two_nodes, s3_store, moto_endpoint, tmp_path):
     address, env, second_node = two_nodes
-    roots = {name: tmp_path / name for name in ("unshared", "shared", "reference")}
+    roots = {name: tmp_path / name for name in ("unshared", "shared", "lost", "reference")}
     stores = {name: Store(str(root)) for name, root in roots.items()}
     for store in [*stores.values(), s3_store]:
         for seed in range(N_MODELS):
@@ -175,6 +231,7 @@ def test_a_study_on_two_nodes_equals_one_node(two_nodes, s3_store, moto_endpoint
     plan = [{"study": study(f"file://{roots['unshared']}")},
             {"study": study(f"file://{roots['shared']}", shared=True)},
             {"study": study(f"s3://{BUCKET}/study", endpoint_url=moto_endpoint)},
+            {"study": study(f"file://{roots['lost']}", shared=True), "kill_after": 3},
             {"study": study(f"file://{roots['reference']}"), "stop_second_node": True}]
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     (tmp_path / "driver.py").write_text(DRIVER)
@@ -185,7 +242,7 @@ def test_a_study_on_two_nodes_equals_one_node(two_nodes, s3_store, moto_endpoint
                            str(second_node)], env=driver_env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "RESULTS " in done.stdout, output[-5000:]
-    unshared, shared, on_s3, reference = json.loads(done.stdout.split("RESULTS ", 1)[1])
+    unshared, shared, on_s3, lost, reference = json.loads(done.stdout.split("RESULTS ", 1)[1])
 
     two = set(unshared["nodes"])
     assert len(two) == 2
@@ -197,13 +254,20 @@ def test_a_study_on_two_nodes_equals_one_node(two_nodes, s3_store, moto_endpoint
     assert len(reference_curves) == N_PAIRS * 2 and (reference_curves["status"] == "ok").all()
     assert len(reference["nodes"]) == 1 and set(reference["nodes"]) < two  # the head alone
     assert nodes_of(reference) == set(reference["nodes"])
-    for step, store in ((shared, stores["shared"]), (on_s3, s3_store)):
+    for step, store in ((shared, stores["shared"]), (on_s3, s3_store), (lost, stores["lost"])):
         assert {name: (counts["computed"], counts["failed"]) for name, counts in step["stages"].items()} == {
             "train": (0, 0), "extract": (N_MODELS, 0), "factor": (N_MODELS * 2, 0), "match": (N_PAIRS * 2, 0),
             "simple": (0, 0)}, step
         assert step["nodes"] == unshared["nodes"]
-        for stage in ("extract", "factor", "match"):  # work landed on both nodes in every stage with work
+        # work landed on both nodes in every stage with work (the lost node's match work: up to the kill)
+        for stage in ("extract", "factor", "match") if step is not lost else ("extract", "factor"):
             assert set(step["stages"][stage]["nodes"]) == two, (stage, step)
         assert curves(store).equals(reference_curves), store
+        assert load(store, "runs")["status"].tolist() == ["succeeded"], store  # one run, nothing failed
+    # the lost node: killed in the middle of the match stage, gone when the run ended, and the run went on
+    assert lost["killed_after"] == 3 and lost["after_kill"] is not None, lost
+    assert lost["nodes_after"] == [node for node in lost["nodes"] if node == lost["head"]], lost
+    assert lost["outcomes_after_kill"] == N_PAIRS * 2 - 3, lost
     print({name: round(step["seconds"], 1) for name, step in zip(
-        ("shared", "s3", "reference"), (shared, on_s3, reference), strict=True)})
+        ("shared", "s3", "lost", "reference"), (shared, on_s3, lost, reference), strict=True)},
+        f"the lost-node run ended {lost['after_kill']:.1f} s after the kill")

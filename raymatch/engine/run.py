@@ -25,7 +25,7 @@ from .. import __version__
 from ..results import TableWriter, append_rows, check_store_version, compact_table, data_files, read_columns
 from ..store import Store, StoreError
 from ..store.layout import study_record_key, study_records_prefix, training_record_key
-from .cluster import check_store_in_job, check_store_on_cluster
+from .cluster import alive_nodes, check_store_in_job, check_store_on_cluster
 from .plan import Plan, make_plan
 from .stages import STAGES, Stage
 
@@ -138,6 +138,11 @@ class _Executors:
     Where extraction runs on CPUs, one pool of actors does every stage after training: the pair stages then start
     in warm processes (no worker start-up, torch and the store already loaded) instead of cold tasks. GPU actors
     are kept for extraction only: pair work is CPU work and must not hold a GPU, so it runs as Ray tasks there.
+
+    On a cluster of more than one alive node (when the run starts) there are no shared actors: CPU extraction and
+    the pair stages run as plain Ray tasks. A node lost in the middle of a run then costs only its tasks in
+    flight, which Ray runs again on the nodes left (``max_retries``); an actor of the lost node would instead wait
+    for a CPU that the other actors hold, and its calls with it, for ever (docs/reliability.md).
     """
 
     def __init__(self, study, store: Store, progress: bool | None):
@@ -149,6 +154,7 @@ class _Executors:
                                                cpus_per_actor=resources.cpus_per_task)
         self.gpu_extraction = "num_gpus" in options
         self.shared: list | None = None  # CPU actors for extraction and the pair stages
+        self.several_nodes = len(alive_nodes()) > 1  # Ray tasks only: a lost node's tasks run again elsewhere
 
     def _shared_actors(self) -> list:
         from .workers import start_actors
@@ -175,15 +181,27 @@ class _Executors:
             if self.gpu_extraction:  # GPU actors of their own, killed when extraction ends
                 return _outcomes_of(extract_population, self.store, tasks, resources, self.progress,
                                     self.study.architecture.runtime_env)
+            if self.several_nodes:
+                return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
+                                   num_cpus=resources.cpus_per_task, label=stage.name, progress=self.progress,
+                                   fatal=(StoreError,), on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure,
+                                   runtime_env=self._task_runtime_env())
             return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
                                label=stage.name, progress=self.progress, actors=self._shared_actors(),
                                fatal=(StoreError,), on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure)
         # biggest blocks first: no CPU is left alone with a long task at the end
         tasks = sorted(tasks, key=stage.size, reverse=True)
-        actors = None if self.gpu_extraction else self._shared_actors()
+        actors = None if self.gpu_extraction or self.several_nodes else self._shared_actors()
         return run_bounded(stage.task, tasks, args=(self.store,), max_in_flight=resources.max_in_flight,
                            num_cpus=resources.cpus_per_task, label=stage.name, progress=self.progress, actors=actors,
                            fatal=(StoreError,), on_outcome=on_outcome)  # the store is down or full: stop
+
+    def _task_runtime_env(self) -> dict | None:
+        """The runtime_env of extraction tasks: the architecture's code (``py_modules``, uploaded), if any."""
+        from .workers import uploaded
+
+        architecture = self.study.architecture
+        return uploaded(architecture.runtime_env) if architecture is not None and architecture.runtime_env else None
 
     def _train(self, plan: Plan, tasks: list) -> list:
         from ..train import recipe, train_population

@@ -62,7 +62,8 @@ def environment_variable(name: str) -> str | None:
     return os.environ.get(name)
 
 
-def test_a_ray_tasks_runtime_env_is_its_own():
+def test_ray_tasks_take_more_options_of_their_own():
     outcomes = run_bounded(environment_variable, ["RAYMATCH_TASK_MARK"], progress=False,
-                           runtime_env={"env_vars": {"RAYMATCH_TASK_MARK": "here"}})
+                           task_options={"runtime_env": {"env_vars": {"RAYMATCH_TASK_MARK": "here"}},
+                                         "scheduling_strategy": "SPREAD"})
     assert [outcome.result for outcome in outcomes] == ["here"]

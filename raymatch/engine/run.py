@@ -185,7 +185,7 @@ class _Executors:
                 return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
                                    num_cpus=resources.cpus_per_task, label=stage.name, progress=self.progress,
                                    fatal=(StoreError,), on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure,
-                                   runtime_env=self._task_runtime_env())
+                                   task_options=self._task_options(code=True))
             return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
                                label=stage.name, progress=self.progress, actors=self._shared_actors(),
                                fatal=(StoreError,), on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure)
@@ -194,14 +194,24 @@ class _Executors:
         actors = None if self.gpu_extraction or self.several_nodes else self._shared_actors()
         return run_bounded(stage.task, tasks, args=(self.store,), max_in_flight=resources.max_in_flight,
                            num_cpus=resources.cpus_per_task, label=stage.name, progress=self.progress, actors=actors,
-                           fatal=(StoreError,), on_outcome=on_outcome)  # the store is down or full: stop
+                           fatal=(StoreError,), on_outcome=on_outcome,  # the store is down or full: stop
+                           task_options=self._task_options(code=False))
 
-    def _task_runtime_env(self) -> dict | None:
-        """The runtime_env of extraction tasks: the architecture's code (``py_modules``, uploaded), if any."""
+    def _task_options(self, *, code: bool) -> dict:
+        """More Ray options of the stages' Ray tasks on several nodes: spread over the nodes, the model's code.
+
+        ``SPREAD`` puts the tasks on every node (Ray's default packs short tasks onto the driver's node);
+        extraction tasks (``code``) get the architecture's ``py_modules``, uploaded, as its actors would.
+        """
+        if not self.several_nodes:
+            return {}
         from .workers import uploaded
 
+        options: dict = {"scheduling_strategy": "SPREAD"}
         architecture = self.study.architecture
-        return uploaded(architecture.runtime_env) if architecture is not None and architecture.runtime_env else None
+        if code and architecture is not None and architecture.runtime_env:
+            options["runtime_env"] = uploaded(architecture.runtime_env)
+        return options
 
     def _train(self, plan: Plan, tasks: list) -> list:
         from ..train import recipe, train_population

@@ -60,11 +60,12 @@ DRIVER = textwrap.dedent("""
     from raymatch.engine.cluster import alive_nodes
     from raymatch.engine.run import run_study
     from raymatch.study import Study
+    from tests.test_faults import MATCH_READ, instrumented, study_store
 
     address, plan_path, second_node = sys.argv[1], sys.argv[2], int(sys.argv[3])
     ray.init(address=address, logging_level="ERROR", runtime_env={"env_vars": json.loads(os.environ["JOB_ENV"])})
     here = ray.get_runtime_context().get_node_id()  # the head: a driver joins the head node of its host
-    kill = {"after": None, "at": None, "outcomes_after": 0}
+    kill = {}
 
     def raylet_of(node_id):  # the pid of the raylet of node_id, from /proc (no psutil here)
         for entry in filter(str.isdigit, os.listdir("/proc")):
@@ -76,34 +77,58 @@ DRIVER = textwrap.dedent("""
                 return int(entry)
         raise RuntimeError(f"no raylet of node {node_id} in /proc")
 
-    finished = threading.Event()
+    def parent_of(pid):
+        try:
+            return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
 
-    def watchdog():  # the run not ended 150 s after the kill: show where the driver waits, and end
+    def beacon_lines(beacon):  # whole lines only: "<pid> read:<key>", one per slowed read
+        text = open(beacon).read() if os.path.exists(beacon) else ""
+        return [line.split(" ", 1) for line in text[:text.rfind("\\n") + 1].splitlines()]
+
+    def watchdog(finished):  # the run not ended 150 s after the kill: show where the driver waits, and end
         if not finished.wait(150):
             faulthandler.dump_traceback(all_threads=True)
             os._exit(3)
 
+    def killer(beacon, finished):  # SIGKILL the second node's raylet while a match task on it reads a factor
+        raylet = raylet_of(next(node for node in alive_nodes() if node != here))
+        checked, deadline = 0, time.monotonic() + 120
+        while time.monotonic() < deadline and not finished.is_set():
+            lines = beacon_lines(beacon)
+            if kill["outcomes"] >= kill["after"]:  # enough match tasks returned: a read begun since then
+                for index in range(checked, len(lines)):
+                    pid, key = lines[index]
+                    if parent_of(int(pid)) == raylet:  # a worker of the second node, in its 0.3 s read
+                        os.kill(raylet, signal.SIGKILL)
+                        kill.update(at=time.monotonic(), read=(pid, key, index))
+                        threading.Thread(target=watchdog, args=(finished,), daemon=True).start()
+                        while len(alive_nodes()) > 1 and time.monotonic() < deadline:
+                            time.sleep(0.2)
+                        kill["dead_at"] = time.monotonic()  # the GCS declared the node dead
+                        return
+            checked = len(lines)
+            time.sleep(0.02)
+
     original = run_module._recorder
 
-    def recorder(study, stage, writer):  # counts the stage's outcomes; kills the other node's raylet mid-stage
-        record, seen = original(study, stage, writer), []
+    def recorder(study, stage, writer):  # counts the match stage's outcomes, before and after the kill
+        record = original(study, stage, writer)
 
         def counted(outcome):
             record(outcome)
-            seen.append(outcome.node)
-            if stage.name == "match" and kill["at"] is not None:
-                kill["outcomes_after"] += 1
-            if stage.name == "match" and len(seen) == kill["after"]:
-                other = next(node for node in alive_nodes() if node != here)
-                os.kill(raylet_of(other), signal.SIGKILL)
-                kill["at"] = time.monotonic()
-                threading.Thread(target=watchdog, daemon=True).start()
+            if stage.name == "match":
+                kill["outcomes"] += 1
+                if kill.get("at") is not None:
+                    kill["nodes_after"].append(outcome.node)
         return counted
 
     run_module._recorder = recorder
     results = []
     for step in json.load(open(plan_path)):
-        kill["after"] = step.get("kill_after")
+        kill.clear()
+        kill.update(after=step.get("kill_after"), outcomes=0, nodes_after=[])
         if step.get("stop_second_node"):  # the one-node reference: the second node is gone for good
             try:
                 os.killpg(second_node, signal.SIGTERM)
@@ -113,25 +138,34 @@ DRIVER = textwrap.dedent("""
             while len(alive_nodes()) > 1 and time.monotonic() < deadline:
                 time.sleep(1)
         nodes = alive_nodes()
+        study, finished = Study.from_dict(step["study"]), threading.Event()
+        store = study.store.open()
+        if kill["after"]:  # each match task's reads of its factors' manifests 0.3 s late, in the beacon
+            beacon = os.path.join(os.path.dirname(plan_path), "beacon")
+            store = instrumented(store, beacon, {}, reads={MATCH_READ: 0.3})
+            threading.Thread(target=killer, args=(beacon, finished), daemon=True).start()
         started = time.monotonic()
         try:
-            summary = run_study(Study.from_dict(step["study"]), progress=False)
+            with study_store(study, store):
+                summary = run_study(study, progress=False)
         except ValueError as error:
             results.append({"nodes": nodes, "error": str(error)})
             continue
         ended = time.monotonic()
         finished.set()
-        deadline = ended + 30
-        while kill["at"] is not None and len(alive_nodes()) > 1 and time.monotonic() < deadline:
-            time.sleep(0.2)  # until the GCS declares the killed node dead (if it has not yet)
-        counts = {name: {key: stage[key] for key in ("computed", "skipped", "failed", "nodes")}
-                  for name, stage in summary["stages"].items()}
-        results.append({"nodes": nodes, "stages": counts, "seconds": ended - started,
-                        "after_kill": None if kill["at"] is None else ended - kill["at"],
-                        "dead_after": None if kill["at"] is None else time.monotonic() - kill["at"],
-                        "killed_after": kill["after"] if kill["at"] is not None else None,
-                        "outcomes_after_kill": kill["outcomes_after"], "nodes_after": alive_nodes(), "head": here})
-        kill.update(at=None, outcomes_after=0)
+        result = {"nodes": nodes, "seconds": ended - started, "head": here,
+                  "stages": {name: {key: stage[key] for key in ("computed", "skipped", "failed", "nodes")}
+                             for name, stage in summary["stages"].items()}}
+        if kill.get("at") is not None:
+            deadline = ended + 30
+            while "dead_at" not in kill and time.monotonic() < deadline:
+                time.sleep(0.2)  # until the GCS declares the killed node dead (if it has not yet)
+            pid, key, index = kill["read"]
+            result.update(after_kill=ended - kill["at"], dead_after=kill.get("dead_at", float("nan")) - kill["at"],
+                          outcome_nodes_after_kill=kill["nodes_after"], nodes_after=alive_nodes(),
+                          killed_worker=[pid, key], killed_worker_alive=os.path.exists(f"/proc/{pid}"),
+                          read_again=[line for line in beacon_lines(beacon)[index + 1:] if line[1] == key])
+        results.append(result)
     print("RESULTS " + json.dumps(results), flush=True)
 """)
 
@@ -267,12 +301,16 @@ def test_a_study_on_two_nodes_equals_one_node(two_nodes, s3_store, moto_endpoint
             assert set(step["stages"][stage]["nodes"]) == two, (stage, step)
         assert curves(store).equals(reference_curves), store
         assert load(store, "runs")["status"].tolist() == ["succeeded"], store  # one run, nothing failed
-    # the lost node: killed in the middle of the match stage, gone when the run ended, and the run went on
-    assert lost["killed_after"] == 3 and lost["after_kill"] is not None, lost
-    assert lost["nodes_after"] == [node for node in lost["nodes"] if node == lost["head"]], lost
-    assert lost["outcomes_after_kill"] == N_PAIRS * 2 - 3, lost
+    # the lost node: killed in the middle of the match stage while a match task on it read a factor (its worker
+    # died with the node, so Ray ran that task again on the head); the node was declared dead, the run went on
+    assert lost.get("after_kill") is not None, lost
+    assert lost["nodes_after"] == [lost["head"]], lost
+    assert not lost["killed_worker_alive"], lost
+    assert 0 < len(lost["outcome_nodes_after_kill"]) <= N_PAIRS * 2 - 3, lost
+    assert any(pid != lost["killed_worker"][0] for pid, _ in lost["read_again"]), lost
     print({name: round(step["seconds"], 1) for name, step in zip(
         ("shared", "s3", "lost", "reference"), (shared, on_s3, lost, reference), strict=True)},
         f"the lost-node run ended {lost['after_kill']:.1f} s after the kill, which left "
-        f"{lost['outcomes_after_kill']} match tasks; the node was dead (ray.nodes) {lost['dead_after']:.1f} s "
-        "after the kill at the latest")
+        f"{len(lost['outcome_nodes_after_kill'])} match tasks "
+        f"({lost['outcome_nodes_after_kill'].count(lost['head'])} returned by the head); the node was dead "
+        f"(ray.nodes) {lost['dead_after']:.1f} s after the kill")

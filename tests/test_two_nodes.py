@@ -7,11 +7,13 @@ process groups with a Ray temp dir of their own; the driver is a subprocess join
 1. the study on a local store not declared ``shared``: refused once connected (2 alive nodes), nothing written;
 2. the same study on that store declared ``shared: true``: work lands on both nodes;
 3. the same study on moto S3 (credentials only through the driver's ``runtime_env``): work on both nodes;
-4. the same study into a fresh shared store, the second node's raylet SIGKILLed by pid (found in /proc by its
-   ``--node_id``) once 3 match tasks have returned: the run completes on the head (``runs`` status
-   ``succeeded``, no failed rows). On several nodes the engine runs its stages as Ray tasks, which Ray runs
-   again on the nodes left; the cluster's health checks are fast here (``RAY_health_check_*``: a dead node is
-   declared dead in ~5 s, not Ray's default ~30 s);
+4. the same study into a fresh shared store whose match tasks read their factors 0.3 s late (the instrumented
+   store of tests/test_faults.py, each read in a beacon file): once 3 match tasks have returned, the second
+   node's raylet (found in /proc by its ``--node_id``) is SIGKILLed while a match task on it reads, i.e. a
+   worker whose parent is that raylet. That worker dies with it, the run completes on the head (``runs``
+   status ``succeeded``, no failed rows): on several nodes the engine runs its stages as Ray tasks, which Ray
+   runs again on the nodes left. The cluster's health checks are fast here (``RAY_health_check_*``: a dead
+   node is declared dead in ~5 s, not Ray's default of about 15 s or more);
 5. the second node stopped for good, the same study into a fresh store on the head alone: the one-node
    reference (a local store on one node needs no ``shared``).
 

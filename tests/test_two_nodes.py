@@ -275,7 +275,9 @@ def test_a_study_on_two_nodes_equals_one_node(two_nodes, s3_store, moto_endpoint
     (tmp_path / "driver.py").write_text(DRIVER)
     job_env = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
     # the driver reads the store too; the nodes' processes get the credentials only through its runtime_env
-    driver_env = {**env, **job_env, "JOB_ENV": json.dumps(job_env), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the driver imports tests.test_faults
+    python_path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), root)))
+    driver_env = {**env, **job_env, "JOB_ENV": json.dumps(job_env), "PYTHONPATH": python_path}
     done = subprocess.run([sys.executable, str(tmp_path / "driver.py"), address, str(tmp_path / "plan.json"),
                            str(second_node)], env=driver_env, capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr

@@ -33,7 +33,7 @@ from .. import __version__
 from ..results import TableWriter, append_rows, check_store_version, compact_table, data_files, read_columns
 from ..store import Store, StoreError
 from ..store.layout import study_record_key, study_records_prefix, training_record_key
-from .cluster import check_store_in_job, check_store_on_cluster
+from .cluster import alive_nodes, check_store_in_job, check_store_on_cluster
 from .plan import Plan, make_plan
 from .stages import STAGES, Stage
 
@@ -286,6 +286,11 @@ class _Executors:
     Where extraction runs on CPUs, one pool of actors does every stage after training: the pair stages then start
     in warm processes (no worker start-up, torch and the store already loaded) instead of cold tasks. GPU actors
     are kept for extraction only: pair work is CPU work and must not hold a GPU, so it runs as Ray tasks there.
+
+    On a cluster of more than one alive node (when the run starts) there are no shared actors: CPU extraction and
+    the pair stages run as plain Ray tasks. A node lost in the middle of a run then costs only its tasks in
+    flight, which Ray runs again on the nodes left (``max_retries``); an actor of the lost node would instead wait
+    for a CPU that the other actors hold, and its calls with it, for ever (docs/reliability.md).
     """
 
     def __init__(self, study, store: Store, progress: bool | None):
@@ -297,6 +302,7 @@ class _Executors:
                                                cpus_per_actor=resources.cpus_per_task)
         self.gpu_extraction = "num_gpus" in options
         self.shared: list | None = None  # CPU actors for extraction and the pair stages
+        self.several_nodes = len(alive_nodes()) > 1  # Ray tasks only: a lost node's tasks run again elsewhere
 
     def _shared_actors(self) -> list:
         from .workers import start_actors
@@ -323,15 +329,37 @@ class _Executors:
             if self.gpu_extraction:  # GPU actors of their own, killed when extraction ends
                 return _outcomes_of(extract_population, self.store, tasks, resources, self.progress,
                                     self.study.architecture.runtime_env)
+            if self.several_nodes:
+                return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
+                                   num_cpus=resources.cpus_per_task, label=stage.name, progress=self.progress,
+                                   fatal=(StoreError,), on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure,
+                                   task_options=self._task_options(code=True))
             return run_bounded(extract_job, tasks, args=(self.store,), max_in_flight=self.capacity,
                                label=stage.name, progress=self.progress, actors=self._shared_actors(),
                                fatal=(StoreError,), on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure)
         # biggest blocks first: no CPU is left alone with a long task at the end
         tasks = sorted(tasks, key=stage.size, reverse=True)
-        actors = None if self.gpu_extraction else self._shared_actors()
+        actors = None if self.gpu_extraction or self.several_nodes else self._shared_actors()
         return run_bounded(stage.task, tasks, args=(self.store,), max_in_flight=resources.max_in_flight,
                            num_cpus=resources.cpus_per_task, label=stage.name, progress=self.progress, actors=actors,
-                           fatal=(StoreError,), on_outcome=on_outcome)  # the store is down or full: stop
+                           fatal=(StoreError,), on_outcome=on_outcome,  # the store is down or full: stop
+                           task_options=self._task_options(code=False))
+
+    def _task_options(self, *, code: bool) -> dict:
+        """More Ray options of the stages' Ray tasks on several nodes: spread over the nodes, the model's code.
+
+        ``SPREAD`` puts the tasks on every node (Ray's default packs short tasks onto the driver's node);
+        extraction tasks (``code``) get the architecture's ``py_modules``, uploaded, as its actors would.
+        """
+        if not self.several_nodes:
+            return {}
+        from .workers import uploaded
+
+        options: dict = {"scheduling_strategy": "SPREAD"}
+        architecture = self.study.architecture
+        if code and architecture is not None and architecture.runtime_env:
+            options["runtime_env"] = uploaded(architecture.runtime_env)
+        return options
 
     def _train(self, plan: Plan, tasks: list) -> list:
         from ..train import recipe, train_population

@@ -47,7 +47,7 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
                 progress: bool | None = None, actors: list | None = None,
                 fatal: tuple[type[BaseException], ...] = (),
                 on_outcome: Callable[[Outcome], None] | None = None,
-                stop_on_failure: bool = False) -> list[Outcome]:
+                stop_on_failure: bool = False, task_options: dict | None = None) -> list[Outcome]:
     """Run ``fn(*args, item)`` for every item on Ray, at most ``max_in_flight`` at once.
 
     Two interchangeable executors: Ray tasks (default), or method calls ``actor.run_task.remote(fn, *args,
@@ -65,12 +65,19 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
     the driver with each outcome as it arrives (the driver batches result rows into its tables there).
     With ``stop_on_failure``, the first failed item stops the submission of further items (those in flight end
     first, Ray tasks cancelled): only the outcomes of the items that ran are returned, the failure last.
+    ``task_options`` are more Ray options of each Ray task (not of actor calls): e.g. its own ``runtime_env``
+    (a model's code, on top of the job's) or ``scheduling_strategy``.
+
+    A node lost in the middle: Ray runs its Ray tasks again on the nodes left (``max_retries``, no failed
+    outcome until those are used up); a call on an actor of that node waits for the actor's restart, which needs
+    a free slot, so on a cluster of several nodes run Ray tasks (the study engine does).
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be a positive integer; got {max_in_flight}")
     items = list(items)
+    ray_options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": max_retries, **(task_options or {})}
     executor = _Executor(fn, [ray.put(arg) for arg in args], actors, label,  # shared arguments put once
-                         ray_options={"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": max_retries})
+                         ray_options=ray_options)
     outcomes: list[Outcome | None] = [None] * len(items)
     pending: dict[ray.ObjectRef, tuple[int, int]] = {}
     reporter = Progress(len(items), label, progress)

@@ -1,9 +1,10 @@
-"""Warm worker actors: extraction on a GPU where the cluster has GPUs, and every stage's tasks on CPU clusters.
+"""Warm worker actors: extraction on a GPU where the cluster has GPUs, and every stage's tasks on one CPU node.
 
 A :class:`WorkerActor` is a long-lived Ray actor that runs task bodies (``fn(*args)``) in its own process, so
 that libraries, the store client and the loaded probe stay warm from one task to the next. On a cluster with
-GPUs, GPU actors run the extraction only (pair work is CPU work and must not hold a GPU); on CPU clusters one
-pool of CPU actors runs every stage after training.
+GPUs, GPU actors run the extraction only (pair work is CPU work and must not hold a GPU); on a one-node CPU
+cluster one pool of CPU actors runs every stage after training. On several nodes the CPU stages run as Ray
+tasks instead (a lost node's actor would wait for a free CPU; see ``raymatch.engine.run._Executors``).
 """
 
 from __future__ import annotations

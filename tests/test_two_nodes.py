@@ -182,7 +182,7 @@ def _free_port() -> int:
 
 def _stop(process: subprocess.Popen) -> None:
     """Stop a `ray start --block` and everything in its process group (never `ray stop`: other Rays live here)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 30)):
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:  # already stopped (the driver stops the second node itself)
@@ -199,6 +199,7 @@ def two_nodes(tmp_path):
     """``(gcs address, environment, second node's process group)``: a head and a second node."""
     gcs = _free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_")}
+    # "1": Ray refuses a second node without it here; every node still binds 127.0.0.1 (--node-ip-address below)
     env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0",
                 # the GCS declares a node dead after 5 failed checks 1 s apart (~5 s; Ray's default is ~30 s)

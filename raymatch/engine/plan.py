@@ -132,9 +132,11 @@ class PlanContext:
     --retry-failed``).
     """
 
-    def __init__(self, study, store: Store, plan: Plan, *, retry_failed: bool = False):
+    def __init__(self, study, store: Store, plan: Plan, *, retry_failed: bool = False,
+                 known_ids: dict[str, str] | None = None):
         self.study, self.store, self.plan = study, store, plan
         self.retry_failed = retry_failed
+        self.known_ids = dict(known_ids or {})  # checkpoint key → model id, from an earlier plan of this run
 
     @functools.cached_property
     def pair_units(self) -> list[tuple[ModelGroup, str, int, list[tuple[str, str]], dict[str, int]]]:
@@ -386,7 +388,7 @@ def _groups(study, store: Store) -> list[ModelGroup]:
     return groups
 
 
-def make_plan(study, store: Store, *, retry_failed: bool = False) -> Plan:
+def make_plan(study, store: Store, *, retry_failed: bool = False, known_ids: dict[str, str] | None = None) -> Plan:
     """Resolve the model groups and ask every stage what is stored and what is left, running nothing.
 
     Parameters
@@ -395,6 +397,9 @@ def make_plan(study, store: Store, *, retry_failed: bool = False) -> Plan:
     store : Store
     retry_failed : bool, default False
         Plan the pairs whose only stored rows are failed ones again (by default a failed row is done work).
+    known_ids : dict, optional
+        Checkpoint key → model id from an earlier plan of the same run: those checkpoints are not read and hashed
+        again (on S3 that is every checkpoint's bytes once more) unless their activations are still to extract.
 
     Returns
     -------
@@ -409,7 +414,7 @@ def make_plan(study, store: Store, *, retry_failed: bool = False) -> Plan:
     from .stages import STAGES
 
     plan = Plan(_groups(study, store), list(study.layer_names))
-    context = PlanContext(study, store, plan, retry_failed=retry_failed)
+    context = PlanContext(study, store, plan, retry_failed=retry_failed, known_ids=known_ids)
     for stage in STAGES:
         plan.stages[stage.name] = stage.plan(context)
     return plan

@@ -446,7 +446,7 @@ def _run_stages(study, store: Store, plan: Plan, summary: dict, progress: bool |
         for stage in STAGES:
             stage_start = time.perf_counter()
             if not plan[stage.name].known:  # the stage before it has just stored what it needs
-                plan = make_plan(study, store, retry_failed=retry_failed)
+                plan = make_plan(study, store, retry_failed=retry_failed, known_ids=plan.model_ids)
             if stage.table is not None:
                 _record_models(study, store, plan)
             planned = plan[stage.name]

@@ -96,13 +96,17 @@ def _plan_extract(context: PlanContext) -> StagePlan:
     todo, seen = [], set()
     options = study.population.checkpoint_options  # a nested state dict, a prefix to strip
     for key in plan.checkpoints:
-        data = read_checkpoint(store, key)
-        model = plan.model_ids[key] = model_id_of(data, options, name=key)
+        model, data = context.known_ids.get(key), None  # known from an earlier plan of this run: not read again
+        if model is None:
+            data = read_checkpoint(store, key)
+            model = model_id_of(data, options, name=key)
+        plan.model_ids[key] = model
         if model in seen:  # the same weights under two keys (a trajectory's selected epoch): extracted once
             continue
         seen.add(model)
         if any(stored_repeats(store, study.probe.id, model, layer) is None
                for layer in [*plan.layers, *map(pooled_layer, context.pooled_layers)]):
+            data = read_checkpoint(store, key) if data is None else data
             todo.append(key)  # refused here, before Ray, if corrupt, of another shape, or NaN
             check_checkpoint(study.architecture.module_tree(), data, arch=study.architecture.label, name=key,
                              options=options)

@@ -19,10 +19,8 @@ import time
 from dataclasses import dataclass
 
 from .. import __version__
-from ..match import cross_product, linear_cka_factors, match_curve
-from ..store import ActivationKey, Store, StoreError, layout
-from ..store.factors import cached_factor
-from .tasks import CURVE_KEYS, activation_tolerance, chance_level
+from ..store import ActivationKey, Store, layout
+from .tasks import CURVE_KEYS, finish_row, load_factors, pair_fields
 
 __all__ = ["CROSS_KEYS", "CrossTask", "cross_task", "layer_pairs", "matrix_layer", "run_cross_task"]
 
@@ -95,46 +93,25 @@ def run_cross_task(store: Store, task: CrossTask) -> list[dict]:
 
     A failing store (:class:`~raymatch.store.StoreError`) fails the task instead, with no rows.
     """
-    factors, tolerances, errors = {}, {}, {}
-    for model in dict.fromkeys(model for pair in task.pairs for model in pair):
-        for matrix in dict.fromkeys((task.matrix_a, task.matrix_b)):
-            key = ActivationKey(task.probe_id, model, matrix, task.repeat)
-            try:
-                factors[model, matrix] = cached_factor(store, key, center=task.center)
-                tolerances[model, matrix] = activation_tolerance(store, key)
-            except StoreError:
-                raise
-            except Exception as error:
-                errors[model, matrix] = f"{type(error).__name__}: {error}"
+    keys = {(model, matrix): ActivationKey(task.probe_id, model, matrix, task.repeat)
+            for model in dict.fromkeys(model for pair in task.pairs for model in pair)
+            for matrix in dict.fromkeys((task.matrix_a, task.matrix_b))}
+    factors, tolerances, errors = load_factors(store, keys, center=task.center)
+
+    def measure(a: str, b: str) -> dict:
+        problem = errors.get((a, task.matrix_a)) or errors.get((b, task.matrix_b))
+        if problem:
+            raise RuntimeError(problem)
+        exact_tol = max(tolerances[a, task.matrix_a], tolerances[b, task.matrix_b])  # the coarser dtype's
+        return pair_fields(factors[a, task.matrix_a], factors[b, task.matrix_b], exact_tol, cka=task.cka)
+
     rows = []
     for a, b in task.pairs:
-        started = time.perf_counter()
         row = dict.fromkeys(CROSS_KEYS)
         row.update({"study": task.study, "population": task.population, "layer_a": task.layer_a,
                     "layer_b": task.layer_b, "pool": task.pool, "repeat": task.repeat, "model_a": a, "model_b": b,
                     "probe_id": task.probe_id, "config_hash": task.config_hash, "code_version": __version__})
-        try:
-            problem = errors.get((a, task.matrix_a)) or errors.get((b, task.matrix_b))
-            if problem:
-                raise RuntimeError(problem)
-            fa, fb = factors[a, task.matrix_a], factors[b, task.matrix_b]
-            exact_tol = max(tolerances[a, task.matrix_a], tolerances[b, task.matrix_b])  # the coarser dtype's
-            cross = cross_product(fa, fb)
-            curve = match_curve(fa, fb, cross=cross, exact_tol=exact_tol)
-            cka = linear_cka_factors(fa, fb, cross) if task.cka else None
-        except Exception as error:
-            message = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
-            row.update({"status": "failed", "error": message, "seconds": time.perf_counter() - started})
-            rows.append(row)
-            continue
-        row.update({
-            "n_samples": int(curve.n_samples), "n_a": curve.n_a, "n_b": curve.n_b, "exact_tol": exact_tol,
-            "dead_a": int(curve.dead_a.size), "dead_b": int(curve.dead_b.size),
-            "critical_a": [float(x) for x in curve.critical_a], "critical_b": [float(x) for x in curve.critical_b],
-            "max_epsilon": curve.max_epsilon, "chance": chance_level(max(curve.n_a, curve.n_b), curve.n_samples),
-            "cka": cka, "seconds": time.perf_counter() - started, "status": "ok", "error": None,
-        })
-        rows.append(row)
+        rows.append(finish_row(row, lambda a=a, b=b: measure(a, b), time.perf_counter()))
     return rows
 
 

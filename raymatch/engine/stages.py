@@ -77,8 +77,9 @@ class Stage:
 def _plan_train(context: PlanContext) -> StagePlan:
     """One task per (group, seed) whose checkpoint record is not stored."""
     tasks = [(group.name, seed) for group in context.plan.groups for seed in group.train_todo]
-    models = sum(len(group.checkpoints) for group in context.plan.groups if group.origins is None)  # no trajectory
-    return StagePlan(tasks, models - len(tasks))
+    # each checkpoint once (the permuted null reuses the trained ones); a trajectory's epochs are no models here
+    models = {key for group in context.plan.groups if group.origins is None for key in group.checkpoints}
+    return StagePlan(tasks, len(models) - len(tasks))
 
 
 def _plan_extract(context: PlanContext) -> StagePlan:

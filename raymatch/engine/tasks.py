@@ -120,6 +120,72 @@ def activation_tolerance(store: Store, key: ActivationKey) -> float:
     return exact_tolerance(read_manifest(store, key).get("dtype", "float32"))
 
 
+def load_factors(store: Store, keys: dict, *, center: bool) -> tuple[dict, dict, dict]:
+    """The factor and exact tolerance of each stored matrix, or the error that stopped it (shared by pair tasks).
+
+    Parameters
+    ----------
+    store : Store
+    keys : dict
+        Any name → :class:`~raymatch.store.ActivationKey`.
+    center : bool
+
+    Returns
+    -------
+    factors, tolerances, errors : dict
+        By name: the :class:`~raymatch.match.Factor`, :func:`activation_tolerance`, or the error message of an
+        application error (recorded in the pairs' rows, not retried).
+
+    Raises
+    ------
+    StoreError
+        The store failed, not the matrix: the task fails with no rows, so a rerun computes its pairs.
+    """
+    factors, tolerances, errors = {}, {}, {}
+    for name, key in keys.items():
+        try:
+            factors[name] = cached_factor(store, key, center=center)
+            tolerances[name] = activation_tolerance(store, key)
+        except StoreError:
+            raise
+        except Exception as error:
+            errors[name] = f"{type(error).__name__}: {error}"
+    return factors, tolerances, errors
+
+
+def pair_fields(fa, fb, exact_tol: float, *, cka: bool, clock: dict | None = None) -> dict:
+    """A pair's measured row fields: its ε-curve (every neuron's critical ε), counts, chance ratio and CKA.
+
+    Both come from one cross product of the two factors' bases. ``clock`` (optional) accumulates
+    ``match_seconds`` and ``cka_seconds``.
+    """
+    started = time.perf_counter()
+    cross = cross_product(fa, fb)
+    curve = match_curve(fa, fb, cross=cross, exact_tol=exact_tol)
+    matched = time.perf_counter()
+    value = linear_cka_factors(fa, fb, cross) if cka else None
+    if clock is not None:
+        clock["match_seconds"] += matched - started
+        clock["cka_seconds"] += time.perf_counter() - matched
+    return {"n_samples": int(curve.n_samples), "n_a": curve.n_a, "n_b": curve.n_b,
+            "dead_a": int(curve.dead_a.size), "dead_b": int(curve.dead_b.size),
+            "critical_a": [float(x) for x in curve.critical_a], "critical_b": [float(x) for x in curve.critical_b],
+            "exact_tol": exact_tol, "max_epsilon": curve.max_epsilon,
+            "chance": chance_level(max(curve.n_a, curve.n_b), curve.n_samples), "cka": value}
+
+
+def finish_row(row: dict, measure, started: float) -> dict:
+    """``row`` with ``measure()``'s fields and status ``ok``, or status ``failed`` and the error it raised."""
+    try:
+        fields = measure()
+    except Exception as error:
+        message = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+        row.update({"status": "failed", "error": message, "seconds": time.perf_counter() - started})
+        return row
+    row.update(fields, seconds=time.perf_counter() - started, status="ok", error=None)
+    return row
+
+
 def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -> list[dict]:
     """One ``curves`` row per pair of ``task``: the pair's ε-curve, counts and CKA; a failing pair is a failed row.
 
@@ -138,52 +204,27 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
         ε-curves) and ``cka_seconds`` (CKA from the shared cross products), summed over the task.
     """
     clock = {"factor_seconds": 0.0, "match_seconds": 0.0, "cka_seconds": 0.0}
-    factors, tolerances, errors = {}, {}, {}
-    for model in task.models:
-        started = time.perf_counter()
-        key = ActivationKey(task.probe_id, model, task.layer, task.repeat)
-        try:
-            factors[model] = cached_factor(store, key, center=task.center)
-            tolerances[model] = activation_tolerance(store, key)
-        except StoreError:  # the store failed, not the pair: no row (a rerun computes the pair), the task fails
-            raise
-        except Exception as error:  # an application error: recorded in the rows, not retried
-            errors[model] = f"{type(error).__name__}: {error}"
-        clock["factor_seconds"] += time.perf_counter() - started
+    started = time.perf_counter()
+    keys = {model: ActivationKey(task.probe_id, model, task.layer, task.repeat) for model in task.models}
+    factors, tolerances, errors = load_factors(store, keys, center=task.center)
+    clock["factor_seconds"] = time.perf_counter() - started
+
+    def measure(a: str, b: str) -> dict:
+        if a in errors or b in errors:
+            raise RuntimeError(errors.get(a) or errors.get(b))
+        fb = factors[b]
+        if task.permute_b_seed is not None:
+            fb = permute_rows(fb, row_permutation(fb.n_samples, task.permute_b_seed))
+        exact_tol = max(tolerances[a], tolerances[b])  # the coarser of the two stored dtypes
+        return pair_fields(factors[a], fb, exact_tol, cka=task.cka, clock=clock)
+
     rows = []
     for a, b in task.pairs:
-        started = time.perf_counter()
         row = dict.fromkeys(CURVE_KEYS)
         row.update({"study": task.study, "population": task.population, "layer": task.layer,
                     "repeat": task.repeat, "model_a": a, "model_b": b, "probe_id": task.probe_id,
                     "config_hash": task.config_hash, "code_version": __version__})
-        try:
-            if a in errors or b in errors:
-                raise RuntimeError(errors.get(a) or errors.get(b))
-            fa, fb = factors[a], factors[b]
-            if task.permute_b_seed is not None:
-                fb = permute_rows(fb, row_permutation(fb.n_samples, task.permute_b_seed))
-            cross = cross_product(fa, fb)
-            exact_tol = max(tolerances[a], tolerances[b])  # the coarser of the two stored dtypes
-            curve = match_curve(fa, fb, cross=cross, exact_tol=exact_tol)
-            matched = time.perf_counter()
-            clock["match_seconds"] += matched - started
-            cka = linear_cka_factors(fa, fb, cross) if task.cka else None
-            clock["cka_seconds"] += time.perf_counter() - matched
-        except Exception as error:
-            message = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
-            row.update({"status": "failed", "error": message, "seconds": time.perf_counter() - started})
-            rows.append(row)
-            continue
-        row.update({
-            "n_samples": int(curve.n_samples), "n_a": curve.n_a, "n_b": curve.n_b,
-            "dead_a": int(curve.dead_a.size), "dead_b": int(curve.dead_b.size),
-            "critical_a": [float(x) for x in curve.critical_a], "critical_b": [float(x) for x in curve.critical_b],
-            "exact_tol": exact_tol, "max_epsilon": curve.max_epsilon,
-            "chance": chance_level(max(curve.n_a, curve.n_b), curve.n_samples),
-            "cka": cka, "seconds": time.perf_counter() - started, "status": "ok", "error": None,
-        })
-        rows.append(row)
+        rows.append(finish_row(row, lambda a=a, b=b: measure(a, b), time.perf_counter()))
     if timings is not None:
         timings.update(clock)
     return rows

@@ -133,3 +133,52 @@ def test_two_overlapping_runs_on_s3_leave_no_duplicate_or_torn_rows(s3_store, mo
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert [line.split()[:2] for line in rerun.stdout.splitlines() if line.startswith("match ")] == [["match", "0"]]
     assert len(query(s3_store, "SELECT * FROM curves_raw")) == len(raw)
+
+
+def test_planning_after_extraction_reads_manifests_in_batches_and_no_checkpoint(s3_store, moto_endpoint, tmp_path,
+                                                                                 monkeypatch):
+    """A later plan of a run (``known_ids``) asks the store a few batched questions, not 2 per stored matrix."""
+    import numpy as np
+
+    from raymatch.store import ActivationKey, Store
+    from raymatch.store.activations import write_activations
+
+    n_models = 5
+    for seed in range(n_models):
+        put_checkpoint(s3_store, seed)
+    path = tmp_path / "nightly.yaml"
+    path.write_text(STUDY.format(uri=s3_store.uri, endpoint=f', endpoint_url: "{moto_endpoint}"'))
+    study = load_study(path)
+    first = make_plan(study, s3_store)
+    assert first.counts()["extract"] == (0, n_models) and not first["match"].known
+    rng = np.random.default_rng(0)
+    for model in first.model_ids.values():  # what extraction stores
+        for layer in study.layer_names:
+            write_activations(s3_store, ActivationKey(study.probe.id, model, layer),
+                              rng.random((100, 6), dtype=np.float32))
+
+    calls = {"read_bytes": [], "exists": 0, "read_many": 0}
+    read_bytes, exists, read_many = Store.read_bytes, Store.exists, Store.read_many
+
+    def counting_read_bytes(self, key):
+        calls["read_bytes"].append(key)
+        return read_bytes(self, key)
+
+    def counting_exists(self, key):
+        calls["exists"] += 1
+        return exists(self, key)
+
+    def counting_read_many(self, keys):
+        calls["read_many"] += 1
+        return read_many(self, keys)
+
+    monkeypatch.setattr(Store, "read_bytes", counting_read_bytes)
+    monkeypatch.setattr(Store, "exists", counting_exists)
+    monkeypatch.setattr(Store, "read_many", counting_read_many)
+    again = make_plan(study, s3_store, known_ids=first.model_ids)
+    pairs = n_models * (n_models - 1) // 2
+    assert again.counts()["extract"] == (n_models, 0)
+    assert again.counts()["match"] == (0, pairs * len(study.layer_names))
+    assert not [key for key in calls["read_bytes"] if key.startswith("checkpoints/")]  # ids known: none read
+    matrices = n_models * len(study.layer_names)
+    assert calls["read_many"] <= 2 and calls["exists"] + len(calls["read_bytes"]) < matrices, calls

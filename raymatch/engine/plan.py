@@ -137,13 +137,28 @@ class PlanContext:
         self.study, self.store, self.plan = study, store, plan
         self.retry_failed = retry_failed
         self.known_ids = dict(known_ids or {})  # checkpoint key → model id, from an earlier plan of this run
+        self._repeats: dict[tuple[str, str], int | None] = {}
+
+    def stored_repeats(self, matrices) -> dict[tuple[str, str], int | None]:
+        """:func:`~raymatch.store.activations.stored_repeats` of ``(model id, layer)`` pairs, read in one batch.
+
+        Remembered for the planning pass: each matrix's manifests are read once, whichever planner asks.
+        """
+        from ..store.activations import stored_repeats_of
+
+        matrices = list(dict.fromkeys(matrices))
+        missing = [matrix for matrix in matrices if matrix not in self._repeats]
+        if missing:
+            self._repeats.update(stored_repeats_of(self.store, self.study.probe.id, missing))
+        return {matrix: self._repeats[matrix] for matrix in matrices}
 
     @functools.cached_property
     def pair_units(self) -> list[tuple[ModelGroup, str, int, list[tuple[str, str]], dict[str, int]]]:
         """``(group, layer, repeat, pairs, positions)`` for every group × layer × stored repeat."""
-        from ..extract.extractor import stored_repeats
         from ..study import pair_positions
 
+        repeats = self.stored_repeats((self.plan.model_ids[group.checkpoints[0]], layer)
+                                      for group in self.plan.groups if group.checkpoints for layer in self.plan.layers)
         units = []
         for group in self.plan.groups:
             ids = [self.plan.model_ids[key] for key in group.checkpoints]
@@ -154,7 +169,7 @@ class PlanContext:
             # a saved epoch that is the selected one is the final model itself: no pair
             pairs = list(dict.fromkeys((ids[i], ids[j]) for i, j in chosen if ids[i] != ids[j]))
             for layer in self.plan.layers:
-                for repeat in range(stored_repeats(self.store, self.study.probe.id, ids[0], layer)):
+                for repeat in range(repeats[ids[0], layer]):
                     units.append((group, layer, repeat, pairs, positions))
         return units
 

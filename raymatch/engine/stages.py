@@ -85,7 +85,7 @@ def _plan_train(context: PlanContext) -> StagePlan:
 def _plan_extract(context: PlanContext) -> StagePlan:
     """One job per model with a layer not stored; every checkpoint to extract is checked here, before Ray."""
     from ..extract import ExtractionJob
-    from ..extract.extractor import read_checkpoint, stored_repeats
+    from ..extract.extractor import read_checkpoint
     from ..models.checkpoint import check_checkpoint, model_id_of
     from ..store.layout import pooled_layer
 
@@ -96,6 +96,9 @@ def _plan_extract(context: PlanContext) -> StagePlan:
         return NOT_KNOWN_YET
     todo, seen = [], set()
     options = study.population.checkpoint_options  # a nested state dict, a prefix to strip
+    layers = [*plan.layers, *map(pooled_layer, context.pooled_layers)]
+    context.stored_repeats((context.known_ids[key], layer)  # the models known already: their manifests in one batch
+                           for key in plan.checkpoints if key in context.known_ids for layer in layers)
     for key in plan.checkpoints:
         model, data = context.known_ids.get(key), None  # known from an earlier plan of this run: not read again
         if model is None:
@@ -105,8 +108,8 @@ def _plan_extract(context: PlanContext) -> StagePlan:
         if model in seen:  # the same weights under two keys (a trajectory's selected epoch): extracted once
             continue
         seen.add(model)
-        if any(stored_repeats(store, study.probe.id, model, layer) is None
-               for layer in [*plan.layers, *map(pooled_layer, context.pooled_layers)]):
+        repeats = context.stored_repeats((model, layer) for layer in layers)
+        if any(repeats[model, layer] is None for layer in layers):
             data = read_checkpoint(store, key) if data is None else data
             todo.append(key)  # refused here, before Ray, if corrupt, of another shape, or NaN
             check_checkpoint(study.architecture.module_tree(), data, arch=study.architecture.label, name=key,
@@ -127,16 +130,15 @@ def _plan_import(context: PlanContext) -> StagePlan:
 
     The model ids are the digests of the imported arrays (NaN/Inf refused while hashing them).
     """
-    from ..extract.extractor import stored_repeats
     from ..extract.imported import ImportJob, imported_model_ids
 
-    study, store, plan = context.study, context.store, context.plan
+    study, plan = context.study, context.plan
     plan.model_ids.update(imported_model_ids(study.population.activations))
     _check_distinct(plan.model_ids)
+    repeats = context.stored_repeats((model, layer) for model in plan.model_ids.values() for layer in plan.layers)
     jobs = []
     for name in plan.checkpoints:
-        layers = [layer for layer in plan.layers
-                  if stored_repeats(store, study.probe.id, plan.model_ids[name], layer) is None]
+        layers = [layer for layer in plan.layers if repeats[plan.model_ids[name], layer] is None]
         if layers:
             jobs.append(ImportJob(name, plan.model_ids[name], tuple(layers)))
     return StagePlan(jobs, len(plan.checkpoints) - len(jobs))

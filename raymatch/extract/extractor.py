@@ -23,8 +23,8 @@ from torch import nn
 
 from ..models import load_model
 from ..probes import ProbeSpec, RowSample, load_probe, sample_rows
-from ..store import ActivationKey, ActivationWriter, Store, is_stored
-from ..store.activations import DEFAULT_FORMAT, DEFAULT_SHARD_ROWS
+from ..store import ActivationKey, ActivationWriter, Store
+from ..store.activations import DEFAULT_FORMAT, DEFAULT_SHARD_ROWS, stored_repeats
 from ..store.layout import pooled_layer
 from .layers import resolve_layers
 from .outputs import LayerOptions, as_neuron_matrix, call_counts, layer_base, neuron_shape, pick_output
@@ -247,17 +247,6 @@ def extract_model(store: Store, model: nn.Module, model_id: str, images: torch.T
         for handle in handles:
             handle.remove()
         io_thread.shutdown(wait=True)
-
-
-def stored_repeats(store: Store, probe_id: str, model_id: str, layer: str) -> int | None:
-    """How many row-sampling repeats of a layer are stored, or None unless all of them are."""
-    first = ActivationKey(probe_id, model_id, layer, 0)
-    if not is_stored(store, first):
-        return None
-    policy = store.read_json(first.manifest).get("row_policy", "all")
-    repeats = policy["repeats"] if isinstance(policy, dict) else 1
-    complete = all(is_stored(store, ActivationKey(probe_id, model_id, layer, r)) for r in range(1, repeats))
-    return repeats if complete else None
 
 
 def run_job(store: Store, job: ExtractionJob, *, device: str | torch.device = "cpu",

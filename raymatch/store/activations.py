@@ -13,6 +13,7 @@ and row policy in its Arrow schema metadata as well.
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -186,9 +187,13 @@ def iter_shards(store: Store, key: ActivationKey):
         yield table_to_matrix(table, np.float32)
 
 
-def read_activations(store: Store, key: ActivationKey) -> np.ndarray:
-    """The whole stored matrix, (n_rows, n_neurons) float32, column-major, read shard by shard."""
-    manifest = read_manifest(store, key)
+def read_activations(store: Store, key: ActivationKey, *, manifest: dict | None = None) -> np.ndarray:
+    """The whole stored matrix, (n_rows, n_neurons) float32, column-major, read shard by shard.
+
+    ``manifest`` is the matrix's manifest when the caller has read it already (it is read otherwise).
+    """
+    if manifest is None:
+        manifest = read_manifest(store, key)
     n_rows, n_neurons = manifest["shape"]
     out = np.empty((n_rows, n_neurons), dtype=np.float32, order="F")
     start = 0
@@ -197,3 +202,27 @@ def read_activations(store: Store, key: ActivationKey) -> np.ndarray:
         table_to_matrix(table, np.float32, out=out[start : start + table.num_rows])
         start += table.num_rows
     return out
+
+
+def stored_repeats(store: Store, probe_id: str, model_id: str, layer: str) -> int | None:
+    """How many row-sampling repeats of a layer are stored, or None unless all of them are."""
+    return stored_repeats_of(store, probe_id, [(model_id, layer)])[model_id, layer]
+
+
+def stored_repeats_of(store: Store, probe_id: str, matrices) -> dict[tuple[str, str], int | None]:
+    """:func:`stored_repeats` of many ``(model id, layer)`` at once: two batched reads of manifests, not 2 per matrix.
+
+    The first repeat's manifest says how many repeats there are (its row policy); the others' manifests must exist.
+    """
+    matrices = list(dict.fromkeys(matrices))
+    firsts = store.read_many([ActivationKey(probe_id, model, layer, 0).manifest for model, layer in matrices])
+    counts = {}
+    for matrix, data in zip(matrices, firsts, strict=True):
+        policy = json.loads(data).get("row_policy", "all") if data is not None else None
+        counts[matrix] = None if policy is None else policy["repeats"] if isinstance(policy, dict) else 1
+    others = [(matrix, ActivationKey(probe_id, *matrix, repeat).manifest)
+              for matrix, count in counts.items() for repeat in range(1, count or 0)]
+    for (matrix, _), data in zip(others, store.read_many([key for _, key in others]), strict=True):
+        if data is None:
+            counts[matrix] = None
+    return counts

@@ -40,6 +40,27 @@ def test_bytes_and_json_round_trip(store):
     assert store.list("a") == ["a/meta.json"]
 
 
+def test_read_many_returns_each_object_in_order_and_none_where_there_is_none(store):
+    store.write_bytes("m/one.json", b"1")
+    store.write_bytes("m/deep/two.json", b"22")
+    assert store.read_many(["m/deep/two.json", "m/none.json", "m/one.json", "other/x"]) == [b"22", None, b"1", None]
+    assert store.read_many([]) == []
+
+
+def test_stored_repeats_of_many_matrices_follow_the_first_manifest(store):
+    from raymatch.store.activations import stored_repeats, stored_repeats_of
+
+    policy = {"row_policy": {"repeats": 3, "rows": 10}}
+    for repeat in range(3):  # complete: 3 of 3
+        write_activations(store, ActivationKey("p", "m1", "conv", repeat), relu_matrix(10, 4), metadata=policy)
+    for repeat in (0, 2):  # repeat 1 missing: not stored
+        write_activations(store, ActivationKey("p", "m2", "conv", repeat), relu_matrix(10, 4), metadata=policy)
+    write_activations(store, ActivationKey("p", "m1", "fc"), relu_matrix(10, 4))  # every row: one repeat
+    got = stored_repeats_of(store, "p", [("m1", "conv"), ("m2", "conv"), ("m1", "fc"), ("m3", "fc")])
+    assert got == {("m1", "conv"): 3, ("m2", "conv"): None, ("m1", "fc"): 1, ("m3", "fc"): None}
+    assert all(stored_repeats(store, "p", *matrix) == count for matrix, count in got.items())
+
+
 @pytest.mark.parametrize("fmt", ["arrow", "parquet"])
 def test_activations_round_trip_bit_exact_across_shards(store, fmt):
     matrix = relu_matrix(1000, 23)

@@ -48,13 +48,13 @@ def all_pairs(models):
 def test_each_matrix_is_read_about_m_over_block_times(local_store, monkeypatch, n_models, block):
     models = stored_population(local_store, n_models)
     reads = Counter()
-    real = pairs_module.cached_factor
+    real = pairs_module.read_factor_inputs
 
     def counting(store, key, center=False):
         reads[key.model_id] += 1
         return real(store, key, center=center)
 
-    monkeypatch.setattr(pairs_module, "cached_factor", counting)
+    monkeypatch.setattr(pairs_module, "read_factor_inputs", counting)
     tasks = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=block)
     rows = [row for task in tasks for row in match_task(local_store, task)["rows"]]
     assert len(rows) == len(all_pairs(models))  # one row per pair, whatever the ε grid
@@ -134,9 +134,36 @@ def test_a_failing_store_fails_the_task(local_store, monkeypatch):
     def unreachable(*args, **kwargs):
         raise StoreError("store unreachable")
 
-    monkeypatch.setattr(pairs_module, "cached_factor", unreachable)
+    monkeypatch.setattr(pairs_module, "read_factor_inputs", unreachable)
     with pytest.raises(StoreError):
         match_task(local_store, task)
+
+
+def test_a_factor_that_cannot_be_stored_fails_the_task(local_store, monkeypatch):
+    from raymatch.store import StoreError
+
+    models = stored_population(local_store, 3)
+    (task,) = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=4)
+
+    def full(*args, **kwargs):
+        raise StoreError("store full")
+
+    monkeypatch.setattr(pairs_module, "write_factor", full)
+    with pytest.raises(StoreError, match="store full"):
+        match_task(local_store, task)
+
+
+@pytest.mark.parametrize("prefetch", [1, 2, 8])
+def test_read_ahead_gives_the_same_factors_and_stores_each_once(local_store, prefetch):
+    models = stored_population(local_store, 5, dead=True)
+    keys = {model: ActivationKey("probe0", model, "relu1") for model in models}
+    factors, tolerances, errors = pairs_module.load_factors(local_store, keys, center=False, prefetch=prefetch)
+    assert not errors and list(factors) == models
+    again, _, _ = pairs_module.load_factors(local_store, keys, center=False, prefetch=prefetch)  # from the stored
+    for model, key in keys.items():
+        assert local_store.exists(f"{pairs_module.factor_prefix(key, False)}/_manifest.json")
+        np.testing.assert_array_equal(factors[model].basis, again[model].basis)
+        assert tolerances[model] == exact_tolerance(np.float32)
 
 
 def test_task_ids_are_deterministic_and_blocks_must_be_positive():

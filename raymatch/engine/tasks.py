@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,14 @@ from .. import __version__
 from ..match import cross_product, exact_tolerance, linear_cka_factors, match_curve
 from ..match.factor import permute_rows, row_permutation
 from ..store import ActivationKey, Store, StoreError, layout, read_manifest
-from ..store.factors import cached_factor, store_factor
+from ..store.factors import (
+    cached_factor,
+    factor_from_inputs,
+    factor_prefix,
+    read_factor_inputs,
+    store_factor,
+    write_factor,
+)
 
 #: The keys of every ``curves`` row, in order (failed rows hold None for what was not measured).
 CURVE_KEYS = ("study", "population", "layer", "repeat", "model_a", "model_b", "probe_id", "config_hash",
@@ -120,8 +128,18 @@ def activation_tolerance(store: Store, key: ActivationKey) -> float:
     return exact_tolerance(read_manifest(store, key).get("dtype", "float32"))
 
 
-def load_factors(store: Store, keys: dict, *, center: bool) -> tuple[dict, dict, dict]:
+#: Matrices a pair task reads ahead of the one it is factoring: their reads (S3 GETs, decoding) overlap its
+#: compute, and at most this many float32 matrices wait in memory beside the float64 bases it keeps. One ahead
+#: measured best on the 2-core machine (docs/benchmarks.md); more threads only compete with the factoring.
+PREFETCH = 1
+
+
+def load_factors(store: Store, keys: dict, *, center: bool, prefetch: int = PREFETCH) -> tuple[dict, dict, dict]:
     """The factor and exact tolerance of each stored matrix, or the error that stopped it (shared by pair tasks).
+
+    Each matrix is read once (activations, manifest, stored compact factor) by a pool of ``prefetch`` threads
+    that stays that many matrices ahead of the factoring; a compact factor computed here is stored by the pool
+    too, and the task waits for those writes before it returns.
 
     Parameters
     ----------
@@ -129,27 +147,52 @@ def load_factors(store: Store, keys: dict, *, center: bool) -> tuple[dict, dict,
     keys : dict
         Any name → :class:`~raymatch.store.ActivationKey`.
     center : bool
+    prefetch : int
 
     Returns
     -------
     factors, tolerances, errors : dict
-        By name: the :class:`~raymatch.match.Factor`, :func:`activation_tolerance`, or the error message of an
-        application error (recorded in the pairs' rows, not retried).
+        By name: the :class:`~raymatch.match.Factor`, the exact tolerance of the stored dtype
+        (:func:`~raymatch.match.exact_tolerance`), or the error message of an application error (recorded in
+        the pairs' rows, not retried).
 
     Raises
     ------
     StoreError
         The store failed, not the matrix: the task fails with no rows, so a rerun computes its pairs.
     """
+    if not isinstance(prefetch, int) or prefetch < 1:
+        raise ValueError(f"prefetch must be a positive integer; got {prefetch!r}")
     factors, tolerances, errors = {}, {}, {}
-    for name, key in keys.items():
-        try:
-            factors[name] = cached_factor(store, key, center=center)
-            tolerances[name] = activation_tolerance(store, key)
-        except StoreError:
-            raise
-        except Exception as error:
-            errors[name] = f"{type(error).__name__}: {error}"
+    names = list(keys)
+    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="raymatch-read")
+    reads, writes = {}, []
+
+    def read_ahead(index: int) -> None:
+        if index < len(names):
+            reads[names[index]] = pool.submit(read_factor_inputs, store, keys[names[index]], center=center)
+
+    try:
+        for index in range(prefetch):
+            read_ahead(index)
+        for index, name in enumerate(names):
+            key, future = keys[name], reads.pop(name)
+            read_ahead(index + prefetch)
+            try:
+                activations, dtype, compact = future.result()
+                factors[name], new = factor_from_inputs(key, activations, compact, center=center)
+                tolerances[name] = exact_tolerance(dtype)
+            except StoreError:
+                raise
+            except Exception as error:
+                errors[name] = f"{type(error).__name__}: {error}"
+                continue
+            if new is not None:
+                writes.append(pool.submit(write_factor, store, factor_prefix(key, center), new))
+        for future in writes:
+            future.result()  # a factor that could not be stored is a store failure: the task fails
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return factors, tolerances, errors
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from ..match import CompactFactor, Factor, compact_factor
 from . import layout
-from .activations import ActivationKey, read_activations
+from .activations import ActivationKey, read_activations, read_manifest
 from .arrays import decode, encode, matrix_to_table, table_to_matrix
 from .layout import FACTOR_VERSION
 from .store import Store
@@ -92,17 +92,46 @@ def store_factor(store: Store, key: ActivationKey, *, center: bool = False) -> d
     return write_factor(store, prefix, value)
 
 
+def read_factor_inputs(store: Store, key: ActivationKey, *, center: bool = False
+                       ) -> tuple[np.ndarray, str, CompactFactor | None]:
+    """What one matrix's factor is built from: its activations, their stored dtype, its stored compact factor.
+
+    Returns
+    -------
+    activations : ndarray, shape (n_rows, n_neurons), float32
+    dtype : str
+        The dtype the activations' manifest records (what their exact tolerance follows).
+    compact : CompactFactor or None
+        None when no factor is stored yet (one read answers both, no separate existence check).
+
+    Raises ``FileNotFoundError`` when the activations are not stored.
+    """
+    manifest = read_manifest(store, key)
+    activations = read_activations(store, key, manifest=manifest)
+    try:
+        compact = read_compact_factor(store, factor_prefix(key, center))
+    except FileNotFoundError:
+        compact = None
+    return activations, manifest.get("dtype", "float32"), compact
+
+
+def factor_from_inputs(key: ActivationKey, activations: np.ndarray, compact: CompactFactor | None, *,
+                       center: bool = False) -> tuple[Factor, CompactFactor | None]:
+    """The factor of ``activations`` (n_rows, n_neurons), and the compact factor to store when none was stored.
+
+    The basis is always rebuilt from the activations, so the same stored state always gives the same factor.
+    """
+    new = compact_factor(activations, center=center, name=_label(key)) if compact is None else None
+    return (compact if compact is not None else new).rebuild(activations, name=_label(key)), new
+
+
 def cached_factor(store: Store, key: ActivationKey, *, center: bool = False) -> Factor:
     """The factor of a stored activation matrix: rebuilt from its stored compact factor, else computed and stored.
 
-    Either way the activations are read once and the basis is rebuilt from them, so the same stored state always
-    gives the same factor.
+    Either way the activations are read once (see :func:`read_factor_inputs` and :func:`factor_from_inputs`).
     """
-    prefix = factor_prefix(key, center)
-    activations = read_activations(store, key)
-    if store.exists(layout.manifest_key(prefix)):
-        compact = read_compact_factor(store, prefix)
-    else:
-        compact = compact_factor(activations, center=center, name=_label(key))
-        write_factor(store, prefix, compact)
-    return compact.rebuild(activations, name=_label(key))
+    activations, _, compact = read_factor_inputs(store, key, center=center)
+    factor, new = factor_from_inputs(key, activations, compact, center=center)
+    if new is not None:
+        write_factor(store, factor_prefix(key, center), new)
+    return factor

@@ -87,7 +87,7 @@ def test_each_call_matches_a_manual_forward(custom_run):
     from raymatch.models.checkpoint import model_id_of
 
     model_id = model_id_of((store / "checkpoints" / "custom-model" / "seed1.pt").read_bytes(),
-                           study.population.checkpoint_options)
+                           study.population.checkpoint_options, architecture=study.architecture.digest)
     for layer, output in (("relu", stem), ("layer1.0.relu#0", first), ("layer1.0.relu#1", second)):
         stored = read_activations(study.store.open(), ActivationKey(study.probe.id, model_id, layer, 0))
         rows = sample_rows(study.probe, images.shape[0], output.shape[2], output.shape[3], 0)

@@ -17,7 +17,7 @@ from torch import nn
 
 from raymatch.extract import extract_model, resolve_layers, select_layers
 from raymatch.extract.outputs import LayerOptions, LayerOutputError, as_neuron_matrix, call_counts, neuron_shape
-from raymatch.models import build_model, checkpoint_id, load_state_dict
+from raymatch.models import build_model, checkpoint_bytes, checkpoint_id, load_state_dict
 from raymatch.models.checkpoint import CheckpointError, check_checkpoint, load_model, model_id_of
 from raymatch.probes import ProbeSpec
 from raymatch.store import ActivationKey, read_activations
@@ -280,3 +280,46 @@ def test_the_config_hash_follows_the_codes_content_not_its_folder(tmp_path):
     assert hashed(first) != hashed(first, width=3)  # other kwargs
     (second / "__init__.py").write_text((second / "__init__.py").read_text() + "\n# changed\n")
     assert hashed(first) != hashed(second)
+
+
+def test_the_same_weights_in_edited_code_are_another_model_and_are_extracted_again(tmp_path):
+    """Stored activations belong to weights *and* architecture: an edited factory never reuses them."""
+    from raymatch.engine.plan import make_plan
+    from raymatch.models.factory import architecture_digest
+    from raymatch.store.activations import write_activations
+    from raymatch.study import Study
+
+    code = write_package(tmp_path / "code", PACKAGE)
+    root = tmp_path / "store"
+
+    for seed, key in enumerate(SEEDS):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10))
+        put(root, key, checkpoint_bytes(net))
+    data = study(str(root), layers=["1"], architecture={"factory": f"{PACKAGE}:make_cnn", "code": str(code),
+                                                              "kwargs": {"width": 4}})
+    first = Study.from_dict(data)
+    assert first.architecture.digest == architecture_digest(first.architecture.spec) is not None
+    assert Study.from_dict(study(str(root))).architecture.digest is None  # the zoo: ids of the weights alone
+    plan = make_plan(first, first.store.open())
+    weights = [model_id_of((root / key).read_bytes()) for key in SEEDS]
+    assert [plan.model_ids[key] for key in SEEDS] == [model_id_of((root / key).read_bytes(),
+                                                                  architecture=first.architecture.digest)
+                                                      for key in SEEDS]
+    assert set(plan.model_ids.values()).isdisjoint(weights)
+    store = first.store.open()
+    for model in plan.model_ids.values():  # what extraction stores
+        write_activations(store, ActivationKey(first.probe.id, model, "1", 0), np.ones((40 * 64, 4), np.float32))
+    assert make_plan(first, store).counts()["extract"] == (2, 0)
+
+    # The factory now doubles its ReLU's input: same parameters, same checkpoints, other activations.
+    source = (code / "__init__.py").read_text()
+    (code / "__init__.py").write_text(source.replace(
+        "def make_cnn(width=4):\n    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),",
+        "def make_cnn(width=4):\n    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.Hardtanh(0, 2),"))
+    assert (code / "__init__.py").read_text() != source
+    edited = Study.from_dict(data)
+    assert edited.architecture.digest != first.architecture.digest
+    again = make_plan(edited, store)
+    assert again.counts()["extract"] == (0, 2)  # extracted again, under new ids
+    assert set(again.model_ids.values()).isdisjoint(plan.model_ids.values())

@@ -94,7 +94,7 @@ def test_stored_tokens_are_the_forward_pass_rows(transformer_run):
     with torch.no_grad():
         tokens = model.embed(images.reshape(images.shape[0], 8, 8))  # (N, T, D)
         mixed = model.attn(tokens, tokens, tokens)[0]
-    model_id = checkpoint_id(checkpoint_bytes(model))
+    model_id = checkpoint_id(f"{checkpoint_id(checkpoint_bytes(model))}:{study.architecture.digest}".encode())
     for layer, output in (("embed", tokens), ("attn", mixed)):
         rows = sample_rows(study.probe, images.shape[0], output.shape[1], 1, 0)  # rows (example, token)
         expected = output.reshape(-1, output.shape[2]).numpy()[rows]

@@ -103,7 +103,7 @@ def _plan_extract(context: PlanContext) -> StagePlan:
         model, data = context.known_ids.get(key), None  # known from an earlier plan of this run: not read again
         if model is None:
             data = read_checkpoint(store, key)
-            model = model_id_of(data, options, name=key)
+            model = model_id_of(data, options, name=key, architecture=study.architecture.digest)
         plan.model_ids[key] = model
         if model in seen:  # the same weights under two keys (a trajectory's selected epoch): extracted once
             continue
@@ -120,7 +120,7 @@ def _plan_extract(context: PlanContext) -> StagePlan:
     _check_distinct({key: model for key, model in plan.model_ids.items() if key not in saved_epochs})
     jobs = [ExtractionJob(key, study.architecture.label, study.probe, tuple(study.layers), study.architecture.kwargs,
                           architecture=study.architecture.spec, checkpoint_options=options or None,
-                          pooled=context.pooled_layers)
+                          pooled=context.pooled_layers, architecture_digest=study.architecture.digest)
             for key in todo]
     return StagePlan(jobs, len(plan.checkpoints) - len(jobs))
 

@@ -55,6 +55,9 @@ class ExtractionJob:
     pooled : tuple of str
         Module names whose global average over positions (one row per example) is also stored, as the layer
         ``<name>+mean`` (:func:`~raymatch.store.layout.pooled_layer`; ``cross_layers.pool: mean``).
+    architecture_digest : str, optional
+        :attr:`Architecture.digest <raymatch.study.Architecture.digest>`, computed by the driver, folded into the
+        model id (so that the worker's id is the plan's even where its copy of the code differs).
     """
 
     checkpoint: str
@@ -66,6 +69,7 @@ class ExtractionJob:
     architecture: dict | None = None
     checkpoint_options: dict | None = None
     pooled: tuple[str, ...] = ()
+    architecture_digest: str | None = None
 
 
 def read_checkpoint(store: Store, checkpoint: str) -> bytes:
@@ -256,7 +260,8 @@ def run_job(store: Store, job: ExtractionJob, *, device: str | torch.device = "c
     started = time.perf_counter()
     data = read_checkpoint(store, job.checkpoint)
     model, model_id = load_model(job.arch, data, name=job.checkpoint, architecture=job.architecture,
-                                 checkpoint_options=job.checkpoint_options, **job.arch_kwargs)
+                                 checkpoint_options=job.checkpoint_options,
+                                 architecture_digest=job.architecture_digest, **job.arch_kwargs)
     if images is None:
         images = load_probe(job.probe)
     options = resolve_layers(model, job.layers, calls=call_counts(model.eval(), images[:1]))

@@ -254,7 +254,8 @@ def _first_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, to
     return None
 
 
-def model_id_of(data: bytes, options: Mapping[str, Any] | None = None, *, name: str = "checkpoint") -> str:
+def model_id_of(data: bytes, options: Mapping[str, Any] | None = None, *, name: str = "checkpoint",
+                architecture: str | None = None) -> str:
     """A model's id: :func:`checkpoint_id` of its bytes, or of its unwrapped state dict under checkpoint options.
 
     With ``key`` or ``strip_prefix`` given, the id is that of the unwrapped state dict as safetensors bytes (see
@@ -266,16 +267,22 @@ def model_id_of(data: bytes, options: Mapping[str, Any] | None = None, *, name: 
     options : mapping, optional
         ``key`` and ``strip_prefix``.
     name : str
+    architecture : str, optional
+        :func:`~raymatch.models.factory.architecture_digest` of a non-zoo architecture: the id is then that of
+        the weights and the architecture together (the same weights in edited code are another model). Zoo
+        models have none, and their ids are the weights' alone.
 
     Returns
     -------
     str
     """
     if not options or not (options.get("key") or options.get("strip_prefix")):
-        return checkpoint_id(data)
-    state = load_state_dict(data, name=name, key=options.get("key"), strip_prefix=options.get("strip_prefix"))
-    tensors = {key: tensor.detach().clone(memory_format=torch.contiguous_format) for key, tensor in state.items()}
-    return checkpoint_id(safetensors.torch.save(tensors))
+        weights = checkpoint_id(data)
+    else:
+        state = load_state_dict(data, name=name, key=options.get("key"), strip_prefix=options.get("strip_prefix"))
+        tensors = {key: tensor.detach().clone(memory_format=torch.contiguous_format) for key, tensor in state.items()}
+        weights = checkpoint_id(safetensors.torch.save(tensors))
+    return weights if architecture is None else checkpoint_id(f"{weights}:{architecture}".encode())
 
 
 def check_checkpoint(model: nn.Module, data: bytes, *, arch: str, name: str = "checkpoint",
@@ -310,7 +317,8 @@ def check_checkpoint(model: nn.Module, data: bytes, *, arch: str, name: str = "c
 
 
 def load_model(arch: str, data: bytes, *, name: str = "checkpoint", architecture: Mapping[str, Any] | None = None,
-               checkpoint_options: Mapping[str, Any] | None = None, **arch_kwargs: Any) -> tuple[nn.Module, str]:
+               checkpoint_options: Mapping[str, Any] | None = None, architecture_digest: str | None = None,
+               **arch_kwargs: Any) -> tuple[nn.Module, str]:
     """Build a zoo model and load a checkpoint into it, checking that every parameter fits.
 
     Parameters
@@ -326,6 +334,8 @@ def load_model(arch: str, data: bytes, *, name: str = "checkpoint", architecture
         ``arch`` (a factory, torchvision or timm).
     checkpoint_options : mapping, optional
         ``key`` and ``strip_prefix`` (:func:`unwrap_state_dict`).
+    architecture_digest : str, optional
+        Folded into the model id (:func:`model_id_of`), for a non-zoo ``architecture``.
     **arch_kwargs
         Passed to :func:`~raymatch.models.build_model` (``in_channels``, ``num_classes``, ``width``,
         ``input_size``).
@@ -335,7 +345,8 @@ def load_model(arch: str, data: bytes, *, name: str = "checkpoint", architecture
     model : torch.nn.Module
         In eval mode, on the CPU.
     model_id : str
-        :func:`model_id_of` ``data`` (:func:`checkpoint_id` of ``data`` without checkpoint options).
+        :func:`model_id_of` ``data`` (:func:`checkpoint_id` of ``data`` without checkpoint options or
+        ``architecture_digest``).
 
     Raises
     ------
@@ -353,7 +364,7 @@ def load_model(arch: str, data: bytes, *, name: str = "checkpoint", architecture
         raise CheckpointError(f"checkpoint {name} does not fit {arch}: {mismatch}")
     model.load_state_dict(state, strict=True)
     model.eval()
-    return model, model_id_of(data, options, name=name)
+    return model, model_id_of(data, options, name=name, architecture=architecture_digest)
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -26,7 +27,8 @@ from torch import nn
 
 from .zoo import build_model
 
-__all__ = ["SOURCES", "ArchitectureError", "build_architecture", "code_digest", "import_factory", "import_source"]
+__all__ = ["SOURCES", "ArchitectureError", "architecture_digest", "build_architecture", "code_digest", "import_factory",
+           "import_source"]
 
 #: Where a named architecture may come from.
 SOURCES = ("zoo", "torchvision", "timm")
@@ -211,3 +213,56 @@ def code_digest(code: str) -> str:
                 with open(path, "rb") as handle:
                     digest.update(handle.read() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def architecture_digest(spec: Mapping[str, Any] | None) -> str | None:
+    """What besides the weights decides a non-zoo model's activations, as 16 hex digits; None for the zoo.
+
+    Folded into model ids (:func:`~raymatch.models.checkpoint.model_id_of`), so that stored activations are never
+    reused for the same weights in an edited architecture. It covers the factory or name and its kwargs, and:
+
+    - with ``code``: :func:`code_digest` of the folder (not its path);
+    - a factory without ``code``: the bytes of the factory module's source file (not what that module imports);
+    - ``source: torchvision | timm``: the installed package's version.
+
+    Parameters
+    ----------
+    spec : mapping or None
+        :meth:`Architecture.to_dict <raymatch.study.Architecture.to_dict>` of a non-zoo architecture; None (the zoo)
+        gives None.
+
+    Returns
+    -------
+    str or None
+    """
+    if spec is None:
+        return None
+    content = {key: value for key, value in spec.items() if key != "code"}
+    if spec.get("code"):
+        content["code"] = code_digest(spec["code"])
+    elif spec.get("factory"):
+        content["module_source"] = _module_source_digest(spec["factory"].split(":")[0])
+    elif spec.get("source") in ("torchvision", "timm"):
+        from importlib import metadata
+
+        try:
+            content["version"] = metadata.version(spec["source"])
+        except metadata.PackageNotFoundError:
+            content["version"] = None
+    data = json.dumps(content, sort_keys=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _module_source_digest(module_name: str) -> str | None:
+    """SHA-256 (16 hex digits) of the file a module is loaded from, or None where it has none (a namespace)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    if not origin or not os.path.isfile(origin):
+        return None
+    with open(origin, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()[:16]

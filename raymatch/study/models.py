@@ -20,7 +20,7 @@ from torch import nn
 from ..config import Config, ConfigError, Loc, checked_by, invalid, problem_at, relocated, shown
 from ..extract.layers import select_layers
 from ..models import build_model
-from ..models.factory import ArchitectureError, build_architecture, code_digest
+from ..models.factory import ArchitectureError, architecture_digest, build_architecture, code_digest
 from ..probes import ProbeSpec
 from ..store import Store, layout
 from ..store.store import check_name
@@ -601,6 +601,14 @@ class Architecture(_Section):
         None for the zoo (built from :attr:`name` and :attr:`kwargs`).
         """
         return None if self.is_zoo else self.to_dict()
+
+    @functools.cached_property
+    def digest(self) -> str | None:
+        """:func:`~raymatch.models.factory.architecture_digest`: what, besides the weights, makes a model's id.
+
+        None for the zoo (its models' ids are their weights' digests, as they always were).
+        """
+        return architecture_digest(self.spec)
 
     @functools.cached_property
     def code_digest(self) -> str | None:

@@ -9,8 +9,8 @@ Stored tables (:data:`TABLES`)
 ------------------------------
 ``curves`` (:data:`CURVES`) — one row per (pair, layer, repeat), its ε-curve:
 
-- ``study``, ``population`` (``"trained"`` or ``"untrained"``, the null baseline), ``layer``, ``repeat`` (int32,
-  the row sample), ``model_a``, ``model_b`` — the identity.
+- ``study``, ``population`` (``"trained"``; the nulls ``"untrained"`` and ``"permuted"``; ``"trajectory"`` for
+  saved epochs), ``layer``, ``repeat`` (int32, the row sample), ``model_a``, ``model_b`` — the identity.
 - ``probe_id``, ``config_hash``, ``code_version`` — provenance.
 - ``n_samples`` (int64), ``n_a``, ``n_b``, ``dead_a``, ``dead_b`` (int32) — counts, dead neurons included in
   ``n_a``/``n_b``.
@@ -25,6 +25,9 @@ Stored tables (:data:`TABLES`)
 A failed row needs its identity, provenance, status and error; its measurements may be null. An ok row needs
 every field but ``cka`` and ``error``.
 
+``cross_curves`` (:data:`CROSS_CURVES`) — the rows of ``cross_layers``: the columns of ``curves`` with
+``layer_a``, ``layer_b`` and ``pool`` in place of ``layer`` (a single layer is ambiguous for a cross pair).
+
 ``simple_matches`` (:data:`SIMPLE_MATCHES`) — one row per simple (v-minimal) match found: the pair identity,
 ``eps``, ``match_id``, ``neurons_a``, ``neurons_b`` (list<int32>), ``size_a``, ``size_b``, ``neuron``
 (``"a:17"``), ``search_order``, ``probe_id``, ``code_version``, ``config_hash``, ``created_at``.
@@ -36,7 +39,7 @@ heartbeats); readers see the latest ``updated_at`` per ``run_id``. Fields: ``run
 
 ``models`` (:data:`MODELS`) — one row per model of a study: ``study``, ``config_hash``, ``population``,
 ``model_id``, ``seed``, ``checkpoint`` (store key or URI), ``architecture``, ``holdout_accuracy``,
-``test_accuracy``, ``epochs``, ``selected_epoch``, ``created_at``.
+``test_accuracy``, ``epochs``, ``selected_epoch``, ``epoch`` (a trajectory's saved epoch), ``created_at``.
 
 ``tasks`` (:data:`TASKS`) — completion markers (a simple-match task may produce no row): ``study``,
 ``config_hash``, ``stage``, ``task_id``, ``rows``, ``created_at``.
@@ -44,7 +47,8 @@ heartbeats); readers see the latest ``updated_at`` per ``run_id``. Fields: ``run
 Views (:func:`connect`, :func:`query`, :func:`load`)
 -----------------------------------------------------
 ``curves_all``, ``studies``, ``curves`` (current configurations only), ``matches`` (the columns of
-:data:`MATCHES`, at each study's ε grid), the table macro ``matches_at(eps)``, ``cka`` (:data:`CKA`),
+:data:`MATCHES`, at each study's ε grid), the table macros ``matches_at(eps)`` and ``universality(eps)``
+(:data:`UNIVERSALITY`), ``cka`` (:data:`CKA`), ``cross_curves`` and ``cross_matches`` (:data:`CROSS_MATCHES`),
 ``simple_matches``, ``runs``, ``models``, ``tasks``, and ``<table>_raw`` (every stored row).
 
 A store written by raymatch 0.1.0 (one Parquet object per task under ``results/matches``) is refused with a
@@ -53,6 +57,8 @@ clear message (:func:`check_store_version`).
 
 from .schema import (
     CKA,
+    CROSS_CURVES,
+    CROSS_MATCHES,
     CURVES,
     KEYS,
     MATCHES,
@@ -64,6 +70,7 @@ from .schema import (
     STUDIES,
     TABLES,
     TASKS,
+    UNIVERSALITY,
     VIEW_COLUMNS,
     VIEWS,
     table_schema,
@@ -85,6 +92,8 @@ from .views import connect, load, load_table, query
 
 __all__ = [
     "CKA",
+    "CROSS_CURVES",
+    "CROSS_MATCHES",
     "CURVES",
     "FIGURE_COLUMNS",
     "FORMATS",
@@ -98,6 +107,7 @@ __all__ = [
     "STUDIES",
     "TABLES",
     "TASKS",
+    "UNIVERSALITY",
     "VIEWS",
     "VIEW_COLUMNS",
     "TableWriter",

@@ -1,4 +1,5 @@
-"""Heartbeats (issue 15, operations 3): a running driver refreshes its ``runs`` row; a silent one is ``abandoned``."""
+"""Heartbeats (issue 15, operations 3): a running driver refreshes its heartbeat object; a silent one is
+``abandoned``. Beats overwrite one object per run and add nothing to the ``runs`` table."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from raymatch import cli
-from raymatch.engine.run import RunRecord, heartbeat_seconds, run_state, store_status
-from raymatch.results import append_rows, query
+from raymatch.engine.run import RunRecord, heartbeat_seconds, last_heard, run_state, store_status
+from raymatch.results import append_rows, data_files, query
 from raymatch.store import Store
+from raymatch.store.layout import heartbeat_key
 
 UTC = _dt.timezone.utc
 
@@ -63,21 +65,44 @@ def test_a_live_runs_heartbeat_advances_and_stops_when_it_ends(tmp_path):
     run_id = record.row["run_id"]
 
     def latest():
-        frame = query(store, f"SELECT status, updated_at FROM runs WHERE run_id = '{run_id}'")
-        return frame["status"].iloc[0], frame["updated_at"].iloc[0]
+        frame = query(store, f"SELECT run_id, status, updated_at FROM runs WHERE run_id = '{run_id}'")
+        return frame["status"].iloc[0], last_heard(store, frame)[0]
+
+    def raw_rows():
+        return int(query(store, "SELECT count(*) AS n FROM runs_raw")["n"].iloc[0])
 
     status, first = latest()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and latest()[1] == first:
         time.sleep(0.1)
     status, later = latest()
-    assert status == "running" and later > first  # the heartbeat refreshed the row
+    assert status == "running" and later > first  # the heartbeat object refreshed the run
+    assert store.exists(heartbeat_key(run_id))
+    time.sleep(1.0)  # three more beats: they overwrite the object and add nothing to the table
+    assert raw_rows() == 1 and len(data_files(store, "runs")) == 1 and latest()[1] > later
     record.finish({})
     record._thread.join(2)
     assert not record._thread.is_alive()
-    rows = int(query(store, "SELECT count(*) AS n FROM runs_raw")["n"].iloc[0])
+    assert not store.exists(heartbeat_key(run_id))  # the ended row says it all
     status, ended = latest()
-    assert status == "succeeded"
+    assert status == "succeeded" and raw_rows() == 2
     time.sleep(1.0)  # three intervals: no beat after the end
-    assert int(query(store, "SELECT count(*) AS n FROM runs_raw")["n"].iloc[0]) == rows
+    assert raw_rows() == 2 and not store.exists(heartbeat_key(run_id))
     assert latest() == (status, ended)
+
+
+def test_a_running_run_is_live_while_its_heartbeat_object_is_fresh(tmp_path, monkeypatch):
+    """``status`` and ``gc`` judge a running run by its heartbeat object, not by its first row."""
+    from raymatch.engine.gc import _live_runs
+
+    monkeypatch.setenv("RAYMATCH_HEARTBEAT_S", "30")
+    store = Store(str(tmp_path / "store"))
+    now = _dt.datetime.now(_dt.timezone.utc)
+    append_rows(store, "runs", [_run_row("beats.long", "running", now - _dt.timedelta(hours=5))])
+    assert set(store_status(store)["runs"]["status"]) == {"abandoned"}  # no heartbeat object: silent for 5 h
+    assert _live_runs(store, now) == []
+    store.write_json(heartbeat_key("beats.long"), {"run_id": "beats.long",
+                                                   "updated_at": (now - _dt.timedelta(seconds=20)).isoformat()})
+    status = store_status(store)["runs"]
+    assert status["status"].tolist() == ["running"] and status["updated_at"].iloc[0] > now - _dt.timedelta(minutes=1)
+    assert [run["run_id"] for run in _live_runs(store, now)] == ["beats.long"]

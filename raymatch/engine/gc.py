@@ -156,9 +156,10 @@ def _study_records(store: Store) -> dict[str, dict]:
 def _live_runs(store: Store, now: _dt.datetime) -> list[dict]:
     """The runs that may still write: ``running``, with a heartbeat younger than the abandonment age."""
     from ..results import query
-    from .run import heartbeat_seconds, run_state
+    from .run import heartbeat_seconds, last_heard, run_state
 
     runs = query(store, "SELECT run_id, study, status, updated_at FROM runs WHERE status = 'running'")
+    runs["updated_at"] = last_heard(store, runs)  # the heartbeat objects of the running ones
     heartbeat = heartbeat_seconds()
     return [{"run_id": row.run_id, "study": row.study, "seconds": (now - row.updated_at).total_seconds()}
             for row in runs.itertuples() if run_state(row.status, row.updated_at, now=now,

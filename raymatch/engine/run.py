@@ -6,8 +6,8 @@ task per (block of pairs, layer, repeat) computing the whole ε grid from one ``
 CKA tasks likewise. A stage reads only what the one before it stored, so a rerun — or a run on another
 machine — computes exactly what is missing.
 
-Each run records itself in the ``runs`` table (written when it starts, refreshed every
-:func:`heartbeat_seconds` by a heartbeat, and replaced when it ends) and the study's configuration in
+Each run records itself in the ``runs`` table (written when it starts and replaced when it ends; in between a
+heartbeat overwrites ``heartbeats/<run id>.json`` every :func:`heartbeat_seconds`) and the study's configuration in
 ``studies/<name>.json``, from which ``raymatch status`` and ``raymatch report`` work without the study file. A
 ``running`` row whose heartbeat is older than three intervals is shown as ``abandoned`` (its driver died).
 SIGINT/SIGTERM to the driver cancel the run (:class:`RunCancelled`): no more submissions, Ray work in flight
@@ -32,19 +32,19 @@ import time
 from .. import __version__
 from ..results import TableWriter, append_rows, check_store_version, compact_table, data_files, read_columns
 from ..store import Store, StoreError
-from ..store.layout import study_record_key, study_records_prefix, training_record_key
+from ..store.layout import heartbeat_key, study_record_key, study_records_prefix, training_record_key
 from .cluster import alive_nodes, check_store_in_job, check_store_on_cluster
 from .plan import Plan, make_plan
 from .stages import STAGES, Stage
 
-__all__ = ["HEARTBEAT_SECONDS", "RunCancelled", "RunRecord", "heartbeat_seconds", "run_state", "run_study",
-           "store_status", "write_study_record"]
+__all__ = ["HEARTBEAT_SECONDS", "RunCancelled", "RunRecord", "heartbeat_seconds", "last_heard", "run_state",
+           "run_study", "store_status", "write_study_record"]
 
 log = logging.getLogger("raymatch")
 
-#: The ``runs`` table gets a small file per append (start, heartbeats, end): compacted when a run ends with more.
+#: The ``runs`` table gets a small file per append (a run's start and end): compacted when a run ends with more.
 _RUNS_FILES_BEFORE_COMPACTION = 16
-#: Seconds between two heartbeats of a running driver (each is one small Delta commit to ``runs``); the
+#: Seconds between two heartbeats of a running driver (each overwrites one small object, never a table); the
 #: environment variable ``RAYMATCH_HEARTBEAT_S`` overrides it.
 HEARTBEAT_SECONDS = 30.0
 #: A ``running`` run whose latest heartbeat is older than this many intervals is shown as ``abandoned``.
@@ -73,7 +73,7 @@ def run_state(status: str, updated_at, *, now=None, heartbeat: float | None = No
     status : str
         The ``status`` of the run's latest ``runs`` row.
     updated_at : datetime
-        That row's ``updated_at`` (UTC): the run's latest heartbeat.
+        When the run was last heard of (UTC): :func:`last_heard`.
     now : datetime, optional
         The current UTC time (default: now).
     heartbeat : float, optional
@@ -91,6 +91,29 @@ def run_state(status: str, updated_at, *, now=None, heartbeat: float | None = No
     interval = heartbeat if heartbeat is not None else heartbeat_seconds()
     age = (now - updated_at).total_seconds()
     return "abandoned" if age > ABANDONED_AFTER_HEARTBEATS * interval else status
+
+
+def last_heard(store: Store, runs) -> list:
+    """When each run was last heard of: the later of its latest ``runs`` row and its heartbeat object.
+
+    Parameters
+    ----------
+    store : Store
+    runs : pandas.DataFrame
+        ``runs`` rows with ``run_id``, ``status`` and ``updated_at``.
+
+    Returns
+    -------
+    list of datetime
+        One per row; the heartbeats of the ``running`` rows are read in one batch (:meth:`Store.read_many`).
+    """
+    running = [run_id for run_id, status in zip(runs["run_id"], runs["status"], strict=True) if status == "running"]
+    beats = {}
+    for run_id, data in zip(running, store.read_many([heartbeat_key(run_id) for run_id in running]), strict=True):
+        if data is not None:
+            beats[run_id] = _dt.datetime.fromisoformat(json.loads(data)["updated_at"])
+    return [max(updated, beats[run_id]) if run_id in beats and updated is not None else beats.get(run_id, updated)
+            for run_id, updated in zip(runs["run_id"], runs["updated_at"], strict=True)]
 
 
 class RunCancelled(KeyboardInterrupt):
@@ -140,7 +163,11 @@ def write_study_record(study, store: Store) -> None:
 
 
 class RunRecord:
-    """One row of the ``runs`` table, written when the run starts, refreshed by a heartbeat, replaced when it ends.
+    """One row of the ``runs`` table, written when the run starts and replaced when it ends, and its heartbeat.
+
+    The heartbeat overwrites one object, ``heartbeats/<run id>.json`` (``{"run_id", "updated_at"}``), from a daemon
+    thread every interval until :meth:`finish`, which deletes it: a long run adds no file to ``runs`` per beat.
+    :func:`last_heard` reads both.
 
     Parameters
     ----------
@@ -148,8 +175,7 @@ class RunRecord:
         Its ``name`` and ``config_hash`` are recorded.
     store : Store
     heartbeat : float, optional
-        Seconds between two heartbeats (default: :func:`heartbeat_seconds`); each appends the row with a fresh
-        ``updated_at`` from a daemon thread until :meth:`finish`.
+        Seconds between two heartbeats (default: :func:`heartbeat_seconds`).
     """
 
     def __init__(self, study, store: Store, *, heartbeat: float | None = None):
@@ -172,14 +198,15 @@ class RunRecord:
             append_rows(self.store, "runs", [{**self.row, "updated_at": _dt.datetime.now(_dt.timezone.utc)}])
 
     def _beat(self) -> None:
-        """The heartbeat: the row again, with a fresh ``updated_at``, every interval until the run ends."""
+        """The heartbeat: the heartbeat object, with a fresh ``updated_at``, every interval until the run ends."""
+        key = heartbeat_key(self.row["run_id"])
         while not self._stop.wait(self.heartbeat):
             try:
                 with self._lock:
                     if self._stop.is_set():
                         return
-                    append_rows(self.store, "runs",
-                                [{**self.row, "updated_at": _dt.datetime.now(_dt.timezone.utc)}])
+                    self.store.write_json(key, {"run_id": self.row["run_id"],
+                                                "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat()})
             except Exception as error:  # a store down for a while: the run itself reports it; try again later
                 log.warning("heartbeat of run %s not recorded: %s", self.row["run_id"], error)
 
@@ -203,7 +230,11 @@ class RunRecord:
                                            for name, counts in stages.items()}, sort_keys=True))
         self._write()
         try:
-            if len(data_files(self.store, "runs")) > _RUNS_FILES_BEFORE_COMPACTION:  # appends and heartbeats add up
+            self.store.delete(heartbeat_key(self.row["run_id"]))  # the row says it ended
+        except StoreError as error:
+            log.warning("could not delete the heartbeat of run %s: %s", self.row["run_id"], error)
+        try:
+            if len(data_files(self.store, "runs")) > _RUNS_FILES_BEFORE_COMPACTION:  # two files per run add up
                 compact_table(self.store, "runs")
         except StoreError as error:  # the run is recorded: a compaction that fails is only a cost for readers
             log.warning("could not compact the runs table: %s", error)
@@ -595,6 +626,7 @@ def store_status(store: Store, *, runs: int = 10) -> dict:
     from ..study import Study
 
     history = load(store, "runs").sort_values("started_at", ascending=False).head(runs).reset_index(drop=True)
+    history["updated_at"] = last_heard(store, history)  # a running run's heartbeat, not its first row
     now, heartbeat = _dt.datetime.now(_dt.timezone.utc), heartbeat_seconds()
     history["status"] = [run_state(status, updated, now=now, heartbeat=heartbeat)
                          for status, updated in zip(history["status"], history["updated_at"], strict=True)]

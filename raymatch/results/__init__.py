@@ -32,8 +32,9 @@ every field but ``cka`` and ``error``.
 ``eps``, ``match_id``, ``neurons_a``, ``neurons_b`` (list<int32>), ``size_a``, ``size_b``, ``neuron``
 (``"a:17"``), ``search_order``, ``probe_id``, ``code_version``, ``config_hash``, ``created_at``.
 
-``runs`` (:data:`RUNS`) — append-only: a run appends its row when it starts and again when it ends (later:
-heartbeats); readers see the latest ``updated_at`` per ``run_id``. Fields: ``run_id``, ``study``,
+``runs`` (:data:`RUNS`) — append-only: a run appends its row when it starts and again when it ends; readers
+see the latest ``updated_at`` per ``run_id``. A running driver's heartbeat is not in the table but in the object
+``heartbeats/<run id>.json`` (:func:`raymatch.engine.run.last_heard`). Fields: ``run_id``, ``study``,
 ``config_hash``, ``host``, ``code_version``, ``started_at``, ``ended_at``, ``status`` (:data:`RUN_STATUSES`),
 ``computed``, ``skipped``, ``failed``, ``stages`` (JSON), ``error``, ``updated_at``.
 

@@ -219,8 +219,8 @@ VIEW_COLUMNS: dict[str, pa.Schema] = {
 VIEWS = tuple(VIEW_COLUMNS)
 
 #: The states of a ``runs`` row. A run whose driver died stays ``"running"``: ``raymatch status`` shows it as
-#: ``abandoned`` once its heartbeat (``updated_at``) is old (:func:`raymatch.engine.run.run_state`). A run stopped
-#: by SIGINT/SIGTERM is ``"cancelled"``.
+#: ``abandoned`` once its heartbeat (``heartbeats/<run id>.json``) is old (:func:`raymatch.engine.run.run_state`).
+#: A run stopped by SIGINT/SIGTERM is ``"cancelled"``.
 RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
 
 #: The states of a ``curves`` (and ``matches``) row.

@@ -35,6 +35,8 @@ __all__ = [
     "factor_part_key",
     "factor_prefix",
     "factor_root",
+    "heartbeat_key",
+    "heartbeats_prefix",
     "layer_key",
     "manifest_key",
     "pooled_layer",
@@ -106,6 +108,16 @@ def digest(content: Any) -> str:
 def study_records_prefix() -> str:
     """The prefix under which every study's record lives."""
     return "studies"
+
+
+def heartbeats_prefix() -> str:
+    """The prefix of the running drivers' heartbeat objects."""
+    return "heartbeats"
+
+
+def heartbeat_key(run_id: str) -> str:
+    """``heartbeats/<run id>.json``: a running driver's latest heartbeat, overwritten every interval."""
+    return f"{heartbeats_prefix()}/{run_id}.json"
 
 
 def study_record_key(name: str) -> str:

@@ -4,7 +4,7 @@ The neuron-activation subspace match model of Wang et al. (NeurIPS 2018, arXiv 1
 run at population scale on Ray. The mathematics lives in :mod:`raymatch.match`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: The mathematics, re-exported here; imported on first use, so that ``raymatch query`` and the Ray workers that
 #: run task bodies do not pay for scipy before they need it.

@@ -74,7 +74,7 @@ def head_node(tmp_path):
         assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
         yield address, env
     finally:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 30)):
+        for sig, wait in ((signal.SIGTERM, 1), (signal.SIGKILL, 30)):  # `ray start --block` outlives SIGTERM
             try:
                 os.killpg(head.pid, sig)
                 head.wait(timeout=wait)

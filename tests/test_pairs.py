@@ -139,6 +139,32 @@ def test_a_failing_store_fails_the_task(local_store, monkeypatch):
         match_task(local_store, task)
 
 
+def test_reads_stay_one_matrix_ahead_or_as_many_as_the_byte_budget_holds(local_store, monkeypatch):
+    models = stored_population(local_store, 8)  # 400 × 24 float32: 38,400 bytes each
+    keys = {model: ActivationKey("probe0", model, "relu1") for model in models}
+    real, started, finished = pairs_module.read_factor_inputs, [], []
+
+    def tracked(store, key, center=False):
+        started.append(key.model_id)
+        value = real(store, key, center=center)
+        finished.append(key.model_id)
+        return value
+
+    monkeypatch.setattr(pairs_module, "read_factor_inputs", tracked)
+    real_factor = pairs_module.factor_from_inputs
+    in_flight = []
+
+    def factoring(key, *args, **kwargs):  # reads started but not consumed when a matrix is factored
+        in_flight.append(len(started) - models.index(key.model_id) - 1)
+        return real_factor(key, *args, **kwargs)
+
+    monkeypatch.setattr(pairs_module, "factor_from_inputs", factoring)
+    for budget, most in ((0, 1), (3 * 38_400, 3), (10**12, pairs_module.READ_AHEAD_MATRICES)):
+        started.clear(), finished.clear(), in_flight.clear()
+        pairs_module.load_factors(local_store, keys, center=False, read_ahead_bytes=budget)
+        assert sorted(started) == sorted(models) and max(in_flight) == most, (budget, in_flight)
+
+
 def test_a_factor_that_cannot_be_stored_fails_the_task(local_store, monkeypatch):
     from raymatch.store import StoreError
 
@@ -153,13 +179,15 @@ def test_a_factor_that_cannot_be_stored_fails_the_task(local_store, monkeypatch)
         match_task(local_store, task)
 
 
-@pytest.mark.parametrize("prefetch", [1, 2, 8])
-def test_read_ahead_gives_the_same_factors_and_stores_each_once(local_store, prefetch):
-    models = stored_population(local_store, 5, dead=True)
+@pytest.mark.parametrize("read_ahead_bytes", [0, 2 * 400 * 24 * 4, 10**12])  # 1, 2 and 4 matrices ahead
+def test_read_ahead_gives_the_same_factors_and_stores_each_once(local_store, read_ahead_bytes):
+    models = stored_population(local_store, 7, dead=True)
     keys = {model: ActivationKey("probe0", model, "relu1") for model in models}
-    factors, tolerances, errors = pairs_module.load_factors(local_store, keys, center=False, prefetch=prefetch)
+    factors, tolerances, errors = pairs_module.load_factors(local_store, keys, center=False,
+                                                            read_ahead_bytes=read_ahead_bytes)
     assert not errors and list(factors) == models
-    again, _, _ = pairs_module.load_factors(local_store, keys, center=False, prefetch=prefetch)  # from the stored
+    again, _, _ = pairs_module.load_factors(local_store, keys, center=False,  # from the stored factors
+                                            read_ahead_bytes=read_ahead_bytes)
     for model, key in keys.items():
         assert local_store.exists(f"{pairs_module.factor_prefix(key, False)}/_manifest.json")
         np.testing.assert_array_equal(factors[model].basis, again[model].basis)

@@ -128,18 +128,22 @@ def activation_tolerance(store: Store, key: ActivationKey) -> float:
     return exact_tolerance(read_manifest(store, key).get("dtype", "float32"))
 
 
-#: Matrices a pair task reads ahead of the one it is factoring: their reads (S3 GETs, decoding) overlap its
-#: compute, and at most this many float32 matrices wait in memory beside the float64 bases it keeps. One ahead
-#: measured best on the 2-core machine (docs/benchmarks.md); more threads only compete with the factoring.
-PREFETCH = 1
+#: Bytes of activations a pair task reads ahead of the matrix it is factoring, in at most
+#: :data:`READ_AHEAD_MATRICES` matrices: the reads (S3 GETs, decoding) overlap the factoring, and the memory they
+#: hold beside the float64 bases stays bounded. Large matrices are read one ahead, small ones (whose reads are
+#: mostly waiting for the store) several ahead; measured in docs/benchmarks.md.
+READ_AHEAD_BYTES = 32 * 2**20
+READ_AHEAD_MATRICES = 4
 
 
-def load_factors(store: Store, keys: dict, *, center: bool, prefetch: int = PREFETCH) -> tuple[dict, dict, dict]:
+def load_factors(store: Store, keys: dict, *, center: bool,
+                 read_ahead_bytes: int = READ_AHEAD_BYTES) -> tuple[dict, dict, dict]:
     """The factor and exact tolerance of each stored matrix, or the error that stopped it (shared by pair tasks).
 
-    Each matrix is read once (activations, manifest, stored compact factor) by a pool of ``prefetch`` threads
-    that stays that many matrices ahead of the factoring; a compact factor computed here is stored by the pool
-    too, and the task waits for those writes before it returns.
+    Each matrix is read once (activations, manifest, stored compact factor) by a pool of threads that stays ahead
+    of the factoring: one matrix ahead, or as many as ``read_ahead_bytes`` of matrices the size of the first hold
+    (at most :data:`READ_AHEAD_MATRICES`). A compact factor computed here is stored by the pool too, and the task
+    waits for those writes before it returns.
 
     Parameters
     ----------
@@ -147,7 +151,7 @@ def load_factors(store: Store, keys: dict, *, center: bool, prefetch: int = PREF
     keys : dict
         Any name → :class:`~raymatch.store.ActivationKey`.
     center : bool
-    prefetch : int
+    read_ahead_bytes : int
 
     Returns
     -------
@@ -161,25 +165,23 @@ def load_factors(store: Store, keys: dict, *, center: bool, prefetch: int = PREF
     StoreError
         The store failed, not the matrix: the task fails with no rows, so a rerun computes its pairs.
     """
-    if not isinstance(prefetch, int) or prefetch < 1:
-        raise ValueError(f"prefetch must be a positive integer; got {prefetch!r}")
     factors, tolerances, errors = {}, {}, {}
     names = list(keys)
-    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="raymatch-read")
-    reads, writes = {}, []
+    pool = ThreadPoolExecutor(max_workers=READ_AHEAD_MATRICES, thread_name_prefix="raymatch-read")
+    reads, writes, ahead = {}, [], 1
 
-    def read_ahead(index: int) -> None:
-        if index < len(names):
+    def read_ahead(current: int) -> None:  # reads in flight up to `ahead` matrices past the current one
+        for index in range(len(reads) + current, min(len(names), current + 1 + ahead)):
             reads[names[index]] = pool.submit(read_factor_inputs, store, keys[names[index]], center=center)
 
     try:
-        for index in range(prefetch):
-            read_ahead(index)
         for index, name in enumerate(names):
+            read_ahead(index)
             key, future = keys[name], reads.pop(name)
-            read_ahead(index + prefetch)
             try:
                 activations, dtype, compact = future.result()
+                if activations.nbytes and not factors and not errors:  # the first matrix sets the distance
+                    ahead = max(1, min(READ_AHEAD_MATRICES, read_ahead_bytes // activations.nbytes))
                 factors[name], new = factor_from_inputs(key, activations, compact, center=center)
                 tolerances[name] = exact_tolerance(dtype)
             except StoreError:

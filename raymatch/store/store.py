@@ -230,7 +230,7 @@ class Store:
     def _get(self, key: str) -> bytes:
         try:
             return self.fs.cat_file(self.path(key))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a file where a folder of the key would be: no object
             raise FileNotFoundError(f"{key!r} is not in {self._describe()}") from None
         except Exception as error:
             raise self._fail("read", key, error) from None

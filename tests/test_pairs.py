@@ -125,30 +125,29 @@ def test_a_missing_matrix_becomes_failed_rows_and_the_other_pairs_complete(local
     assert sum(r["status"] == "ok" for r in rows) == 3
 
 
-def test_a_failing_store_fails_the_task(local_store, monkeypatch):
+@pytest.mark.parametrize("failing", ["read_factor_inputs", "write_factor"])  # reading a matrix, storing a factor
+def test_a_failing_store_fails_the_task(local_store, monkeypatch, failing):
     from raymatch.store import StoreError
 
-    models = stored_population(local_store, 2)
+    models = stored_population(local_store, 3)
     (task,) = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=4)
 
     def unreachable(*args, **kwargs):
         raise StoreError("store unreachable")
 
-    monkeypatch.setattr(pairs_module, "read_factor_inputs", unreachable)
-    with pytest.raises(StoreError):
+    monkeypatch.setattr(pairs_module, failing, unreachable)
+    with pytest.raises(StoreError, match="store unreachable"):
         match_task(local_store, task)
 
 
 def test_reads_stay_one_matrix_ahead_or_as_many_as_the_byte_budget_holds(local_store, monkeypatch):
     models = stored_population(local_store, 8)  # 400 × 24 float32: 38,400 bytes each
     keys = {model: ActivationKey("probe0", model, "relu1") for model in models}
-    real, started, finished = pairs_module.read_factor_inputs, [], []
+    real, started = pairs_module.read_factor_inputs, []
 
     def tracked(store, key, center=False):
         started.append(key.model_id)
-        value = real(store, key, center=center)
-        finished.append(key.model_id)
-        return value
+        return real(store, key, center=center)
 
     monkeypatch.setattr(pairs_module, "read_factor_inputs", tracked)
     real_factor = pairs_module.factor_from_inputs
@@ -160,23 +159,9 @@ def test_reads_stay_one_matrix_ahead_or_as_many_as_the_byte_budget_holds(local_s
 
     monkeypatch.setattr(pairs_module, "factor_from_inputs", factoring)
     for budget, most in ((0, 1), (3 * 38_400, 3), (10**12, pairs_module.READ_AHEAD_MATRICES)):
-        started.clear(), finished.clear(), in_flight.clear()
+        started.clear(), in_flight.clear()
         pairs_module.load_factors(local_store, keys, center=False, read_ahead_bytes=budget)
         assert sorted(started) == sorted(models) and max(in_flight) == most, (budget, in_flight)
-
-
-def test_a_factor_that_cannot_be_stored_fails_the_task(local_store, monkeypatch):
-    from raymatch.store import StoreError
-
-    models = stored_population(local_store, 3)
-    (task,) = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=4)
-
-    def full(*args, **kwargs):
-        raise StoreError("store full")
-
-    monkeypatch.setattr(pairs_module, "write_factor", full)
-    with pytest.raises(StoreError, match="store full"):
-        match_task(local_store, task)
 
 
 @pytest.mark.parametrize("read_ahead_bytes", [0, 2 * 400 * 24 * 4, 10**12])  # 1, 2 and 4 matrices ahead

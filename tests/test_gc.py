@@ -151,3 +151,16 @@ def test_gc_refuses_a_bad_age_in_one_line(tmp_path, capsys, age):
     assert cli.main(["gc", str(tmp_path / "store"), f"--older-than={age}"]) == 2
     assert capsys.readouterr().err.strip() == (f"raymatch: error: --older-than: write an age like 45s, 30m, 1h or "
                                                f"2d; got {age!r}")
+
+
+def test_gc_lists_the_heartbeat_of_a_driver_that_died_and_keeps_a_fresh_one(tmp_path, monkeypatch):
+    from raymatch.engine.gc import plan_garbage
+    from raymatch.store.layout import heartbeat_key
+
+    monkeypatch.setenv("RAYMATCH_HEARTBEAT_S", "30")  # abandoned after 90 s
+    store = Store(str(tmp_path / "store"))
+    for run_id in ("dead", "alive"):
+        store.write_json(heartbeat_key(run_id), {"run_id": run_id, "updated_at": "2026-01-01T00:00:00+00:00"})
+    _age(store, heartbeat_key("dead"), 0.05)  # 3 minutes: silent for longer than 3 intervals
+    assert [item.key for item in plan_garbage(store, older_than=0).temporary] == [heartbeat_key("dead")]
+    assert plan_garbage(store, older_than=3600).temporary == []  # younger than the age asked for

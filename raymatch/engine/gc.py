@@ -4,7 +4,8 @@ Two kinds of garbage:
 
 - *temporary objects* older than an age: a local store writes every object to ``.tmp-<hex>`` beside it and renames
   it (:meth:`raymatch.store.Store.write_bytes`), and checks that it can write with ``_raymatch_probe-<hex>`` at the
-  root; a process killed in between leaves them behind.
+  root; a process killed in between leaves them behind. So does a driver that died: its heartbeat object
+  (``heartbeats/<run id>.json``), once older than the age at which its run counts as abandoned.
 - *unreferenced objects*: what studies compute and store under content-derived keys
   (:mod:`raymatch.store.layout`) — activations ``activations/<probe id>/<model id>/…``, factors
   ``factors/<version>/<probe id>/<model id>/…`` and the checkpoints a study trains
@@ -27,7 +28,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..store import Store, StoreError
-from ..store.layout import FACTOR_VERSION, MANIFEST, study_records_prefix
+from ..store.layout import FACTOR_VERSION, MANIFEST, heartbeats_prefix, study_records_prefix
+from .run import ABANDONED_AFTER_HEARTBEATS, heartbeat_seconds
 
 __all__ = ["GarbagePlan", "StoredObject", "collect_garbage", "parse_age", "plan_garbage"]
 
@@ -196,6 +198,9 @@ def plan_garbage(store: Store, *, older_than: float, now: _dt.datetime | None = 
     objects = _objects(store, now)
     plan.temporary = [item for item in objects
                       if _TEMPORARY.match(item.key.rsplit("/", 1)[-1]) and item.age >= older_than]
+    silent = max(older_than, ABANDONED_AFTER_HEARTBEATS * heartbeat_seconds())  # a live driver rewrites it sooner
+    plan.temporary += [item for item in objects
+                       if item.key.startswith(f"{heartbeats_prefix()}/") and item.age > silent]
     keys: set[str] = set()
     prefixes: set[str] = set()
     for key, record in _study_records(store).items():

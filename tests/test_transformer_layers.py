@@ -87,14 +87,15 @@ def test_results_equal_max_match_on_stored_activations(transformer_run):
 def test_stored_tokens_are_the_forward_pass_rows(transformer_run):
     study, models = transformer_run
     store = study.store.open()
-    from raymatch.models import checkpoint_bytes, checkpoint_id
+    from raymatch.models import checkpoint_bytes
+    from raymatch.models.checkpoint import model_id_of
 
     model = models[2].eval()
     images = load_probe(study.probe)
     with torch.no_grad():
         tokens = model.embed(images.reshape(images.shape[0], 8, 8))  # (N, T, D)
         mixed = model.attn(tokens, tokens, tokens)[0]
-    model_id = checkpoint_id(f"{checkpoint_id(checkpoint_bytes(model))}:{study.architecture.digest}".encode())
+    model_id = model_id_of(checkpoint_bytes(model), architecture=study.architecture.digest)
     for layer, output in (("embed", tokens), ("attn", mixed)):
         rows = sample_rows(study.probe, images.shape[0], output.shape[1], 1, 0)  # rows (example, token)
         expected = output.reshape(-1, output.shape[2]).numpy()[rows]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from raymatch import cli
-from raymatch.engine.runner import run_bounded
+from raymatch.engine.bounded import run_bounded
 
 from .test_bad_inputs import SEEDS, put, run_cli, snapshot, study, tiny_checkpoint, write_study
 

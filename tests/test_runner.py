@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from raymatch.engine.runner import run_bounded
+from raymatch.engine.bounded import run_bounded
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

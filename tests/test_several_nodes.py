@@ -12,8 +12,8 @@ import pytest
 
 from raymatch.engine import run as run_module
 from raymatch.engine import workers
+from raymatch.engine.bounded import run_bounded
 from raymatch.engine.run import run_study
-from raymatch.engine.runner import run_bounded
 from raymatch.results import load
 from raymatch.store import Store
 from raymatch.study import Study

@@ -346,8 +346,8 @@ class _Executors:
         return self.shared
 
     def run(self, stage: Stage, plan: Plan, tasks: list, on_outcome=None) -> list:
-        """Run ``tasks`` of ``stage`` on its executor; one :class:`~raymatch.engine.runner.Outcome` per task."""
-        from .runner import run_bounded
+        """Run ``tasks`` of ``stage`` on its executor; one :class:`~raymatch.engine.bounded.Outcome` per task."""
+        from .bounded import run_bounded
 
         resources = self.study.resources
         if stage.executor == "training":
@@ -440,7 +440,7 @@ def import_population(study, store: Store, jobs: list) -> list:
         One per job, in order; the first failure stops the rest (its error kept as the cause).
     """
     from ..extract.imported import import_model
-    from .runner import Outcome
+    from .bounded import Outcome
 
     outcomes = []
     for job in jobs:
@@ -457,7 +457,7 @@ def import_population(study, store: Store, jobs: list) -> list:
 
 def _outcomes_of(extract_population, store: Store, jobs: list, resources, progress, runtime_env=None) -> list:
     """Extraction on GPU actors of its own, as outcomes (the first failure's error is kept as the cause)."""
-    from .runner import Outcome
+    from .bounded import Outcome
 
     try:
         summaries = extract_population(store, jobs, gpus_per_actor=resources.gpus_per_actor,

@@ -23,7 +23,7 @@ _PROBE: dict[str, torch.Tensor] = {}
 
 @ray.remote(max_restarts=2, max_task_retries=2)
 class WorkerActor:
-    """A warm process that runs task bodies one after another; see :func:`~raymatch.engine.runner.run_bounded`.
+    """A warm process that runs task bodies one after another; see :func:`~raymatch.engine.bounded.run_bounded`.
 
     Parameters
     ----------
@@ -40,7 +40,7 @@ class WorkerActor:
 
     def run_task(self, fn, *args):
         """``(fn(*args), seconds)`` run in this warm process."""
-        from .runner import timed
+        from .bounded import timed
 
         return timed(fn, *args)
 
@@ -155,7 +155,7 @@ def extract_population(store: Store, jobs: list[ExtractionJob], *, gpus_per_acto
     Exception
         The error of the first job that failed (after every job ran).
     """
-    from .runner import run_bounded
+    from .bounded import run_bounded
 
     if not jobs:
         return []

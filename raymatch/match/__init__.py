@@ -7,7 +7,7 @@ from .api import candidate_order, match_curve, max_match, minimal_match, simple_
 from .cka import linear_cka, linear_cka_factors
 from .factor import CompactFactor, Factor, compact_factor, cross_product, factor
 from .inputs import DEAD_RTOL, EXACT_TOL, EXACT_TOL_EPS, RANK_RTOL, exact_tolerance
-from .results import Match, MatchCurve, SimpleMatch
+from .matches import Match, MatchCurve, SimpleMatch
 
 __all__ = [
     "DEAD_RTOL",

@@ -6,10 +6,10 @@ import numbers
 
 import numpy as np
 
-from .engine import Pair, PairState
 from .factor import Factor, Prepared, factor
 from .inputs import check_eps, check_same_samples, effective_eps, resolve_exact_tol
-from .results import Match, MatchCurve, SimpleMatch
+from .matches import Match, MatchCurve, SimpleMatch
+from .peel import Pair, PairState
 
 
 def _pair(A, B, center: bool | None, cross=None) -> tuple[Pair, Factor | Prepared, Factor | Prepared]:

@@ -4,7 +4,7 @@ Deleting basis neuron ``j`` removes exactly the direction ``d_j / ‖d_j‖`` fr
 neuron can take its place); the other side's squared residuals then grow by the squared projections onto that
 direction. Near-degenerate neurons have long duals that lose accuracy to cancellation when a partner is deleted:
 before a dual shortened more than ``_AMPLIFY`` times is used, the span is re-factored (:meth:`_Span.rebase`).
-See :mod:`raymatch.match.engine` for how the peel uses it.
+See :mod:`raymatch.match.peel` for how the peel uses it.
 """
 
 from __future__ import annotations

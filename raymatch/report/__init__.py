@@ -29,8 +29,8 @@ store, :func:`write_report` and the command line).
 from .command import Report, add_arguments, command, write_report
 from .context import DEFAULT_EPS, TRAINED, UNTRAINED
 from .figures import FIGURE_NAMES, FigureResult, draw_figures
+from .similarity_table import format_similarity_table, similarity_table
 from .summary import SUMMARY_NAME
-from .tables import format_similarity_table, similarity_table
 
 __all__ = [
     "DEFAULT_EPS",

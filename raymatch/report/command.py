@@ -24,8 +24,8 @@ from ..store.layout import study_record_key, table_prefix
 from .beyond import draw_beyond_figures
 from .context import DEFAULT_EPS, _Context, _ordered, _populations
 from .figures import FigureResult, draw_figures
+from .similarity_table import format_similarity_table, similarity_table
 from .summary import SUMMARY_NAME, _summary
-from .tables import format_similarity_table, similarity_table
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Report:
     record : dict or None
         The study record, when the store has one.
     similarity_table : pandas.DataFrame
-        :func:`~raymatch.report.tables.similarity_table` of the study's ``"ok"`` matches: index ``layer``,
+        :func:`~raymatch.report.similarity_table.similarity_table` of the study's ``"ok"`` matches: index ``layer``,
         columns ``(population, eps)``; an ε asked for that is not in the grid has its own columns, from
         ``matches_at(eps)``.
     eps : float or None

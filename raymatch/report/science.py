@@ -239,7 +239,7 @@ def universality_figure(ctx: _Context, out_dir: Path):
 
 def bootstrap_lines(ctx: _Context) -> list[str]:
     """Summary lines: mean similarity at the report's ε with its 95 % bootstrap interval over models, per layer."""
-    from .tables import _markdown_table
+    from .similarity_table import _markdown_table
 
     if ctx.eps is None or ctx.at_eps is None or ctx.at_eps.empty:
         return []
@@ -268,7 +268,7 @@ def bootstrap_lines(ctx: _Context) -> list[str]:
 
 def universality_lines(ctx: _Context) -> list[str]:
     """Summary lines: per layer and population, the neurons shared by every other model at the report's ε."""
-    from .tables import _markdown_table
+    from .similarity_table import _markdown_table
 
     data = ctx.universality
     if data is None or data.empty or ctx.eps is None:

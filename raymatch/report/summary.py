@@ -19,7 +19,7 @@ from ..store.layout import study_record_key
 from .context import UNTRAINED, _Context, _ordered, _per_layer_chance, _populations
 from .figures import FigureResult
 from .science import bootstrap_lines, universality_lines
-from .tables import _MISSING, _markdown_table, _number, _similarity_cells
+from .similarity_table import _MISSING, _markdown_table, _number, _similarity_cells
 
 SUMMARY_NAME = "summary.md"
 

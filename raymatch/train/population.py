@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..engine.runner import Outcome
+    from ..engine.bounded import Outcome
     from ..store import Store
 
 from ..store.layout import checkpoint_key, training_record_key, trajectory_checkpoint_key, trajectory_record_key
@@ -86,7 +86,7 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
     max_in_flight : int, default 4
         Tasks submitted at once.
     progress : bool, optional
-        Progress reporting, as in :func:`~raymatch.engine.runner.run_bounded`.
+        Progress reporting, as in :func:`~raymatch.engine.bounded.run_bounded`.
     save_every : int, optional
         Also keep every ``save_every``-th epoch's weights of each trained seed, with a record, under
         ``<prefix>/seed<k>/epoch<e>.safetensors`` / ``.json`` (written before the seed's own record). A seed
@@ -94,7 +94,7 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
 
     Returns
     -------
-    list of raymatch.engine.runner.Outcome
+    list of raymatch.engine.bounded.Outcome
         One per seed submitted (``item`` = seed, ``result`` = the record as written, or ``error``), in the order
         of ``seeds``; empty when every seed was already done.
 
@@ -104,7 +104,7 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
         For bad seeds, prefix or arch_kwargs, or when a record already under ``prefix`` was made with another
         architecture, ``arch_kwargs``, kind (trained / untrained) or spec id: use another prefix.
     """
-    from ..engine.runner import run_bounded
+    from ..engine.bounded import run_bounded
     from ..store import check_key
 
     seeds = _check_seeds(seeds)

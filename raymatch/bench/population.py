@@ -104,15 +104,15 @@ def _python_startup() -> float:
 
 def _data_objects(store, table: str) -> int:
     """Parquet objects under the table's folder: the current version's and those it replaced (until vacuum)."""
-    from .store.layout import table_prefix
+    from ..store.layout import table_prefix
 
     return sum(1 for key in store.list(table_prefix(table)) if key.endswith(".parquet") and "_delta_log" not in key)
 
 
 def table_scale(n_models: int, epochs: int) -> list[dict]:
     """The M-model study on a local store and on moto S3: stage times, objects, query and rerun times."""
-    from .engine.run import run_study
-    from .study import Study
+    from ..engine.run import run_study
+    from ..study import Study
 
     rows = []
     with tempfile.TemporaryDirectory() as folder, moto_server() as endpoint:
@@ -166,9 +166,9 @@ def layer_scale(n_models: int, n_images: int, rows: int) -> list[dict]:
     """Random-init vgg16_bn at paper layer sizes on a local store and on moto S3: bytes and stage times."""
     import torch
 
-    from .engine.run import run_study
-    from .models import build_model, checkpoint_bytes
-    from .study import Study
+    from ..engine.run import run_study
+    from ..models import build_model, checkpoint_bytes
+    from ..study import Study
 
     results = []
     with tempfile.TemporaryDirectory() as folder, moto_server() as endpoint:

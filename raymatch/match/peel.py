@@ -56,7 +56,7 @@ class Pair:
 
     >>> import numpy as np
     >>> from raymatch.match import factor
-    >>> from raymatch.match.engine import Pair
+    >>> from raymatch.match.peel import Pair
     >>> rng = np.random.default_rng(0)
     >>> A = rng.standard_normal((100, 3))
     >>> B = np.column_stack([A[:, 0] + A[:, 1], A[:, 0] - A[:, 1], rng.standard_normal(100)])
@@ -253,7 +253,7 @@ class PairState:
     A's first two neurons span the same plane as B's first two; the third neurons are unrelated.
 
     >>> import numpy as np
-    >>> from raymatch.match.engine import Pair, PairState
+    >>> from raymatch.match.peel import Pair, PairState
     >>> rng = np.random.default_rng(0)
     >>> A = rng.standard_normal((100, 3))
     >>> B = np.column_stack([A[:, 0] + A[:, 1], A[:, 0] - A[:, 1], rng.standard_normal(100)])

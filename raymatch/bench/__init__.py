@@ -1,0 +1,61 @@
+"""Benchmarks, printed as tables with the baseline measured in the same process.
+
+Run ``raymatch bench match`` (or ``python -m raymatch.bench match``); one module per benchmark:
+:mod:`.match`, :mod:`.extract`, :mod:`.pipeline`, :mod:`.population`. Targets are stated in
+``docs/benchmarks.md``; nothing here is a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .extract import bench_extract, print_extract
+from .match import bench_match, judge, print_table
+from .pipeline import bench_pipeline, ideal_wall, print_pipeline
+from .timing import machine
+
+__all__ = ["bench_extract", "bench_match", "bench_pipeline", "ideal_wall", "machine", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``raymatch bench {match,extract,pipeline,population}``: run one benchmark and print its table."""
+    parser = argparse.ArgumentParser(prog="raymatch bench", description=__doc__.splitlines()[0])
+    parser.add_argument("suite", choices=["match", "extract", "pipeline", "population"],
+                        help="which benchmark to run")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes (a smoke run; the targets refer to the full sizes)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per fast row (median reported)")
+    parser.add_argument("--part", choices=["table", "layer"], action="append",
+                        help="population: run only this part (default: both)")
+    args = parser.parse_args(argv)
+    if args.suite == "population":
+        from .population import main as population
+
+        print(f"raymatch bench population — {machine()}")
+        sizes = {"n_models": 20, "vgg_models": 3, "n_images": 600, "rows": 2000} if args.quick else {}
+        return population(parts=tuple(args.part or ("table", "layer")), **sizes)
+    if args.suite == "pipeline":
+        print(f"raymatch bench pipeline — {machine()}\n")
+        repeats = max(1, min(args.repeats, 3))
+        print(f"each size: {repeats} run(s) from an empty store, the run with the median overhead shown; overhead ="
+              " wall time of the factor + match stages / ideal_wall(their task times on 2 CPUs) − 1\n")
+        print_pipeline(bench_pipeline((4, 8) if args.quick else (4, 8, 16), 360 if args.quick else 1797, repeats))
+        return 0
+    if args.suite == "extract":
+        n_images = 256 if args.quick else 2048
+        arch, width = ("vgg11_bn", 0.25) if args.quick else ("vgg11_bn", 0.5)
+        print(f"raymatch bench extract — {machine()}\n")
+        rows, formats = bench_extract(n_images, arch, width, max(1, args.repeats))
+        print_extract(rows, formats, n_images)
+        return 0
+    if args.quick:
+        sizes = {"n_samples": 1000, "n_neurons": 64, "small_samples": 400, "small_neurons": 32}
+    else:
+        sizes = {"n_samples": 10_000, "n_neurons": 512, "small_samples": 2_000, "small_neurons": 128}
+    print(f"raymatch bench match — {machine()}")
+    print(f"synthetic ReLU pair: {sizes['n_samples']} samples, {sizes['n_neurons']} + {sizes['n_neurons']} "
+          f"neurons (raymatch.match.synthetic.relu_pair, seed 0)\n")
+    rows = bench_match(repeats=max(1, args.repeats), **sizes)
+    judge(rows)
+    print_table(rows)
+    return 0

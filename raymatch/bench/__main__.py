@@ -1,0 +1,7 @@
+"""``python -m raymatch.bench``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -124,8 +124,9 @@ class StoreConfig(_Section):
     Parameters
     ----------
     uri : str
-        A local path, ``file://…`` (a relative path resolves against the working directory of the process that
-        opens the store), or ``s3://bucket/prefix``.
+        A local path or ``file://`` and a path (``file:///data/store``, ``file://./store``; a relative path
+        resolves against the working directory of the process that opens the store), or ``s3://bucket/prefix``.
+        ``file://host/…`` is refused (it names a host, not a folder), as is a scheme with one slash.
     endpoint_url : str, optional
         An S3-compatible endpoint, for ``s3://`` stores only.
     shared : bool, default False

@@ -56,6 +56,11 @@ class StoreURIError(ValueError):
         self.kind, self.problem = kind, problem
 
 
+def _has_user_info(url: str) -> bool:
+    """Whether ``url`` holds ``user[:password]@`` before its host (or bucket)."""
+    return "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+
+
 def _refuse(uri: str, kind: Kind, what: str, *, got: bool = True) -> StoreURIError:
     """The error of ``uri``: ``store URI '<uri>' <what>``, and ``<what>; got '<uri>'`` as the field's problem."""
     return StoreURIError(f"store URI {uri!r} {what}", kind=kind, problem=f"{what}; got {uri!r}" if got else what)
@@ -120,7 +125,7 @@ def parse_uri(uri: str) -> tuple[str, str]:
     if not isinstance(uri, str) or not uri:
         raise StoreURIError(f"store URI must be a non-empty string; got {uri!r}", kind="empty",
                             problem=f"must be a non-empty string; got {uri!r}")
-    if "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+    if _has_user_info(uri):
         raise StoreURIError("a store URI must not hold a user or password (user:password@…): pass credentials "
                             "through the environment", kind="credentials", problem="holds a user or password")
     malformed = _MALFORMED_SCHEME.match(uri)
@@ -168,7 +173,7 @@ def check_uri(uri: str) -> str:
 
 def check_endpoint(url: str | None) -> str | None:
     """Return an S3 endpoint URL (or None) if it holds no user or password; else :class:`StoreURIError`."""
-    if url is not None and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+    if url is not None and _has_user_info(url):
         raise StoreURIError("an S3 endpoint URL must not hold a user or password: pass credentials through the "
                             "environment", kind="credentials", problem="holds a user or password")
     return url

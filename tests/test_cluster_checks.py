@@ -28,7 +28,9 @@ def test_a_submitted_job_is_recognised_by_its_environment_or_its_working_dir():
     assert submitted_job_id({"RAY_ADDRESS": "127.0.0.1:6379"}, "/home/me/raymatch") is None
 
 
-@pytest.mark.parametrize("uri", ["file://./raymatch-store", "raymatch-store", "file://store/x", "./s"])
+# file://store/x was one of these: it names the host 'store' and is refused when the study is read (issue 26,
+# tests/test_store_uris.py); file://../x is a relative path.
+@pytest.mark.parametrize("uri", ["file://./raymatch-store", "raymatch-store", "file://../store/x", "./s"])
 def test_a_relative_local_store_is_refused_inside_a_job(uri):
     with pytest.raises(ValueError, match=r"is a relative path inside Ray job raysubmit_abc: .*use an absolute"):
         check_store_in_job(StoreConfig(uri=uri), environ=JOB_ENV, cwd=PKG)

@@ -379,10 +379,10 @@ def test_table_writer_batches_commits_and_compacts(store):
 
 
 def test_table_writer_commits_rows_that_waited_max_seconds(local_store, monkeypatch):
-    import raymatch.results.tables as tables
+    import raymatch.results.writing as writing
 
     clock = [100.0]
-    monkeypatch.setattr(tables.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(writing.time, "monotonic", lambda: clock[0])
     with TableWriter(local_store, max_rows=1000, max_seconds=30) as writer:
         writer.add("curves", [curve_row()])
         clock[0] += 29
@@ -430,7 +430,7 @@ import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_results import curve_row, write_study
 from raymatch.results import TableWriter, load, query, read_columns
-from raymatch.results.tables import dataset
+from raymatch.results.reading import dataset
 from raymatch.store import Store
 store = Store({local_store.root!r})
 write_study(store)
@@ -471,6 +471,35 @@ def test_0_1_0_runs_objects_are_refused_and_delta_tables_are_not(local_store):
     local_store.write_table("results/runs/s1.20260101T000000.ab12cd34.parquet", pa.table({"study": ["s1"]}))
     with pytest.raises(ValueError, match="one Parquet object per task in results/runs"):
         check_store_version(local_store)
+
+
+def test_the_0_1_0_check_lists_a_store_once_per_store_object(local_store, monkeypatch):
+    """Reads and appends look for a 0.1.0 store once per ``Store`` (issue 21, point 4); the explicit check always."""
+    from raymatch.store import Store
+
+    results = local_store.path("results")
+    listings = []
+    real_ls = local_store.fs.ls
+
+    def counting_ls(path, *args, **kwargs):
+        listings.append(path)
+        return real_ls(path, *args, **kwargs)
+
+    append_rows(local_store, "curves", [curve_row()])  # the results folder exists from here on
+    monkeypatch.setattr(local_store.fs, "ls", counting_ls)  # the one local filesystem instance of this process
+    fresh = Store(local_store.uri)
+    write_study(fresh)
+    for repeat in range(3):
+        append_rows(fresh, "curves", [curve_row(repeat=repeat)])
+        read_columns(fresh, "curves", ["repeat"])
+        query(fresh, "SELECT count(*) FROM matches")
+    with TableWriter(fresh) as writer:
+        writer.add("curves", [curve_row(repeat=9)])
+    assert listings.count(results) == 1
+    check_store_version(fresh)
+    assert listings.count(results) == 2
+    read_columns(Store(local_store.uri), "curves", ["repeat"])  # another Store object: looked at again
+    assert listings.count(results) == 3
 
 
 # ------------------------------------------------------------------------------------------------ summaries

@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from raymatch.results import data_files
-from raymatch.results.tables import storage_options
+from raymatch.results import data_files, storage_options
 from raymatch.store import Store, StoreError
 from raymatch.study import StudyError
 

@@ -18,6 +18,8 @@ import json
 import os
 from collections.abc import Mapping
 
+from ..store import parse_uri
+
 __all__ = ["alive_nodes", "check_store_in_job", "check_store_on_cluster", "local_store_path", "submitted_job_id"]
 
 #: Set by Ray's job supervisor in the environment of a submitted job's entrypoint (and inherited by its
@@ -77,9 +79,7 @@ def local_store_path(uri: str) -> str | None:
     >>> local_store_path("file://./raymatch-store"), local_store_path("/data/store"), local_store_path("s3://b/x")
     ('./raymatch-store', '/data/store', None)
     """
-    if "://" not in uri:
-        return uri
-    scheme, path = uri.split("://", 1)
+    scheme, path = parse_uri(uri)
     return path if scheme == "file" else None
 
 
@@ -97,8 +97,7 @@ def check_store_in_job(store_config, *, environ: Mapping[str, str] | None = None
     ValueError
         One line: the store, where it would land, and what to use instead.
     """
-    path = local_store_path(store_config.uri)
-    if path is None or os.path.isabs(os.path.expanduser(path)):
+    if not store_config.location.is_relative:
         return
     job = submitted_job_id(environ, cwd)
     if job is None:
@@ -134,7 +133,8 @@ def check_store_on_cluster(store_config, nodes: list[str] | None = None) -> None
     ValueError
         One line: the store, the node count, and what to use instead.
     """
-    if local_store_path(store_config.uri) is None or getattr(store_config, "shared", False):
+    location = store_config.location
+    if not location.is_local or location.shared:
         return
     nodes = alive_nodes() if nodes is None else nodes
     if len(nodes) > 1:

@@ -1,9 +1,11 @@
 """Results tables: Delta Lake tables written by the driver, read through DuckDB views.
 
-Every stored table is a Delta table under ``results/<table>/`` of the store (local or S3, one code path; see
-:mod:`raymatch.results.tables`). Pair tasks return their rows to the driver, which commits them in batches
-(:class:`TableWriter`) and compacts them when the run ends, so thousands of tasks end as a few files. Concurrent
-drivers may append the same result twice: readers see one row per key (:func:`connect`).
+Every stored table is a Delta table under ``results/<table>/`` of the store (local or S3, one code path):
+:mod:`~raymatch.results.writing` appends and compacts, :mod:`~raymatch.results.reading` reads, and
+:mod:`~raymatch.results.legacy` refuses a store of raymatch 0.1.0. Pair tasks return their rows to the driver,
+which commits them in batches (:class:`TableWriter`) and compacts them when the run ends, so thousands of tasks
+end as a few files. Concurrent drivers may append the same result twice: readers see one row per key
+(:func:`connect`).
 
 Stored tables (:data:`TABLES`)
 ------------------------------
@@ -56,6 +58,8 @@ A store written by raymatch 0.1.0 (one Parquet object per task under ``results/m
 clear message (:func:`check_store_version`).
 """
 
+from .legacy import check_store_version
+from .reading import data_files, dataset, read_columns, storage_options, table_uri
 from .schema import (
     CKA,
     CROSS_CURVES,
@@ -78,18 +82,8 @@ from .schema import (
     to_table,
 )
 from .summaries import FIGURE_COLUMNS, FORMATS, figure_data, format_frame, pair_summary, similarity_column
-from .tables import (
-    TableWriter,
-    append_rows,
-    check_store_version,
-    compact_table,
-    data_files,
-    read_columns,
-    storage_options,
-    table_uri,
-    vacuum_table,
-)
 from .views import connect, load, load_table, query
+from .writing import TableWriter, append_rows, compact_table, vacuum_table
 
 __all__ = [
     "CKA",
@@ -117,6 +111,7 @@ __all__ = [
     "compact_table",
     "connect",
     "data_files",
+    "dataset",
     "figure_data",
     "format_frame",
     "load",

@@ -13,8 +13,9 @@ import pandas as pd
 import pyarrow as pa
 
 from ..store import Store, layout
+from .legacy import ensure_current_format
+from .reading import dataset
 from .schema import CKA, CROSS_MATCHES, KEYS, MATCHES, ORDER_BY, STUDIES, TABLES, VIEW_COLUMNS, VIEWS
-from .tables import check_store_version, dataset
 
 
 def _quote(name: str) -> str:
@@ -165,7 +166,7 @@ def connect(store: Store):
     """
     import duckdb
 
-    check_store_version(store)
+    ensure_current_format(store)
     studies = _study_records(store)
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:

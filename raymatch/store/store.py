@@ -1,4 +1,4 @@
-"""One study store: a root URI on a local folder or an S3 bucket, one code path for both.
+"""One study store: a root on a local folder or an S3 bucket (its :class:`StoreLocation`), one code path for both.
 
 Every object is written whole: locally to a temporary name in the same folder and then renamed,
 on S3 with a single PUT (an object is never visible half-written). Keys are relative, ``/``-separated
@@ -19,40 +19,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .location import StoreLocation
+
 #: Requests :meth:`Store.read_many` keeps in flight at once.
 READ_MANY_THREADS = 16
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]*$")
-#: ``s3:/bucket`` or ``file:relative``: a storage scheme without its ``//``, which would read as a local folder.
-_MALFORMED_SCHEME = re.compile(r"^(s3|s3a|file|gs|gcs|az|abfs|hdfs|http|https):(?!//)", re.IGNORECASE)
-
-
-def check_uri(uri: str) -> str:
-    """Return ``uri`` if it names a store: a local path, ``file://…`` or ``s3://bucket/…``; else ``ValueError``.
-
-    A scheme missing a slash (``s3:/bucket/x``) is refused rather than read as the local folder ``./s3:/bucket/x``.
-
-    Examples
-    --------
-    >>> check_uri("s3://bucket/store")
-    's3://bucket/store'
-    >>> check_uri("s3:/bucket/store")
-    Traceback (most recent call last):
-    ...
-    ValueError: store URI 's3:/bucket/store' is malformed: write s3://bucket/store (two slashes after 's3:')
-    """
-    if not isinstance(uri, str) or not uri:
-        raise ValueError(f"store URI must be a non-empty string; got {uri!r}")
-    malformed = _MALFORMED_SCHEME.match(uri)
-    if malformed:
-        scheme = malformed.group(1)
-        rest = uri[len(scheme) + 1:].lstrip("/")
-        raise ValueError(f"store URI {uri!r} is malformed: write {scheme}://{rest} "
-                         f"(two slashes after {scheme + ':'!r})")
-    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-    if protocol not in ("file", "s3"):
-        raise ValueError(f"store URI {uri!r}: unsupported scheme {protocol!r} (use a local path, file:// or s3://)")
-    return uri
 
 
 class StoreError(OSError):
@@ -82,12 +54,13 @@ def check_name(name: str, what: str) -> str:
 
 
 class Store:
-    """A study store rooted at ``uri``.
+    """A study store at a :class:`~raymatch.store.location.StoreLocation` (or a URI and its settings).
 
     Parameters
     ----------
-    uri : str
-        A local path, ``file://…``, or ``s3://bucket/prefix``.
+    uri : str or StoreLocation
+        A local path, ``file://…``, or ``s3://bucket/prefix``; or a location, which holds every setting below
+        (then none may be given here).
     endpoint_url, key, secret : str, optional
         S3 endpoint and credentials; by default the standard AWS environment and config apply.
         Passed explicitly, they travel with the store (to Ray workers, whose environment may differ).
@@ -100,52 +73,67 @@ class Store:
         Retries of a failed S3 request: each call is tried ``retries + 1`` times in all by botocore (s3fs's own
         repetition of timed-out calls is then off), and results-table requests retry ``retries`` times. Default:
         botocore 6 tries (``AWS_MAX_ATTEMPTS`` overrides), s3fs up to 5 on a timeout, tables 20 within 60 s.
+
+    Raises
+    ------
+    StoreURIError
+        A ``ValueError``: the URI names no store (``s3:/x``, ``file://host/x``, ``gs://x`` …).
     """
 
-    def __init__(self, uri: str, *, endpoint_url: str | None = None, key: str | None = None,
+    def __init__(self, uri: str | StoreLocation, *, endpoint_url: str | None = None, key: str | None = None,
                  secret: str | None = None, storage_options: dict | None = None,
                  connect_timeout: float | None = None, read_timeout: float | None = None,
                  retries: int | None = None):
-        self.uri = check_uri(uri)
-        self.endpoint_url = endpoint_url
-        self.connect_timeout, self.read_timeout, self.retries = connect_timeout, read_timeout, retries
-        options = dict(storage_options or {})
-        protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-        self.protocol = protocol
-        if protocol == "s3":
-            if endpoint_url:
-                options.setdefault("client_kwargs", {})["endpoint_url"] = endpoint_url
-            if key is not None:
-                options["key"] = key
-            if secret is not None:
-                options["secret"] = secret
-            options.setdefault("skip_instance_cache", True)
-            # Transient failures (an endpoint restarting, a connection refused or dropped, a throttled request)
-            # are retried by botocore with exponential backoff and full jitter: 6 attempts, waiting at most
-            # 1 + 2 + 4 + 8 + 16 = 31 s in all, then the call fails (docs/reliability.md, "Faults"). The standard
-            # AWS_MAX_ATTEMPTS / AWS_RETRY_MODE variables, or storage_options' config_kwargs, override this.
-            config = dict(options.get("config_kwargs") or {})
-            if retries is not None:  # the study's own: every call tried retries + 1 times, by botocore alone
-                config["retries"] = {"mode": "standard", "total_max_attempts": retries + 1}
-            elif not {"AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"} & set(os.environ):
-                config.setdefault("retries", {"mode": "standard", "total_max_attempts": 6})
-            for name, seconds in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-                if seconds is not None:
-                    config[name] = float(seconds)
-            options["config_kwargs"] = config
-            # Other processes write to the same bucket: a cached listing would hide their objects from exists().
-            options.setdefault("use_listings_cache", False)
-            self.root = uri.split("://", 1)[1].strip("/")
-            if not self.root:
-                raise ValueError(f"store URI {uri!r} names no bucket")
+        if isinstance(uri, StoreLocation):
+            given = (endpoint_url, key, secret, storage_options, connect_timeout, read_timeout, retries)
+            if any(value is not None for value in given):
+                raise TypeError("Store(location): the location holds the settings; give none beside it")
+            self.location = uri
         else:
-            path = uri.split("://", 1)[1] if uri.startswith("file://") else uri
-            self.root = os.path.abspath(os.path.expanduser(path))
-        self._options = options
+            self.location = StoreLocation.from_uri(
+                uri, endpoint_url=endpoint_url, key=key, secret=secret, storage_options=storage_options,
+                connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries)
+        # Computed once, here: pickled to Ray workers as is, so a worker's environment cannot change them.
+        self._options = self.location.fsspec_options()
         self.fs = self._filesystem()
 
+    @property
+    def uri(self) -> str:
+        """The store's URI, as given."""
+        return self.location.uri
+
+    @property
+    def root(self) -> str:
+        """The absolute local folder, or ``bucket/prefix``."""
+        return self.location.root
+
+    @property
+    def protocol(self) -> str:
+        """``'file'`` or ``'s3'``."""
+        return self.location.scheme
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The S3 endpoint given to the store."""
+        return self.location.endpoint_url
+
+    @property
+    def connect_timeout(self) -> float | None:
+        """Seconds an S3 request waits to connect (None: the clients' default)."""
+        return self.location.connect_timeout
+
+    @property
+    def read_timeout(self) -> float | None:
+        """Seconds an S3 request waits for an answer (None: the clients' default)."""
+        return self.location.read_timeout
+
+    @property
+    def retries(self) -> int | None:
+        """Retries of a failed S3 request (None: the clients' default)."""
+        return self.location.retries
+
     @classmethod
-    def open_existing(cls, uri: str, *, endpoint_url: str | None = None) -> Store:
+    def open_existing(cls, uri: str | StoreLocation, *, endpoint_url: str | None = None) -> Store:
         """A store to read from, which must already exist.
 
         A local folder that is there, or a bucket that answers (a read-only check). Raises ``ValueError`` or
@@ -172,7 +160,7 @@ class Store:
     def _filesystem(self):
         """The fsspec filesystem of the store's options (s3fs repeats no timed-out call when retries are given)."""
         fs = fsspec.filesystem(self.protocol, **self._options)
-        if self.protocol == "s3" and getattr(self, "retries", None) is not None:
+        if self.protocol == "s3" and self.retries is not None:
             fs.retries = 1  # one try at s3fs's level: botocore makes the retries + 1 tries
         return fs
 
@@ -183,14 +171,18 @@ class Store:
     @property
     def is_local(self) -> bool:
         """Whether the store is a local folder."""
-        return self.protocol == "file"
+        return self.location.is_local
 
     def path(self, key: str) -> str:
         """Full filesystem path of ``key`` under the root."""
         return f"{self.root}/{check_key(key)}"
 
+    def url(self, key: str = "") -> str:
+        """``key`` (or the root) as other clients name it: a local path, or ``s3://bucket/…``."""
+        return self.location.url(self.path(key) if key else self.root)
+
     def _describe(self) -> str:
-        return f"store {self.uri}" + (f" (endpoint {self.endpoint_url})" if self.endpoint_url else "")
+        return self.location.describe()
 
     def _fail(self, action: str, key: str, error: Exception) -> StoreError:
         reason = str(error) or type(error).__name__

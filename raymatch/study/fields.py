@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from ..config import Loc, checked_by, duplicate, invalid, is_integer, is_number, shown
-from ..store import check_key, check_uri
+from ..store import StoreURIError, check_endpoint, check_key, check_uri
 
 #: How the models of a population are paired: every unordered pair, every model against one reference, or each
 #: checkpoint against the next one in the listed order (along training).
@@ -291,23 +291,9 @@ def credential_locs(data: Any, loc: Loc = ()) -> list[Loc]:
     return found
 
 
-def _has_user_info(url: str) -> bool:
-    authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
-    return "@" in authority
-
-
-def scheme(uri: str) -> str:
-    """The scheme of a store URI: ``'file'`` for a plain path.
-
-    Parameters
-    ----------
-    uri : str
-
-    Returns
-    -------
-    str
-    """
-    return uri.split("://", 1)[0] if "://" in uri else "file"
+def _uri_problem(error: StoreURIError) -> str:
+    """What a study file's author reads after the field's path; a credential is never echoed."""
+    return CREDENTIALS_PROBLEM if error.kind == "credentials" else error.problem
 
 
 def store_uri(value: Any) -> str:
@@ -323,25 +309,14 @@ def store_uri(value: Any) -> str:
 
     Raises
     ------
-    ValueError or pydantic.ValidationError
-        Every problem of the URI.
+    ValueError
+        The problem of the URI (:func:`raymatch.store.parse_uri`'s).
     """
     uri = string(value)
-    problems = []
     try:
         check_uri(uri)
-    except ValueError as error:
-        if "malformed" in str(error):  # s3:/bucket: a scheme without its two slashes, not a local folder
-            raise invalid([((), str(error).replace(f"store URI {uri!r} is malformed: ", "malformed: "))],
-                          value) from None
-    if scheme(uri) not in ("file", "s3"):
-        problems.append(f"unsupported scheme {scheme(uri)!r} (use a local path, file:// or s3://); got {uri!r}")
-    elif scheme(uri) == "s3" and not uri.split("://", 1)[1].strip("/"):
-        problems.append(f"names no bucket; got {uri!r}")
-    if _has_user_info(uri):
-        problems.append(CREDENTIALS_PROBLEM)
-    if problems:
-        raise invalid([((), problem) for problem in problems], value)
+    except StoreURIError as error:
+        raise ValueError(_uri_problem(error)) from None
     return uri
 
 
@@ -360,10 +335,10 @@ def endpoint(value: Any) -> str | None:
     ------
     ValueError
     """
-    url = optional_string(value)
-    if url is not None and _has_user_info(url):
-        raise ValueError(CREDENTIALS_PROBLEM)
-    return url
+    try:
+        return check_endpoint(optional_string(value))
+    except StoreURIError as error:
+        raise ValueError(_uri_problem(error)) from None
 
 
 # ------------------------------------------------------------------------------------------------ the population

@@ -22,7 +22,7 @@ from ..extract.layers import select_layers
 from ..models import build_model
 from ..models.factory import ArchitectureError, architecture_digest, build_architecture, code_digest
 from ..probes import ProbeSpec
-from ..store import Store, layout
+from ..store import Store, StoreLocation, layout, parse_uri
 from ..store.store import check_name
 from ..train.spec import TrainingSpec, with_recipe_defaults
 from . import fields
@@ -124,8 +124,9 @@ class StoreConfig(_Section):
     Parameters
     ----------
     uri : str
-        A local path, ``file://…`` (a relative path resolves against the working directory of the process that
-        opens the store), or ``s3://bucket/prefix``.
+        A local path or ``file://`` and a path (``file:///data/store``, ``file://./store``; a relative path
+        resolves against the working directory of the process that opens the store), or ``s3://bucket/prefix``.
+        ``file://host/…`` is refused (it names a host, not a folder), as is a scheme with one slash.
     endpoint_url : str, optional
         An S3-compatible endpoint, for ``s3://`` stores only.
     shared : bool, default False
@@ -164,11 +165,23 @@ class StoreConfig(_Section):
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-        if "uri" in values and values.get("endpoint_url") is not None and fields.scheme(values["uri"]) == "file":
+        scheme = parse_uri(values["uri"])[0] if "uri" in values else None
+        if scheme == "file" and values.get("endpoint_url") is not None:
             return [(("endpoint_url",), "only used with an s3:// store")]
-        if "uri" in values and values.get("shared") and fields.scheme(values["uri"]) != "file":
+        if scheme == "s3" and values.get("shared"):
             return [(("shared",), "only used with a file:// store (an s3:// store is shared by every node)")]
         return []
+
+    @property
+    def location(self) -> StoreLocation:
+        """Where the store is and how it is reached (a relative path resolves against the working directory now).
+
+        Returns
+        -------
+        raymatch.store.StoreLocation
+        """
+        return StoreLocation.from_uri(self.uri, endpoint_url=self.endpoint_url, connect_timeout=self.timeouts.connect,
+                                      read_timeout=self.timeouts.read, retries=self.retries, shared=self.shared)
 
     def open(self) -> Store:
         """The study's store, with credentials from the environment; nothing is read or written yet.
@@ -177,8 +190,7 @@ class StoreConfig(_Section):
         -------
         raymatch.store.Store
         """
-        return Store(self.uri, endpoint_url=self.endpoint_url, connect_timeout=self.timeouts.connect,
-                     read_timeout=self.timeouts.read, retries=self.retries)
+        return Store(self.location)
 
 
 class Training(_Section):

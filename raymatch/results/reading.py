@@ -1,0 +1,153 @@
+"""Reading the results tables: the Delta table of each, its data files, lazy pyarrow datasets and column reads.
+
+A table lives under ``results/<table>/`` of the store; its URI, the delta-rs storage options and the pyarrow
+filesystem of its scans come from the store's :class:`~raymatch.store.StoreLocation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..store import Store, StoreError, layout
+from .legacy import ensure_current_format
+from .schema import table_schema
+
+__all__ = ["data_files", "dataset", "open_table", "read_columns", "storage_options", "table_error", "table_uri"]
+
+
+def storage_options(store: Store) -> dict[str, str]:
+    """The delta-rs storage options of ``store``: empty for a local store.
+
+    See :meth:`raymatch.store.StoreLocation.deltalake_storage_options`.
+    """
+    return store.location.deltalake_storage_options()
+
+
+def table_uri(store: Store, table: str) -> str:
+    """The URI of the Delta table ``table`` of ``store``: a local path or ``s3://bucket/…/results/<table>``."""
+    table_schema(table)
+    return store.url(layout.table_prefix(table))
+
+
+def table_error(store: Store, table: str, action: str, error: Exception) -> StoreError:
+    """The one-line :class:`StoreError` of ``action`` on ``table`` failing with ``error``."""
+    return StoreError(f"cannot {action} results table {table!r} of store {store.uri}: "
+                      f"{str(error).splitlines()[0] if str(error) else type(error).__name__}")
+
+
+def open_table(store: Store, table: str):
+    """The ``DeltaTable`` of ``table``, or None when it has not been created yet."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(table_uri(store, table), storage_options=storage_options(store))
+    except TableNotFoundError:
+        return None
+    except Exception as error:
+        raise table_error(store, table, "open", error) from None
+
+
+def data_files(store: Store, table: str) -> list[str]:
+    """URIs of the data files of the current version of ``table`` (empty when it does not exist)."""
+    delta = open_table(store, table)
+    return [] if delta is None else list(delta.file_uris())
+
+
+def _arrow_filesystem(store: Store, table: str):
+    """The table folder on pyarrow's own filesystem (local, or S3 with the store's endpoint and keys).
+
+    deltalake's default (its Rust store behind a Python filesystem) is avoided: a process that scanned through it
+    aborts at exit now and then ("terminate called without an active exception").
+    """
+    from pyarrow import fs as pafs
+
+    return pafs.SubTreeFileSystem(store.path(layout.table_prefix(table)), store.location.pyarrow_filesystem())
+
+
+def dataset(store: Store, table: str):
+    """A lazy pyarrow dataset of the current version of ``table``, or None when the table does not exist.
+
+    Only the Delta log is read here; scanning reads the needed columns of the data files.
+    """
+    delta = open_table(store, table)
+    if delta is None:
+        return None
+    try:
+        return delta.to_pyarrow_dataset(filesystem=_arrow_filesystem(store, table))
+    except Exception as error:
+        raise table_error(store, table, "read", error) from None
+
+
+def _filter(schema: pa.Schema, table: str, filters: Mapping | None):
+    if not filters:
+        return None
+    if not isinstance(filters, Mapping):
+        raise ValueError(f"filters must be a dict of column -> value; got {type(filters).__name__}")
+    expression = None
+    for name, value in filters.items():
+        if name not in schema.names:
+            raise ValueError(f"unknown column {name!r} of results table {table!r} "
+                             f"(its columns are: {', '.join(schema.names)})")
+        field = pc.field(name)
+        if isinstance(value, (list, tuple, set, frozenset)):
+            term = field.isin(pa.array(list(value), type=schema.field(name).type))
+        elif value is None:
+            term = field.is_null()
+        else:
+            term = field == pa.scalar(value, type=schema.field(name).type)
+        expression = term if expression is None else expression & term
+    return expression
+
+
+def read_columns(store: Store, table: str, columns: list[str] | None = None, *,
+                 filters: Mapping | None = None) -> pa.Table:
+    """The named columns of the stored rows of ``table`` (every appended row: duplicates are not removed).
+
+    Reads the Delta log and, from the data files, only the named and filtered columns (row groups that the
+    filters exclude are skipped): one scan for planning, never a request per task.
+
+    Parameters
+    ----------
+    store : Store
+        The study store.
+    table : str
+        One of :data:`~raymatch.results.TABLES`.
+    columns : list of str, optional
+        The columns to read, in this order; all columns by default.
+    filters : dict, optional
+        ``{column: value}`` keeps the rows equal to ``value`` (a list, tuple or set: any of its values;
+        None: null) in every named column.
+
+    Returns
+    -------
+    pyarrow.Table
+        With the table's types for these columns; empty (same columns) when the table does not exist yet.
+
+    Raises
+    ------
+    ValueError
+        Unknown table or column, or a 0.1.0 store.
+    StoreError
+        The store cannot be read.
+    """
+    schema = table_schema(table)
+    columns = list(schema.names) if columns is None else list(columns)
+    unknown = [name for name in columns if name not in schema.names]
+    if unknown or not columns:
+        raise ValueError(f"unknown column {unknown[0] if unknown else None!r} of results table {table!r} "
+                         f"(its columns are: {', '.join(schema.names)})")
+    expression = _filter(schema, table, filters)
+    ensure_current_format(store)
+    data = dataset(store, table)
+    wanted = pa.schema([schema.field(name) for name in columns])
+    if data is None:
+        return wanted.empty_table()
+    try:
+        result = data.to_table(columns=columns, filter=expression)
+    except Exception as error:
+        raise table_error(store, table, "read", error) from None
+    return result.cast(wanted)

@@ -135,7 +135,7 @@ def _runs_rows(runs: pd.DataFrame) -> list[list[str]]:
         ended = run.get("ended_at")
         seconds = (pd.Timestamp(ended) - pd.Timestamp(run["started_at"])).total_seconds() if not pd.isna(ended) \
             else None
-        error = str(run.get("error") or "").splitlines()[:1]
+        error = [] if pd.isna(run.get("error")) else str(run["error"]).splitlines()[:1]
         rows.append([str(run["run_id"]), str(run.get("code_version") or "—"), _time(run["started_at"]),
                      "—" if seconds is None else f"{seconds:.1f} s", str(run["status"]), str(run.get("computed")),
                      str(run.get("skipped")), str(run.get("failed")), error[0] if error else ""])
@@ -303,4 +303,17 @@ def write_html(store: Store, ctx, out_dir: str | Path, *, neurons: bool = False)
     return HtmlPage(path=path, size=path.stat().st_size, skipped=skipped, payload=payload)
 
 
-__all__ = ["BAND_BOOT", "PAGE_NAME", "HtmlPage", "page_payload", "render_page", "write_html"]
+def html_report(store: Store, out_dir: str | Path, *, study: str | None = None, eps: float | None = None,
+                neurons: bool = False) -> HtmlPage:
+    """Only ``index.html`` of a study (no PNGs, no summary): what ``write_report(..., html=True)`` adds.
+
+    ``study`` and ``eps`` as in :func:`raymatch.report.write_report`; ``out_dir`` is created if needed.
+    """
+    from .command import _context
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_html(store, _context(store, study, eps), out, neurons=neurons)
+
+
+__all__ = ["BAND_BOOT", "PAGE_NAME", "HtmlPage", "html_report", "page_payload", "render_page", "write_html"]

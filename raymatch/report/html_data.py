@@ -158,20 +158,21 @@ def cluster_orders(counts: PairCounts) -> np.ndarray:
 
 
 def pack_integers(values: np.ndarray) -> dict:
-    """Non-negative integers as the smallest unsigned little-endian type, deflated (zlib) and base64'd."""
+    """Non-negative integers as the smallest unsigned little-endian type, deflated (zlib, level 6) and base64'd."""
     values = np.asarray(values)
     dtype = "uint8" if values.size == 0 or values.max() <= 0xFF else "uint16" if values.max() <= 0xFFFF else "uint32"
     raw = values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()
-    return {"dtype": dtype, "shape": list(values.shape), "data": base64.b64encode(zlib.compress(raw, 9)).decode()}
+    return {"dtype": dtype, "shape": list(values.shape), "data": base64.b64encode(zlib.compress(raw, 6)).decode()}
 
 
 def encode_counts(counts: PairCounts) -> dict:
-    """The page's form of :attr:`PairCounts.counts`: per pair, the count at ε = 0 then its increase at each step.
+    """The page's form of :attr:`PairCounts.counts`: every pair's count at ε = 0, then their increases at each step.
 
-    Monotone counts delta-code to mostly zeros, which deflate to a few bytes per pair; the page sums them back
-    (exact integers). Returns ``{"dtype", "shape": [n_pairs, n_steps], "data"}`` (row-major, base64 of zlib).
+    Monotone counts delta-code to mostly zeros, which deflate to about a byte per pair and step (step-major
+    deflates ~12 % smaller than pair-major); the page sums them back (exact integers). Returns
+    ``{"dtype", "shape": [n_steps, n_pairs], "data"}`` (row-major, base64 of zlib).
     """
-    return pack_integers(np.diff(counts.counts, axis=1, prepend=0))
+    return pack_integers(np.ascontiguousarray(np.diff(counts.counts, axis=1, prepend=0).T))
 
 
 def encode_orders(orders: np.ndarray) -> dict:
@@ -199,7 +200,7 @@ def encode_neurons(curves: pd.DataFrame, counts: PairCounts) -> dict:
         critical = np.where(critical <= row.exact_tol, 0.0, critical)
         values[position, : critical.size] = critical[: n_a + n_b]
     raw = values.astype("<f4").tobytes()
-    return {"n_a": n_a, "n_b": n_b, "data": base64.b64encode(zlib.compress(raw, 9)).decode()}
+    return {"n_a": n_a, "n_b": n_b, "data": base64.b64encode(zlib.compress(raw, 6)).decode()}
 
 
 def model_labels(models: pd.DataFrame, names: list[str]) -> dict[str, dict]:

@@ -42,15 +42,11 @@
     for (const [population, byLayer] of Object.entries(data.pairs)) {
       decoded[population] = {};
       for (const [layer, packed] of Object.entries(byLayer)) {
-        const [nPairs, nSteps] = packed.counts.shape;
-        const deltas = await unpack(packed.counts);
-        const counts = new Uint32Array(deltas.length);
-        for (let p = 0; p < nPairs; p++) {
-          let running = 0;
-          for (let k = 0; k < nSteps; k++) { running += deltas[p * nSteps + k]; counts[p * nSteps + k] = running; }
-        }
+        const [nSteps, nPairs] = packed.counts.shape; // step-major: counts[k * nPairs + p]
+        const counts = Uint32Array.from(await unpack(packed.counts));
+        for (let i = nPairs; i < counts.length; i++) counts[i] += counts[i - nPairs];
         const entry = {
-          counts, nSteps, models: packed.models, n: packed.models.length, totals: await unpack(packed.totals),
+          counts, nSteps, nPairs, models: packed.models, n: packed.models.length, totals: await unpack(packed.totals),
           first: await unpack(packed.first), second: await unpack(packed.second), orders: await unpack(packed.orders),
           index: new Map(), position: new Map(packed.models.map((model, i) => [model, i])),
         };
@@ -61,7 +57,7 @@
     }
   }
 
-  function similarity(entry, pair, step) { return entry.counts[pair * entry.nSteps + step] / entry.totals[pair]; }
+  function similarity(entry, pair, step) { return entry.counts[step * entry.nPairs + pair] / entry.totals[pair]; }
 
   function nullPopulations(population) {
     return data.populations.filter((name) => name !== population);
@@ -160,7 +156,7 @@
   function matrixLayout(layer, trace) {
     const few = trace.tickLabels.length <= 40;
     const ticks = { tickmode: "array", tickvals: trace.tickLabels.map((_, i) => i), ticktext: trace.tickLabels,
-                    showticklabels: few, showgrid: false, zeroline: false };
+                    showticklabels: few, ticks: few ? "outside" : "", showgrid: false, zeroline: false };
     return {
       title: { text: `${layer}: ${state.population} models at ε = ${epsText(state.step)} (clustered)`, x: 0.01, font: { size: 14 } },
       height: 560, margin: { l: few ? 110 : 40, r: 10, t: 50, b: few ? 110 : 40 }, font: { family: "DejaVu Sans, Arial, sans-serif", size: 11 },

@@ -5,6 +5,7 @@ drawn, and the ε slider moved with the keyboard shows the similarity the test c
 from __future__ import annotations
 
 import base64
+import os
 import zlib
 from pathlib import Path
 
@@ -23,19 +24,17 @@ STEPS = 200
 
 
 def expected_means(store, eps: float) -> dict[tuple[str, str], float]:
-    """Mean over pairs (each pair's repeats averaged) of matched / (n_a + n_b) at ``eps``, from the definition."""
+    """Mean over pairs (each pair's repeats averaged) of matched / (n_a + n_b) at ``eps``, from the definition:
+    neuron i is matched iff its stored critical ε ≤ max(ε, exact_tol). Plain numpy on the stored curves table."""
     curves = load(store, "curves")
     curves = curves.loc[(curves["status"] == "ok") & (curves["population"] != "trajectory")]
-    per_pair: dict[tuple, list[float]] = {}
-    for row in curves.itertuples():
-        bound = max(eps, row.exact_tol)
-        matched = np.sum(np.asarray(row.critical_a) <= bound) + np.sum(np.asarray(row.critical_b) <= bound)
-        per_pair.setdefault((row.population, row.layer, row.model_a, row.model_b), []).append(
-            matched / (row.n_a + row.n_b))
-    means: dict[tuple[str, str], list[float]] = {}
-    for (population, layer, _, _), values in per_pair.items():
-        means.setdefault((population, layer), []).append(float(np.mean(values)))
-    return {key: float(np.mean(values)) for key, values in means.items()}
+    matched = np.array([np.sum(np.asarray(a) <= max(eps, tol)) + np.sum(np.asarray(b) <= max(eps, tol))
+                        for a, b, tol in zip(curves["critical_a"], curves["critical_b"], curves["exact_tol"],
+                                             strict=True)])
+    frame = curves[["population", "layer", "model_a", "model_b"]].assign(
+        similarity=matched / (curves["n_a"] + curves["n_b"]).to_numpy())
+    per_pair = frame.groupby(["population", "layer", "model_a", "model_b"])["similarity"].mean()
+    return {key: float(value) for key, value in per_pair.groupby(level=["population", "layer"]).mean().items()}
 
 
 def unpack(packed: dict) -> np.ndarray:
@@ -203,6 +202,8 @@ def test_a_real_digits_study_in_chromium(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("RAYMATCH_LARGE_TESTS"), reason="about a minute on 2 cores (store, report, "
+                    "browser): set RAYMATCH_LARGE_TESTS=1 to run it")
 def test_the_200_model_table_scale_page_is_under_10_mb_and_works(tmp_path):
     from raymatch.report.html import html_report
 

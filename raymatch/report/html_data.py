@@ -62,25 +62,39 @@ class PairCounts:
         return [self.models[i] for i in self.first], [self.models[i] for i in self.second]
 
 
-def matched_counts(critical: np.ndarray, exact_tol: float, grid: np.ndarray) -> np.ndarray:
-    """How many of ``critical`` (critical ε of neurons, ``inf`` for dead ones) are at most ``max(ε, exact_tol)``.
+def joining_steps(critical: np.ndarray, exact_tol: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The first slider step at which each neuron is matched: ``len(grid)`` for never (dead, or above the grid).
+
+    A neuron with critical ε ``c`` is matched at ``grid[k]`` iff ``c <= max(grid[k], exact_tol)``: at every step
+    when ``c <= exact_tol``, else from the first ``k`` with ``grid[k] >= c`` (exact comparisons, no rounding).
 
     Parameters
     ----------
-    critical : numpy.ndarray, shape (n_neurons,)
-    exact_tol : float
+    critical : numpy.ndarray, shape (n,)
+    exact_tol : numpy.ndarray, shape (n,)
+        Each neuron's row's tolerance.
     grid : numpy.ndarray, shape (n_steps,), ascending
 
     Returns
     -------
-    numpy.ndarray, shape (n_steps,), int64
+    numpy.ndarray, shape (n,), int64
     """
-    values = np.sort(np.asarray(critical, dtype=np.float64))
-    return np.searchsorted(values, np.maximum(grid, exact_tol), side="right").astype(np.int64)
+    steps = np.searchsorted(grid, critical, side="left")
+    return np.where(critical <= exact_tol, 0, steps).astype(np.int64)
+
+
+def _flat(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A column of arrays as one float64 array and each cell's length."""
+    cells = [np.asarray(cell, dtype=np.float64) for cell in column]
+    lengths = np.array([cell.size for cell in cells], dtype=np.int64)
+    return (np.concatenate(cells) if cells else np.zeros(0)), lengths
 
 
 def pair_counts(curves: pd.DataFrame, grid: np.ndarray) -> list[PairCounts]:
     """Every (population, layer) of ``curves`` as :class:`PairCounts` on ``grid`` (trajectory rows left out).
+
+    Each neuron's first matched step (:func:`joining_steps`) is counted into its pair's row, and the cumulative
+    sum over steps gives the counts: exact, and one vectorised pass over all the neurons of a layer.
 
     Parameters
     ----------
@@ -99,21 +113,25 @@ def pair_counts(curves: pd.DataFrame, grid: np.ndarray) -> list[PairCounts]:
     curves = curves.loc[curves["population"] != "trajectory"]
     out = []
     for (population, layer), rows in curves.groupby(["population", "layer"], sort=False):
-        pairs = list(dict.fromkeys(zip(rows["model_a"], rows["model_b"], strict=True)))
-        index = {pair: position for position, pair in enumerate(pairs)}
-        counts = np.zeros((len(pairs), grid.size), dtype=np.int64)
-        totals = np.zeros(len(pairs), dtype=np.int64)
-        for row in rows.itertuples(index=False):
-            position = index[(row.model_a, row.model_b)]
-            critical = np.concatenate([np.asarray(row.critical_a, float), np.asarray(row.critical_b, float)])
-            counts[position] += matched_counts(critical, float(row.exact_tol), grid)
-            totals[position] += int(row.n_a) + int(row.n_b)
-        models = list(dict.fromkeys([name for pair in pairs for name in pair]))
+        keys = pd.MultiIndex.from_arrays([rows["model_a"], rows["model_b"]])
+        pair_of_row, pairs = pd.factorize(keys)
+        n_pairs, n_steps = len(pairs), grid.size
+        joined = np.zeros(n_pairs * (n_steps + 1), dtype=np.int64)
+        for side in ("critical_a", "critical_b"):
+            values, lengths = _flat(rows[side])
+            owner = np.repeat(pair_of_row, lengths)
+            tolerance = np.repeat(rows["exact_tol"].to_numpy(dtype=np.float64), lengths)
+            joined += np.bincount(owner * (n_steps + 1) + joining_steps(values, tolerance, grid),
+                                  minlength=joined.size)
+        counts = np.cumsum(joined.reshape(n_pairs, n_steps + 1)[:, :n_steps], axis=1)
+        totals = np.bincount(pair_of_row, weights=(rows["n_a"] + rows["n_b"]).to_numpy(), minlength=n_pairs)
+        model_a, model_b = pairs.get_level_values(0), pairs.get_level_values(1)
+        models = list(dict.fromkeys(name for pair in zip(model_a, model_b, strict=True) for name in pair))
         position = {name: i for i, name in enumerate(models)}
         out.append(PairCounts(population, layer, models,
-                              np.array([position[a] for a, _ in pairs], dtype=np.int64),
-                              np.array([position[b] for _, b in pairs], dtype=np.int64),
-                              counts, totals, float(rows["chance"].mean())))
+                              np.array([position[a] for a in model_a], dtype=np.int64),
+                              np.array([position[b] for b in model_b], dtype=np.int64),
+                              counts, totals.astype(np.int64), float(rows["chance"].mean())))
     return out
 
 
@@ -249,4 +267,4 @@ def _given(value) -> bool:
 
 
 __all__ = ["SLIDER_STEPS", "PairCounts", "cluster_orders", "encode_counts", "encode_neurons", "encode_orders",
-           "matched_counts", "model_labels", "pack_integers", "pair_counts", "similarity_matrix", "slider_grid"]
+           "joining_steps", "model_labels", "pack_integers", "pair_counts", "similarity_matrix", "slider_grid"]

@@ -248,7 +248,7 @@ def model_labels(models: pd.DataFrame, names: list[str]) -> dict[str, dict]:
         if _given(revision):
             label += f" @{revision}"
         elif _given(epoch):
-            label += f" e{int(epoch)}"
+            label += f" · epoch {int(epoch)}"
         parts = [label, f"population {row['population']}" if _given(row.get("population")) else None,
                  f"test acc {row['test_accuracy']:.3f}" if _given(row.get("test_accuracy")) else None,
                  f"id {name[:12]}"]

@@ -129,10 +129,10 @@ def universality_bars(data: pd.DataFrame, layers: list[str], populations: list[s
             shares = data.loc[(data["layer"] == layer) & (data["population"] == population), "share"]
             if len(shares):
                 parts.append(f"{population} {int((shares == 1).sum())}/{len(shares)}")
-        titles.append(f"{layer}<br><span style='font-size:11px'>shared by every other model: "
-                      f"{', '.join(parts)}</span>")
+        titles.append(f"{layer}<br><span style='font-size:11px'>neurons shared by every other model:<br>"
+                      f"{' · '.join(parts)}</span>")
     figure = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_yaxes=True,
-                           horizontal_spacing=0.05, vertical_spacing=0.24 if rows > 1 else 0.1)
+                           horizontal_spacing=0.06, vertical_spacing=0.28 if rows > 1 else 0.1)
     edges = np.linspace(0.0, 1.0, 11)
     centres = (edges[:-1] + edges[1:]) / 2
     width = 0.08 / max(len(populations), 1)
@@ -153,7 +153,7 @@ def universality_bars(data: pd.DataFrame, layers: list[str], populations: list[s
     figure.update_yaxes(title_text="fraction of neurons", col=1)
     _layout(figure, height=140 + 300 * rows,
             title=f"Neuron universality at ε = {eps:g}: in how many of its model's pairs a neuron is matched")
-    figure.update_layout(margin={"t": 100})
+    figure.update_layout(margin={"t": 125}, title={"y": 0.985, "yanchor": "top"})
     return figure
 
 

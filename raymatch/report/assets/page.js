@@ -158,8 +158,9 @@
     const ticks = { tickmode: "array", tickvals: trace.tickLabels.map((_, i) => i), ticktext: trace.tickLabels,
                     showticklabels: few, ticks: few ? "outside" : "", showgrid: false, zeroline: false };
     return {
-      title: { text: `${layer}: ${state.population} models at ε = ${epsText(state.step)} (clustered)`, x: 0.01, font: { size: 14 } },
-      height: 560, margin: { l: few ? 110 : 40, r: 10, t: 50, b: few ? 110 : 40 }, font: { family: "DejaVu Sans, Arial, sans-serif", size: 11 },
+      title: { text: `${layer}: ${state.population} at ε = ${epsText(state.step)} (clustered)`, x: 0.01, font: { size: 13 },
+               yref: "container", y: 1, yanchor: "top", pad: { t: 30 } },
+      height: 490, margin: { l: few ? 110 : 40, r: 10, t: 70, b: few ? 110 : 40 }, font: { family: "DejaVu Sans, Arial, sans-serif", size: 11 },
       xaxis: { ...ticks, tickangle: -45, title: { text: "model b" } },
       yaxis: { ...ticks, autorange: "reversed", title: { text: few ? "" : "model a" } },
     };

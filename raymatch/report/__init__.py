@@ -13,7 +13,9 @@ network order), and writes into a folder:
 - ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol), at
   the same ε;
 - ``summary.md`` — counts, the layer × ε similarity table with the null beside it, maximal ε and CKA per layer,
-  which figures were written or skipped and why, and caveats.
+  which figures were written or skipped and why, and caveats;
+- ``index.html`` (``html=True``, ``--html``) — one self-contained, offline page with an exact ε slider
+  (:mod:`.html`, its data :mod:`.html_data`, its figures :mod:`.html_figures`).
 
 An ε asked for that is not in the study's ε grid is read from ``matches_at(eps)``, the stored ε-curves at that ε
 (nothing is recomputed): it is the ε of ``cka.png`` and ``repeats.png`` and an extra column of the similarity table.

@@ -24,6 +24,7 @@ from ..store.layout import study_record_key, table_prefix
 from .beyond import draw_beyond_figures
 from .context import DEFAULT_EPS, _Context, _ordered, _populations
 from .figures import FigureResult, draw_figures
+from .html import HtmlPage, write_html
 from .similarity_table import format_similarity_table, similarity_table
 from .summary import SUMMARY_NAME, _summary
 
@@ -72,11 +73,13 @@ class Report:
     eps: float | None
     summary: str
     off_grid: bool = False
+    html: HtmlPage | None = None
 
     @property
     def paths(self) -> list[Path]:
-        """Every file written: the figures drawn, then ``summary.md``."""
-        return [result.path for result in self.figures.values() if result.path is not None] + [self.summary_path]
+        """Every file written: the figures drawn, ``index.html`` (with ``html=True``), then ``summary.md``."""
+        return [result.path for result in self.figures.values() if result.path is not None] + (
+            [self.html.path] if self.html is not None else []) + [self.summary_path]
 
     @property
     def skipped(self) -> dict[str, str]:
@@ -236,7 +239,7 @@ def _safe_name(name: str) -> str:
 
 
 def write_report(store: Store, *, study: str | None = None, out_dir: str | os.PathLike | None = None,
-                 eps: float | None = None) -> Report:
+                 eps: float | None = None, html: bool = False, html_neurons: bool = False) -> Report:
     """Draw one study's figures and write its summary.
 
     Parameters
@@ -252,6 +255,10 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
         ε of the CKA and repeats figures. Not in the study's ε grid, its rows are read from ``matches_at(eps)``
         (the stored ε-curves at that ε; nothing is recomputed) and the similarity table and summary get a column
         for it. By default, the grid's value nearest to 0.25.
+    html : bool
+        Also write ``index.html``, the interactive page (:mod:`raymatch.report.html`); ``summary.md`` links to it.
+    html_neurons : bool
+        Embed each pair's per-neuron critical ε in the page too (larger; implies ``html``).
 
     Returns
     -------
@@ -274,16 +281,17 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
     figures.update(draw_beyond_figures(store, ctx, out))  # trajectory.png, cross_layers.png: where there are rows
     rows = pd.concat([ctx.ok, ctx.at_eps], ignore_index=True) if ctx.off_grid else ctx.ok
     table = similarity_table(rows, layers=ctx.layers)
-    summary = _summary(ctx, figures, table)
+    page = write_html(store, ctx, out, neurons=html_neurons) if html or html_neurons else None
+    summary = _summary(ctx, figures, table, html_page=page.path.name if page is not None else None)
     summary_path = out / SUMMARY_NAME
     summary_path.write_text(summary, encoding="utf-8")
     return Report(study=ctx.study, out_dir=out, summary_path=summary_path, figures=figures, layers=ctx.layers,
                   layer_order=ctx.layer_order, record=ctx.record, similarity_table=table, eps=ctx.eps,
-                  summary=summary, off_grid=ctx.off_grid)
+                  summary=summary, off_grid=ctx.off_grid, html=page)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the arguments of ``raymatch report`` after ``STORE [--endpoint-url URL]``: ``[--study] [--out] [--eps]``.
+    """Add the arguments of ``raymatch report`` after ``STORE [--endpoint-url URL]``: ``--study --out --eps --html``.
 
     Parameters
     ----------
@@ -297,6 +305,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ε of the CKA and repeats figures (default: the grid's value nearest 0.25); one not in "
                              "the study's ε grid is read from the stored curves (matches_at) and added to the "
                              "similarity table")
+    parser.add_argument("--html", action="store_true",
+                        help="also write index.html: one self-contained page (works offline) with an ε slider, the "
+                             "model × model matrices, the ε-curves and the study's runs")
+    parser.add_argument("--html-neurons", action="store_true",
+                        help="with --html: embed every pair's per-neuron critical ε too (a larger page)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -305,7 +318,8 @@ def command(args: argparse.Namespace) -> int:
     Parameters
     ----------
     args : argparse.Namespace
-        Parsed arguments of :func:`add_arguments` (``store``, ``study``, ``out``, ``eps``, ``endpoint_url``).
+        Parsed arguments of :func:`add_arguments` (``store``, ``study``, ``out``, ``eps``, ``html``, ``html_neurons``,
+        ``endpoint_url``).
 
     Returns
     -------
@@ -313,7 +327,8 @@ def command(args: argparse.Namespace) -> int:
         The exit status, 0.
     """
     store = Store.open_existing(args.store, endpoint_url=getattr(args, "endpoint_url", None))
-    report = write_report(store, study=args.study, out_dir=args.out, eps=getattr(args, "eps", None))
+    report = write_report(store, study=args.study, out_dir=args.out, eps=getattr(args, "eps", None),
+                          html=getattr(args, "html", False), html_neurons=getattr(args, "html_neurons", False))
     print(f"study {report.study}: mean maximum-match similarity (null in parentheses)")
     print(format_similarity_table(report.similarity_table))
     if report.off_grid:
@@ -322,4 +337,6 @@ def command(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(str(path) for path in report.paths)}")
     for name, reason in report.skipped.items():
         print(f"skipped {name}: {reason}")
+    if report.html is not None:
+        print(f"interactive report ({report.html.size / 1e6:.1f} MB): {report.html.path.resolve().as_uri()}")
     return 0

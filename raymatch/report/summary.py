@@ -130,10 +130,14 @@ def _caveats(ctx: _Context) -> str:
     return "Caveats: " + "; ".join(parts) + "."
 
 
-def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFrame) -> str:
+def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFrame,
+             html_page: str | None = None) -> str:
     record = ctx.record or {}
     hashes = sorted(set(ctx.matches["config_hash"].dropna()))
     lines = [f"# raymatch report: {ctx.study}", ""]
+    if html_page:
+        lines += [f"Interactive report (ε slider, model × model matrices; open it in a browser, it works offline): "
+                  f"[{html_page}]({html_page})", ""]
     lines.append(f"- Config hash: {record.get('config_hash') or ', '.join(hashes) or _MISSING}")
     if record.get("architecture"):
         lines.append(f"- Architecture: {_describe(record['architecture'])}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..match.inputs import EPS_RULE, check_eps
 from ..results import connect
 from ..store import Store
 from ..store.layout import study_record_key, table_prefix
@@ -265,9 +266,12 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
         A store without match results, several studies and no ``study``, an unknown ``study``, a missing local
         store, or ``eps`` outside [0, 1].
     """
-    if eps is not None and (not isinstance(eps, (int, float)) or not 0 <= eps <= 1):
-        raise ValueError(f"eps must be a number in [0, 1]; got {eps!r}")
-    ctx = _context(store, study, None if eps is None else float(eps))
+    if eps is not None:
+        try:
+            eps = check_eps(eps)
+        except ValueError:
+            raise ValueError(f"eps must be {EPS_RULE}; got {eps!r}") from None
+    ctx = _context(store, study, eps)
     out = Path(out_dir) if out_dir is not None else Path(f"report-{_safe_name(ctx.study)}")
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(ctx, out)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..match.inputs import EPS_MAX, in_match
 from ..results.uncertainty import N_BOOT, SEED, bootstrap_table, model_bootstrap_curve
 from .context import _Context, _ordered, _populations
 
@@ -56,8 +57,10 @@ def pair_steps(curves: pd.DataFrame) -> pd.DataFrame:
         breaks, weights = [], []
         for row in group.itertuples():
             values = np.concatenate([np.asarray(row.critical_a, float), np.asarray(row.critical_b, float)])
-            values = values[np.isfinite(values)]
-            values = np.where(values <= row.exact_tol, 0.0, values)
+            # The kernel's membership rule: a neuron steps into the match at its critical ε, or at 0 when it is in
+            # the exact match; dead neurons (inf) never do. So a break b <= ε iff in_match(critical, ε, exact_tol).
+            values = values[in_match(values, EPS_MAX, row.exact_tol)]
+            values = np.where(in_match(values, 0.0, row.exact_tol), 0.0, values)
             breaks.append(values)
             weights.append(np.full(values.size, 1.0 / ((row.n_a + row.n_b) * len(group))))
         breaks, weights = np.concatenate(breaks), np.concatenate(weights)

@@ -23,10 +23,10 @@ from ..results import connect
 from ..store import Store
 from ..store.layout import study_record_key, table_prefix
 from .beyond import draw_beyond_figures
-from .context import DEFAULT_EPS, _Context, _ordered, _populations
+from .context import DEFAULT_EPS, ReportContext, ordered, population_order
 from .figures import FigureResult, draw_figures
 from .similarity_table import format_similarity_table, similarity_table
-from .summary import SUMMARY_NAME, _summary
+from .summary import SUMMARY_NAME, summary_markdown
 
 
 @dataclass
@@ -148,7 +148,7 @@ def _layer_order(ok: pd.DataFrame, study: str, record: dict | None, problem: str
         record_layers = None
     present = list(dict.fromkeys(ok["layer"]))
     if record_layers:
-        layers = _ordered(present, record_layers)
+        layers = ordered(present, record_layers)
         extra = [name for name in layers if name not in record_layers]
         if extra:
             notes.append(f"layers not in the study record (drawn last): {', '.join(extra)}")
@@ -161,7 +161,7 @@ def _layer_order(ok: pd.DataFrame, study: str, record: dict | None, problem: str
     return present, "table", notes
 
 
-def _context(store: Store, study: str | None, eps: float | None) -> _Context:
+def _context(store: Store, study: str | None, eps: float | None) -> ReportContext:
     """Load one study's rows, record and layer order from ``store`` (one DuckDB connection).
 
     Parameters
@@ -176,7 +176,7 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
 
     Returns
     -------
-    _Context
+    ReportContext
         The study's ``matches`` rows at its grid (every row, and the ``"ok"`` ones), the ``"ok"`` rows at ``eps``,
         its ``simple_matches`` rows (current configuration) and ``cka`` rows, the layers in network order (from
         the study record when usable, else order of first appearance) with notes on that order, the ε grid and
@@ -226,8 +226,8 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
 
     record, problem = _read_record(store, study)
     layers, layer_order, notes = _layer_order(ok, study, record, problem)
-    return _Context(study=study, matches=matches, ok=ok, layers=layers, layer_order=layer_order, notes=notes,
-                    record=record, grid=grid, eps=chosen, populations=_populations(matches["population"]),
+    return ReportContext(study=study, matches=matches, ok=ok, layers=layers, layer_order=layer_order, notes=notes,
+                    record=record, grid=grid, eps=chosen, populations=population_order(matches["population"]),
                     simple=simple, cka=cka, off_grid=off_grid, at_eps=at_eps, curves=curves,
                     universality=universality)
 
@@ -278,7 +278,7 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
     figures.update(draw_beyond_figures(store, ctx, out))  # trajectory.png, cross_layers.png: where there are rows
     rows = pd.concat([ctx.ok, ctx.at_eps], ignore_index=True) if ctx.off_grid else ctx.ok
     table = similarity_table(rows, layers=ctx.layers)
-    summary = _summary(ctx, figures, table)
+    summary = summary_markdown(ctx, figures, table)
     summary_path = out / SUMMARY_NAME
     summary_path.write_text(summary, encoding="utf-8")
     return Report(study=ctx.study, out_dir=out, summary_path=summary_path, figures=figures, layers=ctx.layers,

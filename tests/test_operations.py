@@ -70,6 +70,7 @@ sys.exit(cli.main(["run", {study!r}, "--num-cpus", "2", "--quiet"]))
 """
 
 
+@pytest.mark.slow
 def test_a_training_study_without_gpus_falls_back_to_cpus(tmp_path):
     """A local Ray without GPUs and a study that leaves ``resources.gpus_per_actor`` at its default (1): training
     runs on CPUs with one warning line, as extraction does, instead of waiting for a GPU for ever."""
@@ -84,6 +85,7 @@ def test_a_training_study_without_gpus_falls_back_to_cpus(tmp_path):
     assert re.search(r"^train\s+2\s+0\s+0\s", done.stdout, re.MULTILINE), done.stdout
 
 
+@pytest.mark.slow
 def test_the_printed_table_shows_the_current_configuration_only(ray_cluster, tmp_path, capsys):
     root = tmp_path / "store"
     for index, key in enumerate(SEEDS):

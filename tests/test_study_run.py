@@ -32,6 +32,7 @@ resources: {{gpus_per_actor: 0, pair_block: 2, max_in_flight: 2}}
 """
 
 
+@pytest.mark.slow
 def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp_path, capsys):
     for seed in range(3):
         put_checkpoint(local_store, seed)
@@ -99,6 +100,7 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
     assert "extract       3      0" in plan_out and "match" in plan_out
 
 
+@pytest.mark.slow
 def test_any_eps_is_a_query_and_a_new_grid_recomputes_nothing(local_store, tmp_path, capsys):
     """``matches_at(ε)`` at ε off the grid equals ``max_match`` on the stored activations, computed here with
     plain code; editing the study's ε grid recomputes nothing and ``matches`` follows the new grid."""

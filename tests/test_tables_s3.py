@@ -59,6 +59,7 @@ def test_storage_options_come_from_the_store(s3_store, moto_endpoint, monkeypatc
     assert options["AWS_REGION"] == "eu-west-1"
 
 
+@pytest.mark.slow
 def test_concurrent_appends_from_three_processes_lose_no_row(s3_store):
     run_processes(append_batches, s3_store, N_PROCESSES)
     rows = read_columns(s3_store, "curves", ["layer", "model_b", "repeat"])

@@ -22,3 +22,4 @@ def test_module_is_at_most_500_lines(module):
     assert lines <= MAX_LINES, (f"module-size rule broken: {module.relative_to(ROOT)} has {lines} lines, over the "
                                 f"limit of {MAX_LINES} lines per module in raymatch/ (CONTRIBUTING.md, \"Module "
                                 f"size\"): split it by idea")
+

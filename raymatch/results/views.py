@@ -83,12 +83,15 @@ def eps_check_sql(value: str, macro: str) -> str:
 
 
 def _checked_eps(value: str, macro: str) -> str:
-    """One row ``g`` with the checked ε of a macro's argument, kept by a filter so that no query skips the check.
+    """One row ``g`` with the checked ε of a macro's argument: join it, and filter on :data:`_EPS_KEPT`.
 
     DuckDB drops the columns a query does not use (``SELECT count(*) FROM universality(2)`` reads no ``eps``),
     and an unused column's error is never raised; a filter on it always runs.
     """
-    return f"(SELECT {eps_check_sql(value, macro)} AS eps) g WHERE g.eps IS NOT NULL"
+    return f"(SELECT {eps_check_sql(value, macro)} AS eps) g"
+
+
+_EPS_KEPT = "g.eps IS NOT NULL"
 
 
 def _matches_select(source: str, names: list[str] = MATCHES.names) -> str:
@@ -117,7 +120,7 @@ def _matches_select(source: str, names: list[str] = MATCHES.names) -> str:
 
 def _matches_at_select() -> str:
     """SQL of the ``matches_at(eps_value)`` macro's rows: ``matches`` at one checked ε."""
-    return _matches_select(f"curves c CROSS JOIN {_checked_eps('eps_value', 'matches_at')}")
+    return _matches_select(f"curves c CROSS JOIN {_checked_eps('eps_value', 'matches_at')} WHERE {_EPS_KEPT}")
 
 
 def _universality_select() -> str:
@@ -133,7 +136,7 @@ def _universality_select() -> str:
         f"SELECT study, population, layer, repeat, model_{side} AS model, "
         f"unnest(generate_series(0, len(critical_{side}) - 1)) AS neuron, unnest(critical_{side}) AS critical, "
         f"exact_tol, g.eps AS eps FROM curves CROSS JOIN {_checked_eps('eps_value', 'universality')} "
-        f"AND status = 'ok'"
+        f"WHERE {_EPS_KEPT} AND status = 'ok'"
         for side in ("a", "b"))
     matched = f"count_if({membership_sql('critical', 'eps', 'exact_tol')})"
     return (f"SELECT study, population, layer, repeat, model, neuron::INTEGER AS neuron, any_value(eps) AS eps, "

@@ -31,6 +31,7 @@ def _crash_on_three(x: int) -> int:
     return x * x
 
 
+@pytest.mark.slow
 def test_a_task_whose_worker_dies_is_a_failed_outcome_and_the_others_complete(ray_cluster):
     outcomes = run_bounded(_crash_on_three, range(6), max_in_flight=2, max_retries=0, progress=False)
     assert [o.item for o in outcomes] == list(range(6))

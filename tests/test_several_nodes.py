@@ -63,6 +63,7 @@ def environment_variable(name: str) -> str | None:
     return os.environ.get(name)
 
 
+@pytest.mark.slow
 def test_ray_tasks_take_more_options_of_their_own():
     outcomes = run_bounded(environment_variable, ["RAYMATCH_TASK_MARK"], progress=False,
                            task_options={"runtime_env": {"env_vars": {"RAYMATCH_TASK_MARK": "here"}},

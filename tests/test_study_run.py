@@ -14,8 +14,6 @@ from raymatch.store import ActivationKey, read_activations
 
 from .extract.helpers import put_checkpoint
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
-
 STUDY = """
 name: tiny-e2e
 store: {{uri: "{uri}"}}
@@ -33,6 +31,7 @@ resources: {{gpus_per_actor: 0, pair_block: 2, max_in_flight: 2}}
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp_path, capsys):
     for seed in range(3):
         put_checkpoint(local_store, seed)
@@ -101,6 +100,7 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_any_eps_is_a_query_and_a_new_grid_recomputes_nothing(local_store, tmp_path, capsys):
     """``matches_at(ε)`` at ε off the grid equals ``max_match`` on the stored activations, computed here with
     plain code; editing the study's ε grid recomputes nothing and ``matches`` follows the new grid."""
@@ -145,6 +145,8 @@ def test_a_bad_study_file_lists_every_problem_and_exits_2(tmp_path, capsys):
     assert np.all([line.startswith(("raymatch: error", "  ")) for line in err.strip().splitlines()])
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_pipeline_benchmark_smoke():
     from raymatch.bench import bench_pipeline
 

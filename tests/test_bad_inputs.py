@@ -415,6 +415,7 @@ def test_an_unwritable_store_folder(tmp_path, store_root, capsys, ray_starts):
 # ------------------------------------------------------------------------------------------------ only seen running
 
 
+@pytest.mark.slow
 def test_few_samples_run_when_allowed_and_their_rows_are_marked(ray_cluster, tmp_path, store_root, capsys):
     study_file = write_study(tmp_path, study(str(store_root), probe__n_examples=16, layers=["relu3"], eps=[0.25]))
     code = cli.main(["run", study_file, "--allow-few-samples", "--quiet"])
@@ -429,6 +430,7 @@ def test_few_samples_run_when_allowed_and_their_rows_are_marked(ray_cluster, tmp
     assert rows["chance"].tolist() == [0.0] and rows["n_samples"].tolist() == [16] and rows["n_a"].tolist() == [16]
 
 
+@pytest.mark.slow
 def test_non_finite_activations_stop_the_run_with_one_line(ray_cluster, tmp_path, store_root, capsys):
     """Finite weights whose activations overflow to Inf (and then NaN): only running the model shows it.
 

@@ -82,6 +82,7 @@ def _assert_cancelled_then_rerun_completes(store: Store, study, received: int, n
     assert sorted(load(store, "runs")["status"]) == ["cancelled", "succeeded"]
 
 
+@pytest.mark.slow
 def test_sigterm_to_raymatch_run_cancels_commits_what_it_has_exits_130_and_a_rerun_completes(ray_cluster, tmp_path,
                                                                                              capsys):
     """A real ``raymatch run`` process (its own local Ray) gets SIGTERM (what ``kill`` and ``ray job stop`` send)."""
@@ -126,6 +127,7 @@ def test_sigterm_to_raymatch_run_cancels_commits_what_it_has_exits_130_and_a_rer
     _assert_cancelled_then_rerun_completes(store, study, received, "SIGTERM")
 
 
+@pytest.mark.slow
 def test_sigint_to_a_driver_in_the_match_stage_raises_run_cancelled(ray_cluster, tmp_path, monkeypatch):
     """Ctrl-C in a Python driver calling ``run_study`` (here: this process, on the session's cluster)."""
     import raymatch.engine.run as run_module

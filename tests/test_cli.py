@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from raymatch.bench import main as bench_main
 from raymatch.cli import main
 
@@ -15,6 +17,7 @@ def test_demo_prints_the_match_table(capsys):
     assert "similarity" in out and "0.25" in out
 
 
+@pytest.mark.slow
 def test_bench_match_quick_prints_every_row(capsys):
     assert bench_main(["match", "--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
@@ -23,6 +26,7 @@ def test_bench_match_quick_prints_every_row(capsys):
     assert "median s" in out
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs_as_a_subprocess():
     done = subprocess.run([sys.executable, "-m", "raymatch", "--version"], capture_output=True, text=True,
                           check=True)

@@ -25,6 +25,9 @@ from raymatch.results import load
 from .conftest import BUCKET, S3_KEY, S3_SECRET
 from .extract.helpers import put_checkpoint
 
+# A cluster of its own, processes of its own: not in the fast tier (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 STUDY = """

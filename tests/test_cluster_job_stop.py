@@ -23,6 +23,9 @@ from .test_cancel import DRIVER, _received
 from .test_cluster_job import RAY, head_node  # noqa: F401 - the fixture
 from .test_faults import N_TASKS, ROOT, _study
 
+# A cluster of its own, processes of its own: not in the fast tier (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 
 def test_ray_job_stop_cancels_a_submitted_study(head_node, tmp_path):  # noqa: F811
     address, env = head_node

@@ -81,6 +81,7 @@ def _check_rows(store, study, rows, pool) -> int:
     return checked
 
 
+@pytest.mark.slow
 def test_cross_layers_end_to_end_match_plain_numpy(tmp_path, ray_cluster, capsys):
     study_file = tmp_path / "cross.yaml"
     study_file.write_text(yaml.safe_dump(_study(tmp_path)))

@@ -47,11 +47,13 @@ def custom_run(tmp_path_factory, ray_cluster):
     return load_study(study_file), store
 
 
+@pytest.mark.slow
 def test_every_call_of_the_reused_relu_is_a_layer(custom_run):
     study, _ = custom_run
     assert study.layer_names == ("relu", "layer1.0.relu#0", "layer1.0.relu#1", "fc")
 
 
+@pytest.mark.slow
 def test_results_equal_max_match_on_stored_activations(custom_run):
     study, _ = custom_run
     store = study.store.open()
@@ -67,6 +69,7 @@ def test_results_equal_max_match_on_stored_activations(custom_run):
         assert row.similarity == pytest.approx(expected.similarity, abs=1e-9), (row.layer, row.eps)
 
 
+@pytest.mark.slow
 def test_each_call_matches_a_manual_forward(custom_run):
     study, store = custom_run
     sys.path.insert(0, str(EXAMPLE))

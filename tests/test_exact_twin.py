@@ -53,6 +53,7 @@ def live_columns(X: np.ndarray) -> np.ndarray:
     return np.flatnonzero(norms > DEAD_RTOL * norms.max())
 
 
+@pytest.mark.slow
 def test_a_network_and_its_permuted_twin_match_exactly_in_every_layer_and_row_sample(local_store, tmp_path, capsys):
     trained = train_model("small_cnn", ARCH, recipe("quick", dataset="digits"), seed=1)
     model, _ = load_model("small_cnn", trained.checkpoint, **ARCH)

@@ -212,6 +212,7 @@ def _raw_count(store: Store, table: str = "curves") -> int:
     return int(query(store, f"SELECT count(*) AS n FROM {table}_raw")["n"].iloc[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpus", [0, 1], ids=["cpu-actors", "gpu-actors+tasks"])
 def test_a_killed_extraction_actor_and_match_worker_cost_time_not_rows(ray_cluster, clean, tmp_path, gpus):
     """SIGKILL the extraction actor in the middle of writing a model's activations, then (GPU case) a pair worker in
@@ -252,6 +253,7 @@ def test_a_killed_extraction_actor_and_match_worker_cost_time_not_rows(ray_clust
 # ------------------------------------------------------------------------------------------------ 5. one bad pair
 
 
+@pytest.mark.slow
 def test_a_nan_in_one_models_activations_fails_only_its_pairs(ray_cluster, clean, tmp_path, capsys):
     """A NaN written into one model's stored activations of one layer: that model's pairs at that layer become
     failed rows carrying the error, every other row is the clean run's, and ``raymatch status`` lists them."""
@@ -500,6 +502,7 @@ def _marked(mark: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_driver_leaves_only_whole_objects_and_a_rerun_finishes_the_rest(ray_cluster, clean, tmp_path,
                                                                                  capsys):
     """``raymatch run`` (its own local Ray, 1 CPU; its writer commits every 2 rows) is SIGKILLed with its whole
@@ -678,6 +681,7 @@ def _s3_stores(tmp_path, server: Endpoint, prefix: str, **options):
     return plain, instrumented(plain, str(tmp_path / "beacon"), {}, reads={MATCH_READ: 0.3})
 
 
+@pytest.mark.slow
 def test_an_s3_endpoint_down_for_3_seconds_mid_run_costs_only_time(ray_cluster, clean, endpoint, tmp_path):
     """Down in the middle of the match stage, while the driver holds the rows of the tasks done so far (its
     writer commits every 50,000 rows or 30 s: here once, at the end): the workers' calls wait for the endpoint,
@@ -704,6 +708,7 @@ def test_an_s3_endpoint_down_for_3_seconds_mid_run_costs_only_time(ray_cluster, 
     assert load(plain, "runs")["status"].tolist() == ["succeeded"]
 
 
+@pytest.mark.slow
 def test_an_s3_endpoint_that_stays_down_stops_the_run_with_a_clear_error_and_a_rerun_completes(
         ray_cluster, clean, endpoint, tmp_path):
     """Down for good as the match stage begins (at its first factor read: no pair task can finish, so the driver
@@ -739,6 +744,7 @@ def test_an_s3_endpoint_that_stays_down_stops_the_run_with_a_clear_error_and_a_r
 # The driver's Delta IO on S3 waits out outages as the store does, and a stopped run reports its own error.
 
 
+@pytest.mark.slow
 def test_a_results_commit_waits_out_a_15_second_outage(endpoint):
     """The driver's commit of a batch, started with the endpoint down for 15 s, waits for it (should it give up
     early, the endpoint is started again at once, so that the test stays short)."""
@@ -770,6 +776,7 @@ def test_a_results_commit_waits_out_a_15_second_outage(endpoint):
     assert sorted(read_columns(store, "runs", ["run_id"]).column("run_id").to_pylist()) == ["r1", "r2"]
 
 
+@pytest.mark.slow
 def test_an_s3_endpoint_that_stays_down_while_the_driver_holds_rows_stops_the_run_with_the_workers_error(
         ray_cluster, endpoint, tmp_path):
     """As the stays-down test, but the endpoint goes down half-way through the match stage, when the driver holds

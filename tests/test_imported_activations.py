@@ -61,6 +61,7 @@ def _plain_matrix(array: np.ndarray, rows: RowSample, repeat: int) -> np.ndarray
     return flat[np.sort(chosen)]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_the_example_imports_the_authors_layout_and_its_curves_equal_max_match_on_the_npz(tmp_path, capsys):
     data = _write_authors(tmp_path / "authors")
@@ -109,6 +110,7 @@ def test_the_example_imports_the_authors_layout_and_its_curves_equal_max_match_o
     assert (tmp_path / "report" / "summary.md").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_npy_layout_imports_under_content_ids_and_runs_against_a_reference(tmp_path, capsys):
     rng = np.random.default_rng(7)

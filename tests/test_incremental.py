@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from raymatch.engine.plan import make_plan
 from raymatch.engine.run import run_study
 from raymatch.results import load, query
@@ -40,6 +42,7 @@ def _assert_complete_without_duplicates(matches, n_models: int, n_layers: int = 
     assert set(matches["status"]) == {"ok"}
 
 
+@pytest.mark.slow
 def test_a_grown_population_computes_only_the_new_model_and_its_pairs(local_store, tmp_path, ray_cluster):
     for seed in range(3):
         put_checkpoint(local_store, seed)
@@ -80,6 +83,7 @@ def test_a_grown_population_computes_only_the_new_model_and_its_pairs(local_stor
     assert len(query(local_store, "SELECT * FROM curves_raw")) == 6 * 2
 
 
+@pytest.mark.slow
 def test_two_overlapping_runs_on_s3_leave_no_duplicate_or_torn_rows(s3_store, moto_endpoint, tmp_path):
     """Two drivers (each with its own local Ray, as a cron run and a manual run would be) start together."""
     for seed in range(4):

@@ -31,6 +31,7 @@ def _crash_on_three(x: int) -> int:
     return x * x
 
 
+@pytest.mark.slow
 def test_a_task_whose_worker_dies_is_a_failed_outcome_and_the_others_complete(ray_cluster):
     outcomes = run_bounded(_crash_on_three, range(6), max_in_flight=2, max_retries=0, progress=False)
     assert [o.item for o in outcomes] == list(range(6))
@@ -70,6 +71,7 @@ sys.exit(cli.main(["run", {study!r}, "--num-cpus", "2", "--quiet"]))
 """
 
 
+@pytest.mark.slow
 def test_a_training_study_without_gpus_falls_back_to_cpus(tmp_path):
     """A local Ray without GPUs and a study that leaves ``resources.gpus_per_actor`` at its default (1): training
     runs on CPUs with one warning line, as extraction does, instead of waiting for a GPU for ever."""
@@ -84,6 +86,7 @@ def test_a_training_study_without_gpus_falls_back_to_cpus(tmp_path):
     assert re.search(r"^train\s+2\s+0\s+0\s", done.stdout, re.MULTILINE), done.stdout
 
 
+@pytest.mark.slow
 def test_the_printed_table_shows_the_current_configuration_only(ray_cluster, tmp_path, capsys):
     root = tmp_path / "store"
     for index, key in enumerate(SEEDS):

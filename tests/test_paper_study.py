@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from raymatch.cli import main
@@ -29,6 +30,7 @@ def _tiny_cifar(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_the_paper_study_file_runs_on_a_tiny_cifar_fixture(tmp_path, ray_cluster, capsys):
     data_dir = _tiny_cifar(tmp_path / "cifar-10-batches-bin")
     config = yaml.safe_load(PAPER.read_text())

@@ -117,6 +117,7 @@ resources: {{gpus_per_actor: 0, pair_block: 2, max_in_flight: 2}}
 """
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_study_with_both_nulls_runs_queries_and_reports(local_store, tmp_path, capsys):
     for seed in (10, 11, 12):  # not the untrained null's initialisations (seeds 0, 1, 2)

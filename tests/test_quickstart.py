@@ -22,6 +22,7 @@ def quickstart(tmp_path, ray_cluster):
     return load_study(study_file), study_file, store
 
 
+@pytest.mark.slow
 def test_quickstart_table_has_every_pair_layer_eps_row_and_the_null_sits_below(quickstart, tmp_path, capsys):
     study, study_file, store = quickstart
     assert main(["run", str(study_file), "--quiet"]) == 0

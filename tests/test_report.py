@@ -353,6 +353,7 @@ def means_implied(curves: list[dict], population: str, eps: float) -> pd.Series:
     return per_pair.groupby(level="layer").mean().reindex(LAYERS)
 
 
+@pytest.mark.slow
 def test_an_eps_off_the_grid_is_read_from_the_curves(full, tmp_path, capsys):
     store, _ = full
     files, stored = data_files(store, "curves"), read_columns(store, "curves", ["study"]).num_rows

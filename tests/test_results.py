@@ -424,6 +424,7 @@ def test_one_process_compacts_a_table_at_a_time(store):
     assert compact_table(store, "models") == {}  # no table
 
 
+@pytest.mark.slow
 def test_processes_that_wrote_and_read_tables_exit_cleanly(local_store):
     script = f"""
 import sys

@@ -9,6 +9,7 @@ views (one row per pair), and the table equals a clean run's.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from raymatch import cli
 from raymatch.engine.plan import make_plan
@@ -27,6 +28,7 @@ def _write_matrix(store: Store, key: ActivationKey, matrix: np.ndarray, manifest
                                                     ("layer_shape", "row_policy", "n_images")})
 
 
+@pytest.mark.slow
 def test_retry_failed_recomputes_only_the_failed_pairs_and_supersedes_their_rows(ray_cluster, clean, tmp_path,  # noqa: F811
                                                                                 capsys):
     store = Store(str(tmp_path / "store"))

@@ -9,7 +9,8 @@ import pytest
 
 from raymatch.engine.bounded import run_bounded
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+# Ray actors and tasks on the session's local Ray: not in the fast tier (`pytest -m "not slow"`).
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 
 def square_slowly(counter_dir, x):

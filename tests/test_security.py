@@ -132,6 +132,7 @@ def read_object(key: str, data: bytes) -> tuple[str, str]:
     return ("parquet" if data[:4] == b"PAR1" else "arrow"), text
 
 
+@pytest.mark.slow
 def test_no_object_in_the_store_is_a_pickle(s3_run):
     objects = s3_run["objects"]
     formats = {key: read_object(key, data)[0] for key, data in objects.items()}
@@ -227,6 +228,7 @@ def test_a_pickle_checkpoint_is_refused_without_being_unpickled(wrapping, tmp_pa
 # ------------------------------------------------------------------------------------------------ credentials
 
 
+@pytest.mark.slow
 def test_credentials_appear_nowhere_after_a_run(s3_run):
     assert "finished in" in s3_run["stdout"]
     assert leaks(s3_run["stdout"]) == [] and leaks(s3_run["stderr"]) == []
@@ -250,6 +252,7 @@ def test_credentials_appear_nowhere_after_a_run(s3_run):
     assert {name: leaks(data) for name, data in s3_run["logs"].items() if leaks(data)} == {}
 
 
+@pytest.mark.slow
 def test_credentials_appear_nowhere_in_status_query_and_errors(s3_run, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)

@@ -38,6 +38,7 @@ def curves(store: Store):
     return table.sort_values(["population", "layer", "repeat", "model_a", "model_b"]).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_on_several_nodes_every_stage_runs_as_ray_tasks_with_the_same_table(tmp_path, monkeypatch):
     stores = {name: Store(str(tmp_path / name)) for name in ("one", "several")}
     for store in stores.values():
@@ -62,6 +63,7 @@ def environment_variable(name: str) -> str | None:
     return os.environ.get(name)
 
 
+@pytest.mark.slow
 def test_ray_tasks_take_more_options_of_their_own():
     outcomes = run_bounded(environment_variable, ["RAYMATCH_TASK_MARK"], progress=False,
                            task_options={"runtime_env": {"env_vars": {"RAYMATCH_TASK_MARK": "here"}},

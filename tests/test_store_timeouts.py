@@ -78,6 +78,7 @@ def _timed(call):
     return None, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_a_store_on_a_silent_endpoint_fails_within_the_configured_time(silent, credentials):
     store = Store("s3://bucket/store", endpoint_url=silent, connect_timeout=CONNECT, read_timeout=READ,
                   retries=RETRIES)
@@ -93,6 +94,7 @@ def test_a_store_on_a_silent_endpoint_fails_within_the_configured_time(silent, c
     assert seconds < BOUND, seconds
 
 
+@pytest.mark.slow
 def test_raymatch_run_on_a_silent_endpoint_says_so_in_one_line_before_ray(silent, credentials, tmp_path, capsys,
                                                                           ray_starts):  # noqa: F811
     data = study("s3://bucket/store")

@@ -14,8 +14,6 @@ from raymatch.store import ActivationKey, read_activations
 
 from .extract.helpers import put_checkpoint
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
-
 STUDY = """
 name: tiny-e2e
 store: {{uri: "{uri}"}}
@@ -32,6 +30,8 @@ resources: {{gpus_per_actor: 0, pair_block: 2, max_in_flight: 2}}
 """
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp_path, capsys):
     for seed in range(3):
         put_checkpoint(local_store, seed)
@@ -99,6 +99,8 @@ def test_a_study_runs_is_queryable_and_a_rerun_computes_nothing(local_store, tmp
     assert "extract       3      0" in plan_out and "match" in plan_out
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_any_eps_is_a_query_and_a_new_grid_recomputes_nothing(local_store, tmp_path, capsys):
     """``matches_at(ε)`` at ε off the grid equals ``max_match`` on the stored activations, computed here with
     plain code; editing the study's ε grid recomputes nothing and ``matches`` follows the new grid."""
@@ -143,6 +145,8 @@ def test_a_bad_study_file_lists_every_problem_and_exits_2(tmp_path, capsys):
     assert np.all([line.startswith(("raymatch: error", "  ")) for line in err.strip().splitlines()])
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_cluster")
 def test_pipeline_benchmark_smoke():
     from raymatch.bench import bench_pipeline
 

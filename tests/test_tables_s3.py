@@ -59,6 +59,7 @@ def test_storage_options_come_from_the_store(s3_store, moto_endpoint, monkeypatc
     assert options["AWS_REGION"] == "eu-west-1"
 
 
+@pytest.mark.slow
 def test_concurrent_appends_from_three_processes_lose_no_row(s3_store):
     run_processes(append_batches, s3_store, N_PROCESSES)
     rows = read_columns(s3_store, "curves", ["layer", "model_b", "repeat"])
@@ -75,6 +76,7 @@ def test_concurrent_appends_from_three_processes_lose_no_row(s3_store):
     assert set(operations) == {"CREATE TABLE", "WRITE"}
 
 
+@pytest.mark.slow
 def test_two_drivers_writing_the_same_results_show_no_duplicate(s3_store):
     s3_store.write_json(layout.study_record_key("s1"), {"name": "s1", "config_hash": "h1", "eps": [0.3],
                                                         "layers": ["w0"]})

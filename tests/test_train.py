@@ -278,6 +278,7 @@ def test_keys_are_in_seed_order():
         population_keys("pop", [-1])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_population_writes_checkpoint_and_record_per_seed_and_skips_done_seeds(store):
     spec = recipe("quick", epochs=1, batch_size=32, n_train=200)
@@ -307,6 +308,7 @@ def test_population_writes_checkpoint_and_record_per_seed_and_skips_done_seeds(s
     assert record_key("pop/small", 1) in store.list("pop/small")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_population_refuses_to_mix_models_made_another_way(local_store):
     spec = recipe("quick", epochs=1, batch_size=32, n_train=100)
@@ -319,6 +321,7 @@ def test_population_refuses_to_mix_models_made_another_way(local_store):
     assert local_store.list("pop") == ["pop/seed0.json", "pop/seed0.safetensors"]  # nothing was submitted
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_untrained_population_writes_initialisations(local_store):
     spec = recipe("quick")
@@ -332,6 +335,7 @@ def test_untrained_population_writes_initialisations(local_store):
         assert 0.0 <= record["test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_failing_seed_is_reported_and_stays_pending(local_store):
     outcomes = train_population(local_store, ARCH, {"input_size": 8}, SMALL, [0], prefix="bad", progress=False)

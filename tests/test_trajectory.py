@@ -89,6 +89,7 @@ def test_trajectory_keys_are_checked_and_leave_the_hash_alone(tmp_path):
     assert Study.from_dict(with_trajectory.to_dict()) == with_trajectory
 
 
+@pytest.mark.slow
 def test_trajectory_study_end_to_end_matches_plain_numpy(tmp_path, ray_cluster, capsys):
     study_file = tmp_path / "traj.yaml"
     study_file.write_text(yaml.safe_dump(_study(tmp_path)))

@@ -62,6 +62,7 @@ def transformer_run(tmp_path_factory, ray_cluster):
     return load_study(study_file), models
 
 
+@pytest.mark.slow
 def test_layers_and_their_shapes(transformer_run):
     study, _ = transformer_run
     assert study.layer_names == ("embed", "attn", "encoder.layers.0", "fc")
@@ -72,6 +73,7 @@ def test_layers_and_their_shapes(transformer_run):
                                                                                                  layer != "fc" else 10)
 
 
+@pytest.mark.slow
 def test_results_equal_max_match_on_stored_activations(transformer_run):
     study, _ = transformer_run
     store = study.store.open()
@@ -84,6 +86,7 @@ def test_results_equal_max_match_on_stored_activations(transformer_run):
                                                          row.eps).similarity, abs=1e-9), (row.layer, row.eps)
 
 
+@pytest.mark.slow
 def test_stored_tokens_are_the_forward_pass_rows(transformer_run):
     study, models = transformer_run
     store = study.store.open()

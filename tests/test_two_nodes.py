@@ -41,6 +41,9 @@ from raymatch.store import Store
 from .conftest import BUCKET, S3_KEY, S3_SECRET
 from .extract.helpers import put_checkpoint
 
+# A cluster of its own, processes of its own: not in the fast tier (`pytest -m "not slow"`).
+pytestmark = pytest.mark.slow
+
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 N_MODELS = 6  # 15 pairs × 2 layers = 30 match tasks (pair_block 1): enough to lose a node in the middle
 N_PAIRS = N_MODELS * (N_MODELS - 1) // 2

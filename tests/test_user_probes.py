@@ -181,6 +181,7 @@ def _flow(mapping: dict) -> str:
 # ------------------------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_each_route_runs_end_to_end_and_equals_max_match_on_stored_activations(local_store, tmp_path, capsys):
     pixels = _pixels()

@@ -5,7 +5,8 @@ No Ray, no IO: arrays (numpy or torch) or :class:`Factor` objects in, dataclasse
 
 from .api import candidate_order, match_curve, max_match, minimal_match, simple_matches
 from .cka import linear_cka, linear_cka_factors
-from .factor import CompactFactor, Factor, compact_factor, cross_product, factor
+from .compact import CompactFactor, compact_factor
+from .factor import Factor, cross_product, factor
 from .inputs import DEAD_RTOL, EXACT_TOL, EXACT_TOL_EPS, RANK_RTOL, exact_tolerance
 from .matches import Match, MatchCurve, SimpleMatch
 

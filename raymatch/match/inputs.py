@@ -33,6 +33,11 @@ EXACT_TOL = 1e-6
 #: that dtype, at least ``EXACT_TOL`` (see :func:`exact_tolerance`): 1024 × 2⁻²³ ≈ 1.22e-4 for float32.
 EXACT_TOL_EPS = 1024
 
+#: The range of ε, both ends included: a ratio is the sine of an angle, so at ε = 1 every live neuron matches.
+EPS_MIN, EPS_MAX = 0.0, 1.0
+#: What an ε must be, as the messages of :func:`check_eps` and of the SQL macros that take an ε say it.
+EPS_RULE = f"a number in [{EPS_MIN:g}, {EPS_MAX:g}]"
+
 
 def exact_tolerance(dtype: Any) -> float:
     """The tolerance of an exact (ε = 0) match between activations stored in ``dtype``.
@@ -215,7 +220,10 @@ def as_activation_matrix(value: Any, name: str) -> np.ndarray:
 
 
 def check_eps(eps: Any, name: str = "eps") -> float:
-    """Return ``eps`` as a float in [0, 1], or raise a ``ValueError`` naming it.
+    """Return ``eps`` as a float in [``EPS_MIN``, ``EPS_MAX``] = [0, 1], or raise a ``ValueError`` naming it.
+
+    The one ε range check: the SQL macros that take an ε (``matches_at``, ``universality``) state the same rule
+    (:func:`raymatch.results.views.eps_check_sql`, tested against this function).
 
     Examples
     --------
@@ -230,10 +238,45 @@ def check_eps(eps: Any, name: str = "eps") -> float:
     try:
         value = float(eps)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1]; got {eps!r}") from None
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must lie in [0, 1]; got {eps!r}")
+        raise ValueError(f"{name} must be {EPS_RULE}; got {eps!r}") from None
+    if math.isnan(value) or not EPS_MIN <= value <= EPS_MAX:
+        raise ValueError(f"{name} must lie in [{EPS_MIN:g}, {EPS_MAX:g}]; got {eps!r}")
     return value
+
+
+def in_match(critical: Any, eps: Any, exact_tol: Any = EXACT_TOL) -> Any:
+    """Whether a neuron of critical ε ``critical`` is in the maximum match at ``eps``: the one membership rule.
+
+    A neuron is in the maximum match at ε iff its critical ε is at most ``max(eps, exact_tol)``; a dead neuron
+    (critical ε ``inf``) never is. ``matches``, ``matches_at(eps)`` and ``universality(eps)`` state it in SQL
+    (:func:`raymatch.results.views.membership_sql`, tested against this function); :meth:`MatchCurve.at
+    <raymatch.match.MatchCurve.at>` and the report's step functions call this function.
+
+    Parameters
+    ----------
+    critical : float or numpy.ndarray
+        Critical ε of one neuron, or of several (any shape).
+    eps : float or numpy.ndarray
+        The ε of the match, in [0, 1] (not checked here: see :func:`check_eps`); broadcast against ``critical``.
+    exact_tol : float or numpy.ndarray, default ``EXACT_TOL``
+        The exact tolerance of the pair (``exact_tol`` of its curve row).
+
+    Returns
+    -------
+    bool or numpy.ndarray of bool
+        A bool for scalars, else an array of the broadcast shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match.inputs import in_match
+    >>> in_match(0.25, 0.25), in_match(0.2500001, 0.25), in_match(1e-4, 0.0, exact_tol=1.22e-4)
+    (True, False, True)
+    >>> in_match(np.array([0.0, 0.3, np.inf]), 1.0).tolist()
+    [True, True, False]
+    """
+    member = np.less_equal(critical, np.maximum(eps, exact_tol))
+    return bool(member) if np.ndim(member) == 0 else member
 
 
 def effective_eps(eps: float, exact_tol: float = EXACT_TOL) -> float:

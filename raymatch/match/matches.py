@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .inputs import check_eps, effective_eps
+from .inputs import check_eps, in_match
 
 
 def _plain(value):
@@ -204,9 +204,9 @@ class MatchCurve(_Row):
         Parameters
         ----------
         eps : float in [0, 1]
-            The ε of the match; a neuron is in it when its critical ε is at most
-            ``max(eps, EXACT_TOL)`` (the neurons of the exact match have critical ε 0, whatever exact tolerance
-            the curve was computed with).
+            The ε of the match; a neuron is in it when its critical ε is at most ``max(eps, EXACT_TOL)``
+            (:func:`~raymatch.match.inputs.in_match`; the neurons of the exact match have critical ε 0, whatever
+            exact tolerance the curve was computed with).
 
         Returns
         -------
@@ -214,10 +214,9 @@ class MatchCurve(_Row):
             The maximum match at ``eps``.
         """
         eps = check_eps(eps)
-        threshold = effective_eps(eps)
         return Match(
-            a=np.flatnonzero(self.critical_a <= threshold).astype(np.int64),
-            b=np.flatnonzero(self.critical_b <= threshold).astype(np.int64),
+            a=np.flatnonzero(in_match(self.critical_a, eps)).astype(np.int64),
+            b=np.flatnonzero(in_match(self.critical_b, eps)).astype(np.int64),
             eps=eps,
             n_samples=self.n_samples,
             n_a=self.n_a,

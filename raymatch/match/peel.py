@@ -5,7 +5,7 @@ orthonormal basis of their span; likewise side B. ``cross`` (r_a × r_b) holds t
 between the two bases. A neuron's *ratio* is ``dist(z, span(other side's remaining neurons))``
 (its norm is 1), so only these small matrices matter, never the samples.
 
-State. For each side a :class:`_Span` keeps a basis of the remaining neurons' span chosen among
+State. For each side a :class:`Span` keeps a basis of the remaining neurons' span chosen among
 the neurons, with the *dual* vectors of that basis (``b_iᵀ d_j = δ_ij``). Deleting basis neuron
 ``j`` removes exactly the direction ``d_j / ‖d_j‖`` from the span (unless a redundant neuron can
 take its place, in which case nothing is lost); the other side's squared residuals then grow by
@@ -17,7 +17,7 @@ Accuracy. Each dual carries the rounding of the longest it has been since it was
 of relative size ~1e-8) have duals ~1e8 long; deleting one of them shrinks its partners' duals to
 ~1, and with them goes ~1e8 of relative accuracy, enough to move a critical ε by 1e-4 or more.
 Before a dual shortened more than ``_AMPLIFY`` times is used, the span is re-factored from its
-remaining neurons (a QR of their coordinates: :meth:`_Span.rebase`) and the other side's ratios are
+remaining neurons (a QR of their coordinates: :meth:`Span.rebase`) and the other side's ratios are
 recomputed from scratch in the new basis. That happens once per break-up of near-degenerate
 groups, never on well-conditioned layers (their duals shrink less than ten-fold), and the same
 re-factoring drops freed slots once the arrays are mostly empty.
@@ -34,7 +34,7 @@ from scipy.linalg import lapack
 from ._blas import one_thread, one_thread_method, small
 from .factor import Factor, Prepared, cross_product, orthonormal_coords, prepare
 from .inputs import EXACT_TOL, activation_array, check_same_samples
-from .span import _COMPACT_FRACTION, _COMPACT_MIN, _Span
+from .span import COMPACT_FRACTION, COMPACT_MIN, Span
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class _Side:
 
     Attributes
     ----------
-    span : _Span
+    span : Span
         This side's own span (what the *other* side's ratios are measured against).
     proj : numpy.ndarray, shape (r_other, n_cols)
         This side's neurons projected onto the other side's span, in the other side's coordinates.
@@ -184,7 +184,7 @@ class _Side:
     """
 
     def __init__(self, coords: np.ndarray, proj: np.ndarray, other_empty: bool):
-        self.span = _Span(coords)
+        self.span = Span(coords)
         self.proj = proj
         k = coords.shape[1]
         self.cols = np.arange(k)
@@ -207,7 +207,7 @@ class _Side:
         return bool(self.res2[neuron] >= 0.0)
 
     def remove(self, neurons: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """Delete ``neurons``; return what their side's span did (see :meth:`_Span.delete`)."""
+        """Delete ``neurons``; return what their side's span did (see :meth:`Span.delete`)."""
         self.res2[neurons] = -1.0
         self.proj[:, self.col_of[neurons]] = 0.0
         self.n_alive -= neurons.size
@@ -232,7 +232,7 @@ class _Side:
         self.res2[self.cols] = np.minimum(self.res2[self.cols] + increase, 1.0)
 
     def compact_columns(self) -> None:
-        if self.cols.size >= _COMPACT_MIN and self.n_alive <= _COMPACT_FRACTION * self.cols.size:
+        if self.cols.size >= COMPACT_MIN and self.n_alive <= COMPACT_FRACTION * self.cols.size:
             keep = self.res2[self.cols] >= 0.0
             self.cols = self.cols[keep]
             self.proj = self.proj[:, keep]
@@ -396,12 +396,12 @@ class PairState:
         other_name = "b" if side == "a" else "a"
         other = self.side(other_name)
         slot = span.slot_of[index : index + 1]
-        d = span._current(slot)
+        d = span.current(slot)
         norm = np.linalg.norm(d)
         if span.amplified(slot, norm):  # recompute the duals first (the span stays the same)
             other.rebase(span.rebase())
             slot = span.slot_of[index : index + 1]
-            d = span._current(slot)
+            d = span.current(slot)
             norm = np.linalg.norm(d)
         lost = d / norm
         gain = (lost.T @ other.proj)[0]

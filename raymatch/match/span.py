@@ -3,7 +3,7 @@
 Deleting basis neuron ``j`` removes exactly the direction ``d_j / ‖d_j‖`` from the span (unless a redundant
 neuron can take its place); the other side's squared residuals then grow by the squared projections onto that
 direction. Near-degenerate neurons have long duals that lose accuracy to cancellation when a partner is deleted:
-before a dual shortened more than ``_AMPLIFY`` times is used, the span is re-factored (:meth:`_Span.rebase`).
+before a dual shortened more than ``_AMPLIFY`` times is used, the span is re-factored (:meth:`Span.rebase`).
 See :mod:`raymatch.match.peel` for how the peel uses it.
 """
 
@@ -17,10 +17,11 @@ from scipy.linalg import lapack
 
 from .inputs import RANK_RTOL
 
-# Arrays are compacted (deleted columns dropped, the span re-based) once the live part of a side
-# falls below this fraction of the stored width, and the width exceeds _COMPACT_MIN.
-_COMPACT_FRACTION = 0.5
-_COMPACT_MIN = 16
+#: Arrays are compacted (deleted columns dropped, the span re-based) once the live part of a side
+#: falls below this fraction of the stored width, and the width is at least ``COMPACT_MIN``.
+COMPACT_FRACTION = 0.5
+#: The smallest stored width that is ever compacted.
+COMPACT_MIN = 16
 # Lost directions are projected out of the stored duals in blocks of this many.
 _FLUSH = 32
 # A dual this many times shorter than the longest it has been (its ``scale``) lost that factor of
@@ -31,7 +32,7 @@ _AMPLIFY = 1e3
 _REORTHOGONALISE = 10.0
 
 
-class _Span:
+class Span:
     """The span of one side's remaining neurons, as a basis chosen among them plus its duals.
 
     Attributes
@@ -94,8 +95,9 @@ class _Span:
         self.pending = np.zeros((rank, _FLUSH))
         self.n_pending = 0
 
-    def copy(self) -> _Span:
-        twin = object.__new__(_Span)
+    def copy(self) -> Span:
+        """An independent copy (its arrays copied, ``coords`` shared: it is never written in place)."""
+        twin = object.__new__(Span)
         twin.__dict__.update({key: (value.copy() if isinstance(value, np.ndarray) and key != "coords" else value)
                               for key, value in self.__dict__.items()})
         return twin
@@ -147,7 +149,8 @@ class _Span:
                 lost.append(w)
         return rebase, (np.column_stack(lost) if lost else np.zeros((self.dual.shape[0], 0)))
 
-    def _current(self, slots: np.ndarray) -> np.ndarray:
+    def current(self, slots: np.ndarray) -> np.ndarray:
+        """The current duals of ``slots``, shape (r, len(slots)): the stored ones, pending projection applied."""
         duals = self.dual[:, slots]
         if self.n_pending:
             pending = self.pending[:, : self.n_pending]
@@ -162,7 +165,7 @@ class _Span:
 
     def _drop_slots(self, slots: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """Free ``slots`` (no redundant neuron can take their place); see :meth:`delete`."""
-        duals = self._current(slots)
+        duals = self.current(slots)
         # Relative accuracy lost to cancellation: in shortening the duals, then in their QR.
         lost = None
         if slots.size == 1:
@@ -269,6 +272,6 @@ class _Span:
     def compact(self) -> np.ndarray | None:
         """:meth:`rebase` when the arrays are mostly empty (freed slots); None when nothing was done."""
         width = self.owner.size
-        if width < _COMPACT_MIN or self.n_live_slots > _COMPACT_FRACTION * width:
+        if width < COMPACT_MIN or self.n_live_slots > COMPACT_FRACTION * width:
             return None
         return self.rebase()

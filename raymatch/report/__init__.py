@@ -23,9 +23,10 @@ Only ``"ok"`` rows are drawn; failed curves are counted in the summary. A figure
 summary says why. Figures are built with matplotlib's object API on the Agg canvas (no pyplot, so no global
 figure registry grows); :class:`Report` keeps them, and the data they were drawn from, for inspection.
 
-Modules: :mod:`.context` (what the figures and summary share), :mod:`.tables` (the similarity table and its text
-forms), :mod:`.figures` (the five figures), :mod:`.summary` (``summary.md``), :mod:`.command` (loading from the
-store, :func:`write_report` and the command line).
+Modules: :mod:`.context` (what the figures and summary share), :mod:`.similarity_table` (the similarity table
+and its text forms), :mod:`.figures` (the five figures above), :mod:`.science` (``eps_curve.png``,
+``universality.png``), :mod:`.beyond` (``trajectory.png``, ``cross_layers.png``), :mod:`.summary` (``summary.md``),
+:mod:`.command` (loading from the store, :func:`write_report` and the command line).
 """
 
 from .command import Report, add_arguments, command, write_report

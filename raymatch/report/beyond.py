@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..store import Store
-from .context import _Context, _ordered
-from .figures import _STYLE, FigureResult, _new_figure, _save
+from .context import ReportContext, ordered
+from .figures import FIGURE_STYLE, FigureResult, new_figure, save_figure
 
 __all__ = ["cross_layer_data", "draw_beyond_figures", "trajectory_data"]
 
@@ -67,13 +67,13 @@ def trajectory_data(con, study: str, pairs) -> tuple[pd.DataFrame, str]:
     return frame.reset_index(drop=True), against
 
 
-def _trajectory_figure(data: pd.DataFrame, against: str, ctx: _Context, study: str, out_dir: Path) -> FigureResult:
+def _trajectory_figure(data: pd.DataFrame, against: str, ctx: ReportContext, study: str, out_dir: Path) -> FigureResult:
     from matplotlib import colormaps
 
     result = FigureResult("trajectory.png")
     grid = sorted(data["eps"].unique())
-    layers = _ordered(data["layer"], ctx.layers)
-    figure = _new_figure(0, height=4.2, ncols=len(grid))
+    layers = ordered(data["layer"], ctx.layers)
+    figure = new_figure(0, height=4.2, ncols=len(grid))
     figure.set_size_inches(max(4.2 * len(grid), 7.5), 4.4)
     colours = colormaps["tab10"]
     summary = (data.groupby(["eps", "layer", "epoch"])["similarity"].agg(["mean", "min", "max", "count"])
@@ -98,7 +98,7 @@ def _trajectory_figure(data: pd.DataFrame, against: str, ctx: _Context, study: s
     result.caption = (f"Similarity of each saved epoch to {against}, per layer: mean over {seeds} seeds (each pair's "
                       "repeats averaged first), band min–max over seeds.")
     result.figure, result.data, result.artists = figure, summary, {"lines": lines}
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
 _CROSS_SQL = """
@@ -141,14 +141,14 @@ def cross_layer_data(con, study: str, pool: str = "none") -> pd.DataFrame:
     return con.sql(_CROSS_SQL, params={"study": study, "pool": pool}).df()
 
 
-def _cross_figure(data: pd.DataFrame, ctx: _Context, study: str, out_dir: Path) -> FigureResult:
+def _cross_figure(data: pd.DataFrame, ctx: ReportContext, study: str, out_dir: Path) -> FigureResult:
     result = FigureResult("cross_layers.png")
     data = data.loc[data["population"] == "trained"] if (data["population"] == "trained").any() else data
     grid = sorted(data["eps"].unique())
-    layers = _ordered(pd.concat([data["layer_a"], data["layer_b"]]), ctx.layers)
+    layers = ordered(pd.concat([data["layer_a"], data["layer_b"]]), ctx.layers)
     layers = [layer for layer in layers if ((data["layer_a"] == layer) & (data["layer_b"] != layer)).any()
               or ((data["layer_b"] == layer) & (data["layer_a"] != layer)).any()]
-    figure = _new_figure(0, height=4.4, ncols=len(grid))
+    figure = new_figure(0, height=4.4, ncols=len(grid))
     figure.set_size_inches(max(3.9 * len(grid) + 1.0, 7.5), 4.2)
     matrices, image = {}, None
     for column, eps in enumerate(grid):
@@ -176,16 +176,16 @@ def _cross_figure(data: pd.DataFrame, ctx: _Context, study: str, out_dir: Path) 
                       "distinct models (cross_curves off the diagonal; on it curves, or cross_curves with pool: "
                       "mean; repeats averaged in).")
     result.figure, result.data, result.artists = figure, data, {"matrices": matrices}
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
-def draw_beyond_figures(store: Store, ctx: _Context, out_dir: Path) -> dict[str, FigureResult]:
+def draw_beyond_figures(store: Store, ctx: ReportContext, out_dir: Path) -> dict[str, FigureResult]:
     """Draw ``trajectory.png`` and ``cross_layers.png`` where the study has their rows; nothing otherwise.
 
     Parameters
     ----------
     store : Store
-    ctx : _Context
+    ctx : ReportContext
         The report's context (study, layer order, record).
     out_dir : Path
 
@@ -207,7 +207,7 @@ def draw_beyond_figures(store: Store, ctx: _Context, out_dir: Path) -> dict[str,
     finally:
         con.close()
     figures: dict[str, FigureResult] = {}
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context(FIGURE_STYLE):
         if not trajectory.empty:
             figures["trajectory.png"] = _trajectory_figure(trajectory, against, ctx, ctx.study, out_dir)
         if not cross.empty and (cross["layer_a"] != cross["layer_b"]).any():

@@ -1,6 +1,6 @@
 """``raymatch report``: load one study from a store, draw its figures, write its summary.
 
-:func:`_context` reads the store's ``matches``, ``simple_matches``, ``cka`` and ``curves`` views and
+:func:`read_context` reads the store's ``matches``, ``simple_matches``, ``cka`` and ``curves`` views and
 ``universality(eps)`` at the report's ε (see :mod:`raymatch.results`; ``matches_at(eps)`` for an ε off the study's
 grid) and the study's record
 (:func:`raymatch.store.layout.study_record_key`, for the layers in network order);
@@ -18,15 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..match.inputs import EPS_RULE, check_eps
 from ..results import connect
 from ..store import Store
 from ..store.layout import study_record_key, table_prefix
 from .beyond import draw_beyond_figures
-from .context import DEFAULT_EPS, _Context, _ordered, _populations
+from .context import DEFAULT_EPS, ReportContext, ordered, population_order
 from .figures import FigureResult, draw_figures
 from .html import HtmlPage, write_html
 from .similarity_table import format_similarity_table, similarity_table
-from .summary import SUMMARY_NAME, _summary
+from .summary import SUMMARY_NAME, summary_markdown
 
 
 @dataclass
@@ -150,7 +151,7 @@ def _layer_order(ok: pd.DataFrame, study: str, record: dict | None, problem: str
         record_layers = None
     present = list(dict.fromkeys(ok["layer"]))
     if record_layers:
-        layers = _ordered(present, record_layers)
+        layers = ordered(present, record_layers)
         extra = [name for name in layers if name not in record_layers]
         if extra:
             notes.append(f"layers not in the study record (drawn last): {', '.join(extra)}")
@@ -163,7 +164,7 @@ def _layer_order(ok: pd.DataFrame, study: str, record: dict | None, problem: str
     return present, "table", notes
 
 
-def _context(store: Store, study: str | None, eps: float | None) -> _Context:
+def read_context(store: Store, study: str | None, eps: float | None) -> ReportContext:
     """Load one study's rows, record and layer order from ``store`` (one DuckDB connection).
 
     Parameters
@@ -178,7 +179,7 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
 
     Returns
     -------
-    _Context
+    ReportContext
         The study's ``matches`` rows at its grid (every row, and the ``"ok"`` ones), the ``"ok"`` rows at ``eps``,
         its ``simple_matches`` rows (current configuration) and ``cka`` rows, the layers in network order (from
         the study record when usable, else order of first appearance) with notes on that order, the ε grid and
@@ -228,8 +229,8 @@ def _context(store: Store, study: str | None, eps: float | None) -> _Context:
 
     record, problem = _read_record(store, study)
     layers, layer_order, notes = _layer_order(ok, study, record, problem)
-    return _Context(study=study, matches=matches, ok=ok, layers=layers, layer_order=layer_order, notes=notes,
-                    record=record, grid=grid, eps=chosen, populations=_populations(matches["population"]),
+    return ReportContext(study=study, matches=matches, ok=ok, layers=layers, layer_order=layer_order, notes=notes,
+                    record=record, grid=grid, eps=chosen, populations=population_order(matches["population"]),
                     simple=simple, cka=cka, off_grid=off_grid, at_eps=at_eps, curves=curves,
                     universality=universality)
 
@@ -272,9 +273,12 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
         A store without match results, several studies and no ``study``, an unknown ``study``, a missing local
         store, or ``eps`` outside [0, 1].
     """
-    if eps is not None and (not isinstance(eps, (int, float)) or not 0 <= eps <= 1):
-        raise ValueError(f"eps must be a number in [0, 1]; got {eps!r}")
-    ctx = _context(store, study, None if eps is None else float(eps))
+    if eps is not None:
+        try:
+            eps = check_eps(eps)
+        except ValueError:
+            raise ValueError(f"eps must be {EPS_RULE}; got {eps!r}") from None
+    ctx = read_context(store, study, eps)
     out = Path(out_dir) if out_dir is not None else Path(f"report-{_safe_name(ctx.study)}")
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(ctx, out)
@@ -282,7 +286,7 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
     rows = pd.concat([ctx.ok, ctx.at_eps], ignore_index=True) if ctx.off_grid else ctx.ok
     table = similarity_table(rows, layers=ctx.layers)
     page = write_html(store, ctx, out, neurons=html_neurons) if html or html_neurons else None
-    summary = _summary(ctx, figures, table, html_page=page.path.name if page is not None else None)
+    summary = summary_markdown(ctx, figures, table, html_page=page.path.name if page is not None else None)
     summary_path = out / SUMMARY_NAME
     summary_path.write_text(summary, encoding="utf-8")
     return Report(study=ctx.study, out_dir=out, summary_path=summary_path, figures=figures, layers=ctx.layers,

@@ -1,7 +1,7 @@
 """What the figures and the summary of a report share: the populations, the layer order and the study's rows.
 
-:class:`_Context` is filled by :func:`raymatch.report.command._context` from a store; :mod:`.figures` draws from it
-and :mod:`.summary` writes from it. This module reads nothing itself.
+:class:`ReportContext` is filled by :func:`raymatch.report.command.read_context` from a store;
+:mod:`.figures` draws from it and :mod:`.summary` writes from it. This module reads nothing itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ TRAINED, UNTRAINED = "trained", "untrained"
 DEFAULT_EPS = 0.25
 
 
-def _ordered(values: Sequence[str], order: Sequence[str] | None) -> list[str]:
+def ordered(values: Sequence[str], order: Sequence[str] | None) -> list[str]:
     """``values`` (distinct, order of appearance) sorted by ``order``; values outside it keep their order, last."""
     values = list(dict.fromkeys(values))
     if not order:
@@ -26,7 +26,7 @@ def _ordered(values: Sequence[str], order: Sequence[str] | None) -> list[str]:
     return first + [name for name in values if name not in first]
 
 
-def _populations(values) -> list[str]:
+def population_order(values) -> list[str]:
     """The distinct populations of ``values``: trained first, then untrained, then any other in order of appearance."""
     present = list(dict.fromkeys(values))
     return [name for name in (TRAINED, UNTRAINED) if name in present] + [
@@ -34,7 +34,7 @@ def _populations(values) -> list[str]:
 
 
 @dataclass
-class _Context:
+class ReportContext:
     """Everything the figures and the summary share.
 
     Attributes
@@ -117,6 +117,6 @@ class _Context:
         return colormaps["viridis"](0.85 * position / max(len(self.grid) - 1, 1))
 
 
-def _per_layer_chance(ctx: _Context) -> pd.Series:
+def per_layer_chance(ctx: ReportContext) -> pd.Series:
     """Mean chance ratio √(1 − k/d) of the ``"ok"`` rows per layer, indexed by ``ctx.layers`` (NaN where none)."""
     return ctx.ok.groupby("layer", sort=False)["chance"].mean().reindex(ctx.layers)

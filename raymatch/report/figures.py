@@ -26,13 +26,14 @@ import pandas as pd
 
 from ..results import figure_data, pair_summary
 from ..results.uncertainty import N_BOOT, SEED, bootstrap_table
-from .context import TRAINED, UNTRAINED, _Context, _ordered, _per_layer_chance, _populations
+from .context import TRAINED, UNTRAINED, ReportContext, ordered, per_layer_chance, population_order
 from .science import SCIENCE_FIGURES, eps_curve_figure, universality_figure
 
 FIGURE_NAMES = ("similarity.png", "max_epsilon.png", "simple_match_sizes.png", "cka.png", "repeats.png",
                 *SCIENCE_FIGURES)
 
-_STYLE = {
+#: matplotlib rcParams of every report figure.
+FIGURE_STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
     "legend.fontsize": 10, "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3, "savefig.dpi": 150,
 }
@@ -71,7 +72,8 @@ class FigureResult:
     artists: dict[str, Any] = field(default_factory=dict)
 
 
-def _new_figure(n_layers: int, height: float = 4.8, *, ncols: int = 1):
+def new_figure(n_layers: int, height: float = 4.8, *, ncols: int = 1):
+    """An empty matplotlib Figure on the Agg canvas (no pyplot), wide enough for ``n_layers`` per panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -81,7 +83,7 @@ def _new_figure(n_layers: int, height: float = 4.8, *, ncols: int = 1):
     return figure
 
 
-def _layer_axis(axes, layers: list[str], ctx: _Context) -> None:
+def _layer_axis(axes, layers: list[str], ctx: ReportContext) -> None:
     """Layers as categorical ticks in the report's order; labels rotated when they would collide."""
     positions = np.arange(len(layers))
     slot_inches = axes.figure.get_figwidth() * axes.get_position().width / max(len(layers), 1)
@@ -115,12 +117,12 @@ def _spread_by_layer(values: pd.DataFrame, column: str, layers: list[str]) -> pd
     return summary.reindex(layers)
 
 
-def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+def _similarity_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
     result = FigureResult("similarity.png")
     data = figure_data(ctx.ok)
     data = data.loc[data["layer"].isin(ctx.layers)].reset_index(drop=True)
     n_pairs = data.groupby("population")["n_pairs"].max().to_dict()
-    figure = _new_figure(len(ctx.layers))
+    figure = new_figure(len(ctx.layers))
     axes = figure.add_subplot()
     positions = np.arange(len(ctx.layers))
     colours = ctx.eps_colours()
@@ -177,17 +179,17 @@ def _similarity_figure(ctx: _Context, out_dir: Path) -> FigureResult:
                          if permuted else "") + ".")
     result.figure, result.data = figure, data
     result.artists = {"trained": trained, "bands": bands, "untrained": untrained, "permuted": permuted}
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
-def _max_epsilon_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+def _max_epsilon_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
     result = FigureResult("max_epsilon.png")
     pairs = pair_summary(ctx.ok)
     data = pairs.loc[pairs["layer"].isin(ctx.layers), ["population", "model_a", "model_b", "layer",
                                                       "max_epsilon"]].reset_index(drop=True)
-    chance = _per_layer_chance(ctx)
-    populations = _populations(data["population"])
-    figure = _new_figure(len(ctx.layers))
+    chance = per_layer_chance(ctx)
+    populations = population_order(data["population"])
+    figure = new_figure(len(ctx.layers))
     axes = figure.add_subplot()
     width = 0.7 / len(populations)
     boxes, points = {}, {}
@@ -230,23 +232,23 @@ def _max_epsilon_figure(ctx: _Context, out_dir: Path) -> FigureResult:
                       "a random vector against a k-dimensional span in R^d (k neurons, d samples).")
     result.figure, result.data = figure, data.assign(chance=data["layer"].map(chance))
     result.artists = {"boxes": boxes, "points": points, "chance": marks}
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
-def _simple_sizes_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+def _simple_sizes_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
     result = FigureResult("simple_match_sizes.png")
     if ctx.simple.empty:
         result.skipped = "the simple_matches table has no rows for this study (simple_matches not enabled?)"
         return result
     data = ctx.simple.assign(size=ctx.simple["size_a"] + ctx.simple["size_b"])[
         ["population", "layer", "eps", "model_a", "model_b", "size_a", "size_b", "size"]]
-    layers = _ordered(data["layer"], ctx.layers)
-    populations = _populations(data["population"])
+    layers = ordered(data["layer"], ctx.layers)
+    populations = population_order(data["population"])
     grid = sorted(set(data["eps"]))
     groups = [(population, eps) for population in populations for eps in grid
               if ((data["population"] == population) & (data["eps"] == eps)).any()]
     colours = ctx.eps_colours()
-    figure = _new_figure(len(layers))
+    figure = new_figure(len(layers))
     axes = figure.add_subplot()
     width = 0.75 / len(groups)
     boxes = {}
@@ -288,7 +290,7 @@ def _simple_sizes_figure(ctx: _Context, out_dir: Path) -> FigureResult:
                       + (" and population" if len(populations) > 1 else "") + ".")
     result.figure, result.data = figure, data.reset_index(drop=True)
     result.artists = {"boxes": boxes}
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
 #: How each population's line is drawn (as in similarity.png): trained solid, untrained dashed, permuted dotted.
@@ -307,22 +309,22 @@ def _draw_spread(axes, summary: pd.DataFrame, colour, *, population: str):
     return line, band
 
 
-def _cka_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+def _cka_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
     result = FigureResult("cka.png")
     if ctx.cka.empty:
         result.skipped = "no curve of this study carries a CKA value: the cka view has no rows (cka not enabled?)"
         return result
     per_pair = ctx.cka.groupby(["population", "layer", "model_a", "model_b"], sort=False)["cka"].mean().reset_index()
-    layers = _ordered(per_pair["layer"], ctx.layers)
+    layers = ordered(per_pair["layer"], ctx.layers)
     similarity = pd.DataFrame(columns=["population", "layer", "model_a", "model_b", "similarity"])
     if ctx.eps is not None:
         similarity = ctx.at_eps.groupby(["population", "layer", "model_a", "model_b"], sort=False)[
             "similarity"].mean().reset_index()
-    figure = _new_figure(len(layers), ncols=2)
+    figure = new_figure(len(layers), ncols=2)
     cka_axes, match_axes = figure.subplots(1, 2, sharey=True)
     colour = ctx.eps_colour(ctx.eps)
     artists: dict[str, dict] = {"cka": {}, "similarity": {}}
-    for population in _populations([*per_pair["population"], *similarity["population"]]):
+    for population in population_order([*per_pair["population"], *similarity["population"]]):
         for axes, values, column, line_colour, key in ((cka_axes, per_pair, "cka", _CKA_COLOUR, "cka"),
                                                        (match_axes, similarity, "similarity", colour, "similarity")):
             rows = values.loc[values["population"] == population]
@@ -356,10 +358,10 @@ def _cka_figure(ctx: _Context, out_dir: Path) -> FigureResult:
                       "dashed the untrained null baseline and dotted the permuted-row null where present.")
     data = per_pair.merge(similarity, how="outer", on=["population", "layer", "model_a", "model_b"])
     result.figure, result.data, result.artists = figure, data, artists
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
-def _repeats_figure(ctx: _Context, out_dir: Path) -> FigureResult:
+def _repeats_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
     result = FigureResult("repeats.png")
     keys = ["population", "layer", "model_a", "model_b"]
     if ctx.eps is None:
@@ -373,8 +375,8 @@ def _repeats_figure(ctx: _Context, out_dir: Path) -> FigureResult:
         result.skipped = "every layer has a single repeat (no row sampling over several draws)"
         return result
     data = per_pair.loc[per_pair["layer"].isin(layers) & (per_pair["repeats"] > 1)].reset_index(drop=True)
-    populations = _populations(data["population"])
-    figure = _new_figure(len(layers))
+    populations = population_order(data["population"])
+    figure = new_figure(len(layers))
     axes = figure.add_subplot()
     width = 0.7 / len(populations)
     points, means = {}, {}
@@ -407,21 +409,22 @@ def _repeats_figure(ctx: _Context, out_dir: Path) -> FigureResult:
                       + ", for the layers sampled more than once; bars: mean over pairs.")
     result.figure, result.data = figure, data
     result.artists = {"points": points, "means": means}
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
-def _save(result: FigureResult, out_dir: Path) -> FigureResult:
+def save_figure(result: FigureResult, out_dir: Path) -> FigureResult:
+    """Write ``result``'s figure as ``out_dir/<name>`` (PNG), record the path in it and return it."""
     result.path = out_dir / result.name
     result.figure.savefig(result.path, format="png")
     return result
 
 
-def draw_figures(ctx: _Context, out_dir: Path) -> dict[str, FigureResult]:
+def draw_figures(ctx: ReportContext, out_dir: Path) -> dict[str, FigureResult]:
     """Draw every figure of :data:`FIGURE_NAMES` into ``out_dir``, in the report's style.
 
     Parameters
     ----------
-    ctx : _Context
+    ctx : ReportContext
         The study's rows, layer order and ε grid.
     out_dir : Path
         Existing folder the PNG files are written into (files of the same names are replaced).
@@ -435,7 +438,7 @@ def draw_figures(ctx: _Context, out_dir: Path) -> dict[str, FigureResult]:
     import matplotlib
 
     figures: dict[str, FigureResult] = {}
-    with matplotlib.rc_context(_STYLE):
+    with matplotlib.rc_context(FIGURE_STYLE):
         for name, draw in zip(FIGURE_NAMES, (_similarity_figure, _max_epsilon_figure, _simple_sizes_figure,
                                              _cka_figure, _repeats_figure, eps_curve_figure,
                                              universality_figure), strict=True):

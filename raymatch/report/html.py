@@ -159,7 +159,7 @@ def page_payload(store: Store, ctx, *, neurons: bool = False, steps: int = SLIDE
     Parameters
     ----------
     store : Store
-    ctx : raymatch.report.context._Context
+    ctx : raymatch.report.context.ReportContext
         The report's context (rows, layers in network order, populations, the report's ε, universality).
     neurons : bool
         Also embed each pair's per-neuron critical ε (repeat 0).
@@ -309,11 +309,11 @@ def html_report(store: Store, out_dir: str | Path, *, study: str | None = None, 
 
     ``study`` and ``eps`` as in :func:`raymatch.report.write_report`; ``out_dir`` is created if needed.
     """
-    from .command import _context
+    from .command import read_context
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return write_html(store, _context(store, study, eps), out, neurons=neurons)
+    return write_html(store, read_context(store, study, eps), out, neurons=neurons)
 
 
 __all__ = ["BAND_BOOT", "PAGE_NAME", "HtmlPage", "html_report", "page_payload", "render_page", "write_html"]

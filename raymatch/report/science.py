@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..match.inputs import EPS_MAX, in_match
 from ..results.uncertainty import N_BOOT, SEED, bootstrap_table, model_bootstrap_curve
-from .context import _Context, _ordered, _populations
+from .context import ReportContext, ordered, population_order
 
 SCIENCE_FIGURES = ("eps_curve.png", "universality.png")
 
@@ -56,8 +57,10 @@ def pair_steps(curves: pd.DataFrame) -> pd.DataFrame:
         breaks, weights = [], []
         for row in group.itertuples():
             values = np.concatenate([np.asarray(row.critical_a, float), np.asarray(row.critical_b, float)])
-            values = values[np.isfinite(values)]
-            values = np.where(values <= row.exact_tol, 0.0, values)
+            # The kernel's membership rule: a neuron steps into the match at its critical ε, or at 0 when it is in
+            # the exact match; dead neurons (inf) never do. So a break b <= ε iff in_match(critical, ε, exact_tol).
+            values = values[in_match(values, EPS_MAX, row.exact_tol)]
+            values = np.where(in_match(values, 0.0, row.exact_tol), 0.0, values)
             breaks.append(values)
             weights.append(np.full(values.size, 1.0 / ((row.n_a + row.n_b) * len(group))))
         breaks, weights = np.concatenate(breaks), np.concatenate(weights)
@@ -114,9 +117,9 @@ def _new_grid_figure(n: int):
     return figure
 
 
-def eps_curve_figure(ctx: _Context, out_dir: Path):
+def eps_curve_figure(ctx: ReportContext, out_dir: Path):
     """``eps_curve.png``: each layer's mean similarity as an exact step function of ε, populations overlaid."""
-    from .figures import FigureResult, _save
+    from .figures import FigureResult, save_figure
 
     result = FigureResult("eps_curve.png")
     curves = ctx.curves if ctx.curves is not None else pd.DataFrame()
@@ -124,8 +127,8 @@ def eps_curve_figure(ctx: _Context, out_dir: Path):
         result.skipped = "no ok curves"
         return result
     steps = pair_steps(curves)
-    layers = _ordered(steps["layer"], ctx.layers)
-    populations = _populations(steps["population"])
+    layers = ordered(steps["layer"], ctx.layers)
+    populations = population_order(steps["population"])
     figure = _new_grid_figure(len(layers))
     grid = np.linspace(0.0, 1.0, BAND_POINTS)
     artists: dict = {"curves": {}, "bands": {}, "chance": {}}
@@ -173,7 +176,7 @@ def eps_curve_figure(ctx: _Context, out_dir: Path):
                       f"bands: 95 % percentile bootstrap over models ({BAND_BOOT} resamples, seed {SEED}, at "
                       f"{BAND_POINTS} ε); dotted: the chance ratio √(1 − k/d).")
     result.figure, result.data, result.artists = figure, pd.DataFrame(rows), artists
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
 def _share_positions(shares: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -184,17 +187,17 @@ def _share_positions(shares: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.linspace(0.05, 0.95, 10), True
 
 
-def universality_figure(ctx: _Context, out_dir: Path):
+def universality_figure(ctx: ReportContext, out_dir: Path):
     """``universality.png``: per layer, how many neurons lie in the maximum match with a share of the other models."""
-    from .figures import FigureResult, _save
+    from .figures import FigureResult, save_figure
 
     result = FigureResult("universality.png")
     data = ctx.universality if ctx.universality is not None else pd.DataFrame()
     if data.empty or ctx.eps is None:
         result.skipped = "no ok curves"
         return result
-    layers = _ordered(data["layer"], ctx.layers)
-    populations = _populations(data["population"])
+    layers = ordered(data["layer"], ctx.layers)
+    populations = population_order(data["population"])
     figure = _new_grid_figure(len(layers))
     artists: dict = {"bars": {}, "all": {}}
     for axes, layer in zip(_grid_axes(figure, len(layers)), layers, strict=True):
@@ -234,19 +237,19 @@ def universality_figure(ctx: _Context, out_dir: Path):
                       "one bar per share value (in bins of 0.1 when there are many); the counts of neurons shared by "
                       "every other model (share = 1) per population are in each panel's title.")
     result.figure, result.data, result.artists = figure, data, artists
-    return _save(result, out_dir)
+    return save_figure(result, out_dir)
 
 
-def bootstrap_lines(ctx: _Context) -> list[str]:
+def bootstrap_lines(ctx: ReportContext) -> list[str]:
     """Summary lines: mean similarity at the report's ε with its 95 % bootstrap interval over models, per layer."""
-    from .similarity_table import _markdown_table
+    from .similarity_table import markdown_table
 
     if ctx.eps is None or ctx.at_eps is None or ctx.at_eps.empty:
         return []
     table = bootstrap_table(ctx.at_eps)
-    populations = _populations(table["population"])
+    populations = population_order(table["population"])
     rows = []
-    for layer in _ordered(table["layer"], ctx.layers):
+    for layer in ordered(table["layer"], ctx.layers):
         row = [layer]
         for population in populations:
             cell = table.loc[(table["layer"] == layer) & (table["population"] == population)]
@@ -263,19 +266,19 @@ def bootstrap_lines(ctx: _Context) -> list[str]:
             "resampled with replacement and the mean recomputed over the pairs among the models drawn (a model drawn "
             "twice counts twice, two draws of one model make no pair); each pair's repeats are averaged first. With "
             "few models the interval is too narrow (see docs/science.md).", "",
-            _markdown_table(["layer", *populations], rows)]
+            markdown_table(["layer", *populations], rows)]
 
 
-def universality_lines(ctx: _Context) -> list[str]:
+def universality_lines(ctx: ReportContext) -> list[str]:
     """Summary lines: per layer and population, the neurons shared by every other model at the report's ε."""
-    from .similarity_table import _markdown_table
+    from .similarity_table import markdown_table
 
     data = ctx.universality
     if data is None or data.empty or ctx.eps is None:
         return []
-    populations = _populations(data["population"])
+    populations = population_order(data["population"])
     rows = []
-    for layer in _ordered(data["layer"], ctx.layers):
+    for layer in ordered(data["layer"], ctx.layers):
         row = [layer]
         for population in populations:
             shares = data.loc[(data["layer"] == layer) & (data["population"] == population), "share"]
@@ -285,7 +288,7 @@ def universality_lines(ctx: _Context) -> list[str]:
     return ["", f"## Neurons shared by every other model at ε = {ctx.eps:g}", "",
             f"Neurons (over every model and repeat) in the maximum match with every other model they were compared "
             f"with, of all neurons, and the mean share (`SELECT * FROM universality({ctx.eps:g})`).", "",
-            _markdown_table(["layer", *populations], rows)]
+            markdown_table(["layer", *populations], rows)]
 
 
 __all__ = ["SCIENCE_FIGURES", "bootstrap_lines", "eps_curve_figure", "mean_curve", "pair_steps", "similarity_at",

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 
 from ..results import figure_data
-from .context import TRAINED, UNTRAINED, _ordered, _populations
+from .context import TRAINED, UNTRAINED, ordered, population_order
 
-_MISSING = "—"
+#: What a table shows for a missing number.
+MISSING = "—"
 
 
 def similarity_table(matches: pd.DataFrame, *, layers: Sequence[str] | None = None) -> pd.DataFrame:
@@ -51,20 +52,21 @@ def similarity_table(matches: pd.DataFrame, *, layers: Sequence[str] | None = No
         return pd.DataFrame(index=pd.Index([], name="layer", dtype=object), columns=columns, dtype="float64")
     table = data.pivot_table(index="layer", columns=["population", "eps"], values="similarity_mean",
                              aggfunc="mean", sort=False)
-    populations = _populations(data["population"])
+    populations = population_order(data["population"])
     columns = [(population, eps) for population in populations for eps in sorted(set(data["eps"]))
                if (population, eps) in table.columns]
-    table = table.reindex(index=_ordered(data["layer"], layers), columns=pd.MultiIndex.from_tuples(
+    table = table.reindex(index=ordered(data["layer"], layers), columns=pd.MultiIndex.from_tuples(
         columns, names=["population", "eps"]))
     table.index.name = "layer"
     return table
 
 
-def _number(value: float, digits: int = 2) -> str:
-    return _MISSING if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+def format_number(value: float, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or :data:`MISSING` for None, NaN and infinities."""
+    return MISSING if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _similarity_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+def similarity_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a similarity table: ``"0.62 (null 0.21)"`` cells."""
     populations = list(dict.fromkeys(table.columns.get_level_values("population")))
     main = TRAINED if TRAINED in populations else populations[0]
@@ -76,7 +78,7 @@ def _similarity_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         cells = [str(layer)]
         for eps in grid:
             value = table.at[layer, (main, eps)] if (main, eps) in table.columns else math.nan
-            text = _number(value)
+            text = format_number(value)
             if null is not None and (null, eps) in table.columns and np.isfinite(table.at[layer, (null, eps)]):
                 text += f" (null {table.at[layer, (null, eps)]:.2f})"
             if main != "permuted" and ("permuted", eps) in table.columns and np.isfinite(
@@ -102,7 +104,7 @@ def format_similarity_table(table: pd.DataFrame) -> str:
     """
     if table.empty:
         return "(no ok match rows)"
-    header, rows = _similarity_cells(table)
+    header, rows = similarity_cells(table)
     widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
     lines = []
     for line in [header, *rows]:
@@ -112,7 +114,8 @@ def format_similarity_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: ``header`` and ``rows`` of cells, the first column left-aligned, the others right."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

@@ -16,10 +16,10 @@ import pandas as pd
 
 from ..results import pair_summary
 from ..store.layout import study_record_key
-from .context import UNTRAINED, _Context, _ordered, _per_layer_chance, _populations
+from .context import UNTRAINED, ReportContext, ordered, per_layer_chance, population_order
 from .figures import FigureResult
 from .science import bootstrap_lines, universality_lines
-from .similarity_table import _MISSING, _markdown_table, _number, _similarity_cells
+from .similarity_table import MISSING, format_number, markdown_table, similarity_cells
 
 SUMMARY_NAME = "summary.md"
 
@@ -35,12 +35,12 @@ def _describe(value: Any, *, nested: bool = False) -> str:
 def _spread_text(values: pd.Series) -> str:
     values = values.dropna()
     if values.empty:
-        return _MISSING
+        return MISSING
     text = f"{values.mean():.2f}"
     return text if len(values) == 1 else f"{text} [{values.min():.2f}–{values.max():.2f}]"
 
 
-def _population_lines(ctx: _Context) -> list[str]:
+def _population_lines(ctx: ReportContext) -> list[str]:
     lines = []
     for population in ctx.populations:
         rows = ctx.matches.loc[ctx.matches["population"] == population]
@@ -54,7 +54,7 @@ def _population_lines(ctx: _Context) -> list[str]:
 _CURVE_KEY = ["population", "layer", "model_a", "model_b", "repeat"]
 
 
-def _count_lines(ctx: _Context) -> list[str]:
+def _count_lines(ctx: ReportContext) -> list[str]:
     """Curves ok and failed (a failed curve is a failed ``matches`` row at every ε of the grid), errors, extras."""
     curves = ctx.matches.drop_duplicates(_CURVE_KEY)
     status = curves["status"].value_counts()
@@ -71,37 +71,37 @@ def _count_lines(ctx: _Context) -> list[str]:
     return lines
 
 
-def _layer_table(ctx: _Context) -> str:
+def _layer_table(ctx: ReportContext) -> str:
     pairs = pair_summary(ctx.ok)
-    chance = _per_layer_chance(ctx)
+    chance = per_layer_chance(ctx)
     header = ["layer", "neurons", "samples", "repeats", "chance √(1−k/d)"] + [
-        f"max ε {population}" for population in _populations(pairs["population"])]
+        f"max ε {population}" for population in population_order(pairs["population"])]
     rows = []
     for layer in ctx.layers:
         layer_rows = ctx.ok.loc[ctx.ok["layer"] == layer]
         neurons = sorted(set(layer_rows["n_a"]) | set(layer_rows["n_b"]))
         samples = sorted(set(layer_rows["n_samples"]))
         row = [layer, "/".join(str(int(n)) for n in neurons), "/".join(str(int(n)) for n in samples),
-               str(layer_rows["repeat"].nunique()), _number(chance.get(layer, math.nan), 3)]
-        for population in _populations(pairs["population"]):
+               str(layer_rows["repeat"].nunique()), format_number(chance.get(layer, math.nan), 3)]
+        for population in population_order(pairs["population"]):
             selected = pairs.loc[(pairs["population"] == population) & (pairs["layer"] == layer), "max_epsilon"]
             row.append(_spread_text(selected))
         rows.append(row)
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
-def _cka_table(ctx: _Context) -> str:
+def _cka_table(ctx: ReportContext) -> str:
     per_pair = ctx.cka.groupby(["population", "layer", "model_a", "model_b"], sort=False)["cka"].mean().reset_index()
-    populations = _populations(per_pair["population"])
+    populations = population_order(per_pair["population"])
     rows = []
-    for layer in _ordered(per_pair["layer"], ctx.layers):
+    for layer in ordered(per_pair["layer"], ctx.layers):
         rows.append([layer] + [_spread_text(per_pair.loc[(per_pair["population"] == population)
                                                          & (per_pair["layer"] == layer), "cka"])
                                for population in populations])
-    return _markdown_table(["layer"] + [f"CKA {population}" for population in populations], rows)
+    return markdown_table(["layer"] + [f"CKA {population}" for population in populations], rows)
 
 
-def _caveats(ctx: _Context) -> str:
+def _caveats(ctx: ReportContext) -> str:
     parts = []
     probe = (ctx.record or {}).get("probe")
     if isinstance(probe, dict) and probe.get("dataset"):
@@ -130,15 +130,19 @@ def _caveats(ctx: _Context) -> str:
     return "Caveats: " + "; ".join(parts) + "."
 
 
-def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFrame,
-             html_page: str | None = None) -> str:
+def summary_markdown(ctx: ReportContext, figures: dict[str, FigureResult], table: pd.DataFrame,
+                     html_page: str | None = None) -> str:
+    """The text of ``summary.md``: counts, tables, the figures written or skipped (``figures``) and caveats.
+
+    ``html_page``: the name of the interactive page written beside it, linked at the top.
+    """
     record = ctx.record or {}
     hashes = sorted(set(ctx.matches["config_hash"].dropna()))
     lines = [f"# raymatch report: {ctx.study}", ""]
     if html_page:
         lines += [f"Interactive report (ε slider, model × model matrices; open it in a browser, it works offline): "
                   f"[{html_page}]({html_page})", ""]
-    lines.append(f"- Config hash: {record.get('config_hash') or ', '.join(hashes) or _MISSING}")
+    lines.append(f"- Config hash: {record.get('config_hash') or ', '.join(hashes) or MISSING}")
     if record.get("architecture"):
         lines.append(f"- Architecture: {_describe(record['architecture'])}")
     if record.get("probe"):
@@ -146,10 +150,10 @@ def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFram
     lines += _population_lines(ctx)
     source = (f"network order, from {study_record_key(ctx.study)}" if ctx.layer_order == "record"
               else "order of first appearance in the matches table")
-    lines.append(f"- Layers ({source}): {', '.join(ctx.layers) or _MISSING}")
+    lines.append(f"- Layers ({source}): {', '.join(ctx.layers) or MISSING}")
     lines += [f"  - {note}" for note in ctx.notes]
     recorded_eps = record.get("eps")
-    grid = ", ".join(f"{eps:g}" for eps in ctx.grid) or _MISSING
+    grid = ", ".join(f"{eps:g}" for eps in ctx.grid) or MISSING
     lines.append(f"- ε grid: {grid}" + (f" (record: {', '.join(f'{e:g}' for e in recorded_eps)})"
                                         if isinstance(recorded_eps, list) and sorted(recorded_eps) != ctx.grid else ""))
     if ctx.eps is not None:
@@ -168,7 +172,7 @@ def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFram
                if "permuted" in set(table.columns.get_level_values("population")) else "")
             + (f" The ε={ctx.eps:g} column is off the grid: the stored curves at that ε (matches_at)."
                if ctx.off_grid else ""))
-        lines += ["", _markdown_table(*_similarity_cells(table))]
+        lines += ["", markdown_table(*similarity_cells(table))]
     lines += bootstrap_lines(ctx)
     lines += universality_lines(ctx)
     lines += ["", "## Maximal ε per layer", ""]
@@ -186,9 +190,9 @@ def _summary(ctx: _Context, figures: dict[str, FigureResult], table: pd.DataFram
         lines += ["", "## Simple matches", ""]
         sizes = ctx.simple.assign(size=ctx.simple["size_a"] + ctx.simple["size_b"])
         rows = [[layer, f"{eps:g}", str(len(group)), f"{group['size'].median():g}", str(group["size"].max())]
-                for layer in _ordered(sizes["layer"], ctx.layers)
+                for layer in ordered(sizes["layer"], ctx.layers)
                 for eps, group in sizes.loc[sizes["layer"] == layer].groupby("eps")]
-        lines.append(_markdown_table(["layer", "ε", "found", "median size", "largest"], rows))
+        lines.append(markdown_table(["layer", "ε", "found", "median size", "largest"], rows))
     lines += ["", "## Figures", ""]
     for name, result in figures.items():
         lines.append(f"- `{name}`: {result.caption}" if result.path is not None

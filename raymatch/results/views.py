@@ -12,6 +12,7 @@ import numbers
 import pandas as pd
 import pyarrow as pa
 
+from ..match.inputs import EPS_MAX, EPS_MIN, EPS_RULE
 from ..store import Store, layout
 from .legacy import ensure_current_format
 from .reading import dataset
@@ -31,15 +32,79 @@ def _latest(source: str, table: str) -> str:
     return f"SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1"
 
 
-def _matches_select(source: str, names: list[str] = MATCHES.names) -> str:
-    """The ``matches`` columns from ``source``, which yields ``curves`` columns ``c.*`` and a DOUBLE ``eps``.
+def membership_sql(critical: str, eps: str, exact_tol: str) -> str:
+    """SQL of :func:`raymatch.match.inputs.in_match`: whether a neuron of critical ε ``critical`` is in the match.
 
-    A neuron is in the maximum match at ε iff its critical ε is at most ``max(ε, exact_tol)``: ``size_a``
+    The one SQL statement of the membership rule, critical ε at most ``max(ε, exact_tol)`` (a dead neuron's
+    ``inf`` never is), used by ``matches``, ``cross_matches``, ``matches_at(eps)`` and ``universality(eps)``;
+    tests/test_eps_rule.py checks the views against the Python function.
+
+    Parameters
+    ----------
+    critical, eps, exact_tol : str
+        SQL expressions of DOUBLE values.
+
+    Returns
+    -------
+    str
+        A BOOLEAN SQL expression.
+
+    Examples
+    --------
+    >>> from raymatch.results.views import membership_sql
+    >>> membership_sql("x", "g.eps", "c.exact_tol")
+    '(x <= greatest(g.eps, c.exact_tol))'
+    """
+    return f"({critical} <= greatest({eps}, {exact_tol}))"
+
+
+def eps_check_sql(value: str, macro: str) -> str:
+    """SQL of :func:`raymatch.match.inputs.check_eps` for the ε argument of a table macro.
+
+    ``value`` as a DOUBLE in [``EPS_MIN``, ``EPS_MAX``], or a DuckDB error ``<macro>: eps must be a number in
+    [0, 1]; got <value>`` (NULL, NaN and text that is no number included).
+
+    Parameters
+    ----------
+    value : str
+        SQL expression of the macro's argument.
+    macro : str
+        The macro's name, for the message.
+
+    Returns
+    -------
+    str
+        A DOUBLE SQL expression.
+    """
+    number = f"TRY_CAST({value} AS DOUBLE)"
+    got = f"coalesce(CAST({value} AS VARCHAR), 'NULL')"
+    message = f"'{macro}: eps must be {EPS_RULE}; got ' || {got}"
+    return (f"CASE WHEN {number} IS NULL OR NOT ({number} BETWEEN {EPS_MIN!r} AND {EPS_MAX!r}) "
+            f"THEN error({message}) ELSE {number} END")
+
+
+def _checked_eps(value: str, macro: str) -> str:
+    """One row ``g`` with the checked ε of a macro's argument: join it, and filter on :data:`_EPS_KEPT`.
+
+    DuckDB drops the columns a query does not use (``SELECT count(*) FROM universality(2)`` reads no ``eps``),
+    and an unused column's error is never raised; a filter on it always runs.
+    """
+    return f"(SELECT {eps_check_sql(value, macro)} AS eps) g"
+
+
+_EPS_KEPT = "g.eps IS NOT NULL"
+
+
+def _matches_select(source: str, names: list[str] = MATCHES.names) -> str:
+    """The ``matches`` columns from ``source``, which yields ``curves`` columns ``c.*`` and a DOUBLE ``g.eps``.
+
+    A neuron is in the maximum match at ε iff :func:`membership_sql` holds for its critical ε: ``size_a``
     counts those neurons, ``neurons_a`` lists their (0-based) indices.
     """
-    size = "len(list_filter(critical_{s}, lambda x: x <= _threshold))::INTEGER"
-    neurons = "[i - 1 for x, i in critical_{s} if x <= _threshold]::INTEGER[]"
-    inner = (f"SELECT c.*, g.eps AS _eps, greatest(g.eps, c.exact_tol) AS _threshold FROM {source}")
+    member = membership_sql("x", "_eps", "exact_tol")
+    size = "len(list_filter(critical_{s}, lambda x: " + member + "))::INTEGER"
+    neurons = "[i - 1 for x, i in critical_{s} if " + member + "]::INTEGER[]"
+    inner = f"SELECT c.*, g.eps AS _eps FROM {source}"
     sized = (f"SELECT *, {size.format(s='a')} AS size_a, {size.format(s='b')} AS size_b FROM ({inner})")
     columns = []
     for name in names:
@@ -54,33 +119,35 @@ def _matches_select(source: str, names: list[str] = MATCHES.names) -> str:
     return f"SELECT {', '.join(columns)} FROM ({sized})"
 
 
-def _universality_select(eps: str) -> str:
-    """SQL of the ``universality(eps)`` rows from ``curves`` (``eps``: SQL of a checked DOUBLE).
+def _matches_at_select() -> str:
+    """SQL of the ``matches_at(eps_value)`` macro's rows: ``matches`` at one checked ε."""
+    return _matches_select(f"curves c CROSS JOIN {_checked_eps('eps_value', 'matches_at')} WHERE {_EPS_KEPT}")
+
+
+def _universality_select() -> str:
+    """SQL of the ``universality(eps_value)`` macro's rows from ``curves``.
 
     One row per (model, neuron) of each population × layer × repeat, with the number of its pairs in whose maximum
     match at ε the neuron lies.
 
     Both sides of every ``"ok"`` curve contribute: model_a's neurons against model_b, and model_b's against model_a.
-    The rule is that of ``matches``: critical ε at most ``max(ε, exact_tol)`` (dead neurons, critical ε ``inf``, are
-    never matched).
+    The rule is that of ``matches`` (:func:`membership_sql`; dead neurons, critical ε ``inf``, are never matched).
     """
     sides = " UNION ALL ".join(
         f"SELECT study, population, layer, repeat, model_{side} AS model, "
         f"unnest(generate_series(0, len(critical_{side}) - 1)) AS neuron, unnest(critical_{side}) AS critical, "
-        f"greatest(g.eps, exact_tol) AS threshold, g.eps AS eps FROM curves CROSS JOIN (SELECT {eps} AS eps) g "
-        f"WHERE status = 'ok'"
+        f"exact_tol, g.eps AS eps FROM curves CROSS JOIN {_checked_eps('eps_value', 'universality')} "
+        f"WHERE {_EPS_KEPT} AND status = 'ok'"
         for side in ("a", "b"))
+    matched = f"count_if({membership_sql('critical', 'eps', 'exact_tol')})"
     return (f"SELECT study, population, layer, repeat, model, neuron::INTEGER AS neuron, any_value(eps) AS eps, "
-            f"count_if(critical <= threshold)::INTEGER AS matched_in, count(*)::INTEGER AS others, "
-            f"count_if(critical <= threshold)::DOUBLE / count(*) AS share FROM ({sides}) "
+            f"{matched}::INTEGER AS matched_in, count(*)::INTEGER AS others, "
+            f"{matched}::DOUBLE / count(*) AS share FROM ({sides}) "
             f"GROUP BY study, population, layer, repeat, model, neuron")
 
 
-def _eps_check(value: str) -> str:
-    """SQL of ``value`` as a DOUBLE in [0, 1], or an error saying it is not."""
-    return (f"CASE WHEN {value} IS NULL OR NOT (CAST({value} AS DOUBLE) BETWEEN 0 AND 1) THEN "
-            f"error('matches_at: eps must be a number in [0, 1]; got ' || coalesce(CAST({value} AS VARCHAR), 'NULL')) "
-            f"ELSE CAST({value} AS DOUBLE) END")
+#: The table macros over the views: name(argument) → SQL of their rows (each checks its ε when called).
+MACROS = {"matches_at(eps_value)": _matches_at_select, "universality(eps_value)": _universality_select}
 
 
 def _view_sql() -> dict[str, str]:
@@ -177,10 +244,8 @@ def connect(store: Store):
         con.register("studies", studies)
         for name, sql in _view_sql().items():
             con.execute(f"CREATE VIEW {_quote(name)} AS {sql}")
-        at = _matches_select(f"curves c CROSS JOIN (SELECT {_eps_check('eps_value')} AS eps) g")
-        con.execute(f"CREATE MACRO matches_at(eps_value) AS TABLE {at}")
-        universality = _universality_select(_eps_check("eps_value").replace("matches_at:", "universality:"))
-        con.execute(f"CREATE MACRO universality(eps_value) AS TABLE {universality}")
+        for macro, sql in MACROS.items():
+            con.execute(f"CREATE MACRO {macro} AS TABLE {sql()}")
     except BaseException:
         con.close()
         raise

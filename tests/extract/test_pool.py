@@ -11,7 +11,8 @@ from raymatch.store import ActivationKey, read_activations
 
 from .helpers import DIGITS, probe, put_checkpoint
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+# Ray actors and tasks on the session's local Ray: not in the fast tier (`pytest -m "not slow"`).
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 
 def jobs_for(store, seeds, spec):

@@ -73,6 +73,7 @@ def test_random_gaussian_layers_agree_with_the_oracle(seed):
     check_everything(A, B)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_relu_like_layers_agree_with_the_oracle(seed):
     A, B = relu_pair(1500, 72, 64, seed=seed)

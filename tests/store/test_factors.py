@@ -139,6 +139,7 @@ def _bytes_under(root: str) -> int:
     return sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(root) for name in names)
 
 
+@pytest.mark.slow
 def test_factor_bytes_are_at_most_a_tenth_more_than_the_activations(local_store):
     rng = np.random.default_rng(0)
     matrix = np.maximum(rng.standard_normal((10_000, 512)) + 0.3 * rng.standard_normal((10_000, 1)), 0)

@@ -219,7 +219,7 @@ class PlanContext:
         import math
 
         from ..probes.datasets import IMAGE_SHAPES
-        from ..study.checks import output_shapes
+        from ..extract.shapes import output_shapes
 
         shapes = output_shapes(self.study.architecture, IMAGE_SHAPES[self.study.probe.dataset])
         return frozenset(name for name, shape in shapes.items() if len(shape) > 1 and math.prod(shape[1:]) > 1)

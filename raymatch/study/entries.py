@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
-from ..config import Config, ConfigError, checked_by, is_integer, shown
-from . import fields
+from pydantic import TypeAdapter, ValidationError, WrapValidator
 
-__all__ = ["CheckpointOptions", "LayerEntry", "layer_entries"]
+from ..config import Config, ConfigError, OptionalString, String, distinct, is_integer, is_list, one_of, optional, shown
+from .fields import string
+
+__all__ = ["CheckpointOptions", "LayerEntries", "LayerEntry", "valid_entries"]
 
 
-def _neurons(value: Any) -> str | None:
-    if value is None or value in ("first", "last"):
+def _output(value: Any, _handler: Any) -> int | str:
+    if isinstance(value, str) and value:
         return value
-    raise ValueError(f"must be first (axis 1) or last (the last axis); got {shown(value)}")
-
-
-def _output(value: Any) -> int | str | None:
-    if value is None or (isinstance(value, str) and value):
-        return value
-    if is_integer(value) and not isinstance(value, bool) and value >= 0:
+    if is_integer(value) and value >= 0:
         return int(value)
     raise ValueError(f"must be an index (0, 1, …) of a tuple output or a key of a dict output; got {shown(value)}")
 
@@ -40,9 +36,9 @@ class LayerEntry(Config):
         The element of a tuple/list (an index) or dict (a key) output to take.
     """
 
-    select: Annotated[str, checked_by(fields.string)]
-    neurons: Annotated[Literal["first", "last"] | None, checked_by(_neurons)] = None
-    output: Annotated[int | str | None, checked_by(_output)] = None
+    select: String
+    neurons: optional(one_of("first", "last")) = None
+    output: optional(Annotated[int | str, WrapValidator(_output)]) = None
 
     _path: ClassVar[str] = "layers[]"
 
@@ -56,7 +52,7 @@ class LayerEntry(Config):
         return {key: value for key, value in super().to_dict().items() if value is not None}
 
 
-def _layer_entry(value: Any) -> str | LayerEntry:
+def _layer_entry(value: Any, _handler: Any) -> str | LayerEntry:
     if isinstance(value, LayerEntry):
         return value
     if isinstance(value, Mapping):
@@ -64,27 +60,40 @@ def _layer_entry(value: Any) -> str | LayerEntry:
             return LayerEntry.from_dict(value)
         except ConfigError as error:
             raise ValueError("; ".join(problem.removeprefix("layers[].") for problem in error.problems)) from None
-    return fields.string(value)  # (a selector string, or what to say of anything else)
+    return string(value)  # (a selector string, or what to say of anything else)
 
 
 def _entry_key(entry: str | LayerEntry) -> str:
     return entry if isinstance(entry, str) else json.dumps(entry.to_dict(), sort_keys=True)
 
 
-def layer_entries(*, non_empty: bool):
-    """A check of a list of distinct layer entries: selector strings or :class:`LayerEntry` mappings.
+_Entry = Annotated[str | LayerEntry, WrapValidator(_layer_entry)]
+#: The study's layers: distinct selector strings or :class:`LayerEntry` mappings, at least one.
+LayerEntries = distinct(_Entry, "layer selectors", non_empty=True, key=_entry_key,
+                        show=lambda entry: repr(_entry_key(entry)))
+_entry = TypeAdapter(_Entry).validate_python
+
+
+def valid_entries(given: Any) -> list[tuple[int, str | LayerEntry]]:
+    """The entries of a ``layers`` list that are valid on their own, with their indices (the others have problems).
 
     Parameters
     ----------
-    non_empty : bool
+    given : object
+        ``layers`` as given.
 
     Returns
     -------
-    callable
-        Returns the entries as a tuple, strings as given and mappings as :class:`LayerEntry`.
+    list of (int, str or LayerEntry)
+        Empty when ``given`` is no list.
     """
-    return fields.distinct("layer selectors", non_empty=non_empty, item=_layer_entry, key=_entry_key,
-                           show=lambda entry: repr(_entry_key(entry)))
+    found = []
+    for index, item in enumerate(given if is_list(given) else ()):
+        try:
+            found.append((index, _entry(item)))
+        except ValidationError:
+            continue
+    return found
 
 
 class CheckpointOptions(Config):
@@ -98,8 +107,8 @@ class CheckpointOptions(Config):
         Removed from the start of every parameter name that has it (DDP's ``module.``).
     """
 
-    key: Annotated[str | None, checked_by(fields.optional_string)] = None
-    strip_prefix: Annotated[str | None, checked_by(fields.optional_string)] = None
+    key: OptionalString = None
+    strip_prefix: OptionalString = None
 
     _path: ClassVar[str] = "population.checkpoint"
 

@@ -2,7 +2,8 @@
 
 A study importing activations has no architecture and runs no probe: its layers come from the files (``layers``
 selects among them by name or glob) and its probe is ``{dataset: imported}`` (only ``rows`` applies). Each check
-takes the fields that validated and returns ``(location, message)`` pairs, like :mod:`raymatch.study.checks`.
+takes the fields that validated and returns ``(location, message)`` pairs, like :mod:`raymatch.study.checks`; the
+files' headers are read by :mod:`raymatch.extract.imported`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import Loc
-from ..extract.imported import ImportError_, scan_import, select_imported
 from ..probes import RowSample
 from ..probes.spec import IMPORTED
 
@@ -61,7 +61,7 @@ def check_sources(values: Mapping[str, Any], data: Mapping[str, Any]) -> Problem
     return problems
 
 
-def _located(error: ImportError_) -> tuple[Loc, str]:
+def _located(error: ValueError) -> tuple[Loc, str]:
     field, _, message = str(error).partition(": ")
     return tuple(field.split(".")), message
 
@@ -80,6 +80,8 @@ def check_imported(values: Mapping[str, Any]) -> Problems:
         Problems at ``population.activations…``, ``layers[i]``, ``simple_matches.layers[i]``, ``reference`` and
         ``probe.rows.rows``.
     """
+    from ..extract.imported import ImportError_, scan_import, select_imported
+
     population = values.get("population")
     spec = getattr(population, "activations", None)
     if spec is None:
@@ -132,6 +134,8 @@ def imported_layer_names(spec: Any, selectors) -> list[str]:
     -------
     list of str
     """
+    from ..extract.imported import scan_import, select_imported
+
     return select_imported(scan_import(spec).layers, list(selectors))
 
 
@@ -149,6 +153,8 @@ def imported_few_samples(study) -> list[tuple[str, int, int, str]]:
     -------
     list of (str, int, int, str)
     """
+    from ..extract.imported import scan_import
+
     scan = scan_import(study.population.activations)
     rows = study.probe.rows
     found = []

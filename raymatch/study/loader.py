@@ -16,15 +16,9 @@ import yaml
 from ..config import shown
 from ..probes import ProbeSpec, RowSample
 from ..train.spec import TrainingSpec
-from .models import (
-    Architecture,
-    Population,
-    Resources,
-    SimpleMatchesConfig,
-    StoreConfig,
-    Study,
-    StudyError,
-)
+from .architecture import Architecture
+from .models import Population, Resources, SimpleMatchesConfig, StoreConfig, StudyError
+from .spec import Study
 
 __all__ = ["load_study", "study_json_schema"]
 

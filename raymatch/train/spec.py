@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import itertools
-import math
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator
 
-from ..config import Config, ConfigError, Loc, checked_by, is_integer, is_number
+from ..config import (
+    Boolean,
+    Config,
+    ConfigError,
+    Loc,
+    NonNegativeInt,
+    NonNegativeNumber,
+    OptionalPath,
+    OptionalPositiveInt,
+    PositiveInt,
+    PositiveNumber,
+    ProperFraction,
+    is_integer,
+    is_list,
+    one_of,
+    worded,
+)
+from ..probes.datasets import SPLITS
 from ..store.layout import digest
 
 #: The recipe names a :class:`TrainingSpec` may carry.
@@ -50,84 +64,7 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-# ------------------------------------------------------------------------------------------------------ checks
-
-
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        number = _as_int(value, minimum)
-        if number is None:
-            raise ValueError(f"must be an integer ≥ {minimum}, got {value!r}")
-        return number
-
-    return check
-
-
-def _real(low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> Callable[[Any], float]:
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-    def check(value: Any) -> float:
-        if not is_number(value):
-            raise ValueError(f"must be a number in {interval}, got {value!r}")
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"must be a finite number in {interval}, got {value!r}")
-        below = number <= low if low_open else number < low
-        above = number >= high if high_open else number > high
-        if below or above:
-            raise ValueError(f"must be in {interval}, got {value!r}")
-        return number
-
-    return check
-
-
-def _choice(options: Callable[[], Iterable[str]]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        known = list(options())
-        if not isinstance(value, str) or value not in known:
-            raise ValueError(f"must be one of {', '.join(repr(option) for option in known)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _datasets() -> list[str]:
-    from ..probes.datasets import available_datasets  # imports torch through raymatch.probes
-
-    return available_datasets()
-
-
-def _recipe_name(value: Any) -> str:
-    if not isinstance(value, str) or value not in _RECIPE_DEFAULTS:
-        raise ValueError(f"unknown training recipe {value!r} (known: {', '.join(RECIPES)})")
-    return value
-
-
-def _milestones(value: Any) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"must be a list of increasing epochs ≥ 1, got {value!r}")
-    epochs = tuple(_integer(1)(item) for item in value)
-    if any(later <= earlier for earlier, later in itertools.pairwise(epochs)):
-        raise ValueError(f"must be strictly increasing, got {list(epochs)}")
-    return epochs
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"must be true or false, got {value!r}")
-    return bool(value)
-
-
-def _optional_path(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise ValueError(f"must be a folder path or null, got {value!r}")
-    return os.fspath(value)
-
-
-def _dataset_enum(schema: dict[str, Any]) -> None:
-    schema["enum"] = _datasets()
+# ------------------------------------------------------------------------------------------------------ fields
 
 
 def _as_int(value: Any, minimum: int) -> int | None:
@@ -135,14 +72,17 @@ def _as_int(value: Any, minimum: int) -> int | None:
     return int(value) if is_integer(value) and value >= minimum else None
 
 
-def _optional_count(value: Any) -> int | None:
-    return None if value is None else _integer(1)(value)
+def _increasing(epochs: tuple[int, ...]) -> tuple[int, ...]:
+    if any(later <= earlier for earlier, later in itertools.pairwise(epochs)):
+        raise ValueError(f"must be strictly increasing; got {list(epochs)}")
+    return epochs
 
 
-Epochs = Annotated[int, Field(ge=0), checked_by(_integer(0))]
-PositiveInt = Annotated[int, Field(ge=1), checked_by(_integer(1))]
-PositiveReal = Annotated[float, Field(gt=0), checked_by(_real(0.0, math.inf, low_open=True))]
-Fraction = Annotated[float, Field(ge=0, lt=1), checked_by(_real(0.0, 1.0))]
+#: Epochs after which the learning rate drops: strictly increasing, each ≥ 1.
+Milestones = Annotated[tuple[PositiveInt, ...], worded("a list of increasing epochs ≥ 1", accept=is_list),
+                       AfterValidator(_increasing)]
+Recipe = Annotated[Literal[RECIPES], worded(lambda value: f"unknown training recipe {value!r} (known: "
+                                                          f"{', '.join(RECIPES)})")]
 
 
 # ------------------------------------------------------------------------------------------------------ the spec
@@ -193,20 +133,20 @@ class TrainingSpec(Config):
         value, one line each (``lr: must be in (0, inf), got -1``).
     """
 
-    dataset: Annotated[str, checked_by(_choice(_datasets))] = Field(json_schema_extra=_dataset_enum)
-    recipe: Annotated[Literal["quick", "paper-cifar"], checked_by(_recipe_name)]
-    epochs: Epochs
+    dataset: one_of(*SPLITS)
+    recipe: Recipe
+    epochs: NonNegativeInt
     batch_size: PositiveInt
-    lr: PositiveReal
-    momentum: Fraction
-    weight_decay: Annotated[float, Field(ge=0), checked_by(_real(0.0, math.inf))]
-    milestones: Annotated[tuple[Annotated[int, Field(ge=1)], ...], checked_by(_milestones)]
-    gamma: PositiveReal
-    augment: Annotated[bool, checked_by(_boolean)]
-    holdout: Fraction = 0.1
-    n_train: Annotated[int | None, Field(ge=1), checked_by(_optional_count)] = None
-    data_dir: Annotated[str | None, checked_by(_optional_path)] = None
-    select: Annotated[Literal["best-holdout", "last"], checked_by(_choice(lambda: SELECTIONS))] = "best-holdout"
+    lr: PositiveNumber
+    momentum: ProperFraction
+    weight_decay: NonNegativeNumber
+    milestones: Milestones
+    gamma: PositiveNumber
+    augment: Boolean
+    holdout: ProperFraction = 0.1
+    n_train: OptionalPositiveInt = None
+    data_dir: OptionalPath = None
+    select: one_of(*SELECTIONS) = "best-holdout"
 
     _root: ClassVar[str] = "training spec"
 

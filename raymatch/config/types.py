@@ -36,6 +36,7 @@ __all__ = [
     "PositiveInt",
     "PositiveNumber",
     "ProperFraction",
+    "Seeds",
     "String",
     "distinct",
     "eps_grid",
@@ -162,6 +163,25 @@ def _eps(value: Any, _handler: Any) -> float:
 
 #: One ε: a number that :func:`raymatch.match.inputs.check_eps` accepts (the JSON Schema says what it accepts).
 Eps = Annotated[float, WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}), WrapValidator(_eps)]
+
+
+def _seeds(value: Any, handler: Any) -> tuple[int, ...]:
+    if not is_list(value):
+        raise ValueError(f"must be a list of non-negative integers; got {shown(value)}")
+    try:
+        seeds = handler(value)
+    except ValidationError as error:
+        if any(item["type"] != "too_short" for item in error.errors()):
+            raise ValueError(f"must be a list of non-negative integers; got {shown(value)}") from None
+        seeds = ()
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2:
+        raise ValueError(f"need at least 2 distinct seeds; got {shown(list(value))}")
+    return seeds
+
+
+#: Training seeds: at least two distinct non-negative integers, in population order.
+Seeds = Annotated[tuple[NonNegativeInt, ...], Field(min_length=2, json_schema_extra={"uniqueItems": True}),
+                  WrapValidator(_seeds)]
 
 
 def distinct(item: Any, what: str, *, non_empty: bool = False, key: Callable[[Any], Any] = lambda item: item,

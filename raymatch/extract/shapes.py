@@ -103,7 +103,8 @@ def _outputs(architecture: Buildable, image_shape: tuple[int, ...], probe: Probe
             torch.manual_seed(0)
             outputs = _forward(architecture.build().eval(), _items(probe, image_shape))
     except Exception as error:  # (the user's code may raise anything)
-        return ForwardError(str(error).strip() or type(error).__name__)
+        # the meta device's own refusal says nothing of the model: the CPU's error does; else the first one found
+        return ForwardError(str(error).strip() or type(error).__name__ if "meta" in on_meta else on_meta)
     logger.warning("architecture %s cannot run on the meta device (%s): its layer shapes come from a forward pass "
                    "of %d probe items on the CPU, randomly initialised", architecture.label, on_meta, N_INPUTS)
     return outputs
@@ -133,7 +134,8 @@ def module_outputs(architecture: Buildable, image_shape: Sequence[int], probe: P
     Raises
     ------
     ForwardError
-        The architecture cannot take such inputs (the first line of what the CPU forward pass raised).
+        The architecture cannot take such inputs: what the forward pass on the ``meta`` device raised, or on the
+        CPU where the ``meta`` device itself was the cause.
     """
     found = _outputs(architecture, tuple(image_shape), probe)
     if isinstance(found, ForwardError):

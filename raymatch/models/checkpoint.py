@@ -24,6 +24,9 @@ from .zoo import build_model
 _TORCH_ZIP_MAGIC = b"PK\x03\x04"
 _SAFETENSORS_LENGTH_BYTES = 8
 _ID_HEX_CHARS = 16
+#: What to do about a checkpoint that pickles objects (a whole model, ``torch.save(model, path)``).
+_WHOLE_MODEL = ("it pickles an object, not just tensors (a whole model?): save `model.state_dict()` instead "
+                "(torch.save(model.state_dict(), path))")
 
 
 class CheckpointError(ValueError):
@@ -90,8 +93,9 @@ def _torch_load_reason(error: Exception) -> str:
     # global is the reason worth reporting.
     for line in message.splitlines():
         if "WeightsUnpickler error:" in line:
-            detail = line.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0].strip()
-            return f"torch.load(weights_only=True) refused it: {detail}"
+            detail = line.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0].strip().rstrip(".")
+            hint = f"; {_WHOLE_MODEL}" if "Unsupported global" in detail else ""
+            return f"torch.load(weights_only=True) refused it: {detail}{hint}"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
         # a global from a blocked module (os, posix, builtins …) is named on the line after the advice

@@ -14,7 +14,7 @@ touches the store, and importing it imports no torch: layer selectors are checke
 PyTorch's ``meta`` device (no weights, no use of the global RNG) by the checks that need it.
 """
 
-from .architecture import Architecture
+from ..models.architecture import Architecture
 from .checks import few_samples
 from .loader import _StudyLoader as _StudyLoader  # (the security test checks which YAML loader is used)
 from .loader import load_study, study_json_schema

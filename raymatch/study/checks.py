@@ -14,14 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import Loc
+from ..extract.entries import valid_entries
 from ..probes import DatasetError, RowSample, probe_size
 from ..probes.spec import IMPORTED
-from .entries import valid_entries
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .architecture import Architecture
+    from ..models.architecture import Architecture
     from .spec import Study
 
 __all__ = ["check_architecture_use", "check_cross_layers", "check_layers", "check_probe_fit", "check_reference",
@@ -33,15 +33,7 @@ Problems = list[tuple[Loc, str]]
 def check_reference(values: Mapping[str, Any]) -> Problems:
     """The reference against the pairs policy and the population's checkpoints or trained seeds.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``reference``.
+    Problems located at ``reference``.
     """
     if "pairs" not in values or "reference" not in values:
         return []
@@ -63,17 +55,7 @@ def check_reference(values: Mapping[str, Any]) -> Problems:
 
 
 def check_architecture_use(values: Mapping[str, Any]) -> Problems:
-    """Training and the null baseline build zoo models only: refuse them with a factory, torchvision or timm.
-
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-    """
+    """Training and the null baseline build zoo models only: refuse them with a factory, torchvision or timm."""
     architecture = values.get("architecture")
     if architecture is None or architecture.is_zoo:
         return []
@@ -110,18 +92,7 @@ def check_layers(values: Mapping[str, Any], data: Mapping[str, Any]) -> Problems
     Every entry of ``layers`` that is valid on its own is checked, even when others are not (all problems in one
     pass).
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated; without a valid architecture there is nothing to check against (its
-        problem is reported already).
-    data : mapping
-        The study as given.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``layers[i]`` and ``simple_matches.layers[i]``.
+    Problems located at ``layers[i]`` and ``simple_matches.layers[i]``.
     """
     from ..extract.layers import select_layers
     from ..extract.shapes import layer_calls
@@ -207,15 +178,7 @@ def check_probe_fit(values: Mapping[str, Any]) -> Problems:
     Nothing is loaded but the user's files: the split's published size and image shape, and a forward pass on the
     ``meta`` device (whose layer shapes also bound the sampled rows: :func:`check_sampled_rows`).
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``probe.n_examples``, ``probe`` and ``probe.rows.rows``.
+    Problems located at ``probe.n_examples``, ``probe`` and ``probe.rows.rows``.
     """
     probe, architecture = values.get("probe"), values.get("architecture")
     if probe is None or probe.dataset == IMPORTED:
@@ -249,16 +212,7 @@ def check_sampled_rows(values: Mapping[str, Any]) -> Problems:
     (image, position) rows and keeps every row of an ``(N, F)`` layer; asking for more rows than a layer has would
     fail only once extraction runs, so the layers' shapes come from a forward pass on the ``meta`` device here.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated: nothing to check without the probe, a row sample, the architecture
-        and layers that all resolve.
-
-    Returns
-    -------
-    list of (tuple, str)
-        One problem per layer with too few rows, located at ``probe.rows.rows``.
+    One problem per layer with too few rows, located at ``probe.rows.rows``.
     """
     from ..extract.shapes import layer_shapes, sampled_row_grid
 
@@ -323,15 +277,7 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
 def check_trajectory(values: Mapping[str, Any]) -> Problems:
     """``pairs: {reference: final}`` only with ``population.training.save_every``; ``pairs: reference`` not with it.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``pairs``.
+    Problems located at ``pairs``.
     """
     if "pairs" not in values or "population" not in values:
         return []
@@ -360,15 +306,7 @@ def check_cross_layers(values: Mapping[str, Any]) -> Problems:
     Without ``pool: mean``, two listed layers whose rows differ (:func:`~raymatch.extract.shapes.row_identity`)
     are refused, naming both and why.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``cross_layers.layers``.
+    Problems located at ``cross_layers.layers``.
     """
     from ..extract.layers import select_layers
     from ..extract.shapes import output_shapes, probe_image_shape, row_identity

@@ -8,7 +8,6 @@ YAML spells them (``null``, ``true``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -16,7 +15,6 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, WrapVa
 
 from ..config import (
     Loc,
-    NonNegativeInt,
     String,
     distinct,
     invalid,
@@ -27,7 +25,6 @@ from ..config import (
     strings,
 )
 from ..store import check_key, check_uri
-from ..store.store import check_name
 
 #: How the models of a population are paired: every unordered pair, every model against one reference, or each
 #: checkpoint against the next one in the listed order (along training).
@@ -153,25 +150,6 @@ def endpoint(value: Any) -> str | None:
 # ------------------------------------------------------------------------------------------------ the population
 
 
-def _seeds(value: Any, handler: Any) -> tuple[int, ...]:
-    if not is_list(value):
-        raise ValueError(f"must be a list of non-negative integers; got {shown(value)}")
-    try:
-        seeds = handler(value)
-    except ValidationError as error:
-        if any(item["type"] != "too_short" for item in error.errors()):
-            raise ValueError(f"must be a list of non-negative integers; got {shown(value)}") from None
-        seeds = ()
-    if len(set(seeds)) != len(seeds) or len(seeds) < 2:
-        raise ValueError(f"need at least 2 distinct seeds; got {shown(list(value))}")
-    return seeds
-
-
-#: Training seeds: at least two distinct non-negative integers, in population order.
-Seeds = Annotated[tuple[NonNegativeInt, ...], Field(min_length=2, json_schema_extra={"uniqueItems": True}),
-                  WrapValidator(_seeds)]
-
-
 def _store_key(key: str) -> str:
     return key if "://" in key or key.startswith("/") else check_key(key)
 
@@ -188,20 +166,6 @@ def _relative(pattern: str) -> str:
 
 #: A pattern of store keys (or null), relative to the store root.
 GlobPattern = optional(Annotated[String, AfterValidator(_relative)])
-#: Model names of imported activations: distinct, each usable as part of a store key.
-ModelNames = distinct(Annotated[String, AfterValidator(lambda name: check_name(name, "model name"))], "model names")
-
-
-def _path_template(text: str) -> str:
-    if text.count("{model}") != 1 or text.count("{layer}") != 1:
-        raise ValueError(f"must hold {{model}} and {{layer}} once each (acts/{{model}}/{{layer}}.npy); got {text!r}")
-    return text
-
-
-#: The ``npy`` layout's path template, with ``{model}`` and ``{layer}`` once each (or null).
-PathTemplate = optional(Annotated[String, AfterValidator(_path_template)])
-
-
 # ------------------------------------------------------------------------------------------------ the study
 
 
@@ -236,26 +200,6 @@ PairPolicy = Annotated[Literal[PAIR_POLICIES] | dict[Literal["reference"], Liter
 
 #: The layer selectors of ``simple_matches`` and ``cross_layers``.
 Selectors = strings("layer selectors")
-
-
-# ------------------------------------------------------------------------------------------------ architectures
-
-
-def _keyword_arguments(value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"must be a mapping of argument names to values; got {shown(value)}")
-    bad = [key for key in value if not (isinstance(key, str) and key.isidentifier())]
-    if bad:
-        raise ValueError(f"argument names must be identifiers; got {', '.join(map(repr, bad))}")
-    try:
-        json.dumps(dict(value), allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"values must be plain YAML/JSON data (numbers, strings, lists, mappings): {error}") from None
-    return dict(value)
-
-
-#: Keyword arguments (or null): a mapping of identifier strings to YAML/JSON values.
-KeywordArguments = optional(Annotated[dict[str, Any], WrapValidator(lambda value, _: _keyword_arguments(value))])
 
 
 # ------------------------------------------------------------------------------------------------ null baselines

@@ -29,19 +29,7 @@ def _imports(data: Mapping[str, Any]) -> bool:
 
 
 def check_sources(values: Mapping[str, Any], data: Mapping[str, Any]) -> Problems:
-    """An architecture and a probe for a study of models; neither (nor a null baseline) for imported activations.
-
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-    data : mapping
-        The study as given.
-
-    Returns
-    -------
-    list of (tuple, str)
-    """
+    """An architecture and a probe for a study of models; neither (nor a null baseline) for imported activations."""
     probe = values.get("probe")
     if not _imports(data):
         problems: Problems = [((key,), "required key is missing") for key in ("architecture", "probe")
@@ -69,16 +57,8 @@ def _located(error: ValueError) -> tuple[Loc, str]:
 def check_imported(values: Mapping[str, Any]) -> Problems:
     """The imported files (headers), the layer selectors among them, the reference and the row sample.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems at ``population.activations…``, ``layers[i]``, ``simple_matches.layers[i]``, ``reference`` and
-        ``probe.rows.rows``.
+    Problems at ``population.activations…``, ``layers[i]``, ``simple_matches.layers[i]``, ``reference`` and
+    ``probe.rows.rows``.
     """
     from ..extract.imported import ImportError_, scan_import, select_imported
 

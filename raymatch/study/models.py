@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import TypeAdapter, WrapValidator
+from pydantic import TypeAdapter
 from pydantic_core import InitErrorDetails
 
 from ..config import (
@@ -24,6 +24,7 @@ from ..config import (
     OptionalPositiveNumber,
     OptionalString,
     PositiveInt,
+    Seeds,
     checked_by,
     eps_grid,
     one_of,
@@ -31,18 +32,17 @@ from ..config import (
     shown,
     strings,
 )
+from ..extract.import_spec import ActivationImport
 from ..store import Store, layout
 from ..train.spec import TrainingSpec, with_recipe_defaults
 from . import fields
-from .entries import CheckpointOptions
 from .fields import PAIR_POLICIES, Selectors
 
 if TYPE_CHECKING:
-    from .architecture import Architecture
+    from ..models.architecture import Architecture
 
 __all__ = [
     "PAIR_POLICIES",
-    "ActivationImport",
     "CrossLayersConfig",
     "Population",
     "Resources",
@@ -182,7 +182,7 @@ class Training(Section):
         training: {seeds: [0, 1, 2, 3], recipe: quick, dataset: digits, epochs: 8}
     """
 
-    seeds: fields.Seeds
+    seeds: Seeds
     spec: TrainingSpec
     save_every: OptionalPositiveInt = None
 
@@ -210,7 +210,7 @@ class Training(Section):
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
         spec = TrainingSpec.model_json_schema()
-        seeds = {**TypeAdapter(fields.Seeds).json_schema(),
+        seeds = {**TypeAdapter(Seeds).json_schema(),
                  "description": "Distinct non-negative seeds, one model each, in population order."}
         save_every = {**TypeAdapter(OptionalPositiveInt).json_schema(),
                       "description": "Keep every k-th epoch's weights: the seed's training trajectory."}
@@ -260,67 +260,30 @@ def untrained_prefix(architecture: Architecture) -> str:
     return layout.untrained_prefix(architecture.name, architecture.to_dict())
 
 
-def _unless_empty(value: Any, handler: Any) -> Any:
-    return () if value == () else handler(value)  # () is the default of layout npy, given back by replace()
-
-
-class ActivationImport(Section):
-    """Activations computed elsewhere, imported instead of extracted (see :mod:`raymatch.extract.imported`).
+class CheckpointOptions(Section):
+    """Where a checkpoint file keeps its state dict: ``population.checkpoint``.
 
     Parameters
     ----------
-    layout : {'authors-npz', 'npy'}
-        ``authors-npz``: ``<dir>/rnd_<seed>/<prefix>.npz`` per seed, one array per layer, models named
-        ``seed<k>``. ``npy``: one ``.npy`` per (model, layer) at ``path`` with ``{model}`` and ``{layer}`` filled in.
-    dir, prefix : str
-        ``authors-npz`` only.
-    seeds : tuple of int
-        ``authors-npz`` only: at least two distinct seeds, in population order.
-    path : str
-        ``npy`` only: a template such as ``acts/{model}/{layer}.npy`` (relative paths resolve against the working
-        directory); every file matching it with ``{layer}`` free is a layer.
-    models : tuple of str
-        ``npy`` only: at least two distinct model names, in population order.
+    key : str, optional
+        A dotted path of nested keys (``state_dict``, ``model.ema``) to the state dict.
+    strip_prefix : str, optional
+        Removed from the start of every parameter name that has it (DDP's ``module.``).
     """
 
-    layout: one_of("authors-npz", "npy")
-    dir: OptionalString = None
-    prefix: OptionalString = None
-    seeds: Annotated[fields.Seeds, WrapValidator(_unless_empty)] = ()
-    path: fields.PathTemplate = None
-    models: fields.ModelNames = ()
+    key: OptionalString = None
+    strip_prefix: OptionalString = None
 
-    _path: ClassVar[str] = "population.activations"
-
-    @classmethod
-    def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-        kind = values.get("layout")
-        if kind is None:
-            return []
-        needed = ("dir", "prefix", "seeds") if kind == "authors-npz" else ("path", "models")
-        problems: list[tuple[Loc, str]] = [((key,), f"required with layout {kind}") for key in needed
-                                           if not data.get(key)]
-        problems += [((key,), f"not used with layout {kind} (it uses {', '.join(needed)})")
-                     for key, info in cls.model_fields.items()
-                     if key not in ("layout", *needed) and values.get(key) not in (None, info.default)]
-        if kind == "npy" and len(values.get("models", ())) == 1:
-            problems.append((("models",), "a study needs at least 2 models; got 1"))
-        return problems
+    _path: ClassVar[str] = "population.checkpoint"
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields of the layout, as in a study file.
+        """The keys given.
 
         Returns
         -------
         dict
         """
-        needed = ("dir", "prefix", "seeds") if self.layout == "authors-npz" else ("path", "models")
-        return {key: value for key, value in super().to_dict().items() if key in ("layout", *needed)}
-
-    @property
-    def model_names(self) -> list[str]:
-        """The models in population order: ``seed<k>`` (``authors-npz``) or the listed names (``npy``)."""
-        return [f"seed{seed}" for seed in self.seeds] if self.layout == "authors-npz" else list(self.models)
+        return {key: value for key, value in super().to_dict().items() if value is not None}
 
 
 class Population(Section):

@@ -15,10 +15,11 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from ..config import Boolean, Loc, OptionalString, eps_grid
+from ..extract.entries import LayerEntries
+from ..models.architecture import Architecture
 from ..probes import ProbeSpec
 from ..store import layout
 from . import fields
-from .architecture import Architecture
 from .checks import (
     check_architecture_use,
     check_cross_layers,
@@ -27,7 +28,6 @@ from .checks import (
     check_reference,
     check_trajectory,
 )
-from .entries import LayerEntries
 from .imported import check_imported, check_sources, imported_layer_names
 from .models import CrossLayersConfig, Population, Resources, Section, SimpleMatchesConfig, StoreConfig
 

@@ -1,30 +1,46 @@
-"""A study's ``architecture`` section: a model of the zoo, of torchvision or timm, or a user's factory.
+"""An architecture as a study file gives it (its ``architecture`` section): the zoo, torchvision, timm or a factory.
 
-Checking it builds the architecture on PyTorch's ``meta`` device (:mod:`raymatch.models.meta`): torch is imported
-then, not when this module is.
+Checking one builds it on PyTorch's ``meta`` device (:mod:`raymatch.models.meta`): torch is imported then, not when
+this module is.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
+from pydantic import WrapValidator
 from pydantic_core import InitErrorDetails
 
-from ..config import Loc, OptionalString, PositiveInt, PositiveNumber, one_of, optional
+from ..config import Config, Loc, OptionalString, PositiveInt, PositiveNumber, one_of, optional, shown
 from ..store import layout
-from .fields import KeywordArguments
-from .models import Section
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Architecture"]
+__all__ = ["Architecture", "KeywordArguments"]
 
 
-class Architecture(Section):
+def _keyword_arguments(value: Any, _handler: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a mapping of argument names to values; got {shown(value)}")
+    bad = [key for key in value if not (isinstance(key, str) and key.isidentifier())]
+    if bad:
+        raise ValueError(f"argument names must be identifiers; got {', '.join(map(repr, bad))}")
+    try:
+        json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"values must be plain YAML/JSON data (numbers, strings, lists, mappings): {error}") from None
+    return dict(value)
+
+
+#: Keyword arguments (or null): a mapping of identifier strings to YAML/JSON values.
+KeywordArguments = optional(Annotated[dict[str, Any], WrapValidator(_keyword_arguments)])
+
+class Architecture(Config):
     """The architecture every model of the population shares: a model of the zoo, of torchvision or timm, or a factory.
 
     Give ``name`` (a zoo model, or one of ``source``) or ``factory``.
@@ -121,8 +137,8 @@ class Architecture(Section):
     @classmethod
     def _build_problems(cls, values: Mapping[str, Any], zoo: bool) -> list[tuple[Loc, str]]:
         """The problem of building the architecture on the ``meta`` device, if any (this imports torch)."""
-        from ..models.factory import ArchitectureError
-        from ..models.meta import architecture_tree, module_tree
+        from .factory import ArchitectureError
+        from .meta import architecture_tree, module_tree
 
         try:
             if zoo:
@@ -185,14 +201,14 @@ class Architecture(Section):
 
         None for the zoo (its models' ids are their weights' digests, as they always were).
         """
-        from ..models.factory import architecture_digest
+        from .factory import architecture_digest
 
         return architecture_digest(self.spec)
 
     @functools.cached_property
     def code_digest(self) -> str | None:
         """:func:`~raymatch.models.factory.code_digest` of :attr:`code` (read once), or None without code."""
-        from ..models.factory import code_digest
+        from .factory import code_digest
 
         return code_digest(self.code) if self.code else None
 
@@ -208,7 +224,7 @@ class Architecture(Section):
         -------
         torch.nn.Module
         """
-        from ..models.factory import build_architecture
+        from .factory import build_architecture
 
         return build_architecture(self.spec or {"name": self.name, **self.kwargs}, use_code_path=True)
 
@@ -225,7 +241,7 @@ class Architecture(Section):
         -------
         torch.nn.Module
         """
-        from ..models.meta import architecture_tree, module_tree
+        from .meta import architecture_tree, module_tree
 
         if not self.is_zoo:
             return architecture_tree(layout.canonical_json(self.to_dict()))

@@ -1,4 +1,7 @@
-"""Study keys for models from anywhere: layer entries (``layers[i]`` as a mapping) and ``population.checkpoint``."""
+"""Layer entries as a study file gives them (``layers``): selector strings, or mappings that say more.
+
+A mapping also says how the layer's output becomes neurons over rows (:mod:`.outputs` applies it). No torch here.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import TypeAdapter, ValidationError, WrapValidator
 
-from ..config import Config, ConfigError, OptionalString, String, distinct, is_integer, is_list, one_of, optional, shown
-from .fields import string
+from ..config import Config, ConfigError, String, distinct, is_integer, is_list, one_of, optional, shown
 
-__all__ = ["CheckpointOptions", "LayerEntries", "LayerEntry", "valid_entries"]
+__all__ = ["LayerEntries", "LayerEntry", "valid_entries"]
+
+_string = TypeAdapter(String).validate_python
 
 
 def _output(value: Any, _handler: Any) -> int | str:
@@ -60,7 +64,7 @@ def _layer_entry(value: Any, _handler: Any) -> str | LayerEntry:
             return LayerEntry.from_dict(value)
         except ConfigError as error:
             raise ValueError("; ".join(problem.removeprefix("layers[].") for problem in error.problems)) from None
-    return string(value)  # (a selector string, or what to say of anything else)
+    return _string(value)  # (a selector string, or what to say of anything else)
 
 
 def _entry_key(entry: str | LayerEntry) -> str:
@@ -94,29 +98,3 @@ def valid_entries(given: Any) -> list[tuple[int, str | LayerEntry]]:
         except ValidationError:
             continue
     return found
-
-
-class CheckpointOptions(Config):
-    """Where a checkpoint file keeps its state dict: ``population.checkpoint``.
-
-    Parameters
-    ----------
-    key : str, optional
-        A dotted path of nested keys (``state_dict``, ``model.ema``) to the state dict.
-    strip_prefix : str, optional
-        Removed from the start of every parameter name that has it (DDP's ``module.``).
-    """
-
-    key: OptionalString = None
-    strip_prefix: OptionalString = None
-
-    _path: ClassVar[str] = "population.checkpoint"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The keys given.
-
-        Returns
-        -------
-        dict
-        """
-        return {key: value for key, value in super().to_dict().items() if value is not None}

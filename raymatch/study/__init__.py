@@ -15,6 +15,7 @@ PyTorch's ``meta`` device (no weights, no use of the global RNG) by the checks t
 """
 
 from ..models.architecture import Architecture
+from ..train.spec import Training
 from .checks import few_samples
 from .loader import _StudyLoader as _StudyLoader  # (the security test checks which YAML loader is used)
 from .loader import load_study, study_json_schema
@@ -25,7 +26,6 @@ from .models import (
     SimpleMatchesConfig,
     StoreConfig,
     StudyError,
-    Training,
     untrained_prefix,
 )
 from .spec import Study, pair_positions

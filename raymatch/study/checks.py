@@ -9,7 +9,9 @@ when other fields had problems. Nothing here loads weights: the shapes come from
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +26,12 @@ if TYPE_CHECKING:
     from ..models.architecture import Architecture
     from .spec import Study
 
-__all__ = ["check_architecture_use", "check_cross_layers", "check_layers", "check_probe_fit", "check_reference",
-           "check_sampled_rows", "check_trajectory", "few_samples"]
+__all__ = ["check_architecture_use", "check_checkpoint_files", "check_cross_layers", "check_layers", "check_probe_fit",
+           "check_reference", "check_sampled_rows", "check_trajectory", "few_samples"]
+
+#: What a checkpoint is, for the problem of a folder given as one.
+CHECKPOINT_FILE = ("a checkpoint is a file, safetensors or a torch.save state dict (a Hugging Face save_pretrained "
+                   "folder is not one)")
 
 Problems = list[tuple[Loc, str]]
 
@@ -51,6 +57,41 @@ def check_reference(values: Mapping[str, Any]) -> Problems:
         if reference not in names:
             problems.append((("reference",), f"name a trained seed as seed<k>, one of {', '.join(names)}; got "
                                              f"{reference!r}"))
+    return problems
+
+
+def check_checkpoint_files(values: Mapping[str, Any]) -> Problems:
+    """Local checkpoints that are no checkpoint files: a listed folder, a file that a glob matches (by its header).
+
+    Problems located at ``population.checkpoints[i]`` and ``population.glob`` (the first file it matches that is
+    none: a Hugging Face ``save_pretrained`` folder's ``config.json``, say); a listed file's own problems are
+    reported when it is read.
+    """
+    population, store = values.get("population"), values.get("store")
+    if population is None or store is None:
+        return []
+    store = store.open()  # (opens nothing yet)
+    problems: Problems = []
+    for index, key in enumerate(population.checkpoints):
+        path = key.removeprefix("file://") if key.startswith(("/", "file://")) else \
+            store.path(key) if store.is_local and "://" not in key else None
+        if path is not None and os.path.isdir(path):
+            problems.append((("population", "checkpoints", index), f"{key} is a folder; {CHECKPOINT_FILE}"))
+    pattern = population.glob
+    if pattern is None or not store.is_local:
+        return problems
+    from ..models.checkpoint import file_problem
+
+    prefix = pattern.split("*", 1)[0].rsplit("/", 1)[0] if "/" in pattern else ""  # as the plan resolves it
+    try:
+        keys = [key for key in store.list(prefix) if fnmatch.fnmatch(key, pattern)]
+    except ValueError:  # an unsafe prefix: the plan says so
+        return problems
+    for key in keys:
+        problem = file_problem(store.path(key))
+        if problem is not None:
+            return [*problems, (("population", "glob"), f"{pattern!r} matches {key}, which is no checkpoint "
+                                                        f"({problem}); {CHECKPOINT_FILE}")]
     return problems
 
 

@@ -22,6 +22,7 @@ from ..store import layout
 from . import fields
 from .checks import (
     check_architecture_use,
+    check_checkpoint_files,
     check_cross_layers,
     check_layers,
     check_probe_fit,
@@ -112,7 +113,8 @@ class Study(Section):
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         if getattr(values.get("population"), "activations", None) is not None:  # no architecture, no probe run
             return check_sources(values, data) + check_reference(values) + check_imported(values)
-        return (check_sources(values, data) + check_reference(values) + check_architecture_use(values)
+        return (check_sources(values, data) + check_reference(values) + check_checkpoint_files(values)
+                + check_architecture_use(values)
                 + check_layers(values, data) + check_probe_fit(values) + check_trajectory(values)
                 + check_cross_layers(values))
 

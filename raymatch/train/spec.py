@@ -1,4 +1,4 @@
-"""How a population is trained: :class:`TrainingSpec` and the named recipes."""
+"""How a population is trained: :class:`TrainingSpec`, the named recipes, and a study's :class:`Training` (seeds)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, TypeAdapter
+from pydantic_core import InitErrorDetails
 
 from ..config import (
     Boolean,
@@ -20,12 +21,16 @@ from ..config import (
     PositiveInt,
     PositiveNumber,
     ProperFraction,
+    Seeds,
     is_integer,
     is_list,
     one_of,
+    problem_at,
+    shown,
     worded,
 )
 from ..probes.datasets import SPLITS
+from ..store import layout
 from ..store.layout import digest
 
 #: The recipe names a :class:`TrainingSpec` may carry.
@@ -242,3 +247,87 @@ def recipe(name: str, **overrides: Any) -> TrainingSpec:
     if "recipe" in overrides:
         raise ConfigError(["recipe: name the recipe as the first argument of recipe(), not as an override"])
     return TrainingSpec(**{**_RECIPE_DEFAULTS[name], "recipe": name, **overrides})
+
+
+class Training(Config):
+    """A population the study trains itself: one model per seed, all with one training recipe.
+
+    Parameters
+    ----------
+    seeds : tuple of int
+        Distinct non-negative seeds, at least two; their order is the population order.
+    spec : raymatch.train.TrainingSpec
+        The recipe and its settings (dataset, epochs, optimiser, held-out split …).
+    save_every : int, optional
+        Also keep each seed's weights after every ``save_every``-th epoch: its training trajectory, compared
+        within the seed (see :attr:`Study.pairs <raymatch.study.Study.pairs>`). Not part of the study's config hash.
+
+    Notes
+    -----
+    In a study file the seeds and the spec's fields sit side by side, fields left out taking the recipe's
+    defaults (:func:`recipe`)::
+
+        training: {seeds: [0, 1, 2, 3], recipe: quick, dataset: digits, epochs: 8}
+    """
+
+    seeds: Seeds
+    spec: TrainingSpec
+    save_every: OptionalPositiveInt = None
+
+    _path: ClassVar[str] = "population.training"
+
+    @classmethod
+    def _collect(cls, data: Any) -> tuple[dict[str, Any], list[InitErrorDetails]]:
+        if not isinstance(data, Mapping):
+            return {}, [problem_at((), "must be a mapping of seeds, recipe and training settings; got "
+                                       f"{shown(data)}", data)]
+        if isinstance(data.get("spec"), TrainingSpec):
+            return super()._collect(data)  # built in code: Training(seeds=..., spec=...)
+        own = ("seeds", "save_every")
+        allowed = ", ".join((*own, *TrainingSpec.model_fields))
+        unknown = [problem_at((key,), f"unknown key (allowed: {allowed})", data) for key in data
+                   if key not in own and key not in TrainingSpec.model_fields]
+        settings = {key: value for key, value in data.items() if key in TrainingSpec.model_fields}
+        values, problems = super()._collect({**{key: data[key] for key in own if key in data},
+                                             "spec": with_recipe_defaults(settings)})
+        for problem in problems:  # the spec's fields sit beside the seeds
+            if tuple(problem["loc"])[:1] == ("spec",):
+                problem["loc"] = tuple(problem["loc"])[1:]
+        return values, unknown + problems
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        spec = TrainingSpec.model_json_schema()
+        seeds = {**TypeAdapter(Seeds).json_schema(),
+                 "description": "Distinct non-negative seeds, one model each, in population order."}
+        save_every = {**TypeAdapter(OptionalPositiveInt).json_schema(),
+                      "description": "Keep every k-th epoch's weights: the seed's training trajectory."}
+        properties = {"seeds": seeds, "save_every": save_every,
+                      **{name: {key: value for key, value in schema.items() if key != "default"}
+                         for name, schema in spec["properties"].items()}}
+        return {"title": "Training", "type": "object", "properties": properties, "required": ["seeds"],
+                "additionalProperties": False,
+                "description": "Seeds trained with one recipe; fields left out take the recipe's defaults."}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seeds and the spec's fields side by side, as in a study file (``save_every`` only when set).
+
+        Returns
+        -------
+        dict
+        """
+        every = {} if self.save_every is None else {"save_every": self.save_every}
+        return {"seeds": list(self.seeds), **every, **self.spec.to_dict()}
+
+    def prefix(self, architecture: Any) -> str:
+        """Store prefix of the trained checkpoints: ``checkpoints/<arch>/trained-<digest of architecture and spec>``.
+
+        Parameters
+        ----------
+        architecture : raymatch.models.Architecture
+
+        Returns
+        -------
+        str
+        """
+        return layout.trained_prefix(architecture.name, architecture.to_dict(), self.spec.id)

@@ -14,10 +14,21 @@ import yaml
 
 from ..config import shown
 from ..config.schema import describe, described_schema
+from ..extract.entries import LayerEntry
+from ..extract.import_spec import ActivationImport
 from ..models.architecture import Architecture
 from ..probes import ProbeSpec, RowSample
 from ..train.spec import TrainingSpec
-from .models import Population, Resources, SimpleMatchesConfig, StoreConfig, StudyError
+from .models import (
+    CheckpointOptions,
+    CrossLayersConfig,
+    Population,
+    Resources,
+    SimpleMatchesConfig,
+    StoreConfig,
+    StoreTimeouts,
+    StudyError,
+)
 from .spec import Study
 
 __all__ = ["load_study", "study_json_schema"]
@@ -114,7 +125,8 @@ def load_study(source: str | os.PathLike) -> Study:
 # ------------------------------------------------------------------------------------------------ JSON Schema
 
 #: The models a study file is made of, whose docstrings describe their fields.
-_DOCUMENTED = (StoreConfig, Population, Architecture, ProbeSpec, RowSample, SimpleMatchesConfig, Resources)
+_DOCUMENTED = (StoreConfig, StoreTimeouts, Population, CheckpointOptions, ActivationImport, Architecture, ProbeSpec,
+               RowSample, LayerEntry, SimpleMatchesConfig, CrossLayersConfig, Resources)
 
 
 def study_json_schema() -> dict[str, Any]:

@@ -54,8 +54,9 @@ def test_a_forward_pass_that_needs_values_is_checked_on_the_cpu(tmp_path, caplog
     assert f"architecture {PACKAGE}:make_item_net" in warnings[0] and "2 probe items on the CPU" in warnings[0]
 
 
-def test_the_cli_plans_such_a_study_with_one_warning_line(tmp_path, store_root, capsys,  # noqa: F811
+def test_the_cli_plans_such_a_study_with_one_warning_line(tmp_path, store_root, capsys, monkeypatch,  # noqa: F811
                                                           ray_starts):  # noqa: F811
+    monkeypatch.setattr(logging.getLogger("raymatch"), "handlers", [])  # (one on this test's stderr, not a past one's)
     import safetensors.torch
     from torch import nn
 

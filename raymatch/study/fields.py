@@ -166,6 +166,8 @@ def _relative(pattern: str) -> str:
 
 #: A pattern of store keys (or null), relative to the store root.
 GlobPattern = optional(Annotated[String, AfterValidator(_relative)])
+
+
 # ------------------------------------------------------------------------------------------------ the study
 
 

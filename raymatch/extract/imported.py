@@ -161,7 +161,7 @@ def scan_import(spec: Any) -> ImportScan:
 
     Parameters
     ----------
-    spec : raymatch.study.ActivationImport
+    spec : raymatch.extract.import_spec.ActivationImport
 
     Returns
     -------
@@ -259,7 +259,7 @@ def imported_model_ids(spec: Any) -> dict[str, str]:
 
     Parameters
     ----------
-    spec : raymatch.study.ActivationImport
+    spec : raymatch.extract.import_spec.ActivationImport
 
     Returns
     -------
@@ -303,7 +303,7 @@ def import_model(store: Store, spec: Any, probe: Any, job: ImportJob, *, batch_s
     Parameters
     ----------
     store : Store
-    spec : raymatch.study.ActivationImport
+    spec : raymatch.extract.import_spec.ActivationImport
     probe : raymatch.probes.ProbeSpec
         The study's (``imported``) probe: its id names the matrices and its ``rows`` samples conv layers.
     job : ImportJob

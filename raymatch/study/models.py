@@ -1,4 +1,4 @@
-"""The sections of a study file, as :class:`~raymatch.config.Config` models (the study itself: :mod:`.study`).
+"""The sections of a study file, as :class:`~raymatch.config.Config` models (the study itself: :mod:`.spec`).
 
 Every field is checked on construction (direct, through ``from_dict`` or :meth:`~raymatch.config.Config.replace`);
 the checks between fields (:mod:`raymatch.study.checks`) run on whatever fields validated, and a

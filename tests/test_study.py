@@ -543,8 +543,8 @@ def test_nested_specs_report_every_problem_under_its_full_path():
     assert problems_of(data) == [
         "population.training.learning_rate: unknown key (allowed: seeds, save_every, dataset, recipe, epochs, "
         "batch_size, lr, momentum, weight_decay, milestones, gamma, augment, holdout, n_train, data_dir, select)",
-        "population.training.epochs: must be an integer ≥ 0, got 1.5",
-        "population.training.lr: must be in (0, inf), got -1",
+        "population.training.epochs: must be a non-negative integer; got 1.5",
+        "population.training.lr: must be a positive number; got -1",
         "probe.n_examples: must be a positive integer; got 0",
         "probe.seed: must be a non-negative integer; got -1",
     ]

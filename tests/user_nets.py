@@ -34,6 +34,24 @@ def make_cnn(width=4):
     return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(width * 64, 10))
 
 
+class ItemNet(nn.Module):
+    """A forward pass that needs values (``.item()``, as a Hugging Face GPT-2's does): it cannot run on ``meta``."""
+
+    def __init__(self, width=4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(width * 64, 10)
+
+    def forward(self, x):
+        scale = 1.0 / max(x.abs().max().item(), 1.0)
+        return self.fc(self.relu(self.conv(x * scale)).flatten(1))
+
+
+def make_item_net(width=4):
+    return ItemNet(width=width)
+
+
 def not_a_module():
     return 3
 '''

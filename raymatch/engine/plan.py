@@ -218,8 +218,8 @@ class PlanContext:
         """The study's layers with more than one position per example (conv layers), from a ``meta`` forward pass."""
         import math
 
+        from ..extract.shapes import output_shapes
         from ..probes.datasets import IMAGE_SHAPES
-        from ..study.checks import output_shapes
 
         shapes = output_shapes(self.study.architecture, IMAGE_SHAPES[self.study.probe.dataset])
         return frozenset(name for name, shape in shapes.items() if len(shape) > 1 and math.prod(shape[1:]) > 1)

@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..store import Store
 from ..store.store import check_name
@@ -163,7 +161,7 @@ def scan_import(spec: Any) -> ImportScan:
 
     Parameters
     ----------
-    spec : raymatch.study.ActivationImport
+    spec : raymatch.extract.import_spec.ActivationImport
 
     Returns
     -------
@@ -261,7 +259,7 @@ def imported_model_ids(spec: Any) -> dict[str, str]:
 
     Parameters
     ----------
-    spec : raymatch.study.ActivationImport
+    spec : raymatch.extract.import_spec.ActivationImport
 
     Returns
     -------
@@ -299,39 +297,13 @@ def _model_ids(key: tuple, signature: tuple) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ writing
 
 
-class _Replay(nn.Module):
-    """A module whose forward pass, given example indices, emits one stored array's rows at one module path."""
-
-    def __init__(self, layer: str, array: np.ndarray):
-        super().__init__()
-        self._replay_layer, self._replay_array = layer, array
-        parent = self
-        *path, leaf = layer.split(".")
-        for part in path:  # a dotted layer name is a nested module, as in a network
-            child = nn.Module()
-            parent.add_module(part, child)
-            parent = child
-        parent.add_module(leaf, _Emit())
-
-    def forward(self, index: torch.Tensor) -> None:
-        """Emit rows ``index`` (consecutive example indices) of the array through the layer's module."""
-        start, stop = int(index[0]), int(index[-1]) + 1
-        rows = np.array(self._replay_array[start:stop], dtype=np.float32, order="C")  # a writable copy
-        self.get_submodule(self._replay_layer)(torch.from_numpy(rows))
-
-
-class _Emit(nn.Module):
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows
-
-
 def import_model(store: Store, spec: Any, probe: Any, job: ImportJob, *, batch_size: int = 1024) -> dict:
     """Write one model's imported layers into the store, as extracted matrices (manifests, row sampling).
 
     Parameters
     ----------
     store : Store
-    spec : raymatch.study.ActivationImport
+    spec : raymatch.extract.import_spec.ActivationImport
     probe : raymatch.probes.ProbeSpec
         The study's (``imported``) probe: its id names the matrices and its ``rows`` samples conv layers.
     job : ImportJob
@@ -344,13 +316,16 @@ def import_model(store: Store, spec: Any, probe: Any, job: ImportJob, *, batch_s
     dict
         ``model``, ``model_id``, ``layers`` written and their ``outputs`` (as :func:`extract_model` returns them).
     """
+    import torch
+
     from .extractor import extract_model
+    from .replay import Replay
 
     scan = scan_import(spec)
     outputs = {}
     for layer in job.layers:  # one array in memory at a time
         file, key = scan.sources[job.model][layer]
-        replay = _Replay(layer, _read(file, key))
+        replay = Replay(layer, _read(file, key))
         index = torch.arange(scan.n_examples)
         outputs.update(extract_model(store, replay, job.model_id, index, probe, [layer], batch_size=batch_size))
     return {"model": job.model, "model_id": job.model_id, "layers": list(job.layers), "outputs": outputs}

@@ -3,29 +3,36 @@
 :func:`build_model` builds a model by name; :func:`load_model` builds one and loads a checkpoint into
 it, checking every parameter's shape, and returns the model with its id (a digest of the checkpoint's
 bytes). Checkpoints are safetensors, or ``torch.save`` state dicts read with ``weights_only=True``.
+:class:`Architecture` describes an architecture as a study file does (the zoo, torchvision, timm or a factory).
+
+The names below load their modules on first use, so that importing :mod:`raymatch.models.architecture` (a
+study's section) imports no torch.
 """
 
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_bytes,
-    checkpoint_id,
-    load_model,
-    load_state_dict,
-    save_checkpoint,
-)
-from .zoo import MLP, VGG, PlainNet, SmallCNN, available_models, build_model
+import importlib
 
-__all__ = [
-    "MLP",
-    "VGG",
-    "CheckpointError",
-    "PlainNet",
-    "SmallCNN",
-    "available_models",
-    "build_model",
-    "checkpoint_bytes",
-    "checkpoint_id",
-    "load_model",
-    "load_state_dict",
-    "save_checkpoint",
-]
+#: Each name of the package, and the module that defines it.
+_MODULES = {
+    "Architecture": "architecture",
+    "CheckpointError": "checkpoint",
+    "checkpoint_bytes": "checkpoint",
+    "checkpoint_id": "checkpoint",
+    "load_model": "checkpoint",
+    "load_state_dict": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "MLP": "zoo",
+    "VGG": "zoo",
+    "PlainNet": "zoo",
+    "SmallCNN": "zoo",
+    "available_models": "zoo",
+    "build_model": "zoo",
+}
+
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str):
+    """Import the module defining ``name`` when it is first asked for (PEP 562)."""
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)

@@ -24,6 +24,9 @@ from .zoo import build_model
 _TORCH_ZIP_MAGIC = b"PK\x03\x04"
 _SAFETENSORS_LENGTH_BYTES = 8
 _ID_HEX_CHARS = 16
+#: What to do about a checkpoint that pickles objects (a whole model, ``torch.save(model, path)``).
+_WHOLE_MODEL = ("it pickles an object, not just tensors (a whole model?): save `model.state_dict()` instead "
+                "(torch.save(model.state_dict(), path))")
 
 
 class CheckpointError(ValueError):
@@ -71,14 +74,15 @@ def _unreadable(name: str, reason: str) -> CheckpointError:
     return CheckpointError(f"{name} is not a readable safetensors or torch state_dict checkpoint: {reason}")
 
 
-def _safetensors_header_problem(data: bytes) -> str | None:
-    """Return why ``data`` does not start like a safetensors file, or None when it does."""
-    if len(data) < _SAFETENSORS_LENGTH_BYTES + 1:
-        return f"it is only {len(data)} bytes long"
+def _safetensors_header_problem(data: bytes, size: int | None = None) -> str | None:
+    """Return why ``data`` (the first bytes of ``size`` in all) does not start like a safetensors file, or None."""
+    size = len(data) if size is None else size
+    if size < _SAFETENSORS_LENGTH_BYTES + 1:
+        return f"it is only {size} bytes long"
     header_length = int.from_bytes(data[:_SAFETENSORS_LENGTH_BYTES], "little")
     if data[_SAFETENSORS_LENGTH_BYTES : _SAFETENSORS_LENGTH_BYTES + 1] != b"{":
         return "it starts with neither a safetensors header nor a torch zip archive signature"
-    available = len(data) - _SAFETENSORS_LENGTH_BYTES
+    available = size - _SAFETENSORS_LENGTH_BYTES
     if header_length > available:
         return f"its safetensors header claims {header_length} bytes but only {available} follow (truncated?)"
     return None
@@ -90,8 +94,9 @@ def _torch_load_reason(error: Exception) -> str:
     # global is the reason worth reporting.
     for line in message.splitlines():
         if "WeightsUnpickler error:" in line:
-            detail = line.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0].strip()
-            return f"torch.load(weights_only=True) refused it: {detail}"
+            detail = line.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0].strip().rstrip(".")
+            hint = f"; {_WHOLE_MODEL}" if "Unsupported global" in detail else ""
+            return f"torch.load(weights_only=True) refused it: {detail}{hint}"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Weights only load failed"):
         # a global from a blocked module (os, posix, builtins …) is named on the line after the advice
@@ -220,6 +225,27 @@ def load_state_dict(data: bytes, *, name: str = "checkpoint", key: str | None = 
     except Exception as error:
         raise _unreadable(name, f"safetensors failed: {error}") from error
     return unwrap_state_dict(loaded, name=name, key=key, strip_prefix=strip_prefix)
+
+
+def file_problem(path: str) -> str | None:
+    """Why the local file at ``path`` cannot be a checkpoint, from its first bytes; None when it may be one.
+
+    Parameters
+    ----------
+    path : str
+
+    Returns
+    -------
+    str or None
+        ``it is a folder``, ``it is only 3 bytes long``, ``it starts with neither …`` (see :func:`load_state_dict`).
+    """
+    if os.path.isdir(path):
+        return "it is a folder"
+    with open(path, "rb") as handle:
+        head = handle.read(_SAFETENSORS_LENGTH_BYTES + 1)
+    if head.startswith(_TORCH_ZIP_MAGIC):
+        return None
+    return _safetensors_header_problem(head, os.path.getsize(path))
 
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:

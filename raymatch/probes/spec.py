@@ -9,18 +9,36 @@ layer's spatial shape, never on the model, so every model of a population is com
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
-import torch
-from pydantic import Field
+from pydantic import Field, TypeAdapter, WrapValidator
 
-from ..config import Config, Loc, checked_by, is_integer, is_number
+from ..config import (
+    Config,
+    Loc,
+    NonNegativeInt,
+    Number,
+    OptionalPath,
+    OptionalPositiveInt,
+    OptionalString,
+    PositiveInt,
+    PositiveNumber,
+    String,
+    is_integer,
+    is_list,
+    is_number,
+    one_of,
+    optional,
+    worded,
+)
 from ..store.layout import digest
-from .datasets import SPLITS, DatasetError, available_datasets, load_dataset
+from .datasets import SPLITS, DatasetError, load_dataset
 from .files import USER_DATASETS, content_digest, load_user_probe
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["IMPORTED", "ProbeSpec", "RowSample", "load_probe", "probe_size", "row_positions", "sample_rows"]
 
@@ -45,84 +63,23 @@ FILE_KEYS = ("path", "size", "mean", "std", "key", "layout", "scale", "column")
 _REQUIRED_KEYS = {"images": ("path",), "array": ("path",), "table": ("path", "column")}
 
 
-def _positive_int(value: Any, field: str = "") -> int:
+def _positive_int(value: Any, name: str) -> int:
+    """An argument (not a config field) that must be a positive integer."""
     if not is_integer(value) or value <= 0:
-        raise ValueError(f"{field + ' ' if field else ''}must be a positive integer; got {value!r}")
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
     return int(value)
 
 
-def _non_negative_int(value: Any) -> int:
-    if not is_integer(value) or value < 0:
-        raise ValueError(f"must be a non-negative integer; got {value!r}")
-    return int(value)
-
-
-def _optional_positive_int(value: Any) -> int | None:
-    return None if value is None else _positive_int(value)
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string; got {type(value).__name__}")
-    return value
-
-
-def _dataset(value: Any) -> str:
-    if _string(value) not in DATASETS:
-        raise ValueError(f"must be one of {', '.join([*available_datasets(), *USER_DATASETS, IMPORTED])}; "
-                         f"got {value!r}")
-    return value
-
-
-def _optional_string(value: Any) -> str | None:
-    return None if value is None else _string(value)
-
-
-def _size(value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(is_integer(v) and v > 0 for v in value):
-        raise ValueError(f"must be [height, width], two positive integers; got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def _channel_values(positive: bool):
-    def check(value: Any) -> tuple[float, ...] | None:
-        if value is None:
-            return None
-        if not isinstance(value, (list, tuple)) or not value or not all(is_number(v) for v in value):
-            raise ValueError(f"must be a list of numbers (one, or one per channel); got {value!r}")
-        if positive and not all(v > 0 for v in value):
-            raise ValueError(f"must hold positive numbers; got {value!r}")
-        return tuple(float(v) for v in value)
-
-    return check
-
-
-def _layout(value: Any) -> str | None:
-    if value is not None and value not in ("NCHW", "NHWC"):
-        raise ValueError(f"must be NCHW or NHWC; got {value!r}")
-    return value
-
-
-def _scale(value: Any) -> float | None:
-    if value is None:
-        return None
-    if not is_number(value) or value == 0:
-        raise ValueError(f"must be a non-zero number; got {value!r}")
-    return float(value)
-
-
-def _data_dir(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise ValueError(f"must be a string path; got {type(value).__name__}")
-    return os.fspath(value)
-
-
-PositiveInt = Annotated[int, Field(ge=1), checked_by(_positive_int)]
-NonNegativeInt = Annotated[int, Field(ge=0), checked_by(_non_negative_int)]
+#: ``[height, width]``: two positive integers.
+Size = Annotated[tuple[PositiveInt, PositiveInt], worded("[height, width], two positive integers", accept=is_list)]
+#: Per-channel values: one number, or one per channel.
+ChannelValues = Annotated[tuple[Number, ...], Field(min_length=1),
+                          worded("a list of numbers (one, or one per channel)", accept=is_list)]
+ChannelScales = Annotated[tuple[PositiveNumber, ...], Field(min_length=1),
+                          worded("a list of positive numbers (one, or one per channel)", accept=is_list)]
+#: A factor for an array's values: any finite number but 0.
+Scale = Annotated[float, Field(allow_inf_nan=False),
+                  worded("a non-zero number", accept=lambda value: is_number(value) and value != 0, convert=float)]
 
 
 class RowSample(Config):
@@ -150,12 +107,14 @@ class RowSample(Config):
     _path: ClassVar[str] = "probe.rows"
 
 
-def _rows(value: Any) -> str | RowSample:
-    if isinstance(value, RowSample) or (isinstance(value, str) and value == "all"):
-        return value
-    if isinstance(value, Mapping):
+_All = Annotated[Literal["all"], worded("'all' or a row sample {rows, repeats, seed}")]
+_all = TypeAdapter(_All).validate_python
+
+
+def _rows(value: Any, _handler: Any) -> str | RowSample:
+    if isinstance(value, (RowSample, Mapping)):
         return RowSample.model_validate(value)  # its problems, under rows
-    raise ValueError(f"must be 'all' or a row sample {{rows, repeats, seed}}; got {value!r}")
+    return _all(value)
 
 
 class ProbeSpec(Config):
@@ -205,22 +164,21 @@ class ProbeSpec(Config):
         (``probe.n_examples: must be a positive integer; got 0``).
     """
 
-    dataset: Annotated[str, checked_by(_dataset)] = Field(json_schema_extra={"enum": list(DATASETS)})
-    split: Annotated[str, checked_by(_string)] = Field(
-        "test", json_schema_extra={"enum": list(dict.fromkeys(split for splits in SPLITS.values() for split in splits))}
-    )
-    n_examples: Annotated[int | None, Field(ge=1), checked_by(_optional_positive_int)] = None
+    dataset: one_of(*DATASETS)
+    split: String = Field("test", json_schema_extra={"enum": list(dict.fromkeys(split for splits in SPLITS.values()
+                                                                                for split in splits))})
+    n_examples: OptionalPositiveInt = None
     seed: NonNegativeInt = 0
-    rows: Annotated[Literal["all"] | RowSample, checked_by(_rows)] = "all"
-    data_dir: Annotated[str | None, checked_by(_data_dir)] = None
-    path: Annotated[str | None, checked_by(_data_dir)] = None
-    size: Annotated[tuple[PositiveInt, PositiveInt] | None, checked_by(_size)] = None
-    mean: Annotated[tuple[float, ...] | None, checked_by(_channel_values(positive=False))] = None
-    std: Annotated[tuple[float, ...] | None, checked_by(_channel_values(positive=True))] = None
-    key: Annotated[str | None, checked_by(_optional_string)] = None
-    layout: Annotated[Literal["NCHW", "NHWC"] | None, checked_by(_layout)] = None
-    scale: Annotated[float | None, checked_by(_scale)] = None
-    column: Annotated[str | None, checked_by(_optional_string)] = None
+    rows: Annotated[_All | RowSample, WrapValidator(_rows)] = "all"
+    data_dir: OptionalPath = None
+    path: OptionalPath = None
+    size: optional(Size) = None
+    mean: optional(ChannelValues) = None
+    std: optional(ChannelScales) = None
+    key: OptionalString = None
+    layout: optional(one_of("NCHW", "NHWC")) = None
+    scale: optional(Scale) = None
+    column: OptionalString = None
 
     _path: ClassVar[str] = "probe"
 
@@ -308,6 +266,8 @@ def load_probe(spec: ProbeSpec) -> torch.Tensor:
     DatasetError
         The dataset cannot be loaded, or ``n_examples`` exceeds the split's size.
     """
+    import torch
+
     if spec.dataset == IMPORTED:
         raise DatasetError("an imported probe has no images: its activations come from population.activations")
     images = load_user_probe(spec).copy() if spec.from_files else \

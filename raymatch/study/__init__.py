@@ -7,28 +7,28 @@ which layers, which ε grid, which pairs of models, and where everything is stor
 its field path (``layers[2]: unknown layer …``, ``resources.pair_block: must be a positive integer; got 0``);
 :func:`study_json_schema` is the JSON Schema of such a file, for editors.
 
-The sections are pydantic models (:mod:`raymatch.study.models`, on :class:`raymatch.config.Config`); the checks
-between fields live in :mod:`raymatch.study.checks`, the YAML loader and the schema in
-:mod:`raymatch.study.loader`. Nothing here imports Ray or touches the store: layer selectors are checked against
-the architecture built on PyTorch's ``meta`` device (no weights, no use of the global RNG).
+The study and its sections are pydantic models (:mod:`.spec`, :mod:`.models`, :mod:`.architecture`, on
+:class:`raymatch.config.Config`, their keys' types in :mod:`.fields`); the checks between fields live in
+:mod:`.checks` and :mod:`.imported`, the YAML loader and the schema in :mod:`.loader`. Nothing here imports Ray or
+touches the store, and importing it imports no torch: layer selectors are checked against the architecture built on
+PyTorch's ``meta`` device (no weights, no use of the global RNG) by the checks that need it.
 """
 
+from ..models.architecture import Architecture
+from ..train.spec import Training
 from .checks import few_samples
 from .loader import _StudyLoader as _StudyLoader  # (the security test checks which YAML loader is used)
 from .loader import load_study, study_json_schema
 from .models import (
     PAIR_POLICIES,
-    Architecture,
     Population,
     Resources,
     SimpleMatchesConfig,
     StoreConfig,
-    Study,
     StudyError,
-    Training,
-    pair_positions,
     untrained_prefix,
 )
+from .spec import Study, pair_positions
 
 __all__ = [
     "PAIR_POLICIES",

@@ -3,232 +3,43 @@
 The reference against the pairs policy and the population, the layer selectors against the architecture, and the
 probe against the architecture and its dataset. Each check takes the fields that validated (a mapping of field name
 to value; a field that failed is absent) and returns its problems as ``(location, message)`` pairs, so it runs even
-when other fields had problems. Nothing here loads data or weights: architectures are built on PyTorch's ``meta``
-device, the global RNG untouched.
+when other fields had problems. Nothing here loads weights: the shapes come from :mod:`raymatch.extract.shapes`
+(a forward pass on PyTorch's ``meta`` device), which is imported, with torch, by the checks that need it.
 """
 
 from __future__ import annotations
 
-import functools
-import json
+import fnmatch
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
 from ..config import Loc
-from ..extract.layers import resolve_layers, select_layers
-from ..extract.outputs import LayerOutputError, call_counts, layer_base, neuron_shape, pick_output
-from ..models import build_model
-from ..models.factory import build_architecture
-from ..probes import RowSample
+from ..extract.entries import valid_entries
+from ..probes import DatasetError, RowSample, probe_size
+from ..probes.spec import IMPORTED
 
 if TYPE_CHECKING:
-    from .models import Architecture, Study
+    from torch import nn
 
-__all__ = ["architecture_tree", "check_architecture_use", "check_cross_layers", "check_layers", "check_probe_fit",
-           "check_reference", "check_sampled_rows", "check_trajectory", "few_samples", "layer_calls", "layer_shapes",
-           "module_tree", "output_shapes", "row_identity", "sampled_row_grid"]
+    from ..models.architecture import Architecture
+    from .spec import Study
+
+__all__ = ["check_architecture_use", "check_checkpoint_files", "check_cross_layers", "check_layers", "check_probe_fit",
+           "check_reference", "check_sampled_rows", "check_trajectory", "few_samples"]
+
+#: What a checkpoint is, for the problem of a folder given as one.
+CHECKPOINT_FILE = ("a checkpoint is a file, safetensors or a torch.save state dict (a Hugging Face save_pretrained "
+                   "folder is not one)")
 
 Problems = list[tuple[Loc, str]]
-
-
-@functools.lru_cache(maxsize=16)
-def module_tree(name: str, in_channels: int, num_classes: int, width: float, input_size: int) -> nn.Module:
-    """The architecture built on the ``meta`` device: its modules without weights, the global RNG untouched.
-
-    Parameters
-    ----------
-    name : str
-        A name :func:`~raymatch.models.build_model` knows.
-    in_channels, num_classes : int
-    width : float
-    input_size : int
-
-    Returns
-    -------
-    torch.nn.Module
-        Shared between calls with the same arguments: do not modify it.
-
-    Raises
-    ------
-    ValueError
-        From :func:`~raymatch.models.build_model`, for an unknown name.
-    """
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        return build_model(name, in_channels=in_channels, num_classes=num_classes, width=width, input_size=input_size)
-
-
-@functools.lru_cache(maxsize=16)
-def architecture_tree(content: str) -> nn.Module:
-    """A factory's, torchvision's or timm's architecture built on the ``meta`` device, the global RNG untouched.
-
-    Parameters
-    ----------
-    content : str
-        The canonical JSON of the architecture's :meth:`~raymatch.study.Architecture.to_dict`.
-
-    Returns
-    -------
-    torch.nn.Module
-        Shared between calls with the same content: do not modify it.
-
-    Raises
-    ------
-    raymatch.models.factory.ArchitectureError
-        When it cannot be built (its ``field`` names the key at fault).
-    """
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        return build_architecture(json.loads(content), use_code_path=True)
-
-
-def _image_shape(probe: Any) -> tuple[int, ...] | None:
-    """The probe's image shape ``(C, H, W)``: a built-in dataset's, or read from the user's files; else None.
-
-    None for imported activations and for files that cannot be read (:func:`check_probe_fit` reports those).
-    """
-    from ..probes import DatasetError, probe_size
-    from ..probes.spec import IMPORTED
-
-    if probe is None or getattr(probe, "dataset", None) == IMPORTED:
-        return None
-    try:
-        return tuple(probe_size(probe)[1])  # the user's files are read once (cached while unchanged)
-    except DatasetError:
-        return None
-
-
-def _meta_outputs(architecture: Architecture, image_shape: tuple[int, ...]) -> dict[str, list[Any]]:
-    """Each module's outputs, one per call, of a forward pass of two images on the ``meta`` device."""
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = architecture.module_tree()
-        outputs: dict[str, list[Any]] = {}
-        handles = [module.register_forward_hook(lambda _m, _i, output, key=name: outputs.setdefault(key, []).append(
-            output)) for name, module in model.named_modules() if name]
-        try:
-            with torch.no_grad():
-                model(torch.empty(2, *image_shape))
-        finally:
-            for handle in handles:
-                handle.remove()
-    return outputs
-
-
-@functools.lru_cache(maxsize=16)
-def _calls(architecture: Architecture, image_shape: tuple[int, ...]) -> dict[str, int]:
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        return call_counts(architecture.module_tree(), torch.empty(2, *image_shape))
-
-
-def layer_calls(architecture: Architecture, probe: Any) -> dict[str, int] | None:
-    """Calls per forward pass of each module of ``architecture`` on the probe's images (None where unknown).
-
-    Parameters
-    ----------
-    architecture : Architecture
-    probe : raymatch.probes.ProbeSpec
-
-    Returns
-    -------
-    dict of str to int, or None
-        None when the probe's image shape is not known without loading it, or the forward pass fails (that is
-        :func:`check_probe_fit`'s problem).
-    """
-    shape = _image_shape(probe)
-    if shape is None:
-        return None
-    try:
-        return _calls(architecture, shape)
-    except (RuntimeError, ValueError, TypeError):
-        return None
-
-
-def layer_shapes(architecture: Architecture, image_shape: tuple[int, ...], entries: Sequence[Any]
-                 ) -> dict[str, tuple[int, ...]]:
-    """Each selected layer's neuron shape ``(neurons, *row axes)`` (no batch axis), from a ``meta`` forward pass.
-
-    Parameters
-    ----------
-    architecture : Architecture
-    image_shape : tuple of int
-    entries : sequence of (str or LayerEntry)
-        The study's layers.
-
-    Returns
-    -------
-    dict of str to tuple of int
-        In network order, for the layers the forward pass calls.
-
-    Raises
-    ------
-    raymatch.extract.outputs.LayerOutputError
-        A layer output that cannot become neurons over rows as its entry says (a 3-D output without ``neurons``,
-        an ``output`` index out of range, a tuple without ``output`` …).
-    ValueError
-        From :func:`~raymatch.extract.layers.resolve_layers`.
-    """
-    outputs = _meta_outputs(architecture, image_shape)
-    calls = {name: len(found) for name, found in outputs.items()}
-    shapes = {}
-    for layer, options in resolve_layers(architecture.module_tree(), entries, calls=calls).items():
-        base, index = layer_base(layer) if layer not in outputs else (layer, None)
-        if base not in outputs:
-            continue
-        picked = pick_output(outputs[base][index or 0], options.output, layer)
-        shapes[layer] = neuron_shape(picked.shape, options.neurons, layer)
-    return shapes
-
-
-@functools.lru_cache(maxsize=16)
-def output_shapes(architecture: Architecture, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Each module's output shape without the batch dimension, for images of ``image_shape``.
-
-    Parameters
-    ----------
-    architecture : Architecture
-    image_shape : tuple of int
-        ``(channels, height, width)``.
-
-    Returns
-    -------
-    dict of str to tuple of int
-        Module name to output shape, for the modules a forward pass on the ``meta`` device calls (no weights,
-        the global RNG untouched).
-
-    Raises
-    ------
-    RuntimeError or ValueError
-        What that forward pass raises: images the architecture cannot take.
-    """
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = architecture.build()
-        shapes: dict[str, tuple[int, ...]] = {}
-
-        def record(key: str, output: Any) -> None:  # a hook returning None leaves the output alone
-            if isinstance(output, torch.Tensor):  # (tuple and dict outputs: see layer_shapes)
-                shapes.setdefault(key, tuple(output.shape[1:]))
-
-        for module_name, module in model.named_modules():
-            module.register_forward_hook(lambda _m, _i, output, key=module_name: record(key, output))
-        with torch.no_grad():
-            model(torch.empty(2, *image_shape))
-    return shapes
 
 
 def check_reference(values: Mapping[str, Any]) -> Problems:
     """The reference against the pairs policy and the population's checkpoints or trained seeds.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``reference``.
+    Problems located at ``reference``.
     """
     if "pairs" not in values or "reference" not in values:
         return []
@@ -249,18 +60,43 @@ def check_reference(values: Mapping[str, Any]) -> Problems:
     return problems
 
 
-def check_architecture_use(values: Mapping[str, Any]) -> Problems:
-    """Training and the null baseline build zoo models only: refuse them with a factory, torchvision or timm.
+def check_checkpoint_files(values: Mapping[str, Any]) -> Problems:
+    """Local checkpoints that are no checkpoint files: a listed folder, a file that a glob matches (by its header).
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
+    Problems located at ``population.checkpoints[i]`` and ``population.glob`` (the first file it matches that is
+    none: a Hugging Face ``save_pretrained`` folder's ``config.json``, say); a listed file's own problems are
+    reported when it is read.
     """
+    population, store = values.get("population"), values.get("store")
+    if population is None or store is None:
+        return []
+    store = store.open()  # (opens nothing yet)
+    problems: Problems = []
+    for index, key in enumerate(population.checkpoints):
+        path = key.removeprefix("file://") if key.startswith(("/", "file://")) else \
+            store.path(key) if store.is_local and "://" not in key else None
+        if path is not None and os.path.isdir(path):
+            problems.append((("population", "checkpoints", index), f"{key} is a folder; {CHECKPOINT_FILE}"))
+    pattern = population.glob
+    if pattern is None or not store.is_local:
+        return problems
+    from ..models.checkpoint import file_problem
+
+    prefix = pattern.split("*", 1)[0].rsplit("/", 1)[0] if "/" in pattern else ""  # as the plan resolves it
+    try:
+        keys = [key for key in store.list(prefix) if fnmatch.fnmatch(key, pattern)]
+    except ValueError:  # an unsafe prefix: the plan says so
+        return problems
+    for key in keys:
+        problem = file_problem(store.path(key))
+        if problem is not None:
+            return [*problems, (("population", "glob"), f"{pattern!r} matches {key}, which is no checkpoint "
+                                                        f"({problem}); {CHECKPOINT_FILE}")]
+    return problems
+
+
+def check_architecture_use(values: Mapping[str, Any]) -> Problems:
+    """Training and the null baseline build zoo models only: refuse them with a factory, torchvision or timm."""
     architecture = values.get("architecture")
     if architecture is None or architecture.is_zoo:
         return []
@@ -275,52 +111,55 @@ def check_architecture_use(values: Mapping[str, Any]) -> Problems:
     return problems
 
 
-def _resolve_each(model: nn.Module, selectors: Sequence[str], loc: tuple[str, ...], problems: Problems,
-                  calls: Mapping[str, int] | None = None) -> list | None:
-    """The module names each selector picks, or None after reporting every selector that picks none."""
+def _resolve_each(model: nn.Module, entries: Sequence[tuple[int, Any]], loc: tuple[str, ...], problems: Problems,
+                  calls: Mapping[str, int] | None = None) -> list[list[str] | None]:
+    """The layer names each ``(index, selector)`` picks (None for one that picks none, reported in ``problems``)."""
+    from ..extract.layers import select_layers
+
     field = ".".join(loc)
-    resolved = []
-    for index, selector in enumerate(selectors):
+    resolved: list[list[str] | None] = []
+    for index, selector in entries:
         try:
             resolved.append(select_layers(model, [selector], field=field, calls=calls))
         except ValueError as error:
             problems.append(((*loc, index), str(error).removeprefix(f"{field}[0]: ")))
-    return resolved if len(resolved) == len(selectors) else None
+            resolved.append(None)
+    return resolved
 
 
-def check_layers(values: Mapping[str, Any]) -> Problems:
+def check_layers(values: Mapping[str, Any], data: Mapping[str, Any]) -> Problems:
     """The layer selectors, and those of simple matches (within the study's layers), against the architecture.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated; without a valid architecture there is nothing to check against (its
-        problem is reported already).
+    Every entry of ``layers`` that is valid on its own is checked, even when others are not (all problems in one
+    pass).
 
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``layers[i]`` and ``simple_matches.layers[i]``.
+    Problems located at ``layers[i]`` and ``simple_matches.layers[i]``.
     """
+    from ..extract.layers import select_layers
+    from ..extract.shapes import layer_calls
+
     architecture = values.get("architecture")
     if architecture is None:
         return []
     model = architecture.module_tree()
-    calls = layer_calls(architecture, values["probe"]) if "probe" in values else None
+    calls = layer_calls(architecture, values.get("probe"))
     problems: Problems = []
+    entries = list(enumerate(values["layers"])) if "layers" in values else valid_entries(data.get("layers"))
+    resolved = _resolve_each(model, entries, ("layers",), problems, calls)
+    problems += _layout_problems(architecture, values.get("probe"),
+                                 [entry for entry, names in zip(entries, resolved, strict=True) if names], calls)
     study_layers = None
-    if "layers" in values and _resolve_each(model, values["layers"], ("layers",), problems, calls) is not None:
+    if "layers" in values and all(resolved):
         try:
             study_layers = select_layers(model, values["layers"], calls=calls)
         except ValueError as error:  # two entries selecting one layer with other options
             problems.append((("layers",), str(error).removeprefix("layers")))
-        problems += _layout_problems(architecture, values, calls)
     simple_matches = values.get("simple_matches")
     if simple_matches is None or not simple_matches.layers:
         return problems
     selectors = simple_matches.layers
-    resolved = _resolve_each(model, selectors, ("simple_matches", "layers"), problems, calls)
-    if resolved is None or study_layers is None:
+    resolved = _resolve_each(model, list(enumerate(selectors)), ("simple_matches", "layers"), problems, calls)
+    if not all(resolved) or study_layers is None:
         return problems
     for index, (selector, names) in enumerate(zip(selectors, resolved, strict=True)):
         outside = [name for name in names if name not in study_layers]
@@ -331,16 +170,19 @@ def check_layers(values: Mapping[str, Any]) -> Problems:
     return problems
 
 
-def _layout_problems(architecture: Architecture, values: Mapping[str, Any], calls: Mapping[str, int] | None
-                     ) -> Problems:
+def _layout_problems(architecture: Architecture, probe: Any, entries: Sequence[tuple[int, Any]],
+                     calls: Mapping[str, int] | None) -> Problems:
     """Each layer entry whose outputs cannot become neurons over rows as it says (meta forward pass)."""
-    shape = _image_shape(values["probe"]) if calls is not None else None
+    from ..extract.outputs import LayerOutputError
+    from ..extract.shapes import layer_shapes, probe_image_shape
+
+    shape = probe_image_shape(probe) if calls is not None else None
     if shape is None:
         return []
     problems: Problems = []
-    for index, entry in enumerate(values["layers"]):
+    for index, entry in entries:
         try:
-            layer_shapes(architecture, shape, [entry])
+            layer_shapes(architecture, shape, [entry], probe)
         except LayerOutputError as error:
             problems.append((("layers", index), str(error)))
         except (RuntimeError, ValueError, TypeError):  # selectors and forward passes report elsewhere
@@ -348,25 +190,37 @@ def _layout_problems(architecture: Architecture, values: Mapping[str, Any], call
     return problems
 
 
+def _first_layer(architecture: Architecture) -> tuple[str, int] | None:
+    """The name and input channels of the architecture's first module that has ``in_channels`` (a conv)."""
+    for name, module in architecture.module_tree().named_modules():
+        if isinstance(getattr(module, "in_channels", None), int):
+            return name, module.in_channels
+    return None
+
+
+def _cannot_take(probe: Any, architecture: Architecture, image_shape: tuple[int, ...], error: Exception) -> str:
+    """Why ``architecture`` cannot take the probe's images: their shape, what it expects, the forward pass's error."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    sizes = (f" (in_channels {architecture.in_channels}, input_size {architecture.input_size})"
+             if architecture.is_zoo else "")
+    images = f"the images of {probe.path}" if probe.from_files else f"{probe.dataset} images"
+    message = (f"{images} are {'×'.join(map(str, image_shape))}, which architecture {architecture.label}{sizes} "
+               f"cannot take: {reason}")
+    first = _first_layer(architecture)
+    if first is not None and first[1] != image_shape[0]:
+        message += (f"; it expects {first[1]}-channel images (its first layer {first[0]} takes {first[1]} "
+                    f"channel{'s' if first[1] != 1 else ''}), the probe's have {image_shape[0]}")
+    return message
+
+
 def check_probe_fit(values: Mapping[str, Any]) -> Problems:
     """A probe subset no larger than its split, images the architecture can take, and rows each layer has.
 
-    Nothing is loaded: the split's published size and image shape, and a forward pass on the ``meta`` device
-    (whose layer shapes also bound the sampled rows: :func:`check_sampled_rows`).
+    Nothing is loaded but the user's files: the split's published size and image shape, and a forward pass on the
+    ``meta`` device (whose layer shapes also bound the sampled rows: :func:`check_sampled_rows`).
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``probe.n_examples``, ``probe`` and ``probe.rows.rows``.
+    Problems located at ``probe.n_examples``, ``probe`` and ``probe.rows.rows``.
     """
-    from ..probes import DatasetError, probe_size
-    from ..probes.spec import IMPORTED
-
     probe, architecture = values.get("probe"), values.get("architecture")
     if probe is None or probe.dataset == IMPORTED:
         return []
@@ -383,36 +237,13 @@ def check_probe_fit(values: Mapping[str, Any]) -> Problems:
                                                   f"{source} has {available}"))
     if architecture is None:
         return problems
+    from ..extract.shapes import output_shapes
+
     try:
-        output_shapes(architecture, image_shape)
+        output_shapes(architecture, image_shape, probe)
     except (RuntimeError, ValueError, TypeError, AttributeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        sizes = (f" (in_channels {architecture.in_channels}, input_size {architecture.input_size})"
-                 if architecture.is_zoo else "")
-        problems.append((("probe",), f"{probe.dataset} images are {'×'.join(map(str, image_shape))}, "
-                                     f"which architecture {architecture.label}{sizes} cannot take: {reason}"))
-        return problems
+        return [*problems, (("probe",), _cannot_take(probe, architecture, tuple(image_shape), error))]
     return problems + check_sampled_rows(values)
-
-
-def sampled_row_grid(shape: Sequence[int]) -> tuple[int, int] | None:
-    """The ``(height, width)`` grid of positions a layer's rows are sampled over, as the extractor sees it.
-
-    Parameters
-    ----------
-    shape : sequence of int
-        The layer's output shape without the batch dimension: ``(F,)``, ``(C, L)`` or ``(C, H, W, …)``.
-
-    Returns
-    -------
-    tuple of int, or None
-        ``(H, W·…)`` for ``(C, H, W, …)``, ``(L, 1)`` for ``(C, L)``; None for a layer of one position per image
-        (``(F,)``, or a spatial size of 1), whose rows are never sampled: one row per image.
-    """
-    spatial = math.prod(shape[1:])
-    if len(shape) < 2 or spatial <= 1:
-        return None
-    return (shape[1], math.prod(shape[2:])) if len(shape) > 2 else (spatial, 1)
 
 
 def check_sampled_rows(values: Mapping[str, Any]) -> Problems:
@@ -422,25 +253,16 @@ def check_sampled_rows(values: Mapping[str, Any]) -> Problems:
     (image, position) rows and keeps every row of an ``(N, F)`` layer; asking for more rows than a layer has would
     fail only once extraction runs, so the layers' shapes come from a forward pass on the ``meta`` device here.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated: nothing to check without the probe, a row sample, the architecture
-        and layers that all resolve.
-
-    Returns
-    -------
-    list of (tuple, str)
-        One problem per layer with too few rows, located at ``probe.rows.rows``.
+    One problem per layer with too few rows, located at ``probe.rows.rows``.
     """
-    from ..probes import DatasetError, probe_size
+    from ..extract.shapes import layer_shapes, sampled_row_grid
 
     probe, architecture, entries = values.get("probe"), values.get("architecture"), values.get("layers")
     if probe is None or architecture is None or entries is None or not isinstance(probe.rows, RowSample):
         return []
     try:
         available, image_shape = probe_size(probe)
-        shapes = layer_shapes(architecture, tuple(image_shape), entries)  # (neurons, *row axes) per layer
+        shapes = layer_shapes(architecture, tuple(image_shape), entries, probe)  # (neurons, *row axes) per layer
     except (DatasetError, RuntimeError, ValueError, TypeError):  # reported by check_layers and check_probe_fit
         return []
     n_images = probe.n_examples or available
@@ -473,16 +295,16 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
     list of (str, int, int, str)
         In network order; empty when every layer has more samples than neurons.
     """
-    from ..probes import probe_size
-
     probe = study.probe
     if study.architecture is None:  # imported activations: the shapes in the files' headers
         from .imported import imported_few_samples
 
         return imported_few_samples(study)
+    from ..extract.shapes import layer_shapes
+
     available, image_shape = probe_size(probe)
     n_images = probe.n_examples or available
-    shapes = layer_shapes(study.architecture, image_shape, study.layers)
+    shapes = layer_shapes(study.architecture, image_shape, study.layers, probe)
     found = []
     for layer in (name for name in study.layer_names if name in shapes):  # (layers the forward pass calls)
         neurons, spatial = shapes[layer][0], math.prod(shapes[layer][1:])
@@ -496,15 +318,7 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
 def check_trajectory(values: Mapping[str, Any]) -> Problems:
     """``pairs: {reference: final}`` only with ``population.training.save_every``; ``pairs: reference`` not with it.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``pairs``.
+    Problems located at ``pairs``.
     """
     if "pairs" not in values or "population" not in values:
         return []
@@ -523,30 +337,6 @@ def check_trajectory(values: Mapping[str, Any]) -> Problems:
     return []
 
 
-def row_identity(shape: Sequence[int], probe: Any) -> tuple:
-    """What the stored rows of a layer of output ``shape`` are, as the extractor keeps them.
-
-    Two layers are compared over the same rows exactly when their identities are equal: per-example layers (one
-    row per image: linear layers, and conv layers of one position) share ``('example',)``; conv layers have
-    ``('positions', height, width)`` (every position, or row samples drawn from the probe, the repeat and
-    that shape alone, so the same shape gives the same samples).
-
-    Parameters
-    ----------
-    shape : sequence of int
-        The layer's output shape without the batch dimension.
-    probe : raymatch.probes.ProbeSpec
-
-    Returns
-    -------
-    tuple
-    """
-    spatial = math.prod(shape[1:]) if len(shape) > 1 else 1
-    if spatial <= 1:
-        return ("example",)
-    return ("positions", *shape[1:])
-
-
 def _described(identity: tuple) -> str:
     return "one row per example" if identity == ("example",) else f"positions {'×'.join(map(str, identity[1:]))}"
 
@@ -554,20 +344,13 @@ def _described(identity: tuple) -> str:
 def check_cross_layers(values: Mapping[str, Any]) -> Problems:
     """``cross_layers``: layers within the study's, at least two, and each two comparable over the same rows.
 
-    Without ``pool: mean``, two listed layers whose rows differ (:func:`row_identity`) are refused, naming both
-    and why.
+    Without ``pool: mean``, two listed layers whose rows differ (:func:`~raymatch.extract.shapes.row_identity`)
+    are refused, naming both and why.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems located at ``cross_layers.layers``.
+    Problems located at ``cross_layers.layers``.
     """
-    from ..probes.datasets import IMAGE_SHAPES
+    from ..extract.layers import select_layers
+    from ..extract.shapes import output_shapes, probe_image_shape, row_identity
 
     cross, architecture = values.get("cross_layers"), values.get("architecture")
     if cross is None or architecture is None or "layers" not in values:
@@ -575,7 +358,7 @@ def check_cross_layers(values: Mapping[str, Any]) -> Problems:
     model = architecture.module_tree()
     problems: Problems = []
     where = ("cross_layers", "layers")
-    if _resolve_each(model, cross.layers, where, problems) is None:
+    if not all(_resolve_each(model, list(enumerate(cross.layers)), where, problems)):
         return problems
     try:
         study_layers = select_layers(model, values["layers"])
@@ -589,13 +372,14 @@ def check_cross_layers(values: Mapping[str, Any]) -> Problems:
     if len(names) < 2:
         return [(where, f"must select at least 2 layers; selects {', '.join(names)}")]
     probe = values.get("probe")
-    if cross.pool == "mean" or probe is None:
+    image_shape = probe_image_shape(probe)
+    if cross.pool == "mean" or image_shape is None:
         return problems
     try:
-        shapes = output_shapes(architecture, IMAGE_SHAPES[probe.dataset])
+        shapes = output_shapes(architecture, image_shape, probe)
     except (RuntimeError, ValueError):
         return problems  # reported at probe
-    identities = {name: row_identity(shapes[name], probe) for name in names if name in shapes}
+    identities = {name: row_identity(shapes[name]) for name in names if name in shapes}
     first = names[0]
     for name in names[1:]:
         if name in identities and first in identities and identities[name] != identities[first]:

@@ -2,7 +2,8 @@
 
 A study importing activations has no architecture and runs no probe: its layers come from the files (``layers``
 selects among them by name or glob) and its probe is ``{dataset: imported}`` (only ``rows`` applies). Each check
-takes the fields that validated and returns ``(location, message)`` pairs, like :mod:`raymatch.study.checks`.
+takes the fields that validated and returns ``(location, message)`` pairs, like :mod:`raymatch.study.checks`; the
+files' headers are read by :mod:`raymatch.extract.imported`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import Loc
-from ..extract.imported import ImportError_, scan_import, select_imported
 from ..probes import RowSample
 from ..probes.spec import IMPORTED
 
@@ -29,19 +29,7 @@ def _imports(data: Mapping[str, Any]) -> bool:
 
 
 def check_sources(values: Mapping[str, Any], data: Mapping[str, Any]) -> Problems:
-    """An architecture and a probe for a study of models; neither (nor a null baseline) for imported activations.
-
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-    data : mapping
-        The study as given.
-
-    Returns
-    -------
-    list of (tuple, str)
-    """
+    """An architecture and a probe for a study of models; neither (nor a null baseline) for imported activations."""
     probe = values.get("probe")
     if not _imports(data):
         problems: Problems = [((key,), "required key is missing") for key in ("architecture", "probe")
@@ -61,7 +49,7 @@ def check_sources(values: Mapping[str, Any], data: Mapping[str, Any]) -> Problem
     return problems
 
 
-def _located(error: ImportError_) -> tuple[Loc, str]:
+def _located(error: ValueError) -> tuple[Loc, str]:
     field, _, message = str(error).partition(": ")
     return tuple(field.split(".")), message
 
@@ -69,17 +57,11 @@ def _located(error: ImportError_) -> tuple[Loc, str]:
 def check_imported(values: Mapping[str, Any]) -> Problems:
     """The imported files (headers), the layer selectors among them, the reference and the row sample.
 
-    Parameters
-    ----------
-    values : mapping
-        The study's fields that validated.
-
-    Returns
-    -------
-    list of (tuple, str)
-        Problems at ``population.activations…``, ``layers[i]``, ``simple_matches.layers[i]``, ``reference`` and
-        ``probe.rows.rows``.
+    Problems at ``population.activations…``, ``layers[i]``, ``simple_matches.layers[i]``, ``reference`` and
+    ``probe.rows.rows``.
     """
+    from ..extract.imported import ImportError_, scan_import, select_imported
+
     population = values.get("population")
     spec = getattr(population, "activations", None)
     if spec is None:
@@ -132,6 +114,8 @@ def imported_layer_names(spec: Any, selectors) -> list[str]:
     -------
     list of str
     """
+    from ..extract.imported import scan_import, select_imported
+
     return select_imported(scan_import(spec).layers, list(selectors))
 
 
@@ -149,6 +133,8 @@ def imported_few_samples(study) -> list[tuple[str, int, int, str]]:
     -------
     list of (str, int, int, str)
     """
+    from ..extract.imported import scan_import
+
     scan = scan_import(study.population.activations)
     rows = study.probe.rows
     found = []

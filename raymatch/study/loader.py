@@ -5,7 +5,6 @@ The YAML loader rejects repeated keys and reads ``1e-3`` as a number (as YAML 1.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -14,17 +13,23 @@ from typing import Any
 import yaml
 
 from ..config import shown
+from ..config.schema import describe, described_schema
+from ..extract.entries import LayerEntry
+from ..extract.import_spec import ActivationImport
+from ..models.architecture import Architecture
 from ..probes import ProbeSpec, RowSample
 from ..train.spec import TrainingSpec
 from .models import (
-    Architecture,
+    CheckpointOptions,
+    CrossLayersConfig,
     Population,
     Resources,
     SimpleMatchesConfig,
     StoreConfig,
-    Study,
+    StoreTimeouts,
     StudyError,
 )
+from .spec import Study
 
 __all__ = ["load_study", "study_json_schema"]
 
@@ -119,54 +124,9 @@ def load_study(source: str | os.PathLike) -> Study:
 
 # ------------------------------------------------------------------------------------------------ JSON Schema
 
-#: The models a study file is made of, by the name pydantic gives their JSON Schema definitions.
-_DOCUMENTED = {model.__name__: model for model in (Study, StoreConfig, Population, Architecture, ProbeSpec,
-                                                   RowSample, SimpleMatchesConfig, Resources)}
-
-
-def _numpy_doc(model: type) -> tuple[str, dict[str, str]]:
-    """A numpy-style docstring's summary paragraph, and each entry of its Parameters section as one line."""
-    lines = inspect.cleandoc(model.__doc__ or "").splitlines()
-    summary = " ".join(_first_paragraph(lines))
-    parameters: dict[str, str] = {}
-    if "Parameters" in lines:
-        start = lines.index("Parameters") + 2
-        name = None
-        for line in lines[start:]:
-            if line and not line.startswith(" "):
-                if set(line) == {"-"}:  # the underline of the next section: its title was taken as a name
-                    parameters.pop(name or "", None)
-                    break
-                name = line.split(" : ")[0].split(":")[0].strip()
-                parameters[name] = ""
-            elif line.strip() and name is not None:
-                parameters[name] = f"{parameters[name]} {line.strip()}".strip()
-    return summary, parameters
-
-
-def _first_paragraph(lines: list[str]) -> list[str]:
-    paragraph = []
-    for line in lines:
-        if not line.strip():
-            break
-        paragraph.append(line.strip())
-    return paragraph
-
-
-def _text(docstring: str) -> str:
-    """Docstring markup as an editor shows it: a role ``:func:`~a.b``` as `b`, a double-backquoted literal as `x`."""
-    role = re.compile(r":[\w:]+:`(~?)([^`]*)`")
-    docstring = role.sub(lambda match: f"`{match[2].rsplit('.', 1)[-1] if match[1] else match[2]}`", docstring)
-    return docstring.replace("``", "`")
-
-
-def _describe(schema: dict[str, Any], model: type) -> None:
-    """Each field's description from the Parameters section of ``model``'s docstring, the model's from its summary."""
-    summary, parameters = _numpy_doc(model)
-    schema["description"] = _text(summary)
-    for name, field_schema in schema.get("properties", {}).items():
-        if parameters.get(name):
-            field_schema.setdefault("description", _text(parameters[name]))
+#: The models a study file is made of, whose docstrings describe their fields.
+_DOCUMENTED = (StoreConfig, StoreTimeouts, Population, CheckpointOptions, ActivationImport, Architecture, ProbeSpec,
+               RowSample, LayerEntry, SimpleMatchesConfig, CrossLayersConfig, Resources)
 
 
 def study_json_schema() -> dict[str, Any]:
@@ -182,15 +142,10 @@ def study_json_schema() -> dict[str, Any]:
     dict
         A JSON-able schema; ``raymatch schema`` prints it.
     """
-    schema = Study.model_json_schema(mode="validation")
-    _describe(schema, Study)
-    definitions = schema.get("$defs", {})
-    for name, definition in definitions.items():
-        if name in _DOCUMENTED:
-            _describe(definition, _DOCUMENTED[name])
-    training = definitions.get("Training")
+    schema = described_schema(Study, _DOCUMENTED)
+    training = schema.get("$defs", {}).get("Training")
     if training is not None:  # the seeds and the training spec's fields, side by side
         description = training["description"]
-        _describe(training, TrainingSpec)
+        describe(training, TrainingSpec)
         training["description"] = description
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "raymatch study"}
+    return {**schema, "title": "raymatch study"}

@@ -1,17 +1,36 @@
-"""How a population is trained: :class:`TrainingSpec` and the named recipes."""
+"""How a population is trained: :class:`TrainingSpec`, the named recipes, and a study's :class:`Training` (seeds)."""
 
 from __future__ import annotations
 
 import itertools
-import math
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, TypeAdapter
+from pydantic_core import InitErrorDetails
 
-from ..config import Config, ConfigError, Loc, checked_by, is_integer, is_number
+from ..config import (
+    Boolean,
+    Config,
+    ConfigError,
+    Loc,
+    NonNegativeInt,
+    NonNegativeNumber,
+    OptionalPath,
+    OptionalPositiveInt,
+    PositiveInt,
+    PositiveNumber,
+    ProperFraction,
+    Seeds,
+    is_integer,
+    is_list,
+    one_of,
+    problem_at,
+    shown,
+    worded,
+)
+from ..probes.datasets import SPLITS
+from ..store import layout
 from ..store.layout import digest
 
 #: The recipe names a :class:`TrainingSpec` may carry.
@@ -50,84 +69,7 @@ _RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-# ------------------------------------------------------------------------------------------------------ checks
-
-
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        number = _as_int(value, minimum)
-        if number is None:
-            raise ValueError(f"must be an integer ≥ {minimum}, got {value!r}")
-        return number
-
-    return check
-
-
-def _real(low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> Callable[[Any], float]:
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-    def check(value: Any) -> float:
-        if not is_number(value):
-            raise ValueError(f"must be a number in {interval}, got {value!r}")
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"must be a finite number in {interval}, got {value!r}")
-        below = number <= low if low_open else number < low
-        above = number >= high if high_open else number > high
-        if below or above:
-            raise ValueError(f"must be in {interval}, got {value!r}")
-        return number
-
-    return check
-
-
-def _choice(options: Callable[[], Iterable[str]]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        known = list(options())
-        if not isinstance(value, str) or value not in known:
-            raise ValueError(f"must be one of {', '.join(repr(option) for option in known)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _datasets() -> list[str]:
-    from ..probes.datasets import available_datasets  # imports torch through raymatch.probes
-
-    return available_datasets()
-
-
-def _recipe_name(value: Any) -> str:
-    if not isinstance(value, str) or value not in _RECIPE_DEFAULTS:
-        raise ValueError(f"unknown training recipe {value!r} (known: {', '.join(RECIPES)})")
-    return value
-
-
-def _milestones(value: Any) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"must be a list of increasing epochs ≥ 1, got {value!r}")
-    epochs = tuple(_integer(1)(item) for item in value)
-    if any(later <= earlier for earlier, later in itertools.pairwise(epochs)):
-        raise ValueError(f"must be strictly increasing, got {list(epochs)}")
-    return epochs
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"must be true or false, got {value!r}")
-    return bool(value)
-
-
-def _optional_path(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise ValueError(f"must be a folder path or null, got {value!r}")
-    return os.fspath(value)
-
-
-def _dataset_enum(schema: dict[str, Any]) -> None:
-    schema["enum"] = _datasets()
+# ------------------------------------------------------------------------------------------------------ fields
 
 
 def _as_int(value: Any, minimum: int) -> int | None:
@@ -135,14 +77,17 @@ def _as_int(value: Any, minimum: int) -> int | None:
     return int(value) if is_integer(value) and value >= minimum else None
 
 
-def _optional_count(value: Any) -> int | None:
-    return None if value is None else _integer(1)(value)
+def _increasing(epochs: tuple[int, ...]) -> tuple[int, ...]:
+    if any(later <= earlier for earlier, later in itertools.pairwise(epochs)):
+        raise ValueError(f"must be strictly increasing; got {list(epochs)}")
+    return epochs
 
 
-Epochs = Annotated[int, Field(ge=0), checked_by(_integer(0))]
-PositiveInt = Annotated[int, Field(ge=1), checked_by(_integer(1))]
-PositiveReal = Annotated[float, Field(gt=0), checked_by(_real(0.0, math.inf, low_open=True))]
-Fraction = Annotated[float, Field(ge=0, lt=1), checked_by(_real(0.0, 1.0))]
+#: Epochs after which the learning rate drops: strictly increasing, each ≥ 1.
+Milestones = Annotated[tuple[PositiveInt, ...], worded("a list of increasing epochs ≥ 1", accept=is_list),
+                       AfterValidator(_increasing)]
+Recipe = Annotated[Literal[RECIPES], worded(lambda value: f"unknown training recipe {value!r} (known: "
+                                                          f"{', '.join(RECIPES)})")]
 
 
 # ------------------------------------------------------------------------------------------------------ the spec
@@ -193,20 +138,20 @@ class TrainingSpec(Config):
         value, one line each (``lr: must be in (0, inf), got -1``).
     """
 
-    dataset: Annotated[str, checked_by(_choice(_datasets))] = Field(json_schema_extra=_dataset_enum)
-    recipe: Annotated[Literal["quick", "paper-cifar"], checked_by(_recipe_name)]
-    epochs: Epochs
+    dataset: one_of(*SPLITS)
+    recipe: Recipe
+    epochs: NonNegativeInt
     batch_size: PositiveInt
-    lr: PositiveReal
-    momentum: Fraction
-    weight_decay: Annotated[float, Field(ge=0), checked_by(_real(0.0, math.inf))]
-    milestones: Annotated[tuple[Annotated[int, Field(ge=1)], ...], checked_by(_milestones)]
-    gamma: PositiveReal
-    augment: Annotated[bool, checked_by(_boolean)]
-    holdout: Fraction = 0.1
-    n_train: Annotated[int | None, Field(ge=1), checked_by(_optional_count)] = None
-    data_dir: Annotated[str | None, checked_by(_optional_path)] = None
-    select: Annotated[Literal["best-holdout", "last"], checked_by(_choice(lambda: SELECTIONS))] = "best-holdout"
+    lr: PositiveNumber
+    momentum: ProperFraction
+    weight_decay: NonNegativeNumber
+    milestones: Milestones
+    gamma: PositiveNumber
+    augment: Boolean
+    holdout: ProperFraction = 0.1
+    n_train: OptionalPositiveInt = None
+    data_dir: OptionalPath = None
+    select: one_of(*SELECTIONS) = "best-holdout"
 
     _root: ClassVar[str] = "training spec"
 
@@ -302,3 +247,87 @@ def recipe(name: str, **overrides: Any) -> TrainingSpec:
     if "recipe" in overrides:
         raise ConfigError(["recipe: name the recipe as the first argument of recipe(), not as an override"])
     return TrainingSpec(**{**_RECIPE_DEFAULTS[name], "recipe": name, **overrides})
+
+
+class Training(Config):
+    """A population the study trains itself: one model per seed, all with one training recipe.
+
+    Parameters
+    ----------
+    seeds : tuple of int
+        Distinct non-negative seeds, at least two; their order is the population order.
+    spec : raymatch.train.TrainingSpec
+        The recipe and its settings (dataset, epochs, optimiser, held-out split …).
+    save_every : int, optional
+        Also keep each seed's weights after every ``save_every``-th epoch: its training trajectory, compared
+        within the seed (see :attr:`Study.pairs <raymatch.study.Study.pairs>`). Not part of the study's config hash.
+
+    Notes
+    -----
+    In a study file the seeds and the spec's fields sit side by side, fields left out taking the recipe's
+    defaults (:func:`recipe`)::
+
+        training: {seeds: [0, 1, 2, 3], recipe: quick, dataset: digits, epochs: 8}
+    """
+
+    seeds: Seeds
+    spec: TrainingSpec
+    save_every: OptionalPositiveInt = None
+
+    _path: ClassVar[str] = "population.training"
+
+    @classmethod
+    def _collect(cls, data: Any) -> tuple[dict[str, Any], list[InitErrorDetails]]:
+        if not isinstance(data, Mapping):
+            return {}, [problem_at((), "must be a mapping of seeds, recipe and training settings; got "
+                                       f"{shown(data)}", data)]
+        if isinstance(data.get("spec"), TrainingSpec):
+            return super()._collect(data)  # built in code: Training(seeds=..., spec=...)
+        own = ("seeds", "save_every")
+        allowed = ", ".join((*own, *TrainingSpec.model_fields))
+        unknown = [problem_at((key,), f"unknown key (allowed: {allowed})", data) for key in data
+                   if key not in own and key not in TrainingSpec.model_fields]
+        settings = {key: value for key, value in data.items() if key in TrainingSpec.model_fields}
+        values, problems = super()._collect({**{key: data[key] for key in own if key in data},
+                                             "spec": with_recipe_defaults(settings)})
+        for problem in problems:  # the spec's fields sit beside the seeds
+            if tuple(problem["loc"])[:1] == ("spec",):
+                problem["loc"] = tuple(problem["loc"])[1:]
+        return values, unknown + problems
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        spec = TrainingSpec.model_json_schema()
+        seeds = {**TypeAdapter(Seeds).json_schema(),
+                 "description": "Distinct non-negative seeds, one model each, in population order."}
+        save_every = {**TypeAdapter(OptionalPositiveInt).json_schema(),
+                      "description": "Keep every k-th epoch's weights: the seed's training trajectory."}
+        properties = {"seeds": seeds, "save_every": save_every,
+                      **{name: {key: value for key, value in schema.items() if key != "default"}
+                         for name, schema in spec["properties"].items()}}
+        return {"title": "Training", "type": "object", "properties": properties, "required": ["seeds"],
+                "additionalProperties": False,
+                "description": "Seeds trained with one recipe; fields left out take the recipe's defaults."}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The seeds and the spec's fields side by side, as in a study file (``save_every`` only when set).
+
+        Returns
+        -------
+        dict
+        """
+        every = {} if self.save_every is None else {"save_every": self.save_every}
+        return {"seeds": list(self.seeds), **every, **self.spec.to_dict()}
+
+    def prefix(self, architecture: Any) -> str:
+        """Store prefix of the trained checkpoints: ``checkpoints/<arch>/trained-<digest of architecture and spec>``.
+
+        Parameters
+        ----------
+        architecture : raymatch.models.Architecture
+
+        Returns
+        -------
+        str
+        """
+        return layout.trained_prefix(architecture.name, architecture.to_dict(), self.spec.id)

@@ -105,14 +105,15 @@ def test_specs_are_frozen_and_hashable():
     [
         ({"dataset": "mnist"}, "probe.dataset: must be one of digits, fashion-mnist, cifar10, images, array, table, "
                                 "imported; got 'mnist'"),
-        ({"dataset": 3}, "probe.dataset: must be a string; got int"),
+        ({"dataset": 3}, "probe.dataset: must be one of digits, fashion-mnist, cifar10, images, array, table, "
+                         "imported; got 3"),
         ({"dataset": "digits", "split": "val"}, "probe.split: must be one of train, test, all for digits; got 'val'"),
         ({"dataset": "cifar10", "split": "all"}, "probe.split: must be one of train, test for cifar10; got 'all'"),
-        ({"dataset": "digits", "split": None}, "probe.split: must be a string; got NoneType"),
+        ({"dataset": "digits", "split": None}, "probe.split: must be a non-empty string; got null"),
         ({"dataset": "digits", "n_examples": 0}, "probe.n_examples: must be a positive integer; got 0"),
         ({"dataset": "digits", "n_examples": -5}, "probe.n_examples: must be a positive integer; got -5"),
         ({"dataset": "digits", "n_examples": 1.5}, "probe.n_examples: must be a positive integer; got 1.5"),
-        ({"dataset": "digits", "n_examples": True}, "probe.n_examples: must be a positive integer; got True"),
+        ({"dataset": "digits", "n_examples": True}, "probe.n_examples: must be a positive integer; got true"),
         ({"dataset": "digits", "seed": -1}, "probe.seed: must be a non-negative integer; got -1"),
         ({"dataset": "digits", "seed": "0"}, "probe.seed: must be a non-negative integer; got '0'"),
         ({"dataset": "digits", "rows": "some"}, "probe.rows: must be 'all' or a row sample {rows, repeats, seed}"),
@@ -132,7 +133,7 @@ def test_specs_are_frozen_and_hashable():
             {"dataset": "digits", "rows": {"rows": 10, "count": 2}},
             "probe.rows.count: unknown key (allowed: rows, repeats, seed)",
         ),
-        ({"dataset": "digits", "data_dir": 5}, "probe.data_dir: must be a string path; got int"),
+        ({"dataset": "digits", "data_dir": 5}, "probe.data_dir: must be a string path; got 5"),
         ({"dataset": "digits", "sed": 1}, "probe.sed: unknown key (allowed: dataset, split"),
         ({"split": "test"}, "probe.dataset: required key is missing"),
     ],

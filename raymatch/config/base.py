@@ -1,15 +1,9 @@
-"""One configuration layer: frozen pydantic models that report every problem at once, each under its field path.
+"""The base of every config model: :class:`Config` (frozen, extra keys forbidden) and its problems, located.
 
-Study files (:mod:`raymatch.study`), probe specs (:class:`~raymatch.probes.ProbeSpec`) and training specs
-(:class:`~raymatch.train.TrainingSpec`) are all :class:`Config` models. Whether a model is built from a mapping
-(:meth:`Config.from_dict`) or by its constructor, every field is checked, the checks that relate fields to each
-other run on whatever fields did validate, and one :class:`ConfigError` lists every problem as a line
-``field.path: message`` (``probe.rows.repeats: must be a positive integer; got 0``, ``eps[1]: must lie in [0, 1];
-got 1.5``).
-
-Field checks are plain functions that return the normalised value or raise ``ValueError(message)``; they are
-attached to a field's type with :func:`checked_by`, so the type annotation still gives the JSON Schema. A check
-that finds several problems at once (one per list item, say) raises :func:`invalid`.
+Field checks are plain functions that return the normalised value or raise ``ValueError(message)``; the types of
+:mod:`raymatch.config.types` are made of them, and :func:`checked_by` attaches one to a field's type (the type
+annotation still gives the JSON Schema). A check that finds several problems at once (one per list item, say)
+raises :func:`invalid`.
 """
 
 from __future__ import annotations

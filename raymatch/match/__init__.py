@@ -8,18 +8,37 @@ from .cka import linear_cka, linear_cka_factors
 from .factor import CompactFactor, Factor, compact_factor, cross_product, factor
 from .inputs import DEAD_RTOL, EXACT_TOL, EXACT_TOL_EPS, RANK_RTOL, exact_tolerance
 from .matches import Match, MatchCurve, SimpleMatch
+from .measures import (
+    MEASURES,
+    SVCCA_KEEP,
+    NeuronCorrelations,
+    canonical_correlations,
+    cca,
+    measure_counts,
+    neuron_corr,
+    neuron_correlations,
+    pair_measures,
+    procrustes,
+    pwcca,
+    svcca,
+)
 
 __all__ = [
     "DEAD_RTOL",
     "EXACT_TOL",
     "EXACT_TOL_EPS",
+    "MEASURES",
     "RANK_RTOL",
+    "SVCCA_KEEP",
     "CompactFactor",
     "Factor",
     "Match",
     "MatchCurve",
+    "NeuronCorrelations",
     "SimpleMatch",
     "candidate_order",
+    "canonical_correlations",
+    "cca",
     "compact_factor",
     "cross_product",
     "exact_tolerance",
@@ -28,6 +47,13 @@ __all__ = [
     "linear_cka_factors",
     "match_curve",
     "max_match",
+    "measure_counts",
     "minimal_match",
+    "neuron_corr",
+    "neuron_correlations",
+    "pair_measures",
+    "procrustes",
+    "pwcca",
     "simple_matches",
+    "svcca",
 ]

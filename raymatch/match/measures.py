@@ -1,0 +1,396 @@
+"""The standard similarity measures of two layers, from their factors and the cross product the match forms.
+
+``cka`` (Kornblith et al. 2019), ``cca`` (mean canonical correlation), ``svcca`` (Raghu et al. 2017), ``pwcca``
+(Morcos et al. 2018), ``procrustes`` (the orthogonal Procrustes distance, Ding et al. 2021) and ``neuron_corr``
+(per-neuron best correlations, Li et al. 2015, and their one-to-one assignment) are all functions of the centred
+activations' small matrices: :mod:`raymatch.match.centred` derives them from two factors and
+``cross_product(fa, fb)``, so a pair costs a handful of operations on n × n matrices and no pass over the samples.
+docs/measures.md gives the formulas and what each measure is invariant to.
+
+The rule for degenerate neurons and layers, the same for every measure (and for the oracle,
+:mod:`raymatch.match.reference_measures`):
+
+- Every measure reads the *centred* activations of the *kept* neurons: those live in the factor (dead neurons,
+  ``DEAD_RTOL``, are never seen) and not *flat*. A neuron is flat when its centred norm is at most ``DEAD_RTOL``
+  times the largest centred norm of its layer: a constant non-zero neuron is live in a raw factor but flat, and
+  has no Pearson correlation and no CCA direction. Flat neurons get no partner in ``neuron_corr`` (NaN
+  correlation, partner -1) and count nowhere else.
+- A layer's centred span is that of its centred unit-norm kept neurons, directions with singular value at most
+  ``RANK_RTOL`` times the largest dropped (as the match decides rank). CCA-type measures see only this span:
+  duplicated or dependent neurons add nothing, and canonical correlations number ``min(rank_a, rank_b)``.
+  When the constant vector lies in a raw layer's span (to ``CONSTANT_IN_SPAN_TOL``), centring removes a direction.
+- Nothing is regularised when the ranks approach the number of samples: with ``rank_a + rank_b > d − 1`` at
+  least that excess of canonical correlations is 1 by dimension count alone (:func:`measure_counts` reports the
+  ranks and ``n_samples``).
+- A layer with no kept neuron is unrelated to everything: every similarity is 0, the Procrustes distance 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ._blas import one_thread
+from .centred import CentredLayer, centred_cross, centred_layer, frame_cross
+from .cka import linear_cka_factors
+from .factor import Factor, cross_product, factor
+from .inputs import check_same_samples
+
+#: Every measure :func:`pair_measures` computes, in its order.
+MEASURES = ("cka", "cca", "svcca", "pwcca", "procrustes", "neuron_corr")
+#: The share of each layer's variance SVCCA keeps (Raghu et al. 2017).
+SVCCA_KEEP = 0.99
+#: Canonical correlations closer than this count as tied in PWCCA's weights (:func:`projection_weights`).
+PWCCA_TIE_TOL = 1e-8
+
+
+@dataclass(frozen=True, eq=False)
+class NeuronCorrelations:
+    """Each neuron's best absolute Pearson correlation with the other layer, and a one-to-one assignment.
+
+    Attributes
+    ----------
+    best_a, best_b : numpy.ndarray, shapes (n_a,) and (n_b,), float64
+        Each neuron's largest ``|corr|`` with a kept neuron of the other layer; NaN for a neuron that is not kept.
+    partner_a, partner_b : numpy.ndarray, shapes (n_a,) and (n_b,), int64
+        The other layer's neuron reaching it (the lowest index among equals); -1 for a neuron not kept.
+    assignment : numpy.ndarray, shape (min(n_kept_a, n_kept_b), 2), int64
+        (a, b) neuron pairs of the one-to-one assignment maximising the summed ``|corr|``
+        (``scipy.optimize.linear_sum_assignment``).
+    mean : float
+        Mean ``|corr|`` over the assignment: the ``neuron_corr`` measure (0 when a layer has no kept neuron).
+    n_samples : int
+    """
+
+    best_a: np.ndarray
+    partner_a: np.ndarray
+    best_b: np.ndarray
+    partner_b: np.ndarray
+    assignment: np.ndarray
+    mean: float
+    n_samples: int
+
+    def rows(self) -> list[dict]:
+        """One row per neuron of both layers, for a ``neurons`` table.
+
+        Returns
+        -------
+        list of dict
+            ``side`` ("a" or "b"), ``neuron``, ``partner`` (the other side's neuron; None when not kept) and
+            ``correlation`` (its ``|corr|``; None when not kept), A's neurons first.
+        """
+        out = []
+        for side, best, partner in (("a", self.best_a, self.partner_a), ("b", self.best_b, self.partner_b)):
+            for neuron, (value, other) in enumerate(zip(best.tolist(), partner.tolist(), strict=True)):
+                kept = other >= 0
+                out.append({"side": side, "neuron": neuron, "partner": other if kept else None,
+                            "correlation": value if kept else None})
+        return out
+
+
+class _Pair:
+    """Two layers' centred geometry and the products the measures share, each computed once when first needed."""
+
+    def __init__(self, A, B, cross):
+        self.fa, self.fb = _as_factor(A, "A"), _as_factor(B, "B")
+        check_same_samples(self.fa.n_samples, self.fb.n_samples)
+        if cross is None:
+            cross = cross_product(self.fa, self.fb)
+        elif np.shape(cross) != (self.fa.rank, self.fb.rank):
+            raise ValueError(f"cross must have shape ({self.fa.rank}, {self.fb.rank}) (fa.rank, fb.rank); "
+                             f"got {np.shape(cross)}")
+        self.cross = np.asarray(cross, dtype=np.float64)
+        self.la: CentredLayer = centred_layer(self.fa)
+        self.lb: CentredLayer = centred_layer(self.fb)
+        self.empty = self.la.kept.size == 0 or self.lb.kept.size == 0
+
+    @cached_property
+    def frames(self) -> np.ndarray:
+        """``G``: the frames' inner products (r_a × r_b)."""
+        return frame_cross(self.la, self.fa, self.lb, self.fb, self.cross)
+
+    @cached_property
+    def products(self) -> np.ndarray:
+        """``X_aᵀ X_b`` of the centred kept neurons."""
+        return centred_cross(self.la, self.fa, self.lb, self.fb, self.cross)
+
+    def between(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """``leftᵀ G right``: inner products of two sets of orthonormal directions given in frame coordinates."""
+        with one_thread():
+            return left.T @ self.frames @ right
+
+    @cached_property
+    def canonical(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``L, ρ, Nᵀ`` of the SVD of the spans' inner products: ρ are the canonical correlations."""
+        left, rho, right = np.linalg.svd(self.between(self.la.span, self.lb.span), full_matrices=False)
+        return left, np.clip(rho, 0.0, 1.0), right
+
+    def cca(self) -> float:
+        rho = self.canonical[1]
+        return float(rho.mean()) if rho.size else 0.0
+
+    def svcca(self, keep: float) -> float:
+        ua = self.la.directions[:, : _covering(self.la.variances, keep)]
+        ub = self.lb.directions[:, : _covering(self.lb.variances, keep)]
+        if self.empty:
+            return 0.0
+        rho = np.clip(np.linalg.svd(self.between(ua, ub), compute_uv=False), 0.0, 1.0)
+        return float(rho.mean())
+
+    def pwcca(self) -> float:
+        if self.empty:
+            return 0.0
+        left, rho, right = self.canonical
+        r = rho.size
+        return 0.5 * (_weighted(self.la, left[:, :r], rho) + _weighted(self.lb, right[:r].T, rho))
+
+    def procrustes(self) -> float:
+        if self.empty:
+            return 1.0
+        nuclear = np.linalg.svd(self.products, compute_uv=False).sum()
+        scale = np.linalg.norm(self.la.norms) * np.linalg.norm(self.lb.norms)
+        return float(min(max(1.0 - nuclear / scale, 0.0), 1.0))
+
+    def neurons(self) -> NeuronCorrelations:
+        la, lb = self.la, self.lb
+        best_a, partner_a = np.full(la.n_neurons, np.nan), np.full(la.n_neurons, -1, dtype=np.int64)
+        best_b, partner_b = np.full(lb.n_neurons, np.nan), np.full(lb.n_neurons, -1, dtype=np.int64)
+        if self.empty:
+            return NeuronCorrelations(best_a, partner_a, best_b, partner_b, np.zeros((0, 2), np.int64), 0.0,
+                                      la.n_samples)
+        absolute = np.abs(self.products / np.outer(la.norms, lb.norms)).clip(max=1.0)
+        best_a[la.kept], partner_a[la.kept] = absolute.max(axis=1), lb.kept[absolute.argmax(axis=1)]
+        best_b[lb.kept], partner_b[lb.kept] = absolute.max(axis=0), la.kept[absolute.argmax(axis=0)]
+        rows, cols = linear_sum_assignment(absolute, maximize=True)
+        return NeuronCorrelations(best_a, partner_a, best_b, partner_b, np.column_stack([la.kept[rows], lb.kept[cols]]),
+                                  float(absolute[rows, cols].mean()), la.n_samples)
+
+
+def _as_factor(value, name: str) -> Factor:
+    return value if isinstance(value, Factor) else factor(value, name=name)
+
+
+def _covering(variances: np.ndarray, keep: float) -> int:
+    """The number of leading principal directions whose variances first reach ``keep`` of the total."""
+    if variances.size == 0:
+        return 0
+    total = np.cumsum(variances)
+    return min(int(np.searchsorted(total, keep * total[-1])) + 1, variances.size)
+
+
+def _weighted(layer: CentredLayer, variates: np.ndarray, rho: np.ndarray) -> float:
+    """Morcos et al.'s mean of ``rho`` weighted by ``Σ_j |⟨h_i, x_j⟩|`` over the layer's centred neurons x_j.
+
+    The canonical variates h_i are ``span @ variates`` in frame coordinates; within a group of tied correlations
+    they are first rotated onto the principal directions of the neurons' projections (:func:`tie_groups`).
+    """
+    projections = (layer.span @ variates).T @ layer.coords  # ⟨h_i, x_j⟩, r × n_kept
+    return float(projection_weights(projections, rho) @ rho)
+
+
+def tie_groups(rho: np.ndarray) -> list[slice]:
+    """Runs of canonical correlations (descending) that differ by at most ``PWCCA_TIE_TOL`` from their neighbour.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match.measures import tie_groups
+    >>> tie_groups(np.array([1.0, 1.0 - 1e-14, 0.5, 0.2, 0.2]))
+    [slice(0, 2, None), slice(2, 3, None), slice(3, 5, None)]
+    """
+    starts = [0, *(np.flatnonzero(-np.diff(rho) > PWCCA_TIE_TOL) + 1).tolist(), rho.size]
+    return [slice(lo, hi) for lo, hi in itertools.pairwise(starts) if hi > lo]
+
+
+def projection_weights(projections: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """PWCCA's normalised weights from the projections ``⟨h_i, x_j⟩`` (r × n) of the neurons on the variates.
+
+    Canonical variates of a tied group span a subspace but are not unique within it, and the L1 weights depend on
+    the basis chosen; the basis of the group's left singular vectors of ``projections`` makes them a function of
+    the subspace alone (a single variate keeps Morcos et al.'s weight). The shared rule of the fast path and the
+    oracle.
+    """
+    weights = np.empty(rho.size)
+    for group in tie_groups(rho):
+        block = projections[group]
+        if block.shape[0] > 1:
+            u = np.linalg.svd(block, full_matrices=False)[0]
+            block = u.T @ block
+        weights[group] = np.abs(block).sum(axis=1)
+    return weights / weights.sum()
+
+
+def _check_keep(keep) -> float:
+    keep = float(keep)
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"svcca_keep must be in (0, 1]; got {keep!r}")
+    return keep
+
+
+def canonical_correlations(A, B, cross=None) -> np.ndarray:
+    """The canonical correlations of two layers' centred activations, descending.
+
+    Parameters
+    ----------
+    A, B : Factor or array_like, shapes (n_samples, n_a) and (n_samples, n_b)
+        Factors of the two layers (centred or not), or their activations (factored here).
+    cross : numpy.ndarray, shape (A.rank, B.rank), optional
+        ``cross_product(A, B)`` when the caller has it (the pair's match computes it).
+
+    Returns
+    -------
+    numpy.ndarray, shape (min(rank_a, rank_b),)
+        Cosines of the principal angles between the two centred spans.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match import canonical_correlations
+    >>> rng = np.random.default_rng(0)
+    >>> Z = rng.standard_normal((500, 2))
+    >>> A = np.column_stack([Z, rng.standard_normal(500)]) @ rng.standard_normal((3, 3)) + 5.0
+    >>> B = np.column_stack([Z[:, 0], rng.standard_normal(500)])
+    >>> canonical_correlations(A, B).round(3).tolist()
+    [1.0, 0.054]
+    """
+    return _Pair(A, B, cross).canonical[1].copy()
+
+
+def cca(A, B, cross=None) -> float:
+    """Mean canonical correlation of the centred activations (the arguments of :func:`canonical_correlations`)."""
+    return _Pair(A, B, cross).cca()
+
+
+def svcca(A, B, cross=None, *, keep: float = SVCCA_KEEP) -> float:
+    """SVCCA: the mean canonical correlation of each layer's top principal directions covering ``keep`` of its variance.
+
+    Variance is that of the centred activations as they are (squared singular values), so a neuron's scale matters
+    for which directions are kept; CCA is then invariant to any invertible map of the kept directions.
+    """
+    return _Pair(A, B, cross).svcca(_check_keep(keep))
+
+
+def pwcca(A, B, cross=None) -> float:
+    """Projection-weighted CCA, symmetrised: the mean of the weighted means with A's and with B's weights.
+
+    Morcos et al. weight canonical correlation i by ``Σ_j |⟨h_i, x_j⟩|``, with h_i the i-th canonical variate of
+    one layer and x_j its centred neurons; which layer gives the weights makes the measure asymmetric, so both are
+    averaged.
+    """
+    return _Pair(A, B, cross).pwcca()
+
+
+def procrustes(A, B, cross=None) -> float:
+    """Orthogonal Procrustes distance ``1 − ‖X̃ᵀ Ỹ‖_*`` of the centred activations scaled to unit Frobenius norm.
+
+    Half of Ding et al.'s ``‖X̃‖² + ‖Ỹ‖² − 2 ‖X̃ᵀ Ỹ‖_*``: 0 for layers equal up to a rotation and a scale, 1 for
+    orthogonal ones.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match import procrustes
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((200, 4))
+    >>> Q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    >>> round(procrustes(A, 2.0 * A @ Q), 12), round(procrustes(A, A @ np.diag([1.0, 1.0, 1.0, 5.0])), 3)
+    (0.0, 0.239)
+    """
+    return _Pair(A, B, cross).procrustes()
+
+
+def neuron_correlations(A, B, cross=None) -> NeuronCorrelations:
+    """Every neuron's best absolute Pearson correlation with the other layer, its partner, and the assignment.
+
+    Examples
+    --------
+    B's first neuron is A's second with noise, its second a scaled copy of A's first:
+
+    >>> import numpy as np
+    >>> from raymatch.match import neuron_correlations
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((1000, 3))
+    >>> B = np.column_stack([A[:, 1] + 0.5 * rng.standard_normal(1000), -3.0 * A[:, 0]])
+    >>> nc = neuron_correlations(A, B)
+    >>> nc.partner_a.tolist(), nc.best_a.round(2).tolist(), nc.partner_b.tolist()
+    ([1, 0, 1], [1.0, 0.89, 0.01], [1, 0])
+    >>> nc.assignment.tolist(), round(nc.mean, 2)
+    ([[0, 1], [1, 0]], 0.95)
+    >>> nc.rows()[0]
+    {'side': 'a', 'neuron': 0, 'partner': 1, 'correlation': 1.0}
+    """
+    return _Pair(A, B, cross).neurons()
+
+
+def neuron_corr(A, B, cross=None) -> float:
+    """Mean absolute Pearson correlation over the one-to-one assignment of :func:`neuron_correlations`."""
+    return _Pair(A, B, cross).neurons().mean
+
+
+def pair_measures(A, B, cross=None, *, measures=MEASURES, svcca_keep: float = SVCCA_KEEP) -> dict[str, float]:
+    """Every requested measure of a pair of layers, sharing one cross product and one set of small matrices.
+
+    Parameters
+    ----------
+    A, B : Factor or array_like, shapes (n_samples, n_a) and (n_samples, n_b)
+        Factors of the two layers over the same samples (centred or not), or their activations.
+    cross : numpy.ndarray, shape (A.rank, B.rank), optional
+        ``cross_product(A, B)``, the product the pair's :func:`~raymatch.match.match_curve` takes as ``cross=``.
+    measures : iterable of str, default MEASURES
+        Any of ``cka``, ``cca``, ``svcca``, ``pwcca``, ``procrustes``, ``neuron_corr``.
+    svcca_keep : float, default 0.99
+        The share of variance SVCCA keeps, in (0, 1].
+
+    Returns
+    -------
+    dict of str to float
+        ``measure -> value`` in the order asked: similarities in [0, 1], ``procrustes`` a distance in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        An unknown measure, ``svcca_keep`` outside (0, 1], factors of different sample counts or a ``cross`` of
+        the wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from raymatch.match import cross_product, factor, match_curve, pair_measures
+    >>> rng = np.random.default_rng(0)
+    >>> A = np.maximum(rng.standard_normal((400, 6)), 0.0)
+    >>> B = np.hstack([A[:, :3] @ rng.uniform(0.2, 1.0, (3, 3)), np.maximum(rng.standard_normal((400, 3)), 0.0)])
+    >>> fa, fb = factor(A), factor(B)
+    >>> cross = cross_product(fa, fb)
+    >>> curve = match_curve(fa, fb, cross=cross)
+    >>> {name: round(value, 3) for name, value in pair_measures(fa, fb, cross).items()}
+    {'cka': 0.398, 'cca': 0.536, 'svcca': 0.448, 'pwcca': 0.541, 'procrustes': 0.592, 'neuron_corr': 0.338}
+    """
+    measures = tuple(measures)
+    unknown = [name for name in measures if name not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measure {unknown[0]!r}: expected any of {', '.join(MEASURES)}")
+    keep = _check_keep(svcca_keep)
+    pair = _Pair(A, B, cross)
+    compute = {"cka": lambda: linear_cka_factors(pair.fa, pair.fb, pair.cross), "cca": pair.cca,
+               "svcca": lambda: pair.svcca(keep), "pwcca": pair.pwcca, "procrustes": pair.procrustes,
+               "neuron_corr": lambda: pair.neurons().mean}
+    return {name: float(compute[name]()) for name in measures}
+
+
+def measure_counts(A, B) -> dict[str, int]:
+    """What the measures of a pair saw: samples, neurons, kept neurons and centred ranks of each layer.
+
+    Returns
+    -------
+    dict of str to int
+        ``n_samples``, ``n_a``, ``n_b``, ``kept_a``, ``kept_b`` (live and not flat), ``rank_a``, ``rank_b``
+        (dimensions of the centred spans).
+    """
+    la, lb = centred_layer(_as_factor(A, "A")), centred_layer(_as_factor(B, "B"))
+    check_same_samples(la.n_samples, lb.n_samples)
+    return {"n_samples": la.n_samples, "n_a": la.n_neurons, "n_b": lb.n_neurons, "kept_a": int(la.kept.size),
+            "kept_b": int(lb.kept.size), "rank_a": la.rank, "rank_b": lb.rank}

@@ -34,7 +34,7 @@ from functools import cached_property
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ._blas import one_thread
+from ._blas import one_thread, one_thread_method
 from .centred import CentredLayer, centred_cross, centred_layer, frame_cross
 from .cka import linear_cka_factors
 from .factor import Factor, cross_product, factor
@@ -120,19 +120,21 @@ class _Pair:
 
     def between(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """``leftᵀ G right``: inner products of two sets of orthonormal directions given in frame coordinates."""
-        with one_thread():
-            return left.T @ self.frames @ right
+        return left.T @ self.frames @ right
 
     @cached_property
+    @one_thread_method
     def canonical(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``L, ρ, Nᵀ`` of the SVD of the spans' inner products: ρ are the canonical correlations."""
         left, rho, right = np.linalg.svd(self.between(self.la.span, self.lb.span), full_matrices=False)
         return left, np.clip(rho, 0.0, 1.0), right
 
+    @one_thread_method
     def cca(self) -> float:
         rho = self.canonical[1]
         return float(rho.mean()) if rho.size else 0.0
 
+    @one_thread_method
     def svcca(self, keep: float) -> float:
         ua = self.la.directions[:, : _covering(self.la.variances, keep)]
         ub = self.lb.directions[:, : _covering(self.lb.variances, keep)]
@@ -141,6 +143,7 @@ class _Pair:
         rho = np.clip(np.linalg.svd(self.between(ua, ub), compute_uv=False), 0.0, 1.0)
         return float(rho.mean())
 
+    @one_thread_method
     def pwcca(self) -> float:
         if self.empty:
             return 0.0
@@ -148,6 +151,7 @@ class _Pair:
         r = rho.size
         return 0.5 * (_weighted(self.la, left[:, :r], rho) + _weighted(self.lb, right[:r].T, rho))
 
+    @one_thread_method
     def procrustes(self) -> float:
         if self.empty:
             return 1.0
@@ -155,6 +159,7 @@ class _Pair:
         scale = np.linalg.norm(self.la.norms) * np.linalg.norm(self.lb.norms)
         return float(min(max(1.0 - nuclear / scale, 0.0), 1.0))
 
+    @one_thread_method
     def neurons(self) -> NeuronCorrelations:
         la, lb = self.la, self.lb
         best_a, partner_a = np.full(la.n_neurons, np.nan), np.full(la.n_neurons, -1, dtype=np.int64)
@@ -374,7 +379,11 @@ def pair_measures(A, B, cross=None, *, measures=MEASURES, svcca_keep: float = SV
     if unknown:
         raise ValueError(f"unknown measure {unknown[0]!r}: expected any of {', '.join(MEASURES)}")
     keep = _check_keep(svcca_keep)
-    pair = _Pair(A, B, cross)
+    with one_thread():
+        return _pair_measures(_Pair(A, B, cross), measures, keep)
+
+
+def _pair_measures(pair: _Pair, measures: tuple[str, ...], keep: float) -> dict[str, float]:
     compute = {"cka": lambda: linear_cka_factors(pair.fa, pair.fb, pair.cross), "cca": pair.cca,
                "svcca": lambda: pair.svcca(keep), "pwcca": pair.pwcca, "procrustes": pair.procrustes,
                "neuron_corr": lambda: pair.neurons().mean}

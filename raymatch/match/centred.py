@@ -17,7 +17,12 @@ measures need follows from small matrices (DESIGN.md §1, "Doing it fast"):
 - The centred cross product of the neurons, ``X_aᵀ X_b = Mₐᵀ (basisₐᵀ basis_b) M_b − d μₐ μ_bᵀ``, needs no
   ``s`` at all (as in :func:`~raymatch.match.linear_cka_factors`).
 
-A factor made with ``center=True`` has μ = 0 and ``s = 0``: its frame is the basis itself and ``T = M``.
+A factor made with ``center=True`` has μ = 0 and ``s = 0``: its frame is the basis itself and ``T = M``, and
+everything is as accurate as the factor. A raw factor's ``s`` carries the rounding of a solve with its small factor
+(about 1e-16 × cond(coords) × ‖s‖), which the frame's last direction divides by √λ: when a raw span nearly contains
+the constant vector (λ small, e.g. wide layers with large means over few samples), canonical correlations lose
+about ``1e-16 · cond / √λ`` (1e-9 at cond 3,000 and λ = 4e-8). A factor does not keep ``basisᵀ 1``, which would
+make that ``1e-16 / √λ``.
 Per-layer results are cached (keyed on the factor's ``coords``, which :func:`~raymatch.match.factor.permute_rows`
 shares), so a layer in many pairs pays its small SVDs once.
 """

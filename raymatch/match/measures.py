@@ -176,7 +176,8 @@ class _Pair:
 
 
 def _as_factor(value, name: str) -> Factor:
-    return value if isinstance(value, Factor) else factor(value, name=name)
+    """``value`` if a factor, else the centred factor of the activations (exact centring: no means to carry)."""
+    return value if isinstance(value, Factor) else factor(value, center=True, name=name)
 
 
 def _covering(variances: np.ndarray, keep: float) -> int:
@@ -242,7 +243,7 @@ def canonical_correlations(A, B, cross=None) -> np.ndarray:
     Parameters
     ----------
     A, B : Factor or array_like, shapes (n_samples, n_a) and (n_samples, n_b)
-        Factors of the two layers (centred or not), or their activations (factored here).
+        Factors of the two layers (centred or not), or their activations (factored here, centred).
     cross : numpy.ndarray, shape (A.rank, B.rank), optional
         ``cross_product(A, B)`` when the caller has it (the pair's match computes it).
 
@@ -342,7 +343,8 @@ def pair_measures(A, B, cross=None, *, measures=MEASURES, svcca_keep: float = SV
     Parameters
     ----------
     A, B : Factor or array_like, shapes (n_samples, n_a) and (n_samples, n_b)
-        Factors of the two layers over the same samples (centred or not), or their activations.
+        Factors of the two layers over the same samples (centred or not), or their activations (factored here,
+        centred).
     cross : numpy.ndarray, shape (A.rank, B.rank), optional
         ``cross_product(A, B)``, the product the pair's :func:`~raymatch.match.match_curve` takes as ``cross=``.
     measures : iterable of str, default MEASURES

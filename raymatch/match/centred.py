@@ -68,7 +68,8 @@ class CentredLayer:
         Centred norms of the kept neurons.
     span : numpy.ndarray, shape (r, rank_c)
         Orthonormal basis (in frame coordinates) of the span of the centred unit-norm kept neurons: the left
-        singular vectors of ``coords / norms`` with singular value above ``RANK_RTOL`` times the largest.
+        singular vectors of ``coords / norms`` with singular value above ``RANK_RTOL`` times the largest, or
+        ``directions`` itself when both have full rank r (the same space).
     directions, variances : numpy.ndarray, shapes (r, rank_v) and (rank_v,)
         Left singular vectors of ``coords`` (the principal directions of the centred neurons, in frame
         coordinates) and their squared singular values, descending; singular values at most ``RANK_RTOL`` times
@@ -149,18 +150,40 @@ def _centred_layer(f: Factor) -> CentredLayer:
     if f.centered or rank == 0:
         frame, coords = np.eye(rank), weights
     else:
-        means = f.means[f.live]
-        # basisᵀ 1 from Mᵀ s = d μ (consistent, full row rank); unit-norm columns keep the solve well scaled.
-        s = scipy.linalg.lstsq(f.coords.T, f.n_samples * means / f.norms, check_finite=False)[0]
-        frame, coords, ones = _frame(s, weights, f.n_samples)
+        frame, coords, ones = _frame(_column_sums(f), weights, f.n_samples)
     norms = np.linalg.norm(coords, axis=0)
     largest = float(norms.max(initial=0.0))
     columns = np.flatnonzero(norms > DEAD_RTOL * largest) if largest > 0.0 else np.zeros(0, np.int64)
     coords, norms = coords[:, columns], norms[columns]
-    span = _left_singular(coords / norms)[0]
     directions, singular = _left_singular(coords)
+    # A layer of full rank in its frame spans it whichever way its neurons are scaled: one basis serves both.
+    span = directions if _unit_full_rank(coords, norms, singular) else _left_singular(coords / norms)[0]
     return CentredLayer(f.live[columns].astype(np.int64), columns.astype(np.int64), frame, coords, norms, span,
                         directions, singular**2, ones, f.n_samples, f.n_neurons)
+
+
+def _column_sums(f: Factor) -> np.ndarray:
+    """``s = basisᵀ 1`` of a raw factor, from ``Mᵀ s = d μ`` (consistent, full row rank; unit-norm columns)."""
+    rhs = f.n_samples * f.means[f.live] / f.norms
+    rank = f.rank
+    if rank and not np.tril(f.coords[:, :rank], -1).any():  # a QR triangle: its leading square is nonsingular
+        return scipy.linalg.solve_triangular(f.coords[:, :rank], rhs[:rank], trans="T", check_finite=False)
+    return scipy.linalg.lstsq(f.coords.T, rhs, check_finite=False)[0]
+
+
+def _unit_full_rank(coords: np.ndarray, norms: np.ndarray, singular: np.ndarray) -> bool:
+    """Whether the unit-norm columns ``coords / norms`` keep every one of the frame's r directions at ``RANK_RTOL``.
+
+    Decided without their SVD when ``cond(coords) · max(norms) / min(norms)`` bounds their condition number below
+    ``1 / RANK_RTOL``; by their singular values otherwise.
+    """
+    r = coords.shape[0]
+    if r == 0 or singular.size < r:
+        return r == 0
+    if singular[-1] / singular[0] * norms.min() / norms.max() > RANK_RTOL:
+        return True
+    unit = scipy.linalg.svdvals(coords / norms, check_finite=False)
+    return int(np.count_nonzero(unit > RANK_RTOL * unit[0])) == r
 
 
 def _frame(s: np.ndarray, weights: np.ndarray, n_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

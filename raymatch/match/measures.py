@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import scipy.linalg
 from scipy.optimize import linear_sum_assignment
 
 from ._blas import one_thread, one_thread_method
@@ -118,30 +119,45 @@ class _Pair:
         """``X_aᵀ X_b`` of the centred kept neurons."""
         return centred_cross(self.la, self.fa, self.lb, self.fb, self.cross)
 
-    def between(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """``leftᵀ G right``: inner products of two sets of orthonormal directions given in frame coordinates."""
-        return left.T @ self.frames @ right
+    @cached_property
+    def principal(self) -> np.ndarray:
+        """``Vₐᵀ G V_b``: inner products of the two layers' principal directions (rank_v_a × rank_v_b)."""
+        return self.la.directions.T @ self.frames @ self.lb.directions
+
+    def spans(self) -> np.ndarray:
+        """Inner products of orthonormal bases of the two centred spans (``principal`` when both are full rank)."""
+        if self.la.span is self.la.directions and self.lb.span is self.lb.directions:
+            return self.principal
+        return self.la.span.T @ self.frames @ self.lb.span
 
     @cached_property
     @one_thread_method
     def canonical(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``L, ρ, Nᵀ`` of the SVD of the spans' inner products: ρ are the canonical correlations."""
-        left, rho, right = np.linalg.svd(self.between(self.la.span, self.lb.span), full_matrices=False)
+        spans = self.spans()
+        if spans.size == 0:
+            return np.zeros((spans.shape[0], 0)), np.zeros(0), np.zeros((0, spans.shape[1]))
+        left, rho, right = scipy.linalg.svd(spans, full_matrices=False, check_finite=False)
         return left, np.clip(rho, 0.0, 1.0), right
 
+    @cached_property
     @one_thread_method
+    def rho(self) -> np.ndarray:
+        """The canonical correlations, without the singular vectors unless PWCCA has asked for them already."""
+        if "canonical" in self.__dict__ or self.spans().size == 0:
+            return self.canonical[1]
+        return np.clip(scipy.linalg.svdvals(self.spans(), check_finite=False), 0.0, 1.0)
+
     def cca(self) -> float:
-        rho = self.canonical[1]
+        rho = self.rho
         return float(rho.mean()) if rho.size else 0.0
 
     @one_thread_method
     def svcca(self, keep: float) -> float:
-        ua = self.la.directions[:, : _covering(self.la.variances, keep)]
-        ub = self.lb.directions[:, : _covering(self.lb.variances, keep)]
         if self.empty:
             return 0.0
-        rho = np.clip(np.linalg.svd(self.between(ua, ub), compute_uv=False), 0.0, 1.0)
-        return float(rho.mean())
+        block = self.principal[: _covering(self.la.variances, keep), : _covering(self.lb.variances, keep)]
+        return float(np.clip(scipy.linalg.svdvals(block, check_finite=False), 0.0, 1.0).mean())
 
     @one_thread_method
     def pwcca(self) -> float:
@@ -155,7 +171,9 @@ class _Pair:
     def procrustes(self) -> float:
         if self.empty:
             return 1.0
-        nuclear = np.linalg.svd(self.products, compute_uv=False).sum()
+        # X_aᵀ X_b = W_a S_a (Vₐᵀ G V_b) S_b W_bᵀ: its singular values are those of S_a (Vₐᵀ G V_b) S_b.
+        scaled = np.sqrt(self.la.variances)[:, None] * self.principal * np.sqrt(self.lb.variances)
+        nuclear = scipy.linalg.svdvals(scaled, check_finite=False).sum()
         scale = np.linalg.norm(self.la.norms) * np.linalg.norm(self.lb.norms)
         return float(min(max(1.0 - nuclear / scale, 0.0), 1.0))
 
@@ -220,13 +238,12 @@ def projection_weights(projections: np.ndarray, rho: np.ndarray) -> np.ndarray:
     the subspace alone (a single variate keeps Morcos et al.'s weight). The shared rule of the fast path and the
     oracle.
     """
-    weights = np.empty(rho.size)
+    weights = np.abs(projections).sum(axis=1)
     for group in tie_groups(rho):
-        block = projections[group]
-        if block.shape[0] > 1:
+        if group.stop - group.start > 1:
+            block = projections[group]
             u = np.linalg.svd(block, full_matrices=False)[0]
-            block = u.T @ block
-        weights[group] = np.abs(block).sum(axis=1)
+            weights[group] = np.abs(u.T @ block).sum(axis=1)
     return weights / weights.sum()
 
 
@@ -386,6 +403,8 @@ def pair_measures(A, B, cross=None, *, measures=MEASURES, svcca_keep: float = SV
 
 
 def _pair_measures(pair: _Pair, measures: tuple[str, ...], keep: float) -> dict[str, float]:
+    if "pwcca" in measures and not pair.empty:
+        pair.canonical  # noqa: B018 - one SVD with vectors then serves CCA too
     compute = {"cka": lambda: linear_cka_factors(pair.fa, pair.fb, pair.cross), "cca": pair.cca,
                "svcca": lambda: pair.svcca(keep), "pwcca": pair.pwcca, "procrustes": pair.procrustes,
                "neuron_corr": lambda: pair.neurons().mean}

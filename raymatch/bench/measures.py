@@ -2,8 +2,8 @@
 
 For each layer pair the baseline is what a pair task computes today: the cross product of two stored factors, the
 ε-curve (``match_curve``) and linear CKA. The measured row adds everything a pair task with
-``measures: [max_match, cka, cca, svcca, pwcca, procrustes, neuron_corr]`` computes: ``pair_measures`` and the
-per-neuron rows of ``neuron_correlations``. Two cases: *cold*, fresh factor objects every call (a layer's own small
+``measures: [max_match, cka, cca, svcca, pwcca, procrustes, neuron_corr]`` computes: ``measure_pair``, values and
+per-neuron rows. Two cases: *cold*, fresh factor objects every call (a layer's own small
 SVDs are paid in the pair), and *warm*, the same factors again (what a factor in many pairs of a population pays).
 ReLU-like layers of ``raymatch.match.synthetic.relu_pair`` at the table sizes (1,797 samples: sklearn's digits).
 
@@ -24,6 +24,7 @@ from ..match import (
     factor,
     linear_cka_factors,
     match_curve,
+    measure_pair,
     neuron_correlations,
     pair_measures,
 )
@@ -53,8 +54,7 @@ def _baseline(fa: Factor, fb: Factor) -> None:
 def _with_measures(fa: Factor, fb: Factor) -> None:
     cross = cross_product(fa, fb)
     match_curve(fa, fb, cross=cross)
-    pair_measures(fa, fb, cross)
-    neuron_correlations(fa, fb, cross).rows()
+    measure_pair(fa, fb, cross).neurons.rows()
 
 
 def bench_measures(n_samples: int = 1797, shapes=TABLE_SHAPES, repeats: int = 15, seed: int = 0) -> list[dict]:

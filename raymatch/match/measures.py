@@ -354,6 +354,48 @@ def neuron_corr(A, B, cross=None) -> float:
     return _Pair(A, B, cross).neurons().mean
 
 
+@dataclass(frozen=True)
+class PairMeasures:
+    """What :func:`measure_pair` gives: the measures' values and, when ``neuron_corr`` was asked, its per-neuron rows.
+
+    Attributes
+    ----------
+    values : dict of str to float
+        ``measure -> value`` in the order asked.
+    neurons : NeuronCorrelations or None
+        The per-neuron correlations behind ``values["neuron_corr"]`` (``rows()`` for a ``neurons`` table).
+    """
+
+    values: dict[str, float]
+    neurons: NeuronCorrelations | None
+
+
+def measure_pair(A, B, cross=None, *, measures=MEASURES, svcca_keep: float = SVCCA_KEEP) -> PairMeasures:
+    """Every requested measure of a pair of layers and the per-neuron correlations, from one set of small matrices.
+
+    The call a pair task makes beside its :func:`~raymatch.match.match_curve` (same ``cross``); the arguments and
+    errors are those of :func:`pair_measures`.
+
+    Returns
+    -------
+    PairMeasures
+    """
+    measures = tuple(measures)
+    unknown = [name for name in measures if name not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measure {unknown[0]!r}: expected any of {', '.join(MEASURES)}")
+    keep = _check_keep(svcca_keep)
+    with one_thread():
+        pair = _Pair(A, B, cross)
+        if "pwcca" in measures and not pair.empty:
+            pair.canonical  # noqa: B018 - one SVD with vectors then serves CCA too
+        neurons = pair.neurons() if "neuron_corr" in measures else None
+        compute = {"cka": lambda: linear_cka_factors(pair.fa, pair.fb, pair.cross), "cca": pair.cca,
+                   "svcca": lambda: pair.svcca(keep), "pwcca": pair.pwcca, "procrustes": pair.procrustes,
+                   "neuron_corr": lambda: neurons.mean}
+        return PairMeasures({name: float(compute[name]()) for name in measures}, neurons)
+
+
 def pair_measures(A, B, cross=None, *, measures=MEASURES, svcca_keep: float = SVCCA_KEEP) -> dict[str, float]:
     """Every requested measure of a pair of layers, sharing one cross product and one set of small matrices.
 
@@ -380,6 +422,10 @@ def pair_measures(A, B, cross=None, *, measures=MEASURES, svcca_keep: float = SV
         An unknown measure, ``svcca_keep`` outside (0, 1], factors of different sample counts or a ``cross`` of
         the wrong shape.
 
+    See Also
+    --------
+    measure_pair : The same values with the per-neuron correlations.
+
     Examples
     --------
     >>> import numpy as np
@@ -393,22 +439,7 @@ def pair_measures(A, B, cross=None, *, measures=MEASURES, svcca_keep: float = SV
     >>> {name: round(value, 3) for name, value in pair_measures(fa, fb, cross).items()}
     {'cka': 0.398, 'cca': 0.536, 'svcca': 0.448, 'pwcca': 0.541, 'procrustes': 0.592, 'neuron_corr': 0.338}
     """
-    measures = tuple(measures)
-    unknown = [name for name in measures if name not in MEASURES]
-    if unknown:
-        raise ValueError(f"unknown measure {unknown[0]!r}: expected any of {', '.join(MEASURES)}")
-    keep = _check_keep(svcca_keep)
-    with one_thread():
-        return _pair_measures(_Pair(A, B, cross), measures, keep)
-
-
-def _pair_measures(pair: _Pair, measures: tuple[str, ...], keep: float) -> dict[str, float]:
-    if "pwcca" in measures and not pair.empty:
-        pair.canonical  # noqa: B018 - one SVD with vectors then serves CCA too
-    compute = {"cka": lambda: linear_cka_factors(pair.fa, pair.fb, pair.cross), "cca": pair.cca,
-               "svcca": lambda: pair.svcca(keep), "pwcca": pair.pwcca, "procrustes": pair.procrustes,
-               "neuron_corr": lambda: pair.neurons().mean}
-    return {name: float(compute[name]()) for name in measures}
+    return measure_pair(A, B, cross, measures=measures, svcca_keep=svcca_keep).values
 
 
 def measure_counts(A, B) -> dict[str, int]:

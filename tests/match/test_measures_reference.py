@@ -20,6 +20,7 @@ from raymatch.match import (
     cross_product,
     factor,
     measure_counts,
+    measure_pair,
     neuron_correlations,
     pair_measures,
 )
@@ -243,3 +244,16 @@ def test_bad_arguments_are_named():
         pair_measures(fa, fb, np.zeros((3, 4)))
     with pytest.raises(ValueError, match="same number of samples"):
         pair_measures(fa, factor(rng.standard_normal((40, 3))))
+
+
+def test_measure_pair_gives_the_values_and_the_neuron_rows_of_one_computation():
+    A, B = relu_pair(400, 12, 9, seed=11, dtype=np.float64)
+    fa, fb = factor(A), factor(B)
+    cross = cross_product(fa, fb)
+    result = measure_pair(fa, fb, cross)
+    assert result.values == pair_measures(fa, fb, cross)
+    assert result.neurons.rows() == neuron_correlations(fa, fb, cross).rows()
+    assert result.values["neuron_corr"] == result.neurons.mean
+    only = measure_pair(fa, fb, cross, measures=["pwcca", "cca"])
+    assert list(only.values) == ["pwcca", "cca"] and only.neurons is None
+    assert only.values["cca"] == result.values["cca"]

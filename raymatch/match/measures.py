@@ -33,13 +33,13 @@ from functools import cached_property
 
 import numpy as np
 import scipy.linalg
-from scipy.optimize import linear_sum_assignment
 
 from ._blas import one_thread, one_thread_method
 from .centred import CentredLayer, centred_cross, centred_layer, frame_cross
 from .cka import linear_cka_factors
 from .factor import Factor, cross_product, factor
 from .inputs import check_same_samples
+from .neurons import NeuronCorrelations, match_neurons
 
 #: Every measure :func:`pair_measures` computes, in its order.
 MEASURES = ("cka", "cca", "svcca", "pwcca", "procrustes", "neuron_corr")
@@ -47,50 +47,6 @@ MEASURES = ("cka", "cca", "svcca", "pwcca", "procrustes", "neuron_corr")
 SVCCA_KEEP = 0.99
 #: Canonical correlations closer than this count as tied in PWCCA's weights (:func:`projection_weights`).
 PWCCA_TIE_TOL = 1e-8
-
-
-@dataclass(frozen=True, eq=False)
-class NeuronCorrelations:
-    """Each neuron's best absolute Pearson correlation with the other layer, and a one-to-one assignment.
-
-    Attributes
-    ----------
-    best_a, best_b : numpy.ndarray, shapes (n_a,) and (n_b,), float64
-        Each neuron's largest ``|corr|`` with a kept neuron of the other layer; NaN for a neuron that is not kept.
-    partner_a, partner_b : numpy.ndarray, shapes (n_a,) and (n_b,), int64
-        The other layer's neuron reaching it (the lowest index among equals); -1 for a neuron not kept.
-    assignment : numpy.ndarray, shape (min(n_kept_a, n_kept_b), 2), int64
-        (a, b) neuron pairs of the one-to-one assignment maximising the summed ``|corr|``
-        (``scipy.optimize.linear_sum_assignment``).
-    mean : float
-        Mean ``|corr|`` over the assignment: the ``neuron_corr`` measure (0 when a layer has no kept neuron).
-    n_samples : int
-    """
-
-    best_a: np.ndarray
-    partner_a: np.ndarray
-    best_b: np.ndarray
-    partner_b: np.ndarray
-    assignment: np.ndarray
-    mean: float
-    n_samples: int
-
-    def rows(self) -> list[dict]:
-        """One row per neuron of both layers, for a ``neurons`` table.
-
-        Returns
-        -------
-        list of dict
-            ``side`` ("a" or "b"), ``neuron``, ``partner`` (the other side's neuron; None when not kept) and
-            ``correlation`` (its ``|corr|``; None when not kept), A's neurons first.
-        """
-        out = []
-        for side, best, partner in (("a", self.best_a, self.partner_a), ("b", self.best_b, self.partner_b)):
-            for neuron, (value, other) in enumerate(zip(best.tolist(), partner.tolist(), strict=True)):
-                kept = other >= 0
-                out.append({"side": side, "neuron": neuron, "partner": other if kept else None,
-                            "correlation": value if kept else None})
-        return out
 
 
 class _Pair:
@@ -179,18 +135,7 @@ class _Pair:
 
     @one_thread_method
     def neurons(self) -> NeuronCorrelations:
-        la, lb = self.la, self.lb
-        best_a, partner_a = np.full(la.n_neurons, np.nan), np.full(la.n_neurons, -1, dtype=np.int64)
-        best_b, partner_b = np.full(lb.n_neurons, np.nan), np.full(lb.n_neurons, -1, dtype=np.int64)
-        if self.empty:
-            return NeuronCorrelations(best_a, partner_a, best_b, partner_b, np.zeros((0, 2), np.int64), 0.0,
-                                      la.n_samples)
-        absolute = np.abs(self.products / np.outer(la.norms, lb.norms)).clip(max=1.0)
-        best_a[la.kept], partner_a[la.kept] = absolute.max(axis=1), lb.kept[absolute.argmax(axis=1)]
-        best_b[lb.kept], partner_b[lb.kept] = absolute.max(axis=0), la.kept[absolute.argmax(axis=0)]
-        rows, cols = linear_sum_assignment(absolute, maximize=True)
-        return NeuronCorrelations(best_a, partner_a, best_b, partner_b, np.column_stack([la.kept[rows], lb.kept[cols]]),
-                                  float(absolute[rows, cols].mean()), la.n_samples)
+        return match_neurons(self.la, self.lb, None if self.empty else self.products)
 
 
 def _as_factor(value, name: str) -> Factor:

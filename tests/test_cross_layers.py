@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from raymatch.cli import main
-from raymatch.engine.cross import layer_pairs
+from raymatch.engine.stages.cross import layer_pairs
 from raymatch.match import match_curve
 from raymatch.report.beyond import cross_layer_data
 from raymatch.results import connect, load

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from raymatch import cli
-from raymatch.engine.plan import make_plan
+from raymatch.engine.planning import make_plan
 from raymatch.engine.run import run_study
 from raymatch.extract import ExtractionJob
 from raymatch.extract.extractor import run_job

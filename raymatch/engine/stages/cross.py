@@ -148,10 +148,11 @@ def spatial_layers(context: PlanContext) -> frozenset[str]:
 def _spatial_layers(study: Study) -> frozenset[str]:
     import math
 
-    from ...probes.datasets import IMAGE_SHAPES
+    from ...probes import probe_size
     from ...study.checks import output_shapes
 
-    shapes = output_shapes(study.architecture, IMAGE_SHAPES[study.probe.dataset])
+    # the image shape of a built-in dataset, or read from the user's files (a built-in table has no entry for those)
+    shapes = output_shapes(study.architecture, tuple(probe_size(study.probe)[1]))
     return frozenset(name for name, shape in shapes.items() if len(shape) > 1 and math.prod(shape[1:]) > 1)
 
 

@@ -3,7 +3,8 @@
 A :class:`PlanContext` is made by :func:`~raymatch.engine.planning.make_plan` and handed to every stage's planner
 in run order. Reads of the store that several planners need (stored repeats, the pairs a table holds, the factors
 stored) are made once and remembered; a stage keeps what only it and the stages after it need with
-:meth:`PlanContext.once`.
+:meth:`PlanContext.once`. What the stages declare that other planners need (which factors their tasks read, which
+pooled layers) comes in as the stages' hooks: the context imports no stage.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from .plan import ModelGroup, Plan
 if TYPE_CHECKING:
     from ..store import Store
     from ..study import Study
-    from .stages import Stage
 
-__all__ = ["PairUnit", "PlanContext", "population_policy"]
+__all__ = ["FactorReader", "PairUnit", "PlanContext", "PooledReader", "population_policy"]
 
 #: ``(group, layer, repeat, pairs, positions)``: the pairs of one group for one layer and stored repeat, and the
 #: position of each of the group's models (see :attr:`PlanContext.pair_units`).
 PairUnit = tuple[ModelGroup, str, int, list[tuple[str, str]], dict[str, int]]
+#: ``reader(context)``: one ``(matrix layer, repeat, model id)`` per task still to do and factor it reads.
+FactorReader = Callable[["PlanContext"], Iterable[tuple[str, int, str]]]
+#: ``reader(context)``: the conv layers whose per-example means a stage reads.
+PooledReader = Callable[["PlanContext"], Iterable[str]]
 
 
 def population_policy(pairs: Any) -> str:
@@ -40,18 +44,23 @@ class PlanContext:
     store : Store
     plan : Plan
         The plan being made: its groups, and the stages planned so far.
-    stages : tuple of Stage
-        Every declared stage, in run order (a planner may ask the others what they read, see
-        :attr:`Stage.factor_reads <raymatch.engine.stages.Stage.factor_reads>`).
+    factor_readers : tuple of callable
+        The :attr:`~raymatch.engine.stages.Stage.factor_reads` of the stages the study asks for, in run order: which
+        stored factors their tasks still to do read (the factor stage plans from them).
+    pooled_readers : tuple of callable
+        The :attr:`~raymatch.engine.stages.Stage.pooled_layers` of the stages the study asks for: the conv layers
+        whose per-example means they read (extraction stores them too).
     retry_failed : bool, default False
         A pair whose only rows are failed ones counts as missing (``raymatch run --retry-failed``).
     known_ids : dict, optional
         Checkpoint key → model id, from an earlier plan of this run.
     """
 
-    def __init__(self, study: Study, store: Store, plan: Plan, *, stages: tuple[Stage, ...] = (),
-                 retry_failed: bool = False, known_ids: dict[str, str] | None = None):
-        self.study, self.store, self.plan, self.stages = study, store, plan, stages
+    def __init__(self, study: Study, store: Store, plan: Plan, *, factor_readers: tuple[FactorReader, ...] = (),
+                 pooled_readers: tuple[PooledReader, ...] = (), retry_failed: bool = False,
+                 known_ids: dict[str, str] | None = None):
+        self.study, self.store, self.plan = study, store, plan
+        self.factor_readers, self.pooled_readers = factor_readers, pooled_readers
         self.retry_failed = retry_failed
         self.known_ids = dict(known_ids or {})  # checkpoint key → model id, from an earlier plan of this run
         self._repeats: dict[tuple[str, str], int | None] = {}

@@ -51,7 +51,10 @@ def make_plan(study: Study, store: Store, *, retry_failed: bool = False,
         the same model: before anything is written.
     """
     plan = Plan(model_groups(study, store), list(study.layer_names))
-    context = PlanContext(study, store, plan, stages=STAGES, retry_failed=retry_failed, known_ids=known_ids)
+    wanted = [stage for stage in STAGES if stage.wanted(study)]
+    context = PlanContext(study, store, plan, retry_failed=retry_failed, known_ids=known_ids,
+                          factor_readers=tuple(stage.factor_reads for stage in wanted if stage.factor_reads),
+                          pooled_readers=tuple(stage.pooled_layers for stage in wanted if stage.pooled_layers))
     for stage in STAGES:
         planned = _plan_stage(stage, context)
         plan.stages[stage.name] = dataclasses.replace(planned, todo=sum(map(stage.size, planned.tasks)))

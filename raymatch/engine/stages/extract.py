@@ -72,8 +72,7 @@ def plan_extract(context: PlanContext) -> StagePlan:
 
 def pooled_layers(context: PlanContext) -> tuple[str, ...]:
     """The conv layers whose per-example means the stages after this one read (:attr:`Stage.pooled_layers`)."""
-    wanted = (stage for stage in context.stages if stage.pooled_layers is not None and stage.wanted(context.study))
-    return tuple(dict.fromkeys(layer for stage in wanted for layer in stage.pooled_layers(context)))
+    return tuple(dict.fromkeys(layer for reads in context.pooled_readers for layer in reads(context)))
 
 
 def plan_import(context: PlanContext) -> StagePlan:

@@ -40,9 +40,8 @@ def plan_factor(context: PlanContext) -> StagePlan:
                for group, layer, repeat, _, _ in context.pair_units if group.permute_b_seed is None
                for key in group.checkpoints)
     readers: collections.Counter = collections.Counter()  # (layer, repeat, model) → pair tasks that need it
-    for stage in context.stages:
-        if stage.factor_reads is not None and stage.wanted(study):
-            readers.update(stage.factor_reads(context))
+    for reads in context.factor_readers:
+        readers.update(reads(context))
     tasks = [FactorTask(ActivationKey(probe_id, model, layer, repeat), center)
              for (layer, repeat, model), count in sorted(readers.items())
              if count > 1 and not stored(model, layer, repeat)]

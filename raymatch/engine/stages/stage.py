@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ...store import Store
     from ...study import Study
-    from ..context import PlanContext
+    from ..context import FactorReader, PlanContext, PooledReader
     from ..plan import Plan, StagePlan
 
 __all__ = ["EXECUTORS", "Stage", "one", "pairs_in"]
@@ -91,8 +91,8 @@ class Stage:
     table: str | None = None
     marks_done: bool = False
     prepare: Callable[[Study, Store, Plan], None] | None = None
-    factor_reads: Callable[[PlanContext], Iterable[tuple[str, int, str]]] | None = None
-    pooled_layers: Callable[[PlanContext], Iterable[str]] | None = None
+    factor_reads: FactorReader | None = None
+    pooled_layers: PooledReader | None = None
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:

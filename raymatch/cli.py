@@ -142,8 +142,8 @@ def train(args: argparse.Namespace) -> int:
 
 def import_activations(args: argparse.Namespace) -> int:
     """Import a study's activations (``population.activations``) into its store, and nothing else."""
-    from .engine.plan import make_plan
-    from .engine.run import import_population
+    from .engine.executors import import_population
+    from .engine.planning import make_plan
     from .results import check_store_version
     from .study import load_study
 
@@ -167,7 +167,7 @@ def import_activations(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """Print a store's latest runs, what each recorded study still has to do, and the failed rows."""
-    from .engine.run import store_status
+    from .engine.status import store_status
     from .results import format_frame
     from .store import Store
 
@@ -236,7 +236,7 @@ def gc(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     """Print, per stage, how much of a study is stored and how much is left, without running anything."""
-    from .engine.plan import make_plan
+    from .engine.planning import make_plan
 
     study = _load_checked(args)
     store = study.store.open()
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as error:  # SIGINT/SIGTERM: a run records itself as cancelled
         if args.debug:
             raise
-        from .engine.run import RunCancelled
+        from .engine.cancel import RunCancelled
 
         if isinstance(error, RunCancelled):
             print(f"{parser.prog}: {error}: rows computed so far are stored; rerun to finish", file=sys.stderr)

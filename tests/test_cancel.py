@@ -20,7 +20,8 @@ import uuid
 
 import pytest
 
-from raymatch.engine.run import RunCancelled, run_study
+from raymatch.engine.cancel import RunCancelled
+from raymatch.engine.run import run_study
 from raymatch.results import load, query
 from raymatch.store import Store
 

@@ -8,11 +8,13 @@ import pytest
 import yaml
 
 from raymatch.cli import main
-from raymatch.engine.cross import layer_pairs
+from raymatch.engine.context import PlanContext
+from raymatch.engine.plan import Plan
+from raymatch.engine.stages.cross import layer_pairs, pooled_layers
 from raymatch.match import match_curve
 from raymatch.report.beyond import cross_layer_data
 from raymatch.results import connect, load
-from raymatch.store import ActivationKey
+from raymatch.store import ActivationKey, Store
 from raymatch.store.activations import read_activations
 from raymatch.study import Study, StudyError, load_study
 
@@ -40,6 +42,14 @@ def test_layer_pairs():
     assert layer_pairs(["a", "b", "c"], same_model=True) == [("a", "b"), ("a", "c"), ("b", "c")]
     assert layer_pairs(["a", "b"], same_model=False) == [("a", "b"), ("b", "a")]
     assert layer_pairs(["a", "b"], same_model=False, diagonal=True) == [("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")]
+
+
+def test_the_pooled_layers_of_a_probe_read_from_the_users_files(tmp_path):
+    """The conv layers are found from the files' image shape (a built-in dataset's table has no entry for them)."""
+    np.save(tmp_path / "probe.npy", np.random.default_rng(0).random((30, 1, 8, 8), dtype=np.float32))
+    study = Study.from_dict(_study(tmp_path, probe={"dataset": "array", "path": str(tmp_path / "probe.npy")}))
+    context = PlanContext(study, Store(str(tmp_path / "store")), Plan([], list(study.layer_names)))
+    assert pooled_layers(context) == tuple(CONV)
 
 
 def test_layers_of_other_rows_are_refused_unless_pooled(tmp_path):

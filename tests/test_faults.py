@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raymatch.cli import main
-from raymatch.engine.plan import make_plan
+from raymatch.engine.planning import make_plan
 from raymatch.engine.run import run_study
 from raymatch.results import load, query
 from raymatch.store import ActivationKey, Store, StoreError, read_activations

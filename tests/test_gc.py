@@ -17,7 +17,7 @@ import time
 import pytest
 
 from raymatch import cli
-from raymatch.engine.run import write_study_record
+from raymatch.engine.record import write_study_record
 from raymatch.models import checkpoint_id
 from raymatch.results import append_rows
 from raymatch.store import Store

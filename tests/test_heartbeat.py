@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from raymatch import cli
-from raymatch.engine.run import RunRecord, heartbeat_seconds, last_heard, run_state, store_status
+from raymatch.engine.record import RunRecord, heartbeat_seconds, last_heard, run_state
+from raymatch.engine.status import store_status
 from raymatch.results import append_rows, data_files, query
 from raymatch.store import Store
 from raymatch.store.layout import heartbeat_key
@@ -93,16 +94,16 @@ def test_a_live_runs_heartbeat_advances_and_stops_when_it_ends(tmp_path):
 
 def test_a_running_run_is_live_while_its_heartbeat_object_is_fresh(tmp_path, monkeypatch):
     """``status`` and ``gc`` judge a running run by its heartbeat object, not by its first row."""
-    from raymatch.engine.gc import _live_runs
+    from raymatch.engine.gc import live_runs
 
     monkeypatch.setenv("RAYMATCH_HEARTBEAT_S", "30")
     store = Store(str(tmp_path / "store"))
     now = _dt.datetime.now(_dt.timezone.utc)
     append_rows(store, "runs", [_run_row("beats.long", "running", now - _dt.timedelta(hours=5))])
     assert set(store_status(store)["runs"]["status"]) == {"abandoned"}  # no heartbeat object: silent for 5 h
-    assert _live_runs(store, now) == []
+    assert live_runs(store, now) == []
     store.write_json(heartbeat_key("beats.long"), {"run_id": "beats.long",
                                                    "updated_at": (now - _dt.timedelta(seconds=20)).isoformat()})
     status = store_status(store)["runs"]
     assert status["status"].tolist() == ["running"] and status["updated_at"].iloc[0] > now - _dt.timedelta(minutes=1)
-    assert [run["run_id"] for run in _live_runs(store, now)] == ["beats.long"]
+    assert [run["run_id"] for run in live_runs(store, now)] == ["beats.long"]

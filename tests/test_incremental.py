@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from raymatch.engine.plan import make_plan
+from raymatch.engine.planning import make_plan
 from raymatch.engine.run import run_study
 from raymatch.results import load, query
 from raymatch.study import load_study

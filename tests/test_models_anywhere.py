@@ -284,7 +284,7 @@ def test_the_config_hash_follows_the_codes_content_not_its_folder(tmp_path):
 
 def test_the_same_weights_in_edited_code_are_another_model_and_are_extracted_again(tmp_path):
     """Stored activations belong to weights *and* architecture: an edited factory never reuses them."""
-    from raymatch.engine.plan import make_plan
+    from raymatch.engine.planning import make_plan
     from raymatch.models.factory import architecture_digest
     from raymatch.store.activations import write_activations
     from raymatch.study import Study

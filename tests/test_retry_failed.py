@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from raymatch import cli
-from raymatch.engine.plan import make_plan
+from raymatch.engine.planning import make_plan
 from raymatch.engine.run import run_study
 from raymatch.extract import ExtractionJob
 from raymatch.extract.extractor import run_job

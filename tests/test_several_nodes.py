@@ -10,8 +10,7 @@ import os
 
 import pytest
 
-from raymatch.engine import run as run_module
-from raymatch.engine import workers
+from raymatch.engine import executors, workers
 from raymatch.engine.bounded import run_bounded
 from raymatch.engine.run import run_study
 from raymatch.results import load
@@ -49,7 +48,7 @@ def test_on_several_nodes_every_stage_runs_as_ray_tasks_with_the_same_table(tmp_
     def no_actors(*args, **kwargs):
         raise AssertionError("warm actors started on a cluster of several nodes")
 
-    monkeypatch.setattr(run_module, "alive_nodes", lambda: ["node-a", "node-b"])
+    monkeypatch.setattr(executors, "alive_nodes", lambda: ["node-a", "node-b"])
     monkeypatch.setattr(workers, "start_actors", no_actors)
     several = run_study(study(stores["several"].root), progress=False)
     for summary in (one, several):

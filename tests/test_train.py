@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import raymatch.probes.datasets as datasets
+from raymatch.engine.training import train_population
 from raymatch.models import checkpoint_id, load_model
 from raymatch.probes import load_dataset
 from raymatch.train import (
@@ -20,7 +21,6 @@ from raymatch.train import (
     recipe,
     record_key,
     train_model,
-    train_population,
     untrained_model,
 )
 from raymatch.train.loop import _augment

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from raymatch.cli import main
-from raymatch.engine.plan import _groups
+from raymatch.engine.planning import model_groups
 from raymatch.results import load
 from raymatch.store import ActivationKey, Store
 from raymatch.store.activations import read_activations
@@ -57,7 +57,7 @@ def test_trajectory_pairs_stay_within_each_seed(tmp_path, pairs, expected):
     data = _study(tmp_path, pairs=pairs)
     data["population"]["training"].update(epochs=6, save_every=2)
     study = Study.from_dict(data)
-    groups = {group.name: group for group in _groups(study, Store(str(tmp_path / "store")))}
+    groups = {group.name: group for group in model_groups(study, Store(str(tmp_path / "store")))}
     trajectory = groups["trajectory"]
     assert trajectory.origins == [(0, 2), (0, 4), (0, 6), (0, None), (1, 2), (1, 4), (1, 6), (1, None)]
     assert trajectory.position_pairs == expected + [(i + 4, j + 4) for i, j in expected]

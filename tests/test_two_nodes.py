@@ -116,7 +116,7 @@ DRIVER = textwrap.dedent("""
             checked = len(lines)
             time.sleep(0.02)
 
-    original = run_module._recorder
+    original = run_module.stage_recorder
 
     def recorder(study, stage, writer):  # counts the match stage's outcomes, before and after the kill
         record = original(study, stage, writer)
@@ -129,7 +129,7 @@ DRIVER = textwrap.dedent("""
                     kill["nodes_after"].append(outcome.node)
         return counted
 
-    run_module._recorder = recorder
+    run_module.stage_recorder = recorder
     results = []
     for step in json.load(open(plan_path)):
         kill.clear()

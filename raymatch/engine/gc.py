@@ -16,7 +16,7 @@ Two kinds of garbage:
   ``studies/``, ``results/``) is never a candidate.
 
 Nothing is deleted while a run may still write: a ``running`` run whose heartbeat is fresh (not ``abandoned``,
-:func:`raymatch.engine.run.run_state`) makes :func:`collect_garbage` refuse. Nor is anything unreferenced deleted
+:func:`raymatch.engine.record.run_state`) makes :func:`collect_garbage` refuse. Nor is anything unreferenced deleted
 while a study record cannot be planned (its checkpoints missing, say): what it references is not known then.
 """
 
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 
 from ..store import Store, StoreError
 from ..store.layout import FACTOR_VERSION, MANIFEST, heartbeats_prefix, study_records_prefix
-from .run import ABANDONED_AFTER_HEARTBEATS, heartbeat_seconds
+from .record import ABANDONED_AFTER_HEARTBEATS, heartbeat_seconds, last_heard, run_state
 
-__all__ = ["GarbagePlan", "StoredObject", "collect_garbage", "parse_age", "plan_garbage"]
+__all__ = ["GarbagePlan", "StoredObject", "collect_garbage", "live_runs", "parse_age", "plan_garbage"]
 
 #: Names of temporary objects: a local write's ``.tmp-<hex>``, and a write check's ``_raymatch_probe-<hex>``.
 _TEMPORARY = re.compile(r"^(\.tmp-[0-9a-f]{32}|_raymatch_probe-[0-9a-f]{32})$")
@@ -131,7 +131,7 @@ def _objects(store: Store, now: _dt.datetime) -> list[StoredObject]:
 def _references(store: Store, record: dict) -> tuple[set[str], set[str]]:
     """Keys and key prefixes one study record references (see the module's description)."""
     from ..study import Study
-    from .plan import make_plan
+    from .planning import make_plan
 
     study = Study.from_dict(record["config"])
     plan = make_plan(study, store)
@@ -155,10 +155,9 @@ def _study_records(store: Store) -> dict[str, dict]:
     return {key: store.read_json(key) for key in store.list(study_records_prefix()) if key.endswith(".json")}
 
 
-def _live_runs(store: Store, now: _dt.datetime) -> list[dict]:
+def live_runs(store: Store, now: _dt.datetime) -> list[dict]:
     """The runs that may still write: ``running``, with a heartbeat younger than the abandonment age."""
     from ..results import query
-    from .run import heartbeat_seconds, last_heard, run_state
 
     runs = query(store, "SELECT run_id, study, status, updated_at FROM runs WHERE status = 'running'")
     runs["updated_at"] = last_heard(store, runs)  # the heartbeat objects of the running ones
@@ -194,7 +193,7 @@ def plan_garbage(store: Store, *, older_than: float, now: _dt.datetime | None = 
     GarbagePlan
     """
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    plan = GarbagePlan(live_runs=_live_runs(store, now))
+    plan = GarbagePlan(live_runs=live_runs(store, now))
     objects = _objects(store, now)
     plan.temporary = [item for item in objects
                       if _TEMPORARY.match(item.key.rsplit("/", 1)[-1]) and item.age >= older_than]
@@ -248,7 +247,7 @@ def collect_garbage(store: Store, plan: GarbagePlan) -> tuple[int, int]:
         The store cannot be written.
     """
     now = _dt.datetime.now(_dt.timezone.utc)
-    live = _live_runs(store, now)  # again: a run may have started since the plan was made
+    live = live_runs(store, now)  # again: a run may have started since the plan was made
     if live:
         run = live[0]
         raise ValueError(f"gc refused: run {run['run_id']} of study {run['study']} is running (heartbeat "

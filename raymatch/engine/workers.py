@@ -4,7 +4,7 @@ A :class:`WorkerActor` is a long-lived Ray actor that runs task bodies (``fn(*ar
 that libraries, the store client and the loaded probe stay warm from one task to the next. On a cluster with
 GPUs, GPU actors run the extraction only (pair work is CPU work and must not hold a GPU); on a one-node CPU
 cluster one pool of CPU actors runs every stage after training. On several nodes the CPU stages run as Ray
-tasks instead (a lost node's actor would wait for a free CPU; see ``raymatch.engine.run._Executors``).
+tasks instead (a lost node's actor would wait for a free CPU; see :mod:`raymatch.engine.executors`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ by its accuracy on the CIFAR-10 test set, which is also the probe set they match
 fixed fraction of the *train* split (:func:`holdout_split`, the same images for every seed) is held out for
 selection, and the test split, the probe of the matches, is only evaluated once, on the selected weights.
 
-:func:`train_population` fans a population out as Ray tasks and writes, per seed::
+:func:`~raymatch.train.population.train_seed` trains one seed into the store, and the engine fans a population's
+seeds out as Ray tasks (:func:`raymatch.engine.training.train_population`), writing per seed::
 
     <prefix>/seed<k>.safetensors   the selected weights (safetensors)
     <prefix>/seed<k>.json          the training record, written last: a seed is done iff its record exists
@@ -21,7 +22,8 @@ record): the seed's training trajectory. :func:`untrained_model` (``untrained=Tr
 writes the initialisations instead, the null baseline: seed ``k``'s untrained model is exactly the
 starting point of seed ``k``'s training.
 
-Importing this module does not import torch or Ray; the functions that need them import them when called.
+Importing this module does not import torch; the functions that need it import it when called. Nothing here
+imports Ray or the engine.
 """
 
 
@@ -30,7 +32,7 @@ from .population import (
     pending_seeds,
     population_keys,
     record_key,
-    train_population,
+    train_seed,
     trajectory_epochs,
     trajectory_keys,
 )
@@ -49,7 +51,7 @@ __all__ = [
     "recipe",
     "record_key",
     "train_model",
-    "train_population",
+    "train_seed",
     "trajectory_epochs",
     "trajectory_keys",
     "untrained_model",

@@ -88,7 +88,7 @@ class TrainedModel:
         ``seconds``, ``device``, ``threads``, ``torch_version``, ``code_version`` and ``checkpoint_id``;
         trained models also have ``holdout_accuracy`` (of the selected weights; None without a holdout),
         ``holdout_accuracy_history`` and ``train_loss`` (one mean training loss per epoch), ``n_train`` and
-        ``n_holdout``. :func:`train_population` adds ``checkpoint_key``.
+        ``n_holdout``. :func:`~raymatch.train.population.train_seed` adds ``checkpoint_key``.
     trajectory : list of SavedEpoch
         The weights kept every ``save_every`` epochs (:func:`train_model`), in epoch order; empty otherwise.
     """

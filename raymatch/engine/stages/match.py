@@ -1,0 +1,53 @@
+"""The match stage: every pair's whole ε-curve and CKA, into ``curves``, by blocks of models.
+
+The pairs ``curves`` lacks are grouped into tasks by the blocks of their models (:func:`~raymatch.engine.tasks
+.block_tasks`); each task (:func:`~raymatch.engine.tasks.match_task`) reads each model's factor once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ..model_rows import record_models
+from ..plan import StagePlan
+from ..tasks import block_tasks, match_task
+from .stage import Stage, pairs_in
+
+if TYPE_CHECKING:
+    from ..context import PlanContext
+
+__all__ = ["MATCH", "match_factor_reads", "match_tasks", "plan_match"]
+
+
+def match_tasks(context: PlanContext) -> tuple[list, int]:
+    """The match tasks still to do and the pairs stored (worked out once per planning pass)."""
+    return context.once("match_tasks", lambda: _match_tasks(context))
+
+
+def _match_tasks(context: PlanContext) -> tuple[list, int]:
+    study = context.study
+    tasks, done = [], 0
+    for group, layer, repeat, pairs, positions in context.pair_units:
+        missing = context.missing_pairs("curves", group, layer, repeat, pairs)
+        done += len(pairs) - len(missing)
+        tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
+                             block=study.resources.pair_block, center=study.center, population=group.name,
+                             positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed)
+    return tasks, done
+
+
+def plan_match(context: PlanContext) -> StagePlan:
+    """The pairs ``curves`` lacks, grouped into tasks by blocks of models (each pair's whole ε-curve and CKA)."""
+    return StagePlan(*match_tasks(context))
+
+
+def match_factor_reads(context: PlanContext) -> Iterator[tuple[str, int, str]]:
+    """Each match task still to do reads the factor of each of its models."""
+    for task in match_tasks(context)[0]:
+        for model in task.models:
+            yield task.layer, task.repeat, model
+
+
+MATCH = Stage("match", "pairs × layers × repeats", plan_match, match_task, "pairs", pairs_in, reads=("extract",),
+              table="curves", prepare=record_models, factor_reads=match_factor_reads)

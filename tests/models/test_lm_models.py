@@ -93,7 +93,7 @@ def test_a_hub_id_resolves_through_the_offline_cache_only(lm_folders, tmp_path, 
     assert hub_cache_dir() == str(cache)  # read at each call
     resolved = resolve_model(LMModel("org/tiny-seed0", "step1000", 0, 1000))
     assert resolved.commit == commits["step1000"] and resolved.path.endswith(commits["step1000"])
-    model, model_id = load_lm(resolved, "AutoModelForCausalLM")
+    model, _ = load_lm(resolved, "AutoModelForCausalLM")
     assert torch.equal(model.transformer.wte.weight, gpt2(0, model.config.vocab_size).transformer.wte.weight)
     main = resolve_model("org/tiny-seed0")
     assert main.commit == commits["main"] and lm_model_id(main) != lm_model_id(resolved)
@@ -108,7 +108,7 @@ def test_a_hub_id_resolves_through_the_offline_cache_only(lm_folders, tmp_path, 
 
 
 def test_tokenizer_fingerprints_ignore_padding_and_see_vocabulary_and_special_tokens(lm_folders, tmp_path):
-    root, tokenizer, folders = lm_folders
+    _, tokenizer, folders = lm_folders
     fingerprint = tokenizer_fingerprint(load_tokenizer(str(folders[0])))
     assert fingerprint == tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(load_tokenizer(str(folders[1])))
     left = write_tokenizer(tmp_path / "left", padding_side="left")
@@ -128,7 +128,7 @@ def test_tokenizer_fingerprints_ignore_padding_and_see_vocabulary_and_special_to
 
 
 def test_population_forms(lm_folders, monkeypatch):
-    root, _, folders = lm_folders
+    root, _, _ = lm_folders
     monkeypatch.chdir(root)
     assert [m.name for m in expand_population(glob="seed*")] == ["seed0", "seed1"]
     assert [(m.name, m.seed) for m in expand_population(models=["seed1", "org/x"])] == [("seed1", 1), ("org/x", None)]

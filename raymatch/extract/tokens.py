@@ -44,7 +44,7 @@ from .layers import resolve_layers
 from .outputs import LayerOptions, entry_parts, pick_output
 
 __all__ = ["HIDDEN_STATES", "TokenBatch", "TokenExtractionJob", "extract_tokens", "forward_kwargs", "iter_batches",
-           "run_token_job", "token_layers"]
+           "run_token_job", "token_exact_tolerance", "token_layers"]
 
 #: The selector of the residual stream (``output_hidden_states``): ``hidden_states`` or ``hidden_states.<k>``.
 HIDDEN_STATES = "hidden_states"
@@ -213,7 +213,7 @@ class _TokenTap:
                 block = torch.bmm(where.unsqueeze(1), tensor[b].double()).squeeze(1)
             else:
                 block = tensor[b, where]
-            block = block.to("cpu", torch.float32, copy=True)
+            block = block.to("cpu", torch.float32)  # indexing and bmm made a new tensor: no view of `output`
             if not torch.isfinite(block.sum()):
                 bad = int((~torch.isfinite(block)).sum())
                 raise ValueError(f"activations of model {self.model_id}, layer {self.name} have {bad} non-finite "
@@ -222,6 +222,20 @@ class _TokenTap:
 
     def __call__(self, module: nn.Module, inputs, output) -> None:
         self.take(output)
+
+
+def token_exact_tolerance(model_dtype: str) -> float:
+    """The exact (ε = 0) tolerance of activations a model computed in ``model_dtype`` (a manifest's ``model_dtype``).
+
+    :func:`raymatch.match.exact_tolerance` of that torch dtype (``bfloat16`` and ``float16`` count as float32, the
+    dtype the activations are stored in).
+    """
+    from ..match import exact_tolerance
+
+    dtype = getattr(torch, model_dtype, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"model_dtype: not a torch floating dtype: {model_dtype!r}")
+    return exact_tolerance(dtype)
 
 
 def _dtype_name(model: nn.Module) -> str:

@@ -11,6 +11,7 @@ from .activations import (
 )
 from .factors import cached_factor, factor_prefix, read_factor, write_factor
 from .store import Store, StoreError, check_key, check_name, check_uri
+from .token_rows import read_token_rows
 
 __all__ = [
     "ActivationKey",
@@ -27,6 +28,7 @@ __all__ = [
     "read_activations",
     "read_factor",
     "read_manifest",
+    "read_token_rows",
     "write_activations",
     "write_factor",
 ]

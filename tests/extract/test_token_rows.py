@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from raymatch.extract.tokens import TokenExtractionJob, extract_tokens, iter_batches, run_token_job, token_layers
+from raymatch.extract.tokens import (
+    TokenExtractionJob,
+    extract_tokens,
+    iter_batches,
+    run_token_job,
+    token_exact_tolerance,
+    token_layers,
+)
+from raymatch.match import exact_tolerance
 from raymatch.models.transformers_source import LMModel
 from raymatch.probes.text import make_text_probe
 from raymatch.probes.token_rows import TokenRows, batch_ranges, padding_share
@@ -167,6 +175,9 @@ def test_a_bfloat16_model_is_stored_as_float32_with_its_dtype(lm, local_store):
     manifest = read_manifest(local_store, key)
     assert stored.dtype == np.float32 and manifest["dtype"] == "float32" and manifest["model_dtype"] == "bfloat16"
     np.testing.assert_allclose(stored, expected(reference, probe, "transformer.h.1.mlp.act"), atol=0.1)
+    assert token_exact_tolerance(manifest["model_dtype"]) == exact_tolerance(np.float32)
+    with pytest.raises(ValueError, match=r"model_dtype: not a torch floating dtype: 'int8'"):
+        token_exact_tolerance("int8")
 
 
 def test_layer_selectors(lm):

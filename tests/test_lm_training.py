@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from raymatch.extract.tokens import extract_tokens, token_layers
 from raymatch.match import match_curve
-from raymatch.models.transformers_source import load_lm, load_tokenizer, resolve_model, tokenizer_fingerprint
+from raymatch.models import load_lm, load_tokenizer, resolve_model, tokenizer_fingerprint
 from raymatch.probes.text import make_text_probe
 from raymatch.probes.token_rows import TokenRows
 from raymatch.store import ActivationKey, read_activations

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.transformers_source import (
+from ..models import (
     LMModel,
     has_tokenizer,
     load_lm,

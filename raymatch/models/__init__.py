@@ -3,6 +3,11 @@
 :func:`build_model` builds a model by name; :func:`load_model` builds one and loads a checkpoint into
 it, checking every parameter's shape, and returns the model with its id (a digest of the checkpoint's
 bytes). Checkpoints are safetensors, or ``torch.save`` state dicts read with ``weights_only=True``.
+
+Language models (``transformers``, offline): :func:`expand_population` names a population
+(:mod:`.lm_population`), :func:`resolve_model` finds a folder or a cached Hub revision and :func:`load_lm` loads
+it with its id (:mod:`.transformers_source`), :func:`load_tokenizer` and :func:`tokenizer_fingerprint` compare
+tokenizers (:mod:`.lm_tokenizers`), :func:`permuted_mlp_twin` builds the exact-match check (:mod:`.lm_twins`).
 """
 
 from .checkpoint import (
@@ -13,19 +18,10 @@ from .checkpoint import (
     load_state_dict,
     save_checkpoint,
 )
+from .lm_population import LMModel, ModelSourceError, expand_population
+from .lm_tokenizers import has_tokenizer, load_tokenizer, same_tokenizer, tokenizer_fingerprint
 from .lm_twins import permuted_mlp_twin
-from .transformers_source import (
-    LMModel,
-    ModelSourceError,
-    ResolvedModel,
-    expand_population,
-    lm_model_id,
-    load_lm,
-    load_tokenizer,
-    resolve_model,
-    same_tokenizer,
-    tokenizer_fingerprint,
-)
+from .transformers_source import ResolvedModel, lm_model_id, load_lm, resolve_model
 from .zoo import MLP, VGG, PlainNet, SmallCNN, available_models, build_model
 
 __all__ = [
@@ -42,6 +38,7 @@ __all__ = [
     "checkpoint_bytes",
     "checkpoint_id",
     "expand_population",
+    "has_tokenizer",
     "lm_model_id",
     "load_lm",
     "load_model",

@@ -1,17 +1,11 @@
-"""Hugging Face language models as a population: folders, Hub ids resolved offline, their tokenizers and model ids.
+"""Hugging Face language models: a folder or a Hub id resolved offline, its model id, and the model loaded.
 
 A model is a folder in the ``save_pretrained`` layout (``config.json`` and weights) or a Hub id (+ revision) that is
 resolved through the local Hugging Face cache only (``HF_HUB_CACHE``, else ``HF_HOME/hub``, laid out as the Hub's:
-``models--org--name/{refs,snapshots,blobs}``); nothing is ever downloaded. A population is
-
-- ``models: [folder-or-id, …]``: the models listed;
-- ``glob: "lm-seeds/*"``: the folders a pattern matches, in sorted order;
-- ``hub: "org/name-seed{seed}", seeds: […], revisions: […]``: every seed × revision (a revision is a checkpoint of
-  the training trajectory: ``step1000`` is step 1000).
-
-A model's id is a digest of its weights and ``config.json`` (a folder) or of the Hub commit its revision resolves to,
-with the model class and dtype it runs in: a changed folder is another model. Models whose tokenizers differ cannot
-be compared token by token: :func:`same_tokenizer` names two that differ.
+``models--org--name/{refs,snapshots,blobs}``); nothing is ever downloaded. A model's id is a digest of its weights
+and ``config.json`` (a folder) or of the Hub commit its revision resolves to, with the model class and dtype it runs
+in: a changed folder is another model. The population forms are :mod:`raymatch.models.lm_population`'s, the
+tokenizers :mod:`raymatch.models.lm_tokenizers`'.
 """
 
 from __future__ import annotations
@@ -21,32 +15,15 @@ import glob as globbing
 import hashlib
 import json
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..store.layout import digest
-from .checkpoint import CheckpointError
+from .lm_population import LMModel, ModelSourceError, seed_of
 
-__all__ = [
-    "HF_CLASSES",
-    "TOKENIZER_FILES",
-    "TORCH_DTYPES",
-    "LMModel",
-    "ModelSourceError",
-    "ResolvedModel",
-    "expand_population",
-    "has_tokenizer",
-    "hub_cache_dir",
-    "lm_model_id",
-    "load_lm",
-    "load_tokenizer",
-    "max_positions",
-    "resolve_model",
-    "same_tokenizer",
-    "tokenizer_fingerprint",
-]
+__all__ = ["HF_CLASSES", "TORCH_DTYPES", "ResolvedModel", "hub_cache_dir", "lm_model_id", "load_lm", "max_positions",
+           "resolve_model"]
 
 #: ``architecture.class``: which ``transformers`` auto class builds the model.
 HF_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM")
@@ -54,50 +31,8 @@ HF_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM")
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
 #: Weights files of a ``save_pretrained`` folder (sharded weights come with an index).
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
-
-#: Files that hold a tokenizer (transformers would otherwise make an empty one from the model type alone).
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
-
-_SEED = re.compile(r"seed[_-]?(\d+)", re.IGNORECASE)
-_STEP = re.compile(r"^(?:step|ckpt|checkpoint)[_-]?(\d+)(k?)$", re.IGNORECASE)
 #: Config entries that say which library wrote a folder, not what the model computes.
 _CONFIG_NOISE = ("transformers_version", "_name_or_path")
-
-
-class ModelSourceError(CheckpointError):
-    """A model (folder or Hub id) that cannot be found, resolved offline or loaded; the message names it."""
-
-
-@dataclass(frozen=True)
-class LMModel:
-    """One model of a population, as the study names it.
-
-    Attributes
-    ----------
-    name : str
-        A folder or a Hub id (``org/name``), as written.
-    revision : str, optional
-        A Hub revision (branch, tag or commit); None: the Hub's ``main``. Folders have none.
-    seed : int, optional
-        The seed: the ``{seed}`` of a ``hub`` pattern, else the number after ``seed`` in the folder's or id's name.
-    step : int, optional
-        The training step of the revision (``step1000`` → 1000, ``step_20k`` → 20000); None when it names none.
-    """
-
-    name: str
-    revision: str | None = None
-    seed: int | None = None
-    step: int | None = None
-
-    @property
-    def label(self) -> str:
-        """``name`` or ``name@revision``: how messages and the ``models`` table name the model."""
-        return f"{self.name}@{self.revision}" if self.revision else self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        """name, revision, seed and step (the ``models`` table's columns)."""
-        return {"name": self.name, "revision": self.revision, "seed": self.seed, "step": self.step}
 
 
 @dataclass(frozen=True)
@@ -116,96 +51,6 @@ class ResolvedModel:
     model: LMModel
     path: str
     commit: str | None = None
-
-
-def _seed_of(name: str) -> int | None:
-    found = _SEED.findall(os.path.basename(os.path.normpath(name)))
-    return int(found[-1]) if found else None
-
-
-def _step_of(revision: str | None) -> int | None:
-    match = _STEP.match(revision or "")
-    if not match:
-        return None
-    return int(match.group(1)) * (1000 if match.group(2) else 1)
-
-
-def _hub_models(pattern: str, seeds: Sequence[int] | None, revisions: Sequence[str] | None) -> list[LMModel]:
-    if not isinstance(pattern, str) or not pattern:
-        raise ModelSourceError(f"population.hub: must be a Hub id pattern like 'org/name-seed{{seed}}'; "
-                               f"got {pattern!r}")
-    rest = pattern.replace("{seed}", "")
-    if "{" in rest or "}" in rest:
-        raise ModelSourceError(f"population.hub: {pattern!r}: the only placeholder is {{seed}}")
-    if "{seed}" in pattern and not seeds:
-        raise ModelSourceError(f"population.seeds: required by the pattern {pattern!r}")
-    if seeds and "{seed}" not in pattern:
-        raise ModelSourceError(f"population.hub: {pattern!r} has no {{seed}} for population.seeds")
-    for i, seed in enumerate(seeds or ()):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ModelSourceError(f"population.seeds[{i}]: must be a non-negative integer; got {seed!r}")
-    for i, revision in enumerate(revisions or ()):
-        if not isinstance(revision, str) or not revision:
-            raise ModelSourceError(f"population.revisions[{i}]: must be a non-empty string; got {revision!r}")
-    models = []
-    for seed in seeds or [None]:
-        name = pattern if seed is None else pattern.replace("{seed}", str(seed))
-        for revision in revisions or [None]:
-            models.append(LMModel(name, revision, seed if seed is not None else _seed_of(name), _step_of(revision)))
-    return models
-
-
-def expand_population(models: Sequence[str] | None = None, glob: str | None = None, hub: str | None = None,
-                      seeds: Sequence[int] | None = None, revisions: Sequence[str] | None = None) -> list[LMModel]:
-    """The models of a population section, in order; nothing is resolved or loaded yet.
-
-    Parameters
-    ----------
-    models : list of str, optional
-        Folders or Hub ids.
-    glob : str, optional
-        A pattern over local folders (relative to the working directory); the folders it matches, sorted.
-    hub : str, optional
-        A Hub id pattern with ``{seed}``, expanded for every seed in ``seeds`` and every revision in ``revisions``.
-    seeds : list of int, optional
-    revisions : list of str, optional
-        Hub revisions (None: ``main``); ``step<N>`` names step N.
-
-    Returns
-    -------
-    list of LMModel
-
-    Raises
-    ------
-    ModelSourceError
-        Not exactly one of ``models``, ``glob``, ``hub``; seeds or revisions without ``hub``; an empty list, a glob
-        matching no folder, a duplicated model; one line naming the field.
-    """
-    given = [key for key, value in (("models", models), ("glob", glob), ("hub", hub)) if value is not None]
-    if len(given) != 1:
-        raise ModelSourceError("population: give exactly one of models, glob or hub"
-                               + (f" (got {', '.join(given)})" if given else ""))
-    if hub is None and (seeds is not None or revisions is not None):
-        raise ModelSourceError("population: seeds and revisions go with hub: 'org/name-seed{seed}'")
-    if models is not None:
-        if isinstance(models, str) or not models:
-            raise ModelSourceError("population.models: must be a non-empty list of folders or Hub ids")
-        for i, name in enumerate(models):
-            if not isinstance(name, str) or not name:
-                raise ModelSourceError(f"population.models[{i}]: must be a folder or a Hub id; got {name!r}")
-        found = [LMModel(name, None, _seed_of(name)) for name in models]
-    elif glob is not None:
-        folders = sorted(path for path in globbing.glob(os.path.expanduser(glob)) if os.path.isdir(path))
-        if not folders:
-            raise ModelSourceError(f"population.glob: {glob!r} matches no folder")
-        found = [LMModel(path, None, _seed_of(path)) for path in folders]
-    else:
-        found = _hub_models(hub, seeds, revisions)
-    labels = [model.label for model in found]
-    for i, label in enumerate(labels):
-        if label in labels[:i]:
-            raise ModelSourceError(f"population: {label} is listed twice")
-    return found
 
 
 # ------------------------------------------------------------------------------------------------ resolving
@@ -280,7 +125,7 @@ def resolve_model(model: LMModel | str, *, cache_dir: str | None = None) -> Reso
         a Hub id, a Hub id not in the cache, a revision the cache does not hold.
     """
     if isinstance(model, str):
-        model = LMModel(model, None, _seed_of(model))
+        model = LMModel(model, None, seed_of(model))
     folder = os.path.expanduser(model.name)
     if os.path.isdir(folder):
         if model.revision is not None:
@@ -388,86 +233,3 @@ def max_positions(config: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-# ------------------------------------------------------------------------------------------------ tokenizers
-
-
-def load_tokenizer(folder: str, *, label: str | None = None):
-    """The tokenizer saved in a folder (``transformers.AutoTokenizer``, local files only).
-
-    Raises
-    ------
-    ModelSourceError
-        The folder holds no tokenizer that ``transformers`` can load.
-    """
-    from transformers import AutoTokenizer
-
-    if not has_tokenizer(folder):
-        raise ModelSourceError(f"tokenizer of {label or folder}: {folder} holds no tokenizer files "
-                               f"({', '.join(TOKENIZER_FILES)})")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelSourceError(f"tokenizer of {label or folder}: cannot load one from {folder}: {reason}") from None
-    if tokenizer.vocab_size == 0:
-        raise ModelSourceError(f"tokenizer of {label or folder}: the one in {folder} has an empty vocabulary")
-    return tokenizer
-
-
-def has_tokenizer(folder: str) -> bool:
-    """Whether a folder holds a tokenizer's files (:data:`TOKENIZER_FILES`)."""
-    return any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES)
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A digest of what decides a tokenizer's tokens: vocabulary, merges, normalisation, special tokens.
-
-    Padding and truncation settings (the padding side among them) are left out: they change no token.
-
-    Parameters
-    ----------
-    tokenizer : transformers tokenizer
-
-    Returns
-    -------
-    str
-        16 hex characters.
-    """
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        content = json.loads(backend.to_str())
-        for key in ("padding", "truncation"):
-            content.pop(key, None)
-    else:
-        content = {"vocab": sorted(tokenizer.get_vocab().items())}
-    special = {name: str(value) for name, value in sorted(tokenizer.special_tokens_map.items())}
-    return digest({"tokenizer": content, "special": special})
-
-
-def same_tokenizer(fingerprints: Mapping[str, str]) -> str:
-    """The one fingerprint a population's models share.
-
-    Parameters
-    ----------
-    fingerprints : mapping of str to str
-        Model label → :func:`tokenizer_fingerprint`.
-
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    ModelSourceError
-        Naming two models whose tokenizers differ.
-    """
-    if not fingerprints:
-        raise ModelSourceError("population: no models")
-    (first, expected), *rest = fingerprints.items()
-    for label, fingerprint in rest:
-        if fingerprint != expected:
-            raise ModelSourceError(f"population: models {first} and {label} have different tokenizers (vocabulary, "
-                                   "merges or special tokens differ): a row must be the same token in every model")
-    return expected

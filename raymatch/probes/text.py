@@ -334,7 +334,7 @@ def make_text_probe(text: str, *, tokenizer: Any, fmt: str = "lines", field_name
     TextProbeError
         A file that cannot be read or parsed, too few non-empty texts, a bad ``max_length``.
     """
-    from ..models.transformers_source import load_tokenizer, tokenizer_fingerprint
+    from ..models import load_tokenizer, tokenizer_fingerprint
 
     check_max_length(max_length, positions, model)
     if isinstance(tokenizer, str):

@@ -219,7 +219,7 @@ def save_untrained(tokenizer_folder: str, folder: str, seed: int, recipe: Causal
     """
     import torch
 
-    from ..models.transformers_source import load_tokenizer
+    from ..models import load_tokenizer
 
     recipe = recipe or CausalLMRecipe()
     tokenizer = load_tokenizer(tokenizer_folder)
@@ -268,7 +268,7 @@ def train_causal_lm(texts: Sequence[str], tokenizer_folder: str, folder: str, se
     """
     import torch
 
-    from ..models.transformers_source import load_tokenizer
+    from ..models import load_tokenizer
 
     recipe = recipe or CausalLMRecipe()
     started = time.perf_counter()

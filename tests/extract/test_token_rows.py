@@ -17,7 +17,7 @@ from raymatch.extract.tokens import (
     token_layers,
 )
 from raymatch.match import exact_tolerance
-from raymatch.models.transformers_source import LMModel
+from raymatch.models import LMModel
 from raymatch.probes.text import make_text_probe
 from raymatch.probes.token_rows import TokenRows, batch_ranges, padding_share
 from raymatch.store import ActivationKey, read_activations, read_manifest

@@ -8,19 +8,9 @@ import shutil
 import pytest
 import torch
 
-from raymatch.models.transformers_source import (
-    LMModel,
-    ModelSourceError,
-    expand_population,
-    hub_cache_dir,
-    lm_model_id,
-    load_lm,
-    load_tokenizer,
-    max_positions,
-    resolve_model,
-    same_tokenizer,
-    tokenizer_fingerprint,
-)
+from raymatch.models.lm_population import LMModel, ModelSourceError, expand_population
+from raymatch.models.lm_tokenizers import load_tokenizer, same_tokenizer, tokenizer_fingerprint
+from raymatch.models.transformers_source import hub_cache_dir, lm_model_id, load_lm, max_positions, resolve_model
 
 from ..lm_helpers import bert, gpt2, save_model, write_hub_repo, write_tokenizer
 

@@ -97,9 +97,13 @@ def token_layers(model: nn.Module, entries, *, field: str = "layers") -> dict[st
             hidden.update(found)
             continue
         try:
-            modules.update(resolve_layers(model, [entry], field=field))
+            found = resolve_layers(model, [entry], field=field)
         except ValueError as error:
             raise ValueError(str(error).replace(f"{field}[0]:", f"{field}[{i}]:", 1)) from None
+        for name, options in found.items():
+            if modules.setdefault(name, options) != options:
+                raise ValueError(f"{field}[{i}]: {selector!r} selects {name}, which an earlier entry selects with "
+                                 "another output option")
     order = list(resolve_layers(model, list(modules))) if modules else []
     return {**{name: modules[name] for name in order},
             **{name: LayerOptions() for name in sorted(hidden, key=lambda name: int(name.rsplit(".", 1)[1]))}}

@@ -190,6 +190,8 @@ def test_layer_selectors(lm):
         token_layers(model, ["hidden_states", "hidden_states.5"])
     with pytest.raises(ValueError, match=r"layers\[1\]: unknown layer 'transformer.h.\*.mlp.gelu'"):
         token_layers(model, ["hidden_states", "transformer.h.*.mlp.gelu"])
+    with pytest.raises(ValueError, match=r"layers\[1\]: 'transformer.h.\*' selects transformer.h.0, which an earlier"):
+        token_layers(model, ["transformer.h.0", {"select": "transformer.h.*", "output": 0}])
     with pytest.raises(ValueError, match=r"layers\[0\]: unknown layer 'encoder.layer.\*.intermediate'"):
         token_layers(model, ["encoder.layer.*.intermediate"])
 

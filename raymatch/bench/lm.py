@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -72,17 +73,25 @@ def bench_extraction(model, probe, layers, repeats: int, batch_size: int = 64,
                 model(**forward_kwargs(model, batch))
 
     tokens = int(probe.lengths.sum())
-    seconds, runs = median_time(bare, repeats)
-    rows = [{"what": "bare batched forward (same batches, no hooks)", "seconds": seconds, "runs": runs,
-             "tokens": tokens}]
+    times: dict[str, list[float]] = {"bare": [], "extract": []}
     with tempfile.TemporaryDirectory() as folder:
         store, counter = Store(folder), itertools.count()
-        seconds, runs = median_time(lambda: extract_tokens(store, model, f"bench{next(counter)}", probe, layers,
-                                                           batch_size=batch_size, max_batch_tokens=max_batch_tokens),
-                                    repeats)
-    rows.append({"what": f"extract + store {len(layers)} layers, {probe.rows(0).shape[0]:,} token rows each",
-                 "seconds": seconds, "runs": runs, "tokens": tokens})
-    return rows
+
+        def extract():
+            extract_tokens(store, model, f"bench{next(counter)}", probe, layers, batch_size=batch_size,
+                           max_batch_tokens=max_batch_tokens)
+
+        # Alternated, after one untimed run of each: a shared machine's load drifts alike over both.
+        for run in range(repeats + (repeats > 1)):
+            for name, call in (("bare", bare), ("extract", extract)):
+                started = time.perf_counter()
+                call()
+                if run or repeats == 1:
+                    times[name].append(time.perf_counter() - started)
+    return [{"what": "bare batched forward (same batches, no hooks)", "seconds": statistics.median(times["bare"]),
+             "runs": repeats, "tokens": tokens},
+            {"what": f"extract + store {len(layers)} layers, {probe.rows(0).shape[0]:,} token rows each",
+             "seconds": statistics.median(times["extract"]), "runs": repeats, "tokens": tokens}]
 
 
 def bench_padding(lengths: np.ndarray, batch_size: int = 64, max_batch_tokens: int = 16_384) -> dict:

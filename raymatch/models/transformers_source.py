@@ -22,8 +22,8 @@ from typing import Any
 from ..store.layout import digest
 from .lm_population import LMModel, ModelSourceError, seed_of
 
-__all__ = ["HF_CLASSES", "TORCH_DTYPES", "ResolvedModel", "hub_cache_dir", "lm_model_id", "load_lm", "max_positions",
-           "resolve_model"]
+__all__ = ["HF_CLASSES", "TORCH_DTYPES", "ResolvedModel", "hub_cache_dir", "lm_model_id", "load_config", "load_lm",
+           "max_positions", "resolve_model"]
 
 #: ``architecture.class``: which ``transformers`` auto class builds the model.
 HF_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM")
@@ -224,6 +224,24 @@ def load_lm(resolved: ResolvedModel, cls: str = "AutoModel", dtype: str = "float
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelSourceError(f"model {resolved.model.label}: {cls} cannot load {resolved.path}: {reason}") from None
     return model.eval(), model_id
+
+
+def load_config(resolved: ResolvedModel):
+    """A model's ``transformers`` config, without its weights (what a plan checks ``max_length`` against).
+
+    Raises
+    ------
+    ModelSourceError
+        A ``config.json`` that ``transformers`` cannot read.
+    """
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolved.path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelSourceError(f"model {resolved.model.label}: cannot read {resolved.path}/config.json: "
+                               f"{reason}") from None
 
 
 def max_positions(config: Any) -> int | None:

@@ -10,7 +10,14 @@ import torch
 
 from raymatch.models.lm_population import LMModel, ModelSourceError, expand_population
 from raymatch.models.lm_tokenizers import load_tokenizer, same_tokenizer, tokenizer_fingerprint
-from raymatch.models.transformers_source import hub_cache_dir, lm_model_id, load_lm, max_positions, resolve_model
+from raymatch.models.transformers_source import (
+    hub_cache_dir,
+    lm_model_id,
+    load_config,
+    load_lm,
+    max_positions,
+    resolve_model,
+)
 
 from ..lm_helpers import bert, gpt2, save_model, write_hub_repo, write_tokenizer
 
@@ -153,3 +160,4 @@ def test_max_positions_and_a_masked_lm(tmp_path):
     model, _ = load_lm(resolve_model(str(folder)), "AutoModelForMaskedLM")
     assert type(model).__name__ == "BertForMaskedLM" and max_positions(model.config) == 64
     assert max_positions(gpt2(0, 50, n_positions=48).config) == 48
+    assert max_positions(load_config(resolve_model(str(folder)))) == 64

@@ -14,6 +14,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Hugging Face: never the network (a Hub id resolves through a cache folder a test lays out).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 BUCKET = "raymatch-test"
 S3_KEY, S3_SECRET = "testing-key", "testing-secret"

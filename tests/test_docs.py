@@ -1,9 +1,10 @@
 """Every ```python block of README.md, CONTRIBUTING.md and docs/*.md runs, as written.
 
 The blocks of one file run in order in one namespace (a later block may use an earlier one's names), in a
-temporary working directory. A block whose first line is ``# needs: cluster`` or ``# needs: gpu`` is checked for
-its imports only: every ``import`` / ``from … import`` in it must resolve (CONTRIBUTING.md, "Docs"). Other
-languages (bash, yaml, plain) are not run.
+temporary working directory. A block whose first line is ``# needs: cluster``, ``# needs: gpu`` or
+``# needs: hub-cache`` (Hugging Face Hub weights in the local cache) is checked for its imports only: every
+``import`` / ``from … import`` in it must resolve (CONTRIBUTING.md, "Docs").
+Other languages (bash, yaml, plain) are not run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
-NEEDS = re.compile(r"#\s*needs:\s*(cluster|gpu)\s*$")
+NEEDS = re.compile(r"#\s*needs:\s*(cluster|gpu|hub-cache)\s*$")
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)\s*$")
 
 

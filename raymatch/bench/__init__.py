@@ -1,7 +1,7 @@
 """Benchmarks, printed as tables with the baseline measured in the same process.
 
 Run ``raymatch bench match`` (or ``python -m raymatch.bench match``); one module per benchmark:
-:mod:`.match`, :mod:`.extract`, :mod:`.pipeline`, :mod:`.population`. Targets are stated in
+:mod:`.match`, :mod:`.extract`, :mod:`.pipeline`, :mod:`.population`, :mod:`.lm`. Targets are stated in
 ``docs/benchmarks.md``; nothing here is a timed test.
 """
 
@@ -18,9 +18,9 @@ __all__ = ["bench_extract", "bench_match", "bench_pipeline", "ideal_wall", "mach
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``raymatch bench {match,extract,pipeline,population}``: run one benchmark and print its table."""
+    """``raymatch bench {match,extract,pipeline,population,lm}``: run one benchmark and print its table."""
     parser = argparse.ArgumentParser(prog="raymatch bench", description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=["match", "extract", "pipeline", "population"],
+    parser.add_argument("suite", choices=["match", "extract", "pipeline", "population", "lm"],
                         help="which benchmark to run")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (a smoke run; the targets refer to the full sizes)")
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=["table", "layer"], action="append",
                         help="population: run only this part (default: both)")
     args = parser.parse_args(argv)
+    if args.suite == "lm":  # language-model token rows, padding and the match stage (raymatch/bench/lm.py)
+        from .lm import main as lm
+
+        return lm(["--repeats", str(max(1, min(args.repeats, 3)))] + (["--quick"] if args.quick else []))
     if args.suite == "population":
         from .population import main as population
 

@@ -15,6 +15,10 @@ _MODULES = {
     "LAYER_TYPES": "layers",
     "resolve_layers": "layers",
     "select_layers": "layers",
+    "TokenExtractionJob": "tokens",
+    "extract_tokens": "tokens",
+    "run_token_job": "tokens",
+    "token_layers": "tokens",
 }
 
 __all__ = sorted(_MODULES)

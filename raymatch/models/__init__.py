@@ -3,6 +3,12 @@
 :func:`build_model` builds a model by name; :func:`load_model` builds one and loads a checkpoint into
 it, checking every parameter's shape, and returns the model with its id (a digest of the checkpoint's
 bytes). Checkpoints are safetensors, or ``torch.save`` state dicts read with ``weights_only=True``.
+
+Language models (``transformers``, offline): :func:`expand_population` names a population
+(:mod:`.lm_population`), :func:`resolve_model` finds a folder or a cached Hub revision and :func:`load_lm` loads
+it with its id (:mod:`.transformers_source`; their tokenizers: :mod:`raymatch.probes.tokenizer`), and
+:func:`permuted_mlp_twin` builds the exact-match check (:mod:`.lm_twins`).
+
 :class:`Architecture` describes an architecture as a study file does (the zoo, torchvision, timm or a factory).
 
 The names below load their modules on first use, so that importing :mod:`raymatch.models.architecture` (a
@@ -26,6 +32,14 @@ _MODULES = {
     "SmallCNN": "zoo",
     "available_models": "zoo",
     "build_model": "zoo",
+    "LMModel": "lm_population",
+    "ModelSourceError": "lm_population",
+    "expand_population": "lm_population",
+    "permuted_mlp_twin": "lm_twins",
+    "ResolvedModel": "transformers_source",
+    "lm_model_id": "transformers_source",
+    "load_lm": "transformers_source",
+    "resolve_model": "transformers_source",
 }
 
 __all__ = sorted(_MODULES)

@@ -12,6 +12,7 @@ from .activations import (
 from .factors import cached_factor, factor_prefix, read_factor, write_factor
 from .location import StoreLocation, StoreURIError, check_endpoint, check_uri, parse_uri
 from .store import Store, StoreError, check_key, check_name
+from .token_rows import read_token_rows
 
 __all__ = [
     "ActivationKey",
@@ -32,6 +33,7 @@ __all__ = [
     "read_activations",
     "read_factor",
     "read_manifest",
+    "read_token_rows",
     "write_activations",
     "write_factor",
 ]

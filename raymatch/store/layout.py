@@ -226,3 +226,18 @@ def task_id(layer: str, repeat: int, content: Any) -> str:
     True
     """
     return f"{layer_key(layer)}.r{int(repeat)}.{digest(content)}"
+
+
+# ------------------------------------------------------------------------------------------------ token rows
+
+
+def token_rows_key(probe_id: str, repeat: int) -> str:
+    """``token-rows/<probe id>/r<repeat>.parquet``: the (sequence, position, token) of every row of a text probe.
+
+    One object per probe and repeat, shared by every model and layer (the rows depend on the probe only); each
+    activation manifest of the probe records its ``rows_sha256``.
+    """
+    return f"token-rows/{probe_id}/r{int(repeat)}.parquet"
+
+
+__all__ += ["token_rows_key"]

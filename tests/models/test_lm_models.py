@@ -120,7 +120,7 @@ def test_tokenizer_fingerprints_ignore_padding_and_see_vocabulary_and_special_to
         same_tokenizer({"a": fingerprint, "b": fingerprint, "c": other_special})
     no_tokenizer = tmp_path / "bare"
     save_model(gpt2(0, 50), no_tokenizer)
-    with pytest.raises(ModelSourceError, match=r"tokenizer of .*bare"):
+    with pytest.raises(TokenizerError, match=r"tokenizer of .*bare"):
         load_tokenizer(str(no_tokenizer))
 
 

@@ -4,6 +4,7 @@ No Ray, no IO: arrays (numpy or torch) or :class:`Factor` objects in, dataclasse
 """
 
 from .api import candidate_order, match_curve, max_match, minimal_match, simple_matches
+from .batched import cross_products, match_curves
 from .cka import linear_cka, linear_cka_factors
 from .factor import CompactFactor, Factor, compact_factor, cross_product, factor
 from .inputs import DEAD_RTOL, EXACT_TOL, EXACT_TOL_EPS, RANK_RTOL, exact_tolerance
@@ -22,11 +23,13 @@ __all__ = [
     "candidate_order",
     "compact_factor",
     "cross_product",
+    "cross_products",
     "exact_tolerance",
     "factor",
     "linear_cka",
     "linear_cka_factors",
     "match_curve",
+    "match_curves",
     "max_match",
     "minimal_match",
     "simple_matches",

@@ -8,13 +8,15 @@ Run ``raymatch bench match`` (or ``python -m raymatch.bench match``); one module
 from __future__ import annotations
 
 import argparse
+import sys
 
+from .blocks import bench_blocks, print_blocks
 from .extract import bench_extract, print_extract
 from .match import bench_match, judge, print_table
 from .pipeline import bench_pipeline, ideal_wall, print_pipeline
 from .timing import machine
 
-__all__ = ["bench_extract", "bench_match", "bench_pipeline", "ideal_wall", "machine", "main"]
+__all__ = ["bench_blocks", "bench_extract", "bench_match", "bench_pipeline", "ideal_wall", "machine", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per fast row (median reported)")
     parser.add_argument("--part", choices=["table", "layer"], action="append",
                         help="population: run only this part (default: both)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="match: where the batched kernel and its floor run (default: cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="match: torch threads of the batched kernel's GEMMs and the floor (default 1: one per "
+                             "task, as Ray workers run; the peels run on one thread)")
     args = parser.parse_args(argv)
     if args.suite == "population":
         from .population import main as population
@@ -52,10 +59,27 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {"n_samples": 1000, "n_neurons": 64, "small_samples": 400, "small_neurons": 32}
     else:
         sizes = {"n_samples": 10_000, "n_neurons": 512, "small_samples": 2_000, "small_neurons": 128}
+    return _match(args, sizes)
+
+
+def _match(args, sizes: dict) -> int:
+    """``raymatch bench match``: rows 1–6 (the match core), then rows 7–8 (the batched kernel)."""
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser_error = "raymatch bench: --device cuda, but torch sees no CUDA device (a CPU-only torch build?)"
+        print(parser_error, file=sys.stderr)
+        return 2
     print(f"raymatch bench match — {machine()}")
     print(f"synthetic ReLU pair: {sizes['n_samples']} samples, {sizes['n_neurons']} + {sizes['n_neurons']} "
           f"neurons (raymatch.match.synthetic.relu_pair, seed 0)\n")
     rows = bench_match(repeats=max(1, args.repeats), **sizes)
     judge(rows)
     print_table(rows)
+    torch.set_num_threads(max(1, args.threads))
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nrows 7–8: milliseconds per curve; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"device {name}; today's kernel: numpy/scipy, one BLAS thread")
+    print_blocks(bench_blocks(quick=args.quick, repeats=max(1, min(args.repeats, 3)), device=device))
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ STACK_BYTES = 1 * 2**30
 
 
 def match_curves(pairs: Sequence[tuple[Factor, Factor]], *, exact_tol=None, device=None, dtype=None,
-                 crosses: Sequence | None = None) -> list[MatchCurve]:
+                 crosses: Sequence | None = None, timings: dict | None = None) -> list[MatchCurve]:
     """Every neuron's critical ε for each pair of factors, computed together.
 
     Parameters
@@ -48,6 +49,9 @@ def match_curves(pairs: Sequence[tuple[Factor, Factor]], *, exact_tol=None, devi
         speed on a GPU: critical ε move by up to ~1e-4).
     crosses : sequence of array_like, shape (fa.rank, fb.rank), optional
         The pairs' cross products when already computed (:func:`cross_products`).
+    timings : dict, optional
+        Receives (adds to) the seconds spent on the ``cross`` products, the peels' ``setup``, ``steps`` and
+        ``flushes``, and on the pairs peeled ``one_pair`` at a time.
 
     Returns
     -------
@@ -74,27 +78,37 @@ def match_curves(pairs: Sequence[tuple[Factor, Factor]], *, exact_tol=None, devi
     tolerances = _tolerances(exact_tol, len(pairs))
     device = torch.device("cpu") if device is None else torch.device(device)
     dtype = torch.float64 if dtype is None else dtype
+    clock = dict.fromkeys(("cross", "setup", "steps", "flushes", "one_pair"), 0.0)
+    started = time.perf_counter()
     if crosses is None:
         crosses = _cross_tensors(pairs, device, dtype)
     else:
         crosses = _check_crosses(pairs, crosses)
+    clock["cross"] = time.perf_counter() - started
     curves: list[MatchCurve | None] = [None] * len(pairs)
     batched = []
     for p, (fa, fb) in enumerate(pairs):
         if fa.coords.shape[0] < fa.coords.shape[1] or fb.coords.shape[0] < fb.coords.shape[1]:
+            started = time.perf_counter()
             cross = crosses[p].cpu().numpy() if isinstance(crosses[p], torch.Tensor) else crosses[p]
             curves[p] = match_curve(fa, fb, cross=np.asarray(cross, dtype=np.float64), exact_tol=tolerances[p])
+            clock["one_pair"] += time.perf_counter() - started
         else:
             batched.append(p)
     for chunk in _chunks(batched, pairs):
-        for p, (live_a, live_b) in zip(chunk, _peel_chunk(pairs, chunk, crosses, tolerances, device, dtype),
-                                       strict=True):
+        results, seconds = _peel_chunk(pairs, chunk, crosses, tolerances, device, dtype)
+        for key, value in seconds.items():
+            clock[key] += value
+        for p, (live_a, live_b) in zip(chunk, results, strict=True):
             curves[p] = _curve(*pairs[p], live_a, live_b)
+    if timings is not None:
+        for key, value in clock.items():
+            timings[key] = timings.get(key, 0.0) + value
     return curves
 
 
-def _peel_chunk(pairs, chunk: list[int], crosses, tolerances, device, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The critical ε of the live neurons of the pairs ``chunk``, peeled in lockstep (each model's coordinates once)."""
+def _peel_chunk(pairs, chunk: list[int], crosses, tolerances, device, dtype) -> tuple[list, dict]:
+    """The critical ε of the live neurons of the pairs ``chunk``, peeled in lockstep, and the peel's seconds."""
     models: dict[int, int] = {}
     coords = []
     for p in chunk:
@@ -107,7 +121,7 @@ def _peel_chunk(pairs, chunk: list[int], crosses, tolerances, device, dtype) -> 
     with _one_thread(device):
         peel = LockstepPeel(coords, model_a, model_b, [crosses[p] for p in chunk], [tolerances[p] for p in chunk],
                             device=device, dtype=dtype)
-        return peel.run()
+        return peel.run(), peel.seconds
 
 
 def cross_products(pairs: Sequence[tuple[Factor, Factor]], *, device=None, dtype=None) -> list[np.ndarray]:

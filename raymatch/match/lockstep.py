@@ -35,6 +35,8 @@ Rank-deficient layers (more live neurons than rank) are not handled here: see
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,9 +48,43 @@ FLUSH = 16
 CHECK = 4
 #: Compact the arrays when the widest remaining side of any pair needs at most this fraction of the width.
 COMPACT_FRACTION = 0.75
+#: The largest array a :class:`Workspace` keeps between peels.
+WORKSPACE_BYTES = 256 * 2**20
 #: A dual shorter than 1 / AMPLIFY of its length when last computed is recomputed before it is used
 #: (float64: a relative rounding of at most ~1e-10 in its squared norm; see the module notes).
 AMPLIFY = {torch.float64: 1e3, torch.float32: 30.0}
+
+
+class Workspace(threading.local):
+    """The large arrays of the peels of one thread, kept from one peel to the next.
+
+    Fresh memory costs a page fault per page on its first write (measured: the first write of 30 MB takes 3–4×
+    the second), and arrays this large are returned to the system when freed; a pair task peels one chunk after
+    another. Arrays larger than :data:`WORKSPACE_BYTES` are not kept.
+    """
+
+    def __init__(self):
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def take(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised tensor of ``shape``, in the buffer kept under ``key`` (grown when too small)."""
+        numel = math.prod(shape)
+        slot = (key, dtype, device)
+        buffer = self.buffers.get(slot)
+        if buffer is None or buffer.numel() < numel:
+            self.buffers.pop(slot, None)
+            buffer = torch.empty(numel, dtype=dtype, device=device)
+            if numel * buffer.element_size() <= WORKSPACE_BYTES:
+                self.buffers[slot] = buffer
+        return buffer[:numel].view(shape)
+
+    def clear(self) -> None:
+        """Release every kept array."""
+        self.buffers.clear()
+
+
+#: Each thread's arrays (see :class:`Workspace`); ``WORKSPACE.clear()`` releases them.
+WORKSPACE = Workspace()
 
 
 class LockstepPeel:
@@ -70,6 +106,14 @@ class LockstepPeel:
     dtype : torch.dtype
         Of the peel's state (the set-up is computed in float64).
 
+    Attributes
+    ----------
+    stats : dict
+        Counts of ``steps``, ``flushes``, ``compactions`` and ``rebases`` (re-factored sides).
+    seconds : dict
+        Wall time of the ``setup``, the ``steps`` and the ``flushes`` (with the re-factorings and compactions);
+        on a GPU, of launching them unless the device is synchronised.
+
     Examples
     --------
     >>> import numpy as np
@@ -87,6 +131,7 @@ class LockstepPeel:
 
     def __init__(self, coords: Sequence[np.ndarray], model_a: Sequence[int], model_b: Sequence[int],
                  crosses: Sequence, floor: Sequence[float], *, device=None, dtype=torch.float64):
+        started = time.perf_counter()
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.dtype = dtype
         self.sizes = [int(c.shape[1]) for c in coords]
@@ -94,41 +139,32 @@ class LockstepPeel:
         self.h = h = max(1, *self.sizes) if self.sizes else 1
         self.ia = torch.as_tensor(np.asarray(model_a, dtype=np.int64), device=self.device)
         self.ib = torch.as_tensor(np.asarray(model_b, dtype=np.int64), device=self.device)
-        wide = torch.float64
         self.coords = _padded_coords(coords, h, self.device)
-        inverse = _inverses(self.coords, coords)
-        self.cross = torch.zeros(n_pairs, h, h, dtype=wide, device=self.device)
-        for p, cross in enumerate(crosses):
-            cross = torch.as_tensor(cross, device=self.device, dtype=wide)
-            self.cross[p, : cross.shape[0], : cross.shape[1]] = cross
-        ra, rb = self.coords[self.ia], self.coords[self.ib]
-        b_in_a = self.cross @ rb  # B's neurons projected on span A, in A's coordinates
-        a_in_b = self.cross.transpose(1, 2) @ ra
-        res2 = torch.stack([1.0 - (a_in_b * a_in_b).sum(1), 1.0 - (b_in_a * b_in_a).sum(1)], 1).clamp_(0.0, 1.0)
-        live = torch.zeros(n_pairs, 2, h, dtype=torch.bool, device=self.device)
-        sizes = torch.as_tensor(self.sizes, device=self.device)
+        self.crosses = [torch.as_tensor(cross, device=self.device, dtype=torch.float64) for cross in crosses]
+        self._buffer = "M0"
+        M, res2 = _neuron_space(self.coords, _inverses(self.coords, coords), self.ia, self.ib, self.crosses)
         slots = torch.arange(h, device=self.device)
-        live[:, 0] = slots < sizes[self.ia][:, None]
-        live[:, 1] = slots < sizes[self.ib][:, None]
+        sizes = torch.as_tensor(self.sizes, device=self.device)
+        live = torch.stack([slots < sizes[self.ia][:, None], slots < sizes[self.ib][:, None]], 1)
         self.res2 = res2.masked_fill_(~live, -math.inf).to(dtype)
-        gram = inverse @ inverse.transpose(1, 2)  # Gram matrices of the duals, per model
-        M = torch.empty(n_pairs, 2 * h, 2 * h, dtype=wide, device=self.device)
-        M[:, :h, :h] = gram[self.ia]
-        M[:, h:, h:] = gram[self.ib]
-        M[:, :h, h:] = inverse[self.ia] @ b_in_a
-        M[:, h:, :h] = inverse[self.ib] @ a_in_b
         self.M = M.to(dtype)
         self.amplify2 = AMPLIFY.get(dtype, AMPLIFY[torch.float32]) ** 2
         self.limit2 = torch.diagonal(self.M, dim1=1, dim2=2).reshape(n_pairs, 2, h) / self.amplify2
         self.slot = slots.expand(n_pairs, 2, h).clone()  # original live position held by each slot
-        self.level = torch.ones(n_pairs, dtype=dtype, device=self.device)
+        # The steps since the last flush: each side's candidate slot, whether it qualified (its ratio reaches the
+        # level) and whether it was deleted; levels[t] is the level before step t (levels[0] carries over).
+        self.chosen = torch.zeros(FLUSH, n_pairs, 2, dtype=torch.long, device=self.device)
+        self.wanted = torch.zeros(FLUSH, n_pairs, 2, dtype=torch.bool, device=self.device)
+        self.deleted = torch.zeros(FLUSH, n_pairs, 2, dtype=torch.bool, device=self.device)
+        self.levels = torch.ones(FLUSH + 1, n_pairs, dtype=dtype, device=self.device)
+        self.tops = torch.empty(n_pairs, 2, dtype=dtype, device=self.device)
         self.floor2 = torch.as_tensor(np.square(np.asarray(floor, dtype=np.float64)), device=self.device).to(dtype)
         self.critical = torch.zeros(n_pairs, 2, h, dtype=dtype, device=self.device)
-        self.pending = torch.zeros(n_pairs, 2, FLUSH, 2 * h, dtype=dtype, device=self.device)
+        self.pending = WORKSPACE.take("pending", (n_pairs, 2, FLUSH, 2 * h), dtype, self.device)
         self.n_pending = 0
-        self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.stats = {"steps": 0, "flushes": 0, "compactions": 0, "rebases": 0}
         self._index()
+        self.seconds = {"setup": time.perf_counter() - started, "steps": 0.0, "flushes": 0.0}
 
     def _index(self) -> None:
         """Index tensors and views of the current width (a step then creates no view it can reuse)."""
@@ -140,7 +176,6 @@ class LockstepPeel:
         self.res2_flat = self.res2.view(P, 2 * h)
         self.res2_a, self.res2_b = self.res2[:, 0], self.res2[:, 1]
         self.limit2_flat = self.limit2.view(P, 2 * h)
-        self.level_column = self.level.view(P, 1)
         self.by_side = self.pending.view(2 * P, FLUSH, 2 * h)
         self._views: dict[int, tuple] = {}
 
@@ -163,13 +198,15 @@ class LockstepPeel:
             Per pair, the critical ε of A's and of B's live neurons (shapes (k_a,), (k_b,)), in the order
             of their factors' ``live``.
         """
+        started = time.perf_counter()
         while True:
             self.step()
             if self.n_pending == FLUSH:
                 self.flush()
-            if self.stats["steps"] % CHECK == 0 and not bool((self.level > self.floor2).any()):
+            if self.stats["steps"] % CHECK == 0 and not bool((self.levels[self.n_pending] > self.floor2).any()):
                 break
         self.flush(last=True)
+        self.seconds["steps"] = time.perf_counter() - started - self.seconds["flushes"]
         critical = self.critical.to(torch.float64).cpu().numpy()
         na, nb = self.ia.cpu().numpy(), self.ib.cpu().numpy()
         return [(critical[p, 0, : self.sizes[na[p]]], critical[p, 1, : self.sizes[nb[p]]])
@@ -178,9 +215,9 @@ class LockstepPeel:
     def step(self) -> None:
         """Delete, in every pair, the neuron of largest ratio of each side whose ratio reaches the level."""
         P, h, t = self.n_pairs, self.h, self.n_pending
-        tops, j = self.res2.max(2)  # (P, 2): each side's largest squared ratio and its slot
-        torch.minimum(self.level, tops.amax(1), out=self.level)
-        want = tops >= self.level_column
+        tops, j = torch.max(self.res2, 2, out=(self.tops, self.chosen[t]))  # each side's largest ratio, its slot
+        level = torch.minimum(self.levels[t], tops.amax(1), out=self.levels[t + 1])
+        want = torch.ge(tops, level[:, None], out=self.wanted[t])
         index = j + self.offset  # (P, 2): the candidates' rows of M
         m = self.M_rows.index_select(0, (index + self.row_base).view(-1))  # (2P, 2h): their rows of M₀
         pending, slot, gain_a, gain_b = self._slot(t)
@@ -189,52 +226,51 @@ class LockstepPeel:
             m.sub_(torch.matmul(weights.transpose(1, 2), pending).view(2 * P, 2 * h))
         m = m.view(P, 2, 2 * h)
         delta = m.view(2 * P, 2 * h).gather(1, index.view(2 * P, 1)).view(P, 2)  # ‖d_j‖² of each candidate
-        ok = want & (delta > self.limit2_flat.gather(1, index))
+        ok = torch.gt(delta, self.limit2_flat.gather(1, index), out=self.deleted[t]).logical_and_(want)
         torch.mul(m, torch.where(ok, delta.rsqrt(), 0.0).unsqueeze(2), out=slot)
         self.res2_flat.scatter_(1, index, tops.masked_fill(ok, -math.inf))
         self.res2_a.addcmul_(gain_a, gain_a)
         self.res2_b.addcmul_(gain_b, gain_b)
-        self.history.append((j, ok, want, self.level.clone()))
         self.n_pending += 1
         self.stats["steps"] += 1
 
     def flush(self, last: bool = False) -> None:
         """Fold the pending updates into ``M₀``; re-factor the sides that wait for it; compact (unless ``last``)."""
+        started = time.perf_counter()
         t, h, P = self.n_pending, self.h, self.n_pairs
         if t:
             updates = self.by_side[:, :t]  # (2P, t, 2h); batch 2p + side holds the side's rows
             own = torch.stack([self.pending[:, 0, :t, :h], self.pending[:, 1, :t, h:]], 1).view(2 * P, t, h)
             self.M.view(2 * P, h, 2 * h).baddbmm_(own.transpose(1, 2), updates, alpha=-1.0)
-            self.n_pending = 0
             self.stats["flushes"] += 1
-        waiting = self._waiting()
-        self._record()
+        waiting = self._waiting(t)
+        self._record(t)
+        self.levels[0] = self.levels[t]
+        self.n_pending = 0
         for p, side in waiting:
             self.rebase(p, side)
-        if last:
-            return
-        alive = (self.res2 > -math.inf).sum(2).amax()
-        width = max(1, int(alive))
-        if width <= COMPACT_FRACTION * h:
-            self.compact(width)
+        if not last:
+            width = max(1, int((self.res2 > -math.inf).sum(2).amax()))
+            if width <= COMPACT_FRACTION * h:
+                self.compact(width)
+        self.seconds["flushes"] += time.perf_counter() - started
 
-    def _waiting(self) -> list[tuple[int, int]]:
-        """(pair, side) of the deletions refused since the last flush because their dual was amplified."""
-        if not self.history:
+    def _waiting(self, t: int) -> list[tuple[int, int]]:
+        """(pair, side) of the deletions refused in the last ``t`` steps because their dual was amplified."""
+        if not t:
             return []
-        _, ok, want, level = (torch.stack(x) for x in zip(*self.history, strict=True))
-        refused = (want & ~ok & (level > self.floor2)[:, :, None]).any(0)
+        active = self.levels[1 : t + 1] > self.floor2
+        refused = (self.wanted[:t] & ~self.deleted[:t] & active[:, :, None]).any(0)
         return [tuple(x) for x in refused.nonzero().tolist()]
 
-    def _record(self) -> None:
-        """Write the critical ε of the deletions since the last record (slots translated to live positions)."""
-        if not self.history:
+    def _record(self, t: int) -> None:
+        """Write the critical ε of the deletions of the last ``t`` steps (slots translated to live positions)."""
+        if not t:
             return
-        j, ok, _, level = (torch.stack(x) for x in zip(*self.history, strict=True))
-        self.history.clear()
-        done = ok & (level > self.floor2)[:, :, None]  # (T, P, 2)
+        level = self.levels[1 : t + 1]
+        done = self.deleted[:t] & (level > self.floor2)[:, :, None]  # (t, P, 2)
         step, pair, side = done.nonzero(as_tuple=True)
-        position = self.slot[pair, side, j[step, pair, side]]
+        position = self.slot[pair, side, self.chosen[:t][step, pair, side]]
         self.critical[pair, side, position] = level[step, pair].sqrt()
 
     def rebase(self, p: int, side: int) -> None:
@@ -250,7 +286,9 @@ class LockstepPeel:
         own, their = alive[side].nonzero()[:, 0], alive[other].nonzero()[:, 0]
         models = (self.ia[p], self.ib[p])
         wide = torch.float64
-        cross = self.cross[p] if side == 0 else self.cross[p].T
+        cross = self.coords.new_zeros(self.coords.shape[1:])  # in the models' padded coordinates, not the slots'
+        cross[: self.crosses[p].shape[0], : self.crosses[p].shape[1]] = self.crosses[p]
+        cross = cross if side == 0 else cross.T
         Z = self.coords[models[side]][:, self.slot[p, side, own]]
         X = cross @ self.coords[models[other]][:, self.slot[p, other, their]]
         q, t = torch.linalg.qr(Z)
@@ -273,12 +311,49 @@ class LockstepPeel:
         self.limit2 = self.limit2.gather(2, keep)
         self.slot = self.slot.gather(2, keep)
         index = torch.cat([keep[:, 0], keep[:, 1] + self.h], 1)  # (P, 2 width) rows of M
-        rows = self.M.view(-1, 2 * self.h).index_select(0, (index + self.row_base).view(-1))
-        self.M = rows.view(self.n_pairs, 2 * width, 2 * self.h).gather(
-            2, index[:, None, :].expand(self.n_pairs, 2 * width, 2 * width))
+        P, target = self.n_pairs, "M1" if self._buffer == "M0" else "M0"
+        rows = WORKSPACE.take("rows", (P * 2 * width, 2 * self.h), self.dtype, self.device)
+        torch.index_select(self.M.view(-1, 2 * self.h), 0, (index + self.row_base).view(-1), out=rows)
+        M = WORKSPACE.take(target, (P, 2 * width, 2 * width), self.dtype, self.device)
+        torch.gather(rows.view(P, 2 * width, 2 * self.h), 2, index[:, None, :].expand(P, 2 * width, 2 * width), out=M)
+        self.M, self._buffer = M, target
         self.h = width
-        self.pending = torch.zeros(self.n_pairs, 2, FLUSH, 2 * width, dtype=self.dtype, device=self.device)
+        self.pending = WORKSPACE.take("pending", (self.n_pairs, 2, FLUSH, 2 * width), self.dtype, self.device)
         self._index()
+
+
+def _neuron_space(coords: torch.Tensor, inverse: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
+                  crosses: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's ``M`` (P × 2h × 2h) and squared ratios (P × 2 × h, padding not yet marked), in float64.
+
+    A's rows of ``M`` are ``[R_a⁻¹ R_a⁻ᵀ | R_a⁻¹ C R_b]`` (``C R_b``: B's neurons projected on span A, in A's
+    coordinates), B's rows ``[R_b⁻¹ Cᵀ R_a | R_b⁻¹ R_b⁻ᵀ]``; the squared ratios are ``1 − ‖C R_b‖²`` and
+    ``1 − ‖Cᵀ R_a‖²`` column by column.
+    """
+    n_pairs, h = ia.numel(), coords.shape[1]
+    wide, device = coords.dtype, coords.device
+
+    def take(key):
+        return WORKSPACE.take(key, (n_pairs, h, h), wide, device)
+
+    cross = take("cross")
+    if all(tuple(c.shape) == (h, h) for c in crosses) and crosses:
+        torch.stack(crosses, out=cross)
+    else:
+        cross.zero_()
+        for p, c in enumerate(crosses):
+            cross[p, : c.shape[0], : c.shape[1]] = c
+    gram = inverse @ inverse.transpose(1, 2)  # the duals' Gram matrices, per model
+    M = WORKSPACE.take("M0", (n_pairs, 2 * h, 2 * h), wide, device)
+    left, right, b_in_a, a_in_b = take("left"), take("right"), take("b_in_a"), take("a_in_b")
+    torch.bmm(cross, torch.index_select(coords, 0, ib, out=right), out=b_in_a)
+    torch.bmm(cross.transpose(1, 2), torch.index_select(coords, 0, ia, out=left), out=a_in_b)
+    torch.bmm(torch.index_select(inverse, 0, ia, out=left), b_in_a, out=M[:, :h, h:])
+    torch.bmm(torch.index_select(inverse, 0, ib, out=right), a_in_b, out=M[:, h:, :h])
+    M[:, :h, :h] = torch.index_select(gram, 0, ia, out=left)
+    M[:, h:, h:] = torch.index_select(gram, 0, ib, out=right)
+    res2 = torch.stack([(a_in_b * a_in_b).sum(1), (b_in_a * b_in_a).sum(1)], 1)
+    return M, res2.neg_().add_(1.0).clamp_(0.0, 1.0)
 
 
 def _padded_coords(coords: Sequence[np.ndarray], h: int, device: torch.device) -> torch.Tensor:

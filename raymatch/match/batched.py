@@ -11,6 +11,7 @@ pair, up to float64 rounding.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import numbers
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,12 @@ from .matches import MatchCurve
 #: The lockstep state of one chunk of pairs is kept under about this many bytes (pairs beyond it run in
 #: further chunks; each chunk's Python work per step is paid once for all of its pairs).
 CHUNK_BYTES = 256 * 2**20
+#: Bytes of lockstep state per pair, per squared width (M, its compacted copy, the set-up's products).
+PAIR_BYTES = 112
+#: Fewer pairs than this are peeled one at a time (:func:`~raymatch.match.match_curve`): the lockstep's work per
+#: step is then shared by too few pairs to pay off (measured on 2 cores: a lone 512 + 512 pair 0.18 s in
+#: lockstep, 0.13 s alone; a lone 128 + 128 pair ~25 ms against ~9 ms).
+LOCKSTEP_MIN_PAIRS = 3
 #: The bases of a block are stacked into one matrix (so that each model's partners are one GEMM) up to this size.
 STACK_BYTES = 1 * 2**30
 
@@ -61,7 +68,8 @@ def match_curves(pairs: Sequence[tuple[Factor, Factor]], *, exact_tol=None, devi
     Notes
     -----
     Pairs with a rank-deficient side (more live neurons than the rank of their span: duplicated neurons,
-    fewer samples than neurons) are peeled one at a time by :func:`~raymatch.match.match_curve` on the CPU.
+    fewer samples than neurons), and blocks of fewer than :data:`LOCKSTEP_MIN_PAIRS` pairs, are peeled one at a
+    time by :func:`~raymatch.match.match_curve` on the CPU.
 
     Examples
     --------
@@ -86,16 +94,24 @@ def match_curves(pairs: Sequence[tuple[Factor, Factor]], *, exact_tol=None, devi
         crosses = _check_crosses(pairs, crosses)
     clock["cross"] = time.perf_counter() - started
     curves: list[MatchCurve | None] = [None] * len(pairs)
-    batched = []
+
+    def one_at_a_time(p: int) -> None:
+        started = time.perf_counter()
+        cross = crosses[p].cpu().numpy() if isinstance(crosses[p], torch.Tensor) else crosses[p]
+        curves[p] = match_curve(*pairs[p], cross=np.asarray(cross, dtype=np.float64), exact_tol=tolerances[p])
+        clock["one_pair"] += time.perf_counter() - started
+
+    full_rank = []
     for p, (fa, fb) in enumerate(pairs):
         if fa.coords.shape[0] < fa.coords.shape[1] or fb.coords.shape[0] < fb.coords.shape[1]:
-            started = time.perf_counter()
-            cross = crosses[p].cpu().numpy() if isinstance(crosses[p], torch.Tensor) else crosses[p]
-            curves[p] = match_curve(fa, fb, cross=np.asarray(cross, dtype=np.float64), exact_tol=tolerances[p])
-            clock["one_pair"] += time.perf_counter() - started
+            one_at_a_time(p)
         else:
-            batched.append(p)
-    for chunk in _chunks(batched, pairs):
+            full_rank.append(p)
+    for chunk in _chunks(full_rank, pairs):
+        if len(chunk) < LOCKSTEP_MIN_PAIRS:
+            for p in chunk:
+                one_at_a_time(p)
+            continue
         results, seconds = _peel_chunk(pairs, chunk, crosses, tolerances, device, dtype)
         for key, value in seconds.items():
             clock[key] += value
@@ -223,62 +239,76 @@ def _check_crosses(pairs, crosses) -> list:
 
 
 def _cross_tensors(pairs, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
-    """``fa.basis.T @ fb.basis`` for every pair: one GEMM per model ``a`` and run of its partners."""
+    """``fa.basis.T @ fb.basis`` for every pair: one GEMM per model ``a`` and run of its partners.
+
+    The bases are stacked once, transposed (a factor's basis is column-major: each becomes a block of rows, a
+    plain copy), unless every model ``a`` has a single partner on the CPU in float64: those pairs multiply the
+    factors' own arrays.
+    """
+    runs, p = [], 0
+    while p < len(pairs):  # runs of consecutive pairs of the same model a
+        q = p + 1
+        while q < len(pairs) and pairs[q][0] is pairs[p][0]:
+            q += 1
+        runs.append((p, q))
+        p = q
     unique: dict[int, Factor] = {}
     for fa, fb in pairs:
         unique.setdefault(id(fa), fa)
         unique.setdefault(id(fb), fb)
-    n_samples = pairs[0][0].n_samples if pairs else 0
-    width = sum(f.rank for f in unique.values())
-    stacked = None
-    if n_samples * width * torch.finfo(dtype).bits // 8 <= STACK_BYTES:
-        stacked = torch.empty(n_samples, width, dtype=dtype, device=device)
-    start, columns = 0, {}
+    rows: dict[int, tuple[int, int]] = {}
+    start = 0
     for key, f in unique.items():
-        columns[key] = (start, start + f.rank)
-        if stacked is not None:
-            stacked[:, start : start + f.rank] = torch.as_tensor(f.basis, device=device)
+        rows[key] = (start, start + f.rank)
         start += f.rank
+    n_samples = pairs[0][0].n_samples if pairs else 0
+    own_arrays = device.type == "cpu" and dtype == torch.float64 and all(q - p == 1 for p, q in runs)
+    stacked = None
+    if not own_arrays and n_samples * start * torch.finfo(dtype).bits // 8 <= STACK_BYTES:
+        stacked = torch.empty(start, n_samples, dtype=dtype, device=device)
+        for key, f in unique.items():
+            lo, hi = rows[key]
+            stacked[lo:hi] = torch.as_tensor(f.basis.T, device=device)
 
-    def basis(f: Factor) -> torch.Tensor:
+    def basis_rows(f: Factor) -> torch.Tensor:
         if stacked is not None:
-            lo, hi = columns[id(f)]
-            return stacked[:, lo:hi]
-        return torch.as_tensor(f.basis, device=device).to(dtype)
+            return stacked[slice(*rows[id(f)])]
+        return torch.as_tensor(f.basis.T, device=device, dtype=dtype)
 
     out: list[torch.Tensor | None] = [None] * len(pairs)
-    p = 0
-    while p < len(pairs):  # a run of pairs of the same model a whose partners lie side by side
-        fa, q = pairs[p][0], p + 1
-        while (q < len(pairs) and pairs[q][0] is fa and stacked is not None
-               and columns[id(pairs[q][1])][0] == columns[id(pairs[q - 1][1])][1]):
-            q += 1
-        if q - p > 1:
-            lo, hi = columns[id(pairs[p][1])][0], columns[id(pairs[q - 1][1])][1]
-            block = basis(fa).T @ stacked[:, lo:hi]
-            for r in range(p, q):
-                b_lo, b_hi = columns[id(pairs[r][1])]
-                out[r] = block[:, b_lo - lo : b_hi - lo]
+    for p, q in runs:
+        fa, partners = pairs[p][0], [pairs[r][1] for r in range(p, q)]
+        side_by_side = all(rows[id(b)][0] == rows[id(a)][1] for a, b in itertools.pairwise(partners))
+        if stacked is not None and len(partners) > 1 and side_by_side:
+            lo, hi = rows[id(partners[0])][0], rows[id(partners[-1])][1]
+            block = basis_rows(fa) @ stacked[lo:hi].T
+            for r, fb in zip(range(p, q), partners, strict=True):
+                out[r] = block[:, rows[id(fb)][0] - lo : rows[id(fb)][1] - lo]
         else:
-            out[p] = basis(fa).T @ basis(pairs[p][1])
-        p = q
+            for r, fb in zip(range(p, q), partners, strict=True):
+                out[r] = basis_rows(fa) @ basis_rows(fb).T
     return out
 
 
 def _chunks(batched: list[int], pairs) -> list[list[int]]:
-    """The pairs to peel in lockstep, by size (similar widths pad least), each chunk within :data:`CHUNK_BYTES`."""
+    """The pairs to peel in lockstep, by width (similar widths pad least), each chunk within :data:`CHUNK_BYTES`.
+
+    A last chunk too small to be worth a lockstep shares the pairs of the one before it.
+    """
     width = {p: max(1, pairs[p][0].coords.shape[1], pairs[p][1].coords.shape[1]) for p in batched}
-    order = sorted(batched, key=lambda p: width[p])
     chunks, current, widest = [], [], 0
-    for p in order:
+    for p in sorted(batched, key=lambda p: width[p]):
         widest_next = max(widest, width[p])
-        if current and (len(current) + 1) * 64 * widest_next**2 > CHUNK_BYTES:
+        if current and (len(current) + 1) * PAIR_BYTES * widest_next**2 > CHUNK_BYTES:
             chunks.append(current)
             current, widest_next = [], width[p]
         current.append(p)
         widest = widest_next
     if current:
         chunks.append(current)
+    if len(chunks) > 1 and len(chunks[-1]) < LOCKSTEP_MIN_PAIRS:
+        both = chunks.pop(-2) + chunks.pop(-1)
+        chunks += [both[: len(both) // 2], both[len(both) // 2 :]]
     return chunks
 
 

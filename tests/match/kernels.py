@@ -1,13 +1,15 @@
 """The two match kernels behind one signature, so that curve tests run against both.
 
 ``"peel"`` is today's one-pair kernel (:func:`raymatch.match_curve`); ``"batched"`` is the block kernel
-(:func:`raymatch.match.match_curves`) given the pair as a block of one, from the factors of the same inputs.
+(:func:`raymatch.match.match_curves`), given the factors of the same inputs as a block of three copies of the pair
+(a block of fewer pairs would be peeled one at a time).
 """
 
 from __future__ import annotations
 
 import raymatch
 from raymatch.match import Factor, factor, match_curves
+from raymatch.match.batched import LOCKSTEP_MIN_PAIRS
 from raymatch.match.inputs import resolve_exact_tol
 
 KERNELS = ("peel", "batched")
@@ -25,8 +27,9 @@ def batched_match_curve(A, B, *, center=None, cross=None, exact_tol=None):
         else:
             default = other.centered if isinstance(other, Factor) else False
             sides.append(factor(value, center=default if center is None else center, name=name))
-    crosses = None if cross is None else [cross]
-    return match_curves([tuple(sides)], exact_tol=tol, crosses=crosses)[0]
+    copies = max(LOCKSTEP_MIN_PAIRS, 1)
+    crosses = None if cross is None else [cross] * copies
+    return match_curves([tuple(sides)] * copies, exact_tol=tol, crosses=crosses)[0]
 
 
 def curve_function(kernel: str):

@@ -109,6 +109,16 @@ def planted_models(n_models: int, n_samples: int, shared: int, n_neurons, seed: 
 # Blocks of pairs
 
 
+def test_a_lone_pair_is_peeled_one_at_a_time():
+    rng = np.random.default_rng(12)
+    fa, fb = factor(rng.standard_normal((40, 6))), factor(rng.standard_normal((40, 5)))
+    cross = cross_products([(fa, fb)])[0]
+    assert match_curves([(fa, fb)], crosses=[cross]) == [match_curve(fa, fb, cross=cross)]
+    timings = {}
+    match_curves([(fa, fb)] * batched_module.LOCKSTEP_MIN_PAIRS, timings=timings)
+    assert timings["one_pair"] == 0.0 and timings["steps"] > 0.0
+
+
 def test_random_gaussian_block_with_different_widths():
     rng = np.random.default_rng(0)
     layers = [rng.standard_normal((60, n)) for n in (5, 12, 9, 12, 7, 10)]
@@ -202,9 +212,10 @@ def test_chunks_give_the_same_curves(monkeypatch):
     layers = [relu_pair(600, 20, 20, seed=seed)[0] for seed in range(5)]
     pairs = within_block(layers)
     whole = match_curves(pairs)
-    monkeypatch.setattr(batched_module, "CHUNK_BYTES", 64 * 20**2 * 3)  # three pairs per chunk
-    assert len(batched_module._chunks(list(range(len(pairs))), pairs)) == 4
-    assert match_curves(pairs) == whole
+    monkeypatch.setattr(batched_module, "CHUNK_BYTES", batched_module.PAIR_BYTES * 20**2 * 4)  # 4 pairs a chunk
+    chunks = batched_module._chunks(list(range(len(pairs))), pairs)
+    assert [len(chunk) for chunk in chunks] == [4, 3, 3]  # not 4, 4, 2: a chunk of 2 would be peeled one at a time
+    assert_same_curves(match_curves(pairs), whole)
 
 
 def test_cross_products_are_the_pairs_gemms(monkeypatch):
@@ -313,11 +324,12 @@ def blocks(draw):
 
 
 @settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(layers=blocks(), all_pairs=st.booleans())
-def test_any_block_gives_the_one_pair_curves(layers, all_pairs):
+@given(layers=blocks(), star=st.booleans())
+def test_any_block_gives_the_one_pair_curves(layers, star):
+    """Every ordered pair of a block (self-pairs too), or one model against the others and itself twice."""
     factors = [factor(layer) for layer in layers]
-    if all_pairs:
-        pairs = [(fa, fb) for fa in factors for fb in factors]
+    if star:
+        pairs = [(factors[0], fb) for fb in [*factors, factors[0]]]
     else:
-        pairs = [(factors[0], fb) for fb in factors[1:]]
+        pairs = [(fa, fb) for fa in factors for fb in factors]
     check_block(pairs)

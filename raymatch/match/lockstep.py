@@ -60,7 +60,8 @@ class Workspace(threading.local):
 
     Fresh memory costs a page fault per page on its first write (measured: the first write of 30 MB takes 3–4×
     the second), and arrays this large are returned to the system when freed; a pair task peels one chunk after
-    another. Arrays larger than :data:`WORKSPACE_BYTES` are not kept.
+    another. Arrays larger than :data:`WORKSPACE_BYTES` are not kept. A thread runs one :class:`LockstepPeel` at a
+    time (the arrays of a peel live here until the next one is set up).
     """
 
     def __init__(self):

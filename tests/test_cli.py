@@ -21,9 +21,22 @@ def test_demo_prints_the_match_table(capsys):
 def test_bench_match_quick_prints_every_row(capsys):
     assert bench_main(["match", "--quick", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    for row in ("1 ", "2 ", "3 ", "4 ", "5 ", "6a", "6b", "6c", "6d", "6e", "6f"):
+    for row in ("1 ", "2 ", "3 ", "4 ", "5 ", "6a", "6b", "6c", "6d", "6e", "6f", "7a", "7b", "7c", "8 "):
         assert f"\n{row}" in out
     assert "median s" in out
+    # rows 7-8: today's kernel, the batched kernel and the floor, with threads and device, and a verdict per row
+    assert "1 thread(s), device cpu" in out and "today ms | batched ms | floor ms" in out
+    blocks = out.split("rows 7–8")[1]
+    assert blocks.count("met: ") + blocks.count("MISSED: ") == 4  # rows 7a-7c and 8
+    assert "where the batched kernel's time goes" in out
+
+
+def test_bench_match_blocks_alone_and_bad_devices(capsys):
+    assert bench_main(["match", "--quick", "--repeats", "1", "--part", "blocks"]) == 0
+    out = capsys.readouterr().out
+    assert "\n7a" in out and "\n6a" not in out
+    assert bench_main(["match", "--quick", "--part", "table"]) == 2
+    assert "--part must be core or blocks" in capsys.readouterr().err
 
 
 @pytest.mark.slow

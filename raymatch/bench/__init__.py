@@ -8,13 +8,15 @@ Run ``raymatch bench match`` (or ``python -m raymatch.bench match``); one module
 from __future__ import annotations
 
 import argparse
+import sys
 
+from .blocks import bench_blocks, print_blocks
 from .extract import bench_extract, print_extract
 from .match import bench_match, judge, print_table
 from .pipeline import bench_pipeline, ideal_wall, print_pipeline
 from .timing import machine
 
-__all__ = ["bench_extract", "bench_match", "bench_pipeline", "ideal_wall", "machine", "main"]
+__all__ = ["bench_blocks", "bench_extract", "bench_match", "bench_pipeline", "ideal_wall", "machine", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (a smoke run; the targets refer to the full sizes)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per fast row (median reported)")
-    parser.add_argument("--part", choices=["table", "layer"], action="append",
-                        help="population: run only this part (default: both)")
+    parser.add_argument("--part", choices=["table", "layer", "core", "blocks"], action="append",
+                        help="run only this part: population: table, layer; match: core (rows 1–6), blocks (rows 7–8 "
+                             "of the batched kernel); default: all of the suite's")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="match: where the batched kernel and its floor run (default: cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="match: torch threads of the batched kernel's GEMMs and the floor (default 1: one per "
+                             "task, as Ray workers run; the peels run on one thread)")
     args = parser.parse_args(argv)
     if args.suite == "lm":  # language-model token rows, padding and the match stage (raymatch/bench/lm.py)
         from .lm import main as lm
@@ -35,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "population":
         from .population import main as population
 
+        if not set(args.part or ()) <= {"table", "layer"}:
+            print("raymatch bench population: --part must be table or layer", file=sys.stderr)
+            return 2
         print(f"raymatch bench population — {machine()}")
         sizes = {"n_models": 20, "vgg_models": 3, "n_images": 600, "rows": 2000} if args.quick else {}
         return population(parts=tuple(args.part or ("table", "layer")), **sizes)
@@ -56,10 +67,35 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {"n_samples": 1000, "n_neurons": 64, "small_samples": 400, "small_neurons": 32}
     else:
         sizes = {"n_samples": 10_000, "n_neurons": 512, "small_samples": 2_000, "small_neurons": 128}
+    return _match(args, sizes)
+
+
+def _match(args, sizes: dict) -> int:
+    """``raymatch bench match``: rows 1–6 (the match core), then rows 7–8 (the batched kernel)."""
+    import torch
+
+    parts = set(args.part or ("core", "blocks"))
+    if not parts <= {"core", "blocks"}:
+        print(f"raymatch bench match: --part must be core or blocks; got {sorted(parts - {'core', 'blocks'})}",
+              file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("raymatch bench match: --device cuda, but torch sees no CUDA device (a CPU-only torch build?)",
+              file=sys.stderr)
+        return 2
     print(f"raymatch bench match — {machine()}")
-    print(f"synthetic ReLU pair: {sizes['n_samples']} samples, {sizes['n_neurons']} + {sizes['n_neurons']} "
-          f"neurons (raymatch.match.synthetic.relu_pair, seed 0)\n")
-    rows = bench_match(repeats=max(1, args.repeats), **sizes)
-    judge(rows)
-    print_table(rows)
+    if "core" in parts:
+        print(f"synthetic ReLU pair: {sizes['n_samples']} samples, {sizes['n_neurons']} + {sizes['n_neurons']} "
+              f"neurons (raymatch.match.synthetic.relu_pair, seed 0)\n")
+        rows = bench_match(repeats=max(1, args.repeats), **sizes)
+        judge(rows)
+        print_table(rows)
+    if "blocks" not in parts:
+        return 0
+    torch.set_num_threads(max(1, args.threads))
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\nrows 7–8: milliseconds per curve; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"device {name}; today's kernel: numpy/scipy, one BLAS thread")
+    print_blocks(bench_blocks(quick=args.quick, repeats=max(1, min(args.repeats, 3)), device=device))
     return 0

@@ -4,6 +4,7 @@ No Ray, no IO: arrays (numpy or torch) or :class:`Factor` objects in, dataclasse
 """
 
 from .api import candidate_order, match_curve, max_match, minimal_match, simple_matches
+from .batched import cross_products, match_curves
 from .cka import linear_cka, linear_cka_factors
 from .compact import CompactFactor, compact_factor
 from .factor import Factor, cross_product, factor
@@ -45,11 +46,13 @@ __all__ = [
     "cca",
     "compact_factor",
     "cross_product",
+    "cross_products",
     "exact_tolerance",
     "factor",
     "linear_cka",
     "linear_cka_factors",
     "match_curve",
+    "match_curves",
     "max_match",
     "measure_counts",
     "measure_pair",

@@ -34,6 +34,8 @@ from hypothesis import strategies as st
 import raymatch
 from raymatch.match import EXACT_TOL, RANK_RTOL, candidate_order, reference
 
+from .kernels import KERNELS, curve_function
+
 #: Offset from a critical value at which the maximum match must already have changed.
 OFFSET = 1e-7
 #: Largest difference allowed between a critical value and the oracle's (bisection to 1e-10), on top
@@ -233,10 +235,12 @@ def issue_layer(seed: int) -> np.ndarray:
     return f32(A)
 
 
-def test_critical_eps_of_the_reported_layer_pair_is_exact():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_critical_eps_of_the_reported_layer_pair_is_exact(kernel):
+    match_curve = curve_function(kernel)
     A, B = issue_layer(4), issue_layer(5)
     A[:, 5] = 0.0
-    curve = raymatch.match_curve(A, B)
+    curve = match_curve(A, B)
     # 0.810139202775 from the definition in 45-digit arithmetic; the peel used to give 0.810309.
     assert abs(curve.critical_a[12] - 0.810139202775) < 1e-9
     assert 12 in curve.at(0.8102).a
@@ -246,40 +250,48 @@ def test_critical_eps_of_the_reported_layer_pair_is_exact():
     assert_critical_close(curve, *oracle_critical(A, B), critical_tol(A, B))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_curve_at_eps_is_the_oracle_maximum_match(kind):
+def test_curve_at_eps_is_the_oracle_maximum_match(kernel, kind):
+    match_curve = curve_function(kernel)
     checked = 0
     for seed in range(2):
         A, B = make_pair(kind, seed)
         assert not (near_rank_threshold(A) or near_rank_threshold(B))
-        checked += assert_curve_is_the_maximum_match(A, B, raymatch.match_curve(A, B))
+        checked += assert_curve_is_the_maximum_match(A, B, match_curve(A, B))
     assert checked > 2 * 11
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_critical_eps_agree_with_a_bisection_on_the_oracle(kind):
+def test_critical_eps_agree_with_a_bisection_on_the_oracle(kernel, kind):
+    match_curve = curve_function(kernel)
     A, B = make_pair(kind, 10, n=8)
     assert not (near_rank_threshold(A) or near_rank_threshold(B))
-    assert_critical_close(raymatch.match_curve(A, B), *oracle_critical(A, B), critical_tol(A, B))
+    assert_critical_close(match_curve(A, B), *oracle_critical(A, B), critical_tol(A, B))
 
 
-def test_curve_of_a_larger_layer_pair_with_many_dependent_neurons():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_curve_of_a_larger_layer_pair_with_many_dependent_neurons(kernel):
+    match_curve = curve_function(kernel)
     # 40 + 13 neurons and 14 more dependent ones per side, over 600 samples: many near-degenerate
     # groups break during one peel (the spans are re-factored several times).
     A, B = make_pair("shared and dependent", 3, n_samples=600, n=40)
     A = np.hstack([A, f32(with_dependents(np.random.default_rng(1), A, 14)[:, -14:])])
     B = np.hstack([B, f32(with_dependents(np.random.default_rng(2), B, 14)[:, -14:])])
     assert not (near_rank_threshold(A) or near_rank_threshold(B))
-    assert_curve_is_the_maximum_match(A, B, raymatch.match_curve(A, B), grid=5, every=12)
+    assert_curve_is_the_maximum_match(A, B, match_curve(A, B), grid=5, every=12)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @settings(max_examples=6, deadline=None, database=None)
 @given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(KINDS),
        n_samples=st.sampled_from([60, 200]), n=st.integers(8, 14))
-def test_curve_matches_the_oracle_on_random_degenerate_layers(seed, kind, n_samples, n):
+def test_curve_matches_the_oracle_on_random_degenerate_layers(kernel, seed, kind, n_samples, n):
+    match_curve = curve_function(kernel)
     A, B = make_pair(kind, seed, n_samples=n_samples, n=n)
     assume(not (near_rank_threshold(A) or near_rank_threshold(B)))
-    assert_curve_is_the_maximum_match(A, B, raymatch.match_curve(A, B))
+    assert_curve_is_the_maximum_match(A, B, match_curve(A, B))
 
 
 @pytest.mark.parametrize("kind", ["float32 dependencies", "duplicated neurons", "permuted twins"])

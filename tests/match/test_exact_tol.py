@@ -11,11 +11,12 @@ from raymatch.match import (
     EXACT_TOL_EPS,
     exact_tolerance,
     factor,
-    match_curve,
     max_match,
     minimal_match,
     simple_matches,
 )
+
+from .kernels import KERNELS, curve_function
 
 FLOAT32_TOL = 1024 * 2.0**-23  # = 2⁻¹³ ≈ 1.22e-4
 
@@ -39,8 +40,10 @@ def twins(noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return A, B
 
 
-def test_float32_activations_match_exactly_through_their_rounding():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_float32_activations_match_exactly_through_their_rounding(kernel):
     """Ratios of ~1e-5 (rounding of a changed summation order, exaggerated) are exact for float32, not float64."""
+    match_curve = curve_function(kernel)
     A, B = twins(1e-5)
     as_float64 = match_curve(A, B)
     assert 1e-6 < as_float64.max_epsilon < FLOAT32_TOL  # float64: the twin is no exact match ...
@@ -59,8 +62,10 @@ def test_float32_activations_match_exactly_through_their_rounding():
     assert match_curve(factor(A32), factor(B32)).max_epsilon > 1e-6
 
 
-def test_above_the_tolerance_nothing_changes():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_above_the_tolerance_nothing_changes(kernel):
     """Differences well above float32 rounding are no exact match at either precision; curve and max_match agree."""
+    match_curve = curve_function(kernel)
     A, B = twins(1e-2)
     A32, B32 = A.astype(np.float32), B.astype(np.float32)
     curve = match_curve(A32, B32)
@@ -69,8 +74,10 @@ def test_above_the_tolerance_nothing_changes():
         assert curve.at(eps) == max_match(A32, B32, eps)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("bad", [0.0, 1e-7, 1.0, float("nan"), "tight", -1e-3])
-def test_a_bad_exact_tol_is_refused(bad):
+def test_a_bad_exact_tol_is_refused(kernel, bad):
+    match_curve = curve_function(kernel)
     A, B = twins(0.0)
     with pytest.raises(ValueError, match=r"exact_tol must be a number in \[1e-06, 1\)"):
         match_curve(A, B, exact_tol=bad)

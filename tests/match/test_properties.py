@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 import raymatch
 from raymatch.match import EXACT_TOL, candidate_order, reference
 
+from .kernels import KERNELS, curve_function
+
 MARGIN = 1e-6
 #: Critical values of two runs on transformed data differ only by rounding.
 CRITICAL_ATOL = 1e-7
@@ -141,16 +143,18 @@ def all_neurons(a: np.ndarray, b: np.ndarray) -> list[tuple[str, int]]:
 # 1. Permutation equivariance
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs(), data=st.data())
-def test_permuting_neurons_permutes_the_match(pair, data):
+def test_permuting_neurons_permutes_the_match(kernel, pair, data):
+    match_curve = curve_function(kernel)
     A, B = pair
     pa = np.array(data.draw(st.permutations(range(A.shape[1])), label="perm_a"))
     pb = np.array(data.draw(st.permutations(range(B.shape[1])), label="perm_b"))
     Ap, Bp = A[:, pa], B[:, pb]
 
-    curve = raymatch.match_curve(A, B)
-    curve_p = raymatch.match_curve(Ap, Bp)
+    curve = match_curve(A, B)
+    curve_p = match_curve(Ap, Bp)
     np.testing.assert_allclose(curve_p.critical_a, curve.critical_a[pa], rtol=0, atol=CRITICAL_ATOL)
     np.testing.assert_allclose(curve_p.critical_b, curve.critical_b[pb], rtol=0, atol=CRITICAL_ATOL)
     np.testing.assert_array_equal(mapped(pa, curve_p.dead_a), curve.dead_a)
@@ -167,9 +171,11 @@ def test_permuting_neurons_permutes_the_match(pair, data):
 # 2. Scale invariance
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs(), data=st.data())
-def test_rescaling_neurons_by_nonzero_scalars_changes_nothing(pair, data):
+def test_rescaling_neurons_by_nonzero_scalars_changes_nothing(kernel, pair, data):
+    match_curve = curve_function(kernel)
     A, B = pair
     # Per-neuron magnitudes spread over three decades, reaching 1e-3 or 1e3, with any sign. (The
     # spread stays below 1e6 so that no neuron crosses the relative dead-neuron threshold.)
@@ -183,7 +189,7 @@ def test_rescaling_neurons_by_nonzero_scalars_changes_nothing(pair, data):
     sa, sb = scales(A.shape[1]), scales(B.shape[1])
     As, Bs = A * sa, B * sb
 
-    curve, curve_s = raymatch.match_curve(A, B), raymatch.match_curve(As, Bs)
+    curve, curve_s = match_curve(A, B), match_curve(As, Bs)
     np.testing.assert_allclose(curve_s.critical_a, curve.critical_a, rtol=0, atol=CRITICAL_ATOL)
     np.testing.assert_allclose(curve_s.critical_b, curve.critical_b, rtol=0, atol=CRITICAL_ATOL)
     np.testing.assert_array_equal(curve_s.dead_a, curve.dead_a)
@@ -192,15 +198,17 @@ def test_rescaling_neurons_by_nonzero_scalars_changes_nothing(pair, data):
         assert_same_match(raymatch.max_match(As, Bs, eps), raymatch.max_match(A, B, eps), f"eps={eps}")
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @FEW
 @given(
     pair=layer_pairs(),
     scale_a=st.sampled_from([1e-3, -1e-3, 1e3, -1e3, -1.0]),
     scale_b=st.sampled_from([1e-3, -1e-3, 1e3, -1e3, -1.0]),
 )
-def test_rescaling_a_whole_layer_changes_nothing(pair, scale_a, scale_b):
+def test_rescaling_a_whole_layer_changes_nothing(kernel, pair, scale_a, scale_b):
+    match_curve = curve_function(kernel)
     A, B = pair
-    curve, curve_s = raymatch.match_curve(A, B), raymatch.match_curve(scale_a * A, scale_b * B)
+    curve, curve_s = match_curve(A, B), match_curve(scale_a * A, scale_b * B)
     np.testing.assert_allclose(curve_s.critical_a, curve.critical_a, rtol=0, atol=CRITICAL_ATOL)
     np.testing.assert_allclose(curve_s.critical_b, curve.critical_b, rtol=0, atol=CRITICAL_ATOL)
     for eps in safe_eps(curve):
@@ -211,9 +219,11 @@ def test_rescaling_a_whole_layer_changes_nothing(pair, scale_a, scale_b):
 # 3. Invariance under orthogonal transforms of the sample axis
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs(), seed=seeds, kind=st.sampled_from(["orthogonal", "row permutation", "reflection"]))
-def test_orthogonal_transform_of_the_samples_changes_nothing(pair, seed, kind):
+def test_orthogonal_transform_of_the_samples_changes_nothing(kernel, pair, seed, kind):
+    match_curve = curve_function(kernel)
     A, B = pair
     n = A.shape[0]
     rng = np.random.default_rng(seed)
@@ -227,7 +237,7 @@ def test_orthogonal_transform_of_the_samples_changes_nothing(pair, seed, kind):
     np.testing.assert_allclose(Q.T @ Q, np.eye(n), atol=1e-12)
     QA, QB = Q @ A, Q @ B
 
-    curve, curve_q = raymatch.match_curve(A, B), raymatch.match_curve(QA, QB)
+    curve, curve_q = match_curve(A, B), match_curve(QA, QB)
     np.testing.assert_allclose(curve_q.critical_a, curve.critical_a, rtol=0, atol=CRITICAL_ATOL)
     np.testing.assert_allclose(curve_q.critical_b, curve.critical_b, rtol=0, atol=CRITICAL_ATOL)
     for eps in [*safe_eps(curve), 1.0]:
@@ -238,6 +248,7 @@ def test_orthogonal_transform_of_the_samples_changes_nothing(pair, seed, kind):
 # 4, 5. Equal spans match exactly
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(
     seed=seeds,
@@ -247,7 +258,8 @@ def test_orthogonal_transform_of_the_samples_changes_nothing(pair, seed, kind):
     dead_a=st.booleans(),
     dead_b=st.booleans(),
 )
-def test_invertible_mixing_of_a_layer_matches_it_fully_at_eps_zero(seed, n_samples, n_a, kind, dead_a, dead_b):
+def test_invertible_mixing_of_a_layer_matches_it_fully_at_eps_zero(kernel, seed, n_samples, n_a, kind, dead_a, dead_b):
+    match_curve = curve_function(kernel)
     rng = np.random.default_rng(seed)
     if kind == "planted":  # correlated neurons, full column rank
         A, _ = planted_pair(seed, n_samples, n_a, 2)
@@ -266,12 +278,13 @@ def test_invertible_mixing_of_a_layer_matches_it_fully_at_eps_zero(seed, n_sampl
     np.testing.assert_array_equal(match.a, live(A))
     np.testing.assert_array_equal(match.b, live(B))
     assert match.size_a == n_a and match.size_b == n_a
-    curve = raymatch.match_curve(A, B)
+    curve = match_curve(A, B)
     assert curve.max_epsilon == 0.0
     np.testing.assert_array_equal(curve.critical_a[live(A)], 0.0)
     np.testing.assert_array_equal(curve.critical_b[live(B)], 0.0)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(
     seed=seeds,
@@ -281,7 +294,8 @@ def test_invertible_mixing_of_a_layer_matches_it_fully_at_eps_zero(seed, n_sampl
     dead=st.booleans(),
     duplicate=st.booleans(),
 )
-def test_a_layer_matches_itself_fully_at_eps_zero(seed, n_samples, n_neurons, rank, dead, duplicate):
+def test_a_layer_matches_itself_fully_at_eps_zero(kernel, seed, n_samples, n_neurons, rank, dead, duplicate):
+    match_curve = curve_function(kernel)
     rng = np.random.default_rng(seed)
     rank = min(rank, n_neurons)  # rank < n_neurons: linearly dependent neurons
     A = rng.standard_normal((n_samples, rank)) @ rng.standard_normal((rank, n_neurons))
@@ -295,7 +309,7 @@ def test_a_layer_matches_itself_fully_at_eps_zero(seed, n_samples, n_neurons, ra
     np.testing.assert_array_equal(match.a, live_a)
     np.testing.assert_array_equal(match.b, live_a)
     assert match.similarity == 2 * live_a.size / (2 * A.shape[1])
-    curve = raymatch.match_curve(A, A)
+    curve = match_curve(A, A)
     assert curve.max_epsilon == 0.0
     np.testing.assert_array_equal(curve.critical_a, curve.critical_b)
     np.testing.assert_array_equal(curve.critical_a[live_a], 0.0)
@@ -307,11 +321,13 @@ def test_a_layer_matches_itself_fully_at_eps_zero(seed, n_samples, n_neurons, ra
 # 6. Symmetry
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs())
-def test_swapping_the_layers_swaps_the_match(pair):
+def test_swapping_the_layers_swaps_the_match(kernel, pair):
+    match_curve = curve_function(kernel)
     A, B = pair
-    curve, swapped = raymatch.match_curve(A, B), raymatch.match_curve(B, A)
+    curve, swapped = match_curve(A, B), match_curve(B, A)
     np.testing.assert_allclose(swapped.critical_a, curve.critical_b, rtol=0, atol=CRITICAL_ATOL)
     np.testing.assert_allclose(swapped.critical_b, curve.critical_a, rtol=0, atol=CRITICAL_ATOL)
     np.testing.assert_array_equal(swapped.dead_a, curve.dead_b)
@@ -328,12 +344,14 @@ def test_swapping_the_layers_swaps_the_match(pair):
 # 7. Monotonicity in ε
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs(), eps=st.lists(st.floats(0.0, 1.0), min_size=2, max_size=8))
-def test_maximum_match_is_monotone_in_eps(pair, eps):
+def test_maximum_match_is_monotone_in_eps(kernel, pair, eps):
+    match_curve = curve_function(kernel)
     A, B = pair
     eps = sorted(eps)
-    curve = raymatch.match_curve(A, B)
+    curve = match_curve(A, B)
     for source in ("max_match", "curve"):
         matches = [raymatch.max_match(A, B, e) if source == "max_match" else curve.at(e) for e in eps]
         for (e0, m0), (e1, m1) in itertools.pairwise(zip(eps, matches, strict=True)):
@@ -348,11 +366,13 @@ def test_maximum_match_is_monotone_in_eps(pair, eps):
 # 8. The curve is the maximum match at every ε
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs())
-def test_match_curve_at_every_eps_is_the_reference_maximum_match(pair):
+def test_match_curve_at_every_eps_is_the_reference_maximum_match(kernel, pair):
+    match_curve = curve_function(kernel)
     A, B = pair
-    curve = raymatch.match_curve(A, B)
+    curve = match_curve(A, B)
     for eps in np.linspace(0.0, 1.0, 50):
         eps = float(eps)
         at = curve.at(eps)
@@ -360,11 +380,13 @@ def test_match_curve_at_every_eps_is_the_reference_maximum_match(pair):
         assert at.eps == eps
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @FEW
 @given(pair=layer_pairs())
-def test_max_match_is_the_reference_maximum_match(pair):
+def test_max_match_is_the_reference_maximum_match(kernel, pair):
+    match_curve = curve_function(kernel)
     A, B = pair
-    curve = raymatch.match_curve(A, B)
+    curve = match_curve(A, B)
     for eps in np.linspace(0.0, 1.0, 21):
         m = raymatch.max_match(A, B, float(eps))
         assert_between_reference(A, B, float(eps), m.a, m.b, "(max_match)")
@@ -556,11 +578,13 @@ def test_minimal_match_records_the_order(pair, seed):
 # 13. Critical values, dead neurons, similarity
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs())
-def test_min_epsilon_is_the_smallest_eps_reaching_a_match_size(pair):
+def test_min_epsilon_is_the_smallest_eps_reaching_a_match_size(kernel, pair):
+    match_curve = curve_function(kernel)
     A, B = pair
-    curve = raymatch.match_curve(A, B)
+    curve = match_curve(A, B)
     n_live = min(live(A).size, live(B).size)
     assert curve.min_epsilon(0) == 0.0
     for size in range(1, max(A.shape[1], B.shape[1]) + 2):
@@ -583,11 +607,13 @@ def test_min_epsilon_is_the_smallest_eps_reaching_a_match_size(pair):
     assert curve.min_epsilon(n_live) <= curve.max_epsilon
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs())
-def test_max_epsilon_is_the_smallest_eps_matching_every_live_neuron(pair):
+def test_max_epsilon_is_the_smallest_eps_matching_every_live_neuron(kernel, pair):
+    match_curve = curve_function(kernel)
     A, B = pair
-    curve = raymatch.match_curve(A, B)
+    curve = match_curve(A, B)
     top = curve.max_epsilon
     live_a, live_b = live(A), live(B)
     full = curve.at(top)
@@ -604,9 +630,11 @@ def test_max_epsilon_is_the_smallest_eps_matching_every_live_neuron(pair):
     np.testing.assert_array_equal(ref_b, live_b)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPERTIES
 @given(pair=layer_pairs(dead=False), data=st.data())
-def test_dead_neurons_are_never_matched_and_count_in_the_similarity(pair, data):
+def test_dead_neurons_are_never_matched_and_count_in_the_similarity(kernel, pair, data):
+    match_curve = curve_function(kernel)
     A0, B0 = pair
     rng = np.random.default_rng(data.draw(seeds, label="seed"))
 
@@ -626,8 +654,8 @@ def test_dead_neurons_are_never_matched_and_count_in_the_similarity(pair, data):
     keep_a = np.setdiff1d(np.arange(A.shape[1]), dead_a)
     keep_b = np.setdiff1d(np.arange(B.shape[1]), dead_b)
 
-    curve = raymatch.match_curve(A, B)
-    curve0 = raymatch.match_curve(A0, B0)
+    curve = match_curve(A, B)
+    curve0 = match_curve(A0, B0)
     np.testing.assert_array_equal(curve.dead_a, dead_a)
     np.testing.assert_array_equal(curve.dead_b, dead_b)
     assert np.all(np.isinf(curve.critical_a[dead_a])) and np.all(np.isinf(curve.critical_b[dead_b]))
@@ -660,11 +688,13 @@ def test_dead_neurons_are_never_matched_and_count_in_the_similarity(pair, data):
         assert raymatch.minimal_match(A, B, 1.0, ("b", int(j))) is None
 
 
-def test_a_layer_with_only_dead_neurons_matches_nothing():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_layer_with_only_dead_neurons_matches_nothing(kernel):
+    match_curve = curve_function(kernel)
     rng = np.random.default_rng(0)
     A = np.zeros((30, 4))
     B = rng.standard_normal((30, 5))
-    curve = raymatch.match_curve(A, B)
+    curve = match_curve(A, B)
     np.testing.assert_array_equal(curve.dead_a, np.arange(4))
     assert np.all(np.isinf(curve.critical_a))
     # against an empty span every ratio is 1: B's neurons match only at ε = 1 (where anything does)
@@ -682,8 +712,8 @@ def test_a_layer_with_only_dead_neurons_matches_nothing():
 # 14. Input types
 
 
-def _all_results(A, B, eps_values):
-    curve = raymatch.match_curve(A, B)
+def _all_results(A, B, eps_values, match_curve=raymatch.match_curve):
+    curve = match_curve(A, B)
     out = [curve]
     for eps in eps_values:
         out.append(raymatch.max_match(A, B, eps))
@@ -691,16 +721,18 @@ def _all_results(A, B, eps_values):
     return out
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @FEW
 @given(pair=layer_pairs(max_neurons=8))
-def test_numpy_and_torch_float32_and_float64_inputs_give_the_same_result(pair):
+def test_numpy_and_torch_float32_and_float64_inputs_give_the_same_result(kernel, pair):
+    match_curve = curve_function(kernel)
     A, B = pair
     # The same values in every representation: float32 numbers, held as float32 or float64.
     A32, B32 = A.astype(np.float32), B.astype(np.float32)
     A64, B64 = A32.astype(np.float64), B32.astype(np.float64)
-    curve = raymatch.match_curve(A64, B64)
+    curve = match_curve(A64, B64)
     eps_values = [0.0, *safe_eps(curve)[:: max(1, len(safe_eps(curve)) // 4)], 1.0]
-    want = _all_results(A64, B64, eps_values)
+    want = _all_results(A64, B64, eps_values, match_curve)
     for name, (a_in, b_in) in {
         "numpy float32": (A32, B32),
         "torch float32": (torch.from_numpy(A32), torch.from_numpy(B32)),
@@ -709,15 +741,17 @@ def test_numpy_and_torch_float32_and_float64_inputs_give_the_same_result(pair):
         "numpy Fortran order": (np.asfortranarray(A64), np.asfortranarray(B64)),
         "numpy float64 A, torch float32 B": (A64, torch.from_numpy(B32)),
     }.items():
-        got = _all_results(a_in, b_in, eps_values)
+        got = _all_results(a_in, b_in, eps_values, match_curve)
         assert len(got) == len(want), name
         for g, w in zip(got, want, strict=True):
             assert g == w, f"{name}: {g} != {w}"
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @FEW
 @given(pair=layer_pairs(max_neurons=8))
-def test_float32_rounding_of_the_data_changes_nothing_away_from_critical_values(pair):
+def test_float32_rounding_of_the_data_changes_nothing_away_from_critical_values(kernel, pair):
+    match_curve = curve_function(kernel)
     A, B = pair
     # float32 rounding moves each neuron by ~1e-7 of its norm. Exactly dependent neurons would gain a
     # spurious ~1e-7 direction (a rank change): give every neuron 1% independent noise so that the
@@ -725,23 +759,25 @@ def test_float32_rounding_of_the_data_changes_nothing_away_from_critical_values(
     rng = np.random.default_rng(A.shape[0] * 1000 + A.shape[1])
     A = A + 0.01 * rng.standard_normal(A.shape) * np.linalg.norm(A, axis=0) / np.sqrt(A.shape[0])
     B = B + 0.01 * rng.standard_normal(B.shape) * np.linalg.norm(B, axis=0) / np.sqrt(B.shape[0])
-    curve = raymatch.match_curve(A, B)
-    curve32 = raymatch.match_curve(A.astype(np.float32), B.astype(np.float32))
+    curve = match_curve(A, B)
+    curve32 = match_curve(A.astype(np.float32), B.astype(np.float32))
     for eps in safe_eps(curve, margin=1e-3, minimum=1e-2):
         assert_same_match(curve32.at(eps), curve.at(eps), f"eps={eps}")
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @FEW
 @given(pair=layer_pairs(), center=st.booleans())
-def test_factor_inputs_give_the_same_result_as_arrays(pair, center):
+def test_factor_inputs_give_the_same_result_as_arrays(kernel, pair, center):
+    match_curve = curve_function(kernel)
     A, B = pair
     fa, fb = raymatch.factor(A, center=center), raymatch.factor(B, center=center, name="B")
     assert fa.n_samples == A.shape[0] and fa.n_neurons == A.shape[1] and fa.centered == center
     np.testing.assert_array_equal(fa.live, live(A - A.mean(axis=0)) if center else live(A))
     kw = {} if not center else {"center": True}
-    curve = raymatch.match_curve(A, B, **kw)
+    curve = match_curve(A, B, **kw)
     # Arrays share one QR of [A B]; factors are made one side at a time: same numbers up to rounding.
-    for other in (raymatch.match_curve(fa, fb), raymatch.match_curve(fa, B, **kw), raymatch.match_curve(A, fb, **kw)):
+    for other in (match_curve(fa, fb), match_curve(fa, B, **kw), match_curve(A, fb, **kw)):
         np.testing.assert_allclose(other.critical_a, curve.critical_a, rtol=0, atol=1e-9)
         np.testing.assert_allclose(other.critical_b, curve.critical_b, rtol=0, atol=1e-9)
         np.testing.assert_array_equal(other.dead_a, curve.dead_a)
@@ -756,7 +792,7 @@ def test_factor_inputs_give_the_same_result_as_arrays(pair, center):
                 A, B, eps, neuron, order=1, **kw
             )
     # a factor is reusable: the same factor in many pairs gives the same results
-    assert raymatch.match_curve(fa, fb) == raymatch.match_curve(fa, fb)
+    assert match_curve(fa, fb) == match_curve(fa, fb)
 
 
 def test_linear_cka_is_one_for_a_layer_and_its_rotation_and_invariant_to_isotropic_scaling():

@@ -33,7 +33,8 @@ def _match_tasks(context: PlanContext) -> tuple[list, int]:
         done += len(pairs) - len(missing)
         tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
                              block=study.resources.pair_block, center=study.center, population=group.name,
-                             positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed)
+                             positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed,
+                             kernel=study.resources.match_kernel)
     return tasks, done
 
 

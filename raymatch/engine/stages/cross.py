@@ -242,6 +242,6 @@ def _asks_for_cross(study: Study) -> bool:
     return study.cross_layers is not None
 
 
-CROSS = Stage("cross", "pairs × layer pairs × repeats", plan_cross, cross_task, "pairs", pairs_in, reads=("extract",),
-              enabled=_asks_for_cross, table="cross_curves", prepare=record_models, factor_reads=cross_factor_reads,
-              pooled_layers=pooled_layers)
+CROSS = Stage("cross", "pairs × layer pairs × repeats", plan_cross, cross_task, "curves", pairs_in,
+              reads=("extract",), enabled=_asks_for_cross, table="cross_curves", prepare=record_models,
+              factor_reads=cross_factor_reads, pooled_layers=pooled_layers)

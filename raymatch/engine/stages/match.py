@@ -50,5 +50,5 @@ def match_factor_reads(context: PlanContext) -> Iterator[tuple[str, int, str]]:
             yield task.layer, task.repeat, model
 
 
-MATCH = Stage("match", "pairs × layers × repeats", plan_match, match_task, "pairs", pairs_in, reads=("extract",),
+MATCH = Stage("match", "pairs × layers × repeats", plan_match, match_task, "curves", pairs_in, reads=("extract",),
               table="curves", prepare=record_models, factor_reads=match_factor_reads)

@@ -121,6 +121,8 @@ class PlanContext:
         else:
             chosen = policy_positions(population_policy(self.study.pairs), len(ids), group.reference)
         models = tuple(dict.fromkeys(ids))
+        if len(models) == len(ids) and group.position_pairs is None:  # a policy's pairs of distinct models
+            return PairList(models, chosen[0], chosen[1])
         number = {model: index for index, model in enumerate(models)}
         of_position = np.array([number[model] for model in ids], dtype=np.int64)
         a, b = of_position[chosen[0]], of_position[chosen[1]]
@@ -173,7 +175,8 @@ class PlanContext:
                       pairs: Sequence[tuple[str, str]]) -> PairList:
         """The pairs of one unit that ``table`` holds no rows of, in order."""
         pairs = PairList.of(pairs)
-        return pairs[~self.stored_pairs(table).contains(group.name, layer, repeat, pairs)]
+        stored = self.stored_pairs(table).contains(group.name, layer, repeat, pairs)
+        return pairs[~stored] if stored.any() else pairs
 
     @functools.cached_property
     def stored_factors(self) -> frozenset[str]:

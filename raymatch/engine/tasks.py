@@ -129,12 +129,13 @@ def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat:
     order: dict[str, int] = dict(positions or {})
     for model in pairs.used_models():
         order.setdefault(model, len(order))
-    position = np.array([order.get(model, -1) for model in pairs.models], dtype=np.int64)
-    first, second = position[pairs.a] // block, position[pairs.b] // block
-    low, high = np.minimum(first, second), np.maximum(first, second)
-    keys = low * (int(high.max()) + 1) + high
+    block_of = np.array([order.get(model, -1) for model in pairs.models], dtype=np.int64) // block
+    first, second = block_of[pairs.a], block_of[pairs.b]
+    keys = np.minimum(first, second) * (int(block_of.max()) + 1) + np.maximum(first, second)
+    del first, second
     ranked = np.argsort(keys, kind="stable")  # by block pair; the given order within each
     bounds = np.flatnonzero(np.diff(keys[ranked])) + 1
+    del keys
     return [MatchTask(study, config_hash, probe_id, layer, repeat, pairs[chosen].compact(), center, population, cka,
                       permute_b_seed, kernel)
             for chosen in np.split(ranked, bounds)]

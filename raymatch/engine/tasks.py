@@ -2,8 +2,9 @@
 
 Models are split into blocks of ``block`` models; a task covers the pairs between two blocks
 (or within one) and loads each model's factor once, so over a whole study every stored matrix is
-read about ⌈M / block⌉ times for M models instead of M − 1 times. A pair's result is its ε-curve
-(every neuron's critical ε, from one ``match_curve``) and its linear CKA, both from the one cross
+read about ⌈M / block⌉ times for M models instead of M − 1 times. A task's pairs are computed together
+by the batched kernel (:mod:`.curves`: stacked cross products, peels in lockstep, on the CPU or the task's GPU);
+a pair's result is its ε-curve (every neuron's critical ε) and its linear CKA, both from the one cross
 product of the two factors' bases. Task bodies return rows; they never write tables (the driver
 commits rows in batches).
 """

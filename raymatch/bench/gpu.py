@@ -134,7 +134,8 @@ def small_study(n_models: int = 6) -> dict:
         started = time.perf_counter()
         cpu_summary = run_study(on_cpu, progress=False)  # the activations are stored: its match stage alone
         cpu_seconds = time.perf_counter() - started
-        compared = compare_kernels(on_gpu.store.open(), on_gpu.name, on_cpu.name, GRID)
+        store = on_gpu.store.open()
+        compared = compare_kernels(store, store, on_gpu.name, GRID, baseline=on_cpu.name)
     stages = gpu_summary["stages"]
     return {"models": n_models, "pairs": stages["match"]["computed"], "seconds": gpu_seconds,
             "cpu_seconds": cpu_seconds, "extract_devices": stages["extract"].get("devices", {}),

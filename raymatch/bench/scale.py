@@ -4,7 +4,7 @@
   before), so that a table of 1,000 models shows whether the driver's memory grows with the pairs.
 - :func:`table_objects` counts the data files of a results table: those of its current version (what a query
   reads) and every Parquet object under its folder (the files that compaction replaced stay until vacuum).
-- :func:`compare_kernels` reads the ``curves`` rows of two studies of the same pairs and says how far their
+- :func:`compare_kernels` reads the ``curves`` rows of two runs of the same pairs and says how far their
   critical ε are apart and at how many (pair, ε of the grid, side) their maximum matches differ.
 """
 
@@ -102,8 +102,10 @@ def _curves(store, study: str):
     return rows.take(order)
 
 
-def compare_kernels(store, study: str, baseline: str, grid: tuple[float, ...]) -> dict:
-    """How the ``curves`` rows of ``study`` differ from those of ``baseline`` (the same pairs, another kernel).
+def compare_kernels(store, baseline_store, study: str, grid: tuple[float, ...], baseline: str | None = None) -> dict:
+    """How the ``curves`` rows of ``study`` differ from those of ``baseline`` (default: the same study) of a store.
+
+    The same pairs, computed by another kernel or elsewhere (``baseline_store`` may be ``store``).
 
     Returns
     -------
@@ -112,7 +114,7 @@ def compare_kernels(store, study: str, baseline: str, grid: tuple[float, ...]) -
         dead neurons must be ``inf`` in both) and ``differing_sets`` (pair × ε of ``grid`` × side where the maximum
         matches differ, neurons within :data:`ROUNDING` of ε aside).
     """
-    mine, theirs = _curves(store, study), _curves(store, baseline)
+    mine, theirs = _curves(store, study), _curves(baseline_store, baseline or study)
     keys = ["population", "layer", "repeat", "model_a", "model_b"]
     same = mine.num_rows == theirs.num_rows and all(mine.column(k).equals(theirs.column(k)) for k in keys)
     result = {"rows": (mine.num_rows, theirs.num_rows), "same_pairs": same, "max_difference": float("nan"),

@@ -127,3 +127,13 @@ def test_a_float32_peel_changes_a_set_so_gpu_actors_peel_in_float64():
     assert moved > 1e-5 and eps > tol
     sets = [getattr(curve[p].at(eps), side).tolist() for curve in (single, double)]
     assert sets[0] != sets[1] and (i in sets[0]) != (i in sets[1])  # neuron i is in one maximum match only
+
+
+def test_bad_resources_name_their_fields(tmp_path):
+    from raymatch.study import StudyError
+
+    with pytest.raises(StudyError) as raised:
+        imported_study(tmp_path, "bad", match_gpus_per_actor=-1, match_kernel="fast")
+    message = str(raised.value)
+    assert "resources.match_gpus_per_actor: must be" in message and "got -1" in message
+    assert "resources.match_kernel: must be one of batched, one_pair; got 'fast'" in message

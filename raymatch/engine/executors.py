@@ -1,14 +1,16 @@
 """Where a stage's tasks run: executors picked once per run from the cluster, each owning its workers.
 
 Every stage names the role of its executor (:attr:`Stage.executor <raymatch.engine.stages.Stage.executor>`:
-``training``, ``extraction`` or ``pairs``); :func:`choose_executors` looks at the cluster once, when the run
-starts (GPUs? several alive nodes?), and picks one executor per role:
+``training``, ``extraction``, ``pairs`` or ``curves``); :func:`choose_executors` looks at the cluster once, when
+the run starts (GPUs? several alive nodes?), and picks one executor per role (``curves``, the factor, match and
+cross stages, gets the ``pairs`` executor unless GPU actors are asked for and the cluster has them):
 
 - :class:`LocalActors` — on one CPU node, one pool of warm CPU actors (:class:`WarmActors`) runs extraction and
   every pair stage: the pair stages then start in warm processes (no worker start-up, torch and the store
   already loaded) instead of cold tasks.
-- :class:`RayTasks` — plain Ray tasks: the pair stages on a cluster with GPUs (pair work is CPU work and must not
-  hold a GPU), and every stage after training on several nodes, spread over them (``SPREAD``). A node lost in the
+- :class:`RayTasks` — plain Ray tasks: the pair stages on a cluster with GPUs (without
+  ``resources.match_gpus_per_actor`` pair work is CPU work and holds no GPU), and every stage after training on
+  several nodes, spread over them (``SPREAD``). A node lost in the
   middle of a run then costs only its tasks in flight, which Ray runs again on the nodes left (``max_retries``); an
   actor of the lost node would instead wait for a CPU that the other actors hold, and its calls with it, for ever
   (docs/reliability.md).

@@ -290,7 +290,8 @@ CATALOGUE = {
     ),
     "unknown resources key": (
         edited(resources__gpus=1),
-        ["resources.gpus: unknown key (allowed: gpus_per_actor, cpus_per_task, pair_block, max_in_flight)"],
+        ["resources.gpus: unknown key (allowed: gpus_per_actor, cpus_per_task, pair_block, max_in_flight, "
+         "match_gpus_per_actor, match_kernel)"],
     ),
     "unknown simple_matches key": (
         edited(simple_matches__epsilon=[0.1]),
@@ -323,7 +324,8 @@ CATALOGUE = {
     "cka not a boolean": (edited(cka="maybe"), ["cka: must be true or false; got 'maybe'"]),
     "section not a mapping": (
         edited(resources=[1, 2]),
-        ["resources: must be a mapping of gpus_per_actor, cpus_per_task, pair_block, max_in_flight; got [1, 2]"],
+        ["resources: must be a mapping of gpus_per_actor, cpus_per_task, pair_block, max_in_flight, "
+         "match_gpus_per_actor, match_kernel; got [1, 2]"],
     ),
     "width not a number": (
         edited(architecture__width="wide"),

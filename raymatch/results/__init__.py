@@ -59,7 +59,7 @@ clear message (:func:`check_store_version`).
 """
 
 from .legacy import check_store_version
-from .reading import data_files, dataset, read_columns, storage_options, table_uri
+from .reading import data_files, dataset, read_columns, scan_columns, storage_options, table_uri
 from .schema import (
     CKA,
     CROSS_CURVES,
@@ -119,6 +119,7 @@ __all__ = [
     "pair_summary",
     "query",
     "read_columns",
+    "scan_columns",
     "similarity_column",
     "storage_options",
     "table_schema",

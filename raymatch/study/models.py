@@ -338,15 +338,26 @@ class Resources(Section):
         GPUs per extraction actor (fractions share a GPU; 0 runs on CPUs).
     cpus_per_task : int, default 1
     pair_block : int, default 4
-        Pairs per match task.
+        Models per block: a match task covers the pairs between two blocks (or within one).
     max_in_flight : int, default 8
         Match tasks submitted at once.
+    match_gpus_per_actor : float, default 0
+        GPUs per actor of the factor, match and cross stages (fractions share a GPU, ``0.25`` runs four actors on
+        one): on a cluster with GPUs their tasks run on GPU actors, the cross products and peels on the GPU in
+        float64 (the rows are the CPU's to float64 rounding). 0 keeps them on CPUs; so does a cluster without GPUs
+        (one warning line).
+    match_kernel : {'batched', 'one_pair'}, default 'batched'
+        How a match task computes its curves: the pairs of the task together (``raymatch.match.match_curves``), or
+        one pair at a time (``raymatch.match.match_curve``, the kernel before it; the same curves, kept for
+        benchmarks).
     """
 
     gpus_per_actor: NonNegativeNumber = 1.0
     cpus_per_task: PositiveInt = 1
     pair_block: PositiveInt = 4
     max_in_flight: PositiveInt = 8
+    match_gpus_per_actor: NonNegativeNumber = 0.0
+    match_kernel: one_of("batched", "one_pair") = "batched"
 
     _path: ClassVar[str] = "resources"
 

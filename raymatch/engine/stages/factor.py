@@ -48,4 +48,4 @@ def plan_factor(context: PlanContext) -> StagePlan:
     return StagePlan(tasks, done)
 
 
-FACTOR = Stage("factor", "models × layers × repeats", plan_factor, factor_and_store, "pairs", reads=("extract",))
+FACTOR = Stage("factor", "models × layers × repeats", plan_factor, factor_and_store, "curves", reads=("extract",))

@@ -314,7 +314,17 @@ class ProbeSpec(Config):
         processes, machines and Python versions. A probe read from the user's files has its ``path`` replaced by
         the SHA-256 of the files' bytes (:func:`~raymatch.probes.files.content_digest`): a different file gives a
         different id, the same file anywhere the same one.
+
+        Raises
+        ------
+        ValueError
+            For a text probe, whose id is its tokenised texts' (:attr:`TextProbe.id
+            <raymatch.probes.text.TextProbe.id>`; a study's :attr:`~raymatch.study.Study.probe_id`): the spec alone
+            does not know the population's tokenizer.
         """
+        if self.is_text:
+            raise ValueError("a text probe's id is that of its tokenised texts (TextProbe.id; a study's probe_id): "
+                             "the spec alone does not know the population's tokenizer")
         return self._id
 
     @functools.cached_property

@@ -75,20 +75,36 @@ class CausalLMSpec(Config):
     corpus : str
         A folder of fortune files (Debian's ``fortunes``: ``/usr/share/games/fortunes``) or one text file; a
         relative path resolves against the study file's folder.
-    format, field : str, optional
-        For a corpus file: one of ``lines``, ``jsonl``, ``parquet``, ``fortune`` (default ``lines``) and its field.
+    format : {'lines', 'jsonl', 'parquet', 'fortune'}, optional
+        How a corpus file holds its texts (default ``lines``; a folder is read as fortune files).
+    field : str, optional
+        The JSON key or Parquet column of a ``jsonl`` or ``parquet`` corpus.
     exclude : tuple of str
         File names of a corpus folder left out (a probe's file, held out from training).
     holdout : float, default 0.05
         Share of the texts held out (the same for every seed), for the held-out loss in each record.
     vocab_size : int, default 2048
         Of the BPE tokenizer (``tokenizers``), trained once and shared by every seed.
-    n_layer, n_embd, n_head, n_positions : int
-        The GPT-2 (defaults 2, 64, 4, 128); ``n_positions`` bounds ``probe.max_length``.
-    block_size, batch_size, steps : int
-        Windows of ``block_size`` tokens, ``batch_size`` per step, ``steps`` steps (defaults 64, 16, 400).
-    lr, warmup, weight_decay : float, int, float
-        AdamW with linear warm-up, then a cosine decay to a tenth (defaults 3e-3, 20, 0.01).
+    n_layer : int, default 2
+        Blocks of the GPT-2.
+    n_embd : int, default 64
+        Its width (its MLP has 4 × ``n_embd`` neurons).
+    n_head : int, default 4
+        Attention heads (dividing ``n_embd``).
+    n_positions : int, default 128
+        Positions of the GPT-2: at least ``probe.max_length``.
+    block_size : int, default 64
+        Tokens of each training window (at most ``n_positions``).
+    batch_size : int, default 16
+        Windows per step.
+    steps : int, default 400
+        Training steps (0: the initialisation).
+    lr : float, default 3e-3
+        AdamW's peak learning rate, after a linear warm-up, then a cosine decay to a tenth.
+    warmup : int, default 20
+        Warm-up steps.
+    weight_decay : float, default 0.01
+        AdamW's weight decay.
     folder : str, optional
         Where the ``save_pretrained`` folders go (a folder every Ray worker sees at the same path). Default: the
         store's ``checkpoints/lm/…`` area, for a local store. Not part of :attr:`id`.
@@ -142,7 +158,7 @@ class CausalLMSpec(Config):
         from transformers import GPT2Config
 
         return GPT2Config(vocab_size=self.vocab_size, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
-                          n_positions=self.n_positions)
+                          n_positions=self.n_positions, bos_token_id=0, eos_token_id=0)
 
     @functools.cached_property
     def id(self) -> str:

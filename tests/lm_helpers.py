@@ -78,6 +78,9 @@ def neox(seed: int, vocab_size: int, *, layers: int = 2, hidden: int = 32):
 
 def save_model(model, folder: Path, tokenizer=None) -> Path:
     """``save_pretrained`` the model (and the tokenizer) into ``folder``."""
+    import transformers
+
+    transformers.logging.disable_progress_bar()
     model.save_pretrained(str(folder))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))

@@ -195,14 +195,18 @@ def _probe_problems(values: Mapping[str, Any], tokenizer: Any, positions: int | 
     from ..probes.text import check_max_length, choose_texts
 
     probe = values["probe"]
+    problems: Problems = []
+    try:
+        check_max_length(probe.text_max_length, positions, label)
+    except TextProbeError as error:
+        problems.append(_located(str(error), ("probe",)))
     try:
         texts = probe_texts(probe, values["store"], values.get("base"))
         choose_texts(texts, probe.n_examples, probe.seed, source=probe.text)
-        check_max_length(probe.text_max_length, positions, label)
     except TextProbeError as error:
-        return [_located(str(error), ("probe",))]
-    if tokenizer is None:
-        return []  # the rows are checked once the tokenizer exists (a study that trains it)
+        return [_located(str(error), ("probe",)), *problems]
+    if tokenizer is None or problems:
+        return problems  # the rows are checked once the tokenizer exists (a study that trains it)
     try:
         text_probe = make_probe(probe, texts, tokenizer)
         for repeat in range(text_probe.tokens.repeats):

@@ -122,7 +122,11 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
 
 def lm_seed_task(spec, roots: dict[str, str], tokenizer: str, threads: int, task: TrainTask) -> dict:
     """Task body: one seed of a language-model population, trained or (``task.untrained``) initialised."""
+    import os
+
     from ..train.lm_population import train_lm_seed
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the task's threads are torch's (a Ray worker forks)
 
     return train_lm_seed(spec, roots["untrained" if task.untrained else "trained"], tokenizer, task.untrained, threads,
                          task.seed)

@@ -53,6 +53,10 @@ def test_the_example_scaled_down_trains_seeds_above_the_untrained_null(tmp_path,
         {"population": "untrained", "name": "seed0", "seed": 0, "step": 0},
         {"population": "untrained", "name": "seed1", "seed": 1, "step": 0}]
 
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "store")]) == 0 and "study lm-seeds: complete" in capsys.readouterr().out
+    assert main(["gc", str(tmp_path / "store")]) == 0  # the trained folders are the study's: nothing to delete
+    assert "0 object(s) no recorded study references" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "store"), "--out", str(tmp_path / "report")]) == 0
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "transformer.h.0.mlp.act" in summary and (tmp_path / "report" / "similarity.png").stat().st_size > 0

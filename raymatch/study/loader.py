@@ -110,8 +110,9 @@ def load_study(source: str | os.PathLike) -> Study:
 
     Notes
     -----
-    A file's study gets its folder as :attr:`Study.base <raymatch.study.Study.base>` (unless it gives one): the
-    relative folders and files of a language-model study resolve against it, wherever the command runs.
+    A language-model study read from a file gets the file's folder as :attr:`Study.base
+    <raymatch.study.Study.base>` (unless it gives one): its relative folders and files resolve against it, wherever
+    the command runs.
     """
     if isinstance(source, str) and "\n" in source:
         label, text = _TEXT_LABEL, source
@@ -126,7 +127,9 @@ def load_study(source: str | os.PathLike) -> Study:
     if not isinstance(data, Mapping):
         raise StudyError([f"{label}: the top level must be a mapping of study fields ({', '.join(Study.model_fields)}"
                           f"); got {_kind(data)}"])
-    if label != _TEXT_LABEL and "base" not in data:
+    architecture = data.get("architecture")
+    lm = isinstance(architecture, Mapping) and architecture.get("source") == "transformers"
+    if lm and label != _TEXT_LABEL and "base" not in data:  # (the paths of language-model studies)
         data = {**data, "base": os.path.dirname(os.path.abspath(label))}
     return Study.from_dict(data)
 

@@ -88,8 +88,9 @@ class Study(Section):
     base : str, optional
         The folder a language-model study's relative folders and files resolve against (``population.models``,
         ``glob``, ``training.corpus`` and ``folder``, ``probe.text`` and ``tokenizer``): set to the study file's
-        folder by :func:`~raymatch.study.load_study` when not given; None: the working directory. Not part of
-        :attr:`config_hash`.
+        folder by :func:`~raymatch.study.load_study` for a language-model study when not given (and kept in the
+        study's record, so that ``status``, ``gc`` and ``report`` resolve them from anywhere); None: the working
+        directory. Not part of :attr:`config_hash`.
 
     Raises
     ------
@@ -147,11 +148,12 @@ class Study(Section):
         """Whether the study compares language models (``architecture.source: transformers``)."""
         return is_lm(self)
 
-    @functools.cached_property
+    @property
     def text_probe(self):
         """A language-model study's tokenised probe (:class:`~raymatch.probes.TextProbe`), or None.
 
-        None for other studies, and while the tokenizer does not exist yet (a study that trains it).
+        None for other studies, and while the tokenizer does not exist yet (a study that trains it). Tokenised once
+        while the texts and the tokenizer's files are unchanged (:func:`raymatch.study.lm.study_text_probe`).
         """
         from .lm import study_text_probe
 

@@ -3,8 +3,9 @@
 A GPT-2 and its twin with the MLP neurons permuted (the rows of ``c_fc`` and the columns of ``c_proj``: the same
 function) match fully in the MLP layers at ε = 0, read from the ``matches`` view and checked the way an outsider
 would: the stored activations read with ``read_activations``, ``raymatch.match.max_match`` computed on them, and the
-stored token rows read back. A Hub population of seeds × revisions runs its trajectory pairs along the revisions,
-and the ``models`` table names each model with its revision and step.
+stored token rows read back. A Hub population of seeds × revisions runs its trajectory pairs along the revisions, its
+extraction on GPU actors (the session cluster's two fake GPUs), and the ``models`` table names each model with its
+revision and step.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def test_hub_revisions_run_as_the_trajectory_of_each_seed(tmp_path, capsys, monk
     (folder / "texts.txt").write_text("\n".join(sentences(80, seed=8)))
     data = lm_study(f"file://{tmp_path / 'store'}", pairs={"reference": "final"},
                     population={"hub": "org/pythia-seed{seed}", "seeds": [1, 2], "revisions": ["step100", "step200"]},
-                    layers=["gpt_neox.layers.*.mlp.act"])
+                    layers=["gpt_neox.layers.*.mlp.act"],
+                    resources={"gpus_per_actor": 1, "pair_block": 2, "max_in_flight": 2})  # the fake GPUs' actors
     assert main(["run", write(folder, data), "--quiet"]) == 0, capsys.readouterr().err
     store = Store(str(tmp_path / "store"))
     curves = load(store, "curves", study="lm")

@@ -42,15 +42,17 @@ def test_a_gpt2_and_its_permuted_twin_match_fully_in_the_mlp_layers(tmp_path, ca
     save_model(twin, folder / "lm" / "twin", tokenizer)
     (folder / "texts.txt").write_text("\n".join(sentences(120, seed=7)))
     store = tmp_path / "store"
-    data = lm_study(f"file://{store}", population={"models": ["lm/original", "lm/twin"]},
+    data = lm_study(f"file://{store}", population={"models": ["lm/original", "lm/twin"]}, null_baseline=["permuted"],
                     probe={"text": "texts.txt", "n_examples": 100, "max_length": 48, "rows": {"rows": 1500,
                                                                                               "repeats": 2}})
     assert main(["run", write(folder, data), "--quiet"]) == 0, capsys.readouterr().err
 
     matches = load(Store(str(store)), "matches", study="lm")
-    exact = matches[(matches["eps"] == 0.0) & matches["layer"].isin(MLP)]
+    exact = matches[(matches["eps"] == 0.0) & matches["layer"].isin(MLP) & (matches["population"] == "trained")]
     assert len(exact) == 2 * 2 and (exact["status"] == "ok").all()  # 2 layers × 2 row repeats
     assert (exact["similarity"] == 1.0).all(), exact[["layer", "repeat", "similarity"]]
+    permuted = matches[(matches["population"] == "permuted") & matches["layer"].isin(MLP)]
+    assert len(permuted) == len(exact) * 2 and (permuted["similarity"] < 0.5).all()  # rows no longer correspond
     models = query(Store(str(store)), "SELECT name, model_id, seed, revision, step, checkpoint, architecture FROM "
                                       "models ORDER BY name")
     assert list(models["name"]) == ["lm/original", "lm/twin"]
@@ -74,7 +76,7 @@ def test_a_gpt2_and_its_permuted_twin_match_fully_in_the_mlp_layers(tmp_path, ca
 
     assert main(["run", write(folder, data), "--quiet"]) == 0  # a second run computes nothing
     out = capsys.readouterr().out
-    assert "extract          0        2" in out and "match            0        8" in out
+    assert "extract          0        2" in out and "match            0       16" in out
 
 
 def test_hub_revisions_run_as_the_trajectory_of_each_seed(tmp_path, capsys, monkeypatch):

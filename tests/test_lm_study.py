@@ -199,3 +199,19 @@ def test_a_twin_folder_is_refused_as_the_same_model(tmp_path):
     with pytest.raises(ValueError, match="are the same model"):
         make_plan(study, study.store.open())
 
+
+
+def test_a_text_on_s3_is_read_through_the_studys_store(folder, s3_store, moto_endpoint, monkeypatch):
+    from .conftest import BUCKET, S3_KEY, S3_SECRET
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)  # a study's credentials come from the environment
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    s3_store.write_bytes("probes/texts.txt", (folder / "texts.txt").read_bytes())
+    data = lm_study(f"s3://{BUCKET}/study", probe__text=f"s3://{BUCKET}/study/probes/texts.txt")
+    data["store"]["endpoint_url"] = moto_endpoint
+    local = load_study(write(folder, lm_study("file:///tmp/unused")))
+    study = load_study(write(folder, data, "s3.yaml"))
+    assert study.text_probe.texts == local.text_probe.texts and study.probe_id == local.probe_id
+    missing = {**data, "probe": {**data["probe"], "text": f"s3://{BUCKET}/study/probes/absent.txt"}}
+    with pytest.raises(StudyError, match=r"probe.text: s3://.*/absent.txt does not exist"):
+        load_study(write(folder, missing, "s3.yaml"))

@@ -26,8 +26,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "jobs" / "examples" / "lm-seeds.
 def test_the_example_scaled_down_trains_seeds_above_the_untrained_null(tmp_path, capsys):
     data = yaml.safe_load(EXAMPLE.read_text())
     data["store"]["uri"] = f"file://{tmp_path / 'store'}"
-    data["population"]["training"].update(seeds=[0, 1], steps=60, vocab_size=512)
-    data["probe"].update(n_examples=200, rows={"rows": 2500, "repeats": 1, "seed": 0})
+    data["population"]["training"].update(seeds=[0, 1], steps=40, vocab_size=512)
+    data["probe"].update(n_examples=150, rows={"rows": 2000, "repeats": 1, "seed": 0})
     study = tmp_path / "lm-seeds.yaml"
     study.write_text(yaml.safe_dump(data, sort_keys=False))
 
@@ -36,7 +36,7 @@ def test_the_example_scaled_down_trains_seeds_above_the_untrained_null(tmp_path,
     root = tmp_path / "store" / "checkpoints" / "lm"
     trained = next(root.glob("trained-*"))
     assert sorted(path.name for path in trained.iterdir()) == ["seed0", "seed1", "tokenizer"]
-    assert json.loads((trained / "seed0" / RECORD).read_text())["steps"] == 60
+    assert json.loads((trained / "seed0" / RECORD).read_text())["steps"] == 40
 
     assert main(["run", str(study), "--quiet"]) == 0, capsys.readouterr().err
     store = Store(str(tmp_path / "store"))
@@ -48,8 +48,8 @@ def test_the_example_scaled_down_trains_seeds_above_the_untrained_null(tmp_path,
     assert (mean["trained"] > mean["untrained"] + 0.2).all(), mean
     models = query(store, "SELECT population, name, seed, step FROM models ORDER BY population, name")
     assert models.to_dict("records") == [
-        {"population": "trained", "name": "seed0", "seed": 0, "step": 60},
-        {"population": "trained", "name": "seed1", "seed": 1, "step": 60},
+        {"population": "trained", "name": "seed0", "seed": 0, "step": 40},
+        {"population": "trained", "name": "seed1", "seed": 1, "step": 40},
         {"population": "untrained", "name": "seed0", "seed": 0, "step": 0},
         {"population": "untrained", "name": "seed1", "seed": 1, "step": 0}]
 

@@ -12,6 +12,7 @@ A seed is done iff its folder holds its record; the untrained null's folders use
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid
@@ -42,8 +43,12 @@ def pending_lm_seeds(root: str, seeds: Any) -> list[int]:
     return [seed for seed in seeds if not lm_done(root, seed)]
 
 
+@functools.lru_cache(maxsize=2)
 def corpus_split(spec: CausalLMSpec) -> tuple[list[str], list[str]]:
-    """The corpus's training and held-out texts (:func:`~raymatch.train.causal_lm.split_corpus`, every seed's)."""
+    """The corpus's training and held-out texts (:func:`~raymatch.train.causal_lm.split_corpus`, every seed's).
+
+    Read once per process (a warm Ray worker trains several seeds): do not modify the lists.
+    """
     fmt = spec.format or ("fortune" if os.path.isdir(spec.corpus) else "lines")
     texts = read_corpus(spec.corpus, fmt=fmt, field_name=spec.field, exclude=spec.exclude)
     return split_corpus(texts, spec.holdout)

@@ -89,7 +89,7 @@ class PlanContext:
         matrices = list(dict.fromkeys(matrices))
         missing = [matrix for matrix in matrices if matrix not in self._repeats]
         if missing:
-            self._repeats.update(stored_repeats_of(self.store, self.study.probe.id, missing))
+            self._repeats.update(stored_repeats_of(self.store, self.study.probe_id, missing))
         return {matrix: self._repeats[matrix] for matrix in matrices}
 
     @functools.cached_property
@@ -183,4 +183,4 @@ class PlanContext:
         """Every key under the probe's factor root (one listing)."""
         from ..store.layout import factor_root
 
-        return frozenset(self.store.list(factor_root(self.study.probe.id)))
+        return frozenset(self.store.list(factor_root(self.study.probe_id)))

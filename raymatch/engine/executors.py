@@ -296,9 +296,12 @@ class Training(Executor):
     def run(self, stage: Stage, tasks: list, on_outcome: OnOutcome | None = None) -> list[Outcome]:
         """Train the seeds of ``tasks`` (:class:`~raymatch.engine.stages.train.TrainTask`), group after group."""
         from ..train import recipe
-        from .training import train_population
+        from .training import train_lm_population, train_population
 
         study, resources = self.study, self.study.resources
+        if study.is_lm:  # language models: the tokenizer once, then the seeds and the untrained null (CPU tasks)
+            return train_lm_population(study, tasks, cpus_per_task=resources.cpus_per_task,
+                                       max_in_flight=resources.max_in_flight, progress=self.progress)
         training = study.population.training
         spec = training.spec if training is not None else recipe("quick", dataset=study.probe.dataset)
         groups: dict[tuple[str, bool], list[int]] = {}

@@ -27,6 +27,13 @@ def record_models(study: Study, store: Store, plan: Plan) -> None:
     recorded = read_columns(store, "models", ["population", "model_id"],
                             filters={"study": study.name, "config_hash": study.config_hash})
     known = set(zip(*(recorded.column(name).to_pylist() for name in ("population", "model_id")), strict=True))
+    if study.is_lm:  # language models: name, revision, step (raymatch.engine.lm)
+        from .lm import lm_model_rows
+
+        rows = lm_model_rows(study, store, plan, known)
+        if rows:
+            append_rows(store, "models", rows)
+        return
     training, imported = study.population.training, study.population.activations
     architecture = study.architecture.label if study.architecture is not None else f"imported:{imported.layout}"
     rows = []

@@ -16,6 +16,7 @@ import ray
 import torch
 
 from ..extract.extractor import ExtractionJob, run_job
+from ..extract.tokens import TokenExtractionJob, run_token_job
 from ..store import Store
 
 #: The probe loaded last in this worker process (probes can be large: one is kept).
@@ -51,8 +52,11 @@ def worker_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
-def extract_job(store: Store, job: ExtractionJob) -> dict:
+def extract_job(store: Store, job: ExtractionJob | TokenExtractionJob) -> dict:
     """Task body of the extraction stage: one model's activations, the probe kept loaded between calls.
+
+    A language model's job (:class:`~raymatch.extract.tokens.TokenExtractionJob`) carries its tokenised probe and
+    runs :func:`~raymatch.extract.tokens.run_token_job`.
 
     Returns
     -------
@@ -60,6 +64,9 @@ def extract_job(store: Store, job: ExtractionJob) -> dict:
         :func:`~raymatch.extract.run_job`'s summary plus where it ran (pid, GPU ids, device, threads).
     """
     from ..probes import load_probe
+
+    if isinstance(job, TokenExtractionJob):
+        return {**run_token_job(store, job, device=worker_device()), **_where()}
 
     if job.probe.id not in _PROBE:
         _PROBE.clear()

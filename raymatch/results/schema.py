@@ -115,6 +115,7 @@ MODELS = pa.schema([
     _field("config_hash", pa.string()),
     _field("population", pa.string()),
     _field("model_id", pa.string()),
+    pa.field("name", pa.string()),
     _field("seed", pa.int64(), True),
     _field("checkpoint", pa.string(), True),
     _field("architecture", pa.string()),
@@ -124,6 +125,8 @@ MODELS = pa.schema([
     _field("selected_epoch", pa.int64(), True),
     _field("created_at", _TIMESTAMP),
     _field("epoch", pa.int64(), True),  # epochs trained of these weights (0: untrained; trajectories: e)
+    _field("revision", pa.string(), True),  # a language model's Hub revision (its checkpoint along training)
+    _field("step", pa.int64(), True),  # the training step that revision (or a trained language model) is at
 ])
 
 #: ``tasks``: completion markers of tasks (e.g. simple-match tasks, which may produce no row).

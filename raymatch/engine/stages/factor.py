@@ -31,7 +31,7 @@ def plan_factor(context: PlanContext) -> StagePlan:
     from ..tasks import FactorTask
 
     study = context.study
-    center, probe_id = study.center, study.probe.id
+    center, probe_id = study.center, study.probe_id
 
     def stored(model: str, layer: str, repeat: int) -> bool:
         return manifest_key(factor_prefix(probe_id, model, layer, repeat, center)) in context.stored_factors

@@ -31,7 +31,7 @@ def _match_tasks(context: PlanContext) -> tuple[list, int]:
     for group, layer, repeat, pairs, positions in context.pair_units:
         missing = context.missing_pairs("curves", group, layer, repeat, pairs)
         done += len(pairs) - len(missing)
-        tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
+        tasks += block_tasks(study.name, study.config_hash, study.probe_id, layer, repeat, missing,
                              block=study.resources.pair_block, center=study.center, population=group.name,
                              positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed,
                              kernel=study.resources.match_kernel)

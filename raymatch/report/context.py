@@ -129,9 +129,8 @@ class ReportContext:
         if self.eps is not None:
             return f"ε = {self.eps:g} in every panel (asked for with --eps)"
         share = "half" if REPORT_SHARE == 0.5 else f"a share {REPORT_SHARE:g}"
-        return (f"each layer's own ε: the median over its trained pairs of the smallest ε at which {share} of the "
-                f"live neurons of each side are matched (eps_for_share({REPORT_SHARE:g}), rounded up to 3 decimals); "
-                "--eps sets one for every layer")
+        return (f"each layer's own ε, the median over its trained pairs of the smallest ε at which {share} of the "
+                f"live neurons of each side are matched (eps_for_share({REPORT_SHARE:g}), rounded up to 3 decimals)")
 
     def eps_colours(self) -> dict[float, Any]:
         """One viridis colour (RGBA tuple) per ε of :attr:`grid`, the same in every figure."""

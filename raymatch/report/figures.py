@@ -38,7 +38,7 @@ FIGURE_STYLE = {
     "legend.fontsize": 10, "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3, "savefig.dpi": 150,
 }
 #: The colour of each population where a figure colours by population (max_epsilon.png, repeats.png).
-POPULATION_COLOURS = {TRAINED: "tab:blue", UNTRAINED: "tab:gray"}
+POPULATION_COLOURS = {TRAINED: "tab:blue", UNTRAINED: "tab:gray", "permuted": "tab:red"}
 
 
 @dataclass
@@ -140,6 +140,8 @@ def _panel_grid(figure, n: int, ncols: int):
 
 #: How each null is drawn beside the trained line (in the same colour): dashed with crosses, dotted with pluses.
 NULL_STYLE = {UNTRAINED: ("--", "x"), "permuted": (":", "+")}
+#: How far right of its layer each null's markers sit in similarity.png, so that lines at one value (0) all show.
+_NULL_DODGE = {UNTRAINED: 0.1, "permuted": 0.2}
 
 
 def _similarity_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
@@ -171,11 +173,12 @@ def _similarity_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
                     bands[eps] = axes.fill_between(positions, band["ci_low"].astype(float),
                                                    band["ci_high"].astype(float), color=colour, alpha=0.2, lw=0,
                                                    zorder=2)
-            else:  # over the trained line, thinner, with its own marker: both show where they coincide (at 0)
+            else:  # over the trained line, thinner, its markers dodged: each shows where they coincide (at 0)
                 ls, marker = NULL_STYLE.get(population, ("-.", "s"))
+                dodge = _NULL_DODGE.get(population, 0.2)
                 (untrained if population == UNTRAINED else permuted)[eps], = axes.plot(
-                    positions, rows["similarity_mean"], color=colour, lw=1.4, ls=ls, marker=marker, ms=7, mew=1.6,
-                    zorder=4 if population == UNTRAINED else 5)
+                    positions + dodge, rows["similarity_mean"], color=colour, lw=1.4, ls=ls, marker=marker, ms=7,
+                    mew=1.6, zorder=4 if population == UNTRAINED else 5)
         axes.set_title(f"ε = {eps:g}", color=colour, fontweight="bold")
         layer_axis(axes, ctx.layers, ctx)
         unit_axis(axes, "similarity" if axes.get_subplotspec().is_first_col() else "")
@@ -204,7 +207,9 @@ def _similarity_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
                       + ("; dashed lines with crosses the untrained null baseline (same architecture at "
                          "initialisation, same pairs)" if untrained else "; no untrained null baseline in the store")
                       + ("; dotted lines with pluses the permuted-row null (the trained pairs with model b's rows "
-                         "permuted)" if permuted else "") + ". The nulls are drawn over the trained line.")
+                         "permuted)" if permuted else "")
+                      + ". The nulls are drawn over the trained line, their markers a little right of their layer so "
+                      "that lines at the same value (often 0) all show.")
     result.figure, result.data = figure, data
     result.artists = {"trained": trained, "bands": bands, "untrained": untrained, "permuted": permuted,
                       "panels": dict(zip(ctx.grid, panels, strict=True))}

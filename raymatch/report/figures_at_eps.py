@@ -47,7 +47,7 @@ def _eps_text(ctx: ReportContext) -> str:
     """What the ε of a panel at the report's ε is, for titles and captions."""
     if ctx.eps is not None:
         return f"ε = {ctx.eps:g}" + (" (off the grid: from the stored curves)" if ctx.off_grid else "")
-    return "each layer's ε (under its name)"
+    return "each layer's ε"
 
 
 def _draw_spread(axes, summary: pd.DataFrame, colour, *, population: str):

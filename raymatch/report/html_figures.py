@@ -125,7 +125,7 @@ def universality_bars(data: pd.DataFrame, layers: list[str], populations: list[s
     """
     from plotly.subplots import make_subplots
 
-    from .science import possible_shares
+    from .science import possible_shares, share_label
 
     rows, cols = _grid(len(layers))
     titles = []
@@ -157,7 +157,12 @@ def universality_bars(data: pd.DataFrame, layers: list[str], populations: list[s
                            customdata=positions,
                            hovertemplate=f"{population}<br>share %{{customdata:.3f}}: "
                                          "%{y:.3f} of neurons<extra></extra>", row=row, col=col)
-    figure.update_xaxes(title_text="share of the other models", range=[-0.05, 1.05], dtick=0.1)
+        half = width * len(populations) / 2 + 0.02
+        ks = sorted(set(map(int, in_layer["others"])))
+        ticks = {"tickvals": positions, "ticktext": [share_label(value, ks) for value in positions]} \
+            if positions.size <= 11 else {"dtick": 0.1}
+        figure.update_xaxes(range=[positions[0] - half, positions[-1] + half], row=row, col=col, **ticks)
+    figure.update_xaxes(title_text="share of the other models")
     figure.update_yaxes(title_text="fraction of neurons", col=1)
     at = f"ε = {eps:g}" if eps is not None else "each layer's ε"
     _layout(figure, height=140 + 300 * rows,

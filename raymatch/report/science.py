@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -222,13 +223,16 @@ def universality_figure(ctx: ReportContext, out_dir: Path):
             everyone = int((shares == 1.0).sum())
             artists["all"][(layer, population)] = everyone
             others = sorted(set(map(int, in_layer.loc[in_layer["population"] == population, "others"])))
-            lines.append(f"{population} {everyone}/{shares.size} (k = {'/'.join(map(str, others))})")
+            lines.append(f"{population} {everyone}/{shares.size}"
+                         + (f" (k = {'/'.join(map(str, others))})" if len(set(in_layer["others"])) > 1 else ""))
         ks = sorted(set(map(int, in_layer["others"])))
-        axes.set_title(f"{layer} at {ctx.eps_label(layer)}\nneurons shared by all k others:\n" + ", ".join(lines),
-                       fontsize=8)
-        axes.set_xlim(-0.08, 1.08)
+        k_text = f", k = {ks[0]} others" if len(ks) == 1 else ""
+        axes.set_title(f"{layer} at {ctx.eps_label(layer)}{k_text}\n"
+                       + textwrap.fill("shared by all others: " + ", ".join(lines), 50), fontsize=8)
+        half = width * len(populations) / 2 + 0.02
+        axes.set_xlim(positions[0] - half, positions[-1] + half)
         if positions.size <= 11:
-            axes.set_xticks(positions, [_fraction(value, ks) for value in positions],
+            axes.set_xticks(positions, [share_label(value, ks) for value in positions],
                             fontsize=8 if positions.size > 6 else None)
     for axes in figure.axes:
         if axes.get_visible() and axes.get_subplotspec().is_last_row():
@@ -249,7 +253,7 @@ def universality_figure(ctx: ReportContext, out_dir: Path):
     return save_figure(result, out_dir)
 
 
-def _fraction(value: float, ks: list[int]) -> str:
+def share_label(value: float, ks: list[int]) -> str:
     """A share as a tick label: ``0``, ``1``, or ``j/k`` with the first ``k`` that gives it exactly."""
     if value in (0.0, 1.0):
         return f"{value:g}"
@@ -327,4 +331,5 @@ def _empty_lines(ctx: ReportContext, title: str) -> list[str]:
 
 
 __all__ = ["SCIENCE_FIGURES", "bootstrap_lines", "eps_curve_figure", "mean_curve", "pair_steps", "possible_shares",
+           "share_label",
            "similarity_at", "universality_figure", "universality_lines"]

@@ -163,11 +163,11 @@ def summary_markdown(ctx: ReportContext, figures: dict[str, FigureResult], table
             f" (not in the grid: read from the stored curves with matches_at({ctx.eps:g}), nothing recomputed; "
             "it has its own column in the similarity table)" if ctx.off_grid else "") + " (asked for with --eps)")
     elif ctx.layer_eps or ctx.eps_missing:
-        lines.append(f"- ε of the CKA, repeats and universality figures and of the tables at ε: {ctx.eps_rule()}"
-                     + (" (off the grid: read from the stored curves with matches_at, nothing recomputed)"
-                        if ctx.off_grid else "") + ": "
-                     + ", ".join([f"{layer} {eps:g}" for layer, eps in ctx.layer_eps.items()]
-                                 + [f"{layer} none ({reason})" for layer, reason in ctx.eps_missing.items()]))
+        values = [f"{layer} {eps:g}" for layer, eps in ctx.layer_eps.items()] + [
+            f"{layer} none ({reason})" for layer, reason in ctx.eps_missing.items()]
+        lines.append(f"- ε of the CKA, repeats and universality figures and of the tables at ε: {', '.join(values)}: "
+                     f"{ctx.eps_rule()}" + ("; off the grid, so read from the stored curves (matches_at), nothing "
+                                           "recomputed" if ctx.off_grid else "") + "; --eps sets one for every layer")
     lines += _count_lines(ctx)
     lines += ["", "## Mean maximum-match similarity", ""]
     if table.empty:
@@ -179,7 +179,7 @@ def summary_markdown(ctx: ReportContext, figures: dict[str, FigureResult], table
             + (" The permuted-row null (model b's rows permuted) follows as `perm`."
                if "permuted" in set(table.columns.get_level_values("population")) else "")
             + (f" The ε={ctx.eps:g} column is off the grid: the stored curves at that ε (matches_at)."
-               if ctx.off_grid else ""))
+               if ctx.off_grid and ctx.eps is not None else ""))
         lines += ["", markdown_table(*similarity_cells(table))]
     lines += bootstrap_lines(ctx)
     lines += universality_lines(ctx)

@@ -1,13 +1,13 @@
 """The figures of a report, drawn with matplotlib's object API on the Agg canvas.
 
-- ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
+- ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one panel per ε (mean over pairs,
   95 % band from a bootstrap over models), the untrained null baseline dashed in the same colour, the permuted-row
-  null dotted;
+  null dotted, both drawn over the trained line with their markers beside it;
 - ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
   √(1 − k/d) of each layer marked;
 - ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;
-- ``cka.png`` — linear CKA per layer beside the match similarity at one ε;
-- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol);
+- ``cka.png`` and ``repeats.png`` — from :mod:`.figures_at_eps`: linear CKA beside the match similarity, and the
+  spread over row-sample repeats, at each layer's report ε;
 - ``eps_curve.png`` and ``universality.png`` — from :mod:`.science`: similarity as an exact step function of ε per
   layer (nulls beside, bands from a bootstrap over models), and the share of other models each neuron is matched in.
 

@@ -2,10 +2,11 @@
 
 - ``eps_curve.png`` — similarity as a continuous function of ε per layer, from ``curves``: the mean over pairs of
   each pair's step function (exact, no grid: it steps at the critical ε of the neurons), trained beside the nulls,
-  with a 95 % band from a bootstrap over models (:mod:`raymatch.results.uncertainty`) and the chance ratio marked;
+  with a 95 % band from a bootstrap over models (:mod:`raymatch.results.uncertainty`), the chance ratio and the
+  layer's report ε marked;
 - ``universality.png`` — per layer, the distribution of a neuron's ``share`` (of the other models in whose maximum
-  match with its model it lies, ``universality(eps)``) at the report's ε, per population, with the number of
-  neurons shared by every other model.
+  match with its model it lies, ``universality(eps)``) at the layer's report ε, per population: a bar at each
+  possible share j/k (k other models), with the number of neurons shared by every other model.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def plan_token_extraction(context: PlanContext) -> StagePlan:
     return StagePlan(jobs, len(models) - len(jobs))
 
 
-def lm_model_rows(study: Study, store: Store, plan: Plan, known: set) -> list[dict]:
+def lm_model_rows(study: Study, store: Store, plan: Plan, known: dict) -> list[dict]:
     """``models`` rows of a language-model study's models not recorded yet: name, seed, revision, step."""
     from ..train.causal_lm import RECORD
 

@@ -72,15 +72,24 @@ def _arrow_filesystem(store: Store, table: str):
 def dataset(store: Store, table: str):
     """A lazy pyarrow dataset of the current version of ``table``, or None when the table does not exist.
 
-    Only the Delta log is read here; scanning reads the needed columns of the data files.
+    Only the Delta log is read here; scanning reads the needed columns of the data files. The dataset has the
+    columns of today's schema in its order (a column added since the table was written, such as ``models.name``,
+    reads as null in the older rows), then any other stored column.
     """
     delta = open_table(store, table)
     if delta is None:
         return None
     try:
-        return delta.to_pyarrow_dataset(filesystem=_arrow_filesystem(store, table))
+        data = delta.to_pyarrow_dataset(filesystem=_arrow_filesystem(store, table))
+        return data.replace_schema(_current_schema(data.schema, table_schema(table)))
     except Exception as error:
         raise table_error(store, table, "read", error) from None
+
+
+def _current_schema(stored: pa.Schema, current: pa.Schema) -> pa.Schema:
+    """``current``'s columns in its order (the stored field where there is one), then the other stored columns."""
+    fields = [stored.field(item.name) if item.name in stored.names else item for item in current]
+    return pa.schema(fields + [item for item in stored if item.name not in current.names])
 
 
 def _filter(schema: pa.Schema, table: str, filters: Mapping | None):

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..config import shown
+from ..config import resolve_paths, shown
 from ..config.schema import describe, described_schema
 from ..extract.entries import LayerEntry
 from ..extract.import_spec import ActivationImport
@@ -92,7 +92,10 @@ def load_study(source: str | os.PathLike) -> Study:
     Parameters
     ----------
     source : str or os.PathLike
-        The path of a YAML file, or YAML text (a string with a newline in it).
+        The path of a YAML file, or YAML text (a string with a newline in it). The relative local paths of a file
+        (``architecture.code``, probe files, imported activations, data folders) resolve against the file's
+        folder, which becomes the study's ``base_dir`` when it has one (and sets none itself); those of a text,
+        against the working directory when they are used.
 
     Returns
     -------
@@ -106,19 +109,23 @@ def load_study(source: str | os.PathLike) -> Study:
     OSError
         The file cannot be read.
     """
+    folder = None
     if isinstance(source, str) and "\n" in source:
         label, text = _TEXT_LABEL, source
     else:
         label = os.fsdecode(source)
         with open(label, encoding="utf-8") as handle:
             text = handle.read()
+        folder = os.path.dirname(os.path.abspath(label))
     try:
         data = yaml.load(text, Loader=_StudyLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as error:
         raise StudyError([_malformed(label, error)]) from None
     if not isinstance(data, Mapping):
-        raise StudyError([f"{label}: the top level must be a mapping of study fields ({', '.join(Study.model_fields)}"
+        raise StudyError([f"{label}: the top level must be a mapping of study fields ({', '.join(Study.file_keys())}"
                           f"); got {_kind(data)}"])
+    if folder is not None and "base_dir" not in data and resolve_paths(Study, data, folder) != data:
+        data = {**data, "base_dir": folder}  # only where a relative path needs it: other studies are as written
     return Study.from_dict(data)
 
 

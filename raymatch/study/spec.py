@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ..config import Boolean, Loc, OptionalString, eps_grid
+from ..config import Boolean, Loc, OptionalString, eps_grid, resolve_paths, unresolved_paths
 from ..extract.entries import LayerEntries
 from ..models.architecture import Architecture
 from ..probes import ProbeSpec
@@ -83,6 +84,12 @@ class Study(Section):
         Also compare different layers (table ``cross_curves``); not part of :attr:`config_hash`.
     resources : Resources
         How the work is spread over the cluster (not part of :attr:`config_hash`).
+    base_dir : str, optional
+        The absolute folder that the study's relative local paths (``architecture.code``, probe files, imported
+        activations, data folders: every path field, :mod:`raymatch.config.paths`) resolve against, once, when the
+        study is built: :func:`~raymatch.study.load_study` sets it to the study file's folder. Without it they
+        resolve against the working directory when used. Not part of :attr:`config_hash`, which hashes the paths
+        as written.
 
     Raises
     ------
@@ -106,8 +113,26 @@ class Study(Section):
     center: Boolean = False
     cross_layers: CrossLayersConfig | None = None
     resources: Resources = Field(default_factory=Resources)
+    base_dir: fields.BaseDir = None
 
     _root: ClassVar[str] = "study"
+
+    @classmethod
+    def file_keys(cls) -> tuple[str, ...]:
+        """The keys a study file is written with (every field but :attr:`base_dir`, which loading sets)."""
+        return tuple(name for name in cls.model_fields if name != "base_dir")
+
+    @classmethod
+    def _key_problems(cls, data: Mapping[Any, Any]) -> list[tuple[Loc, str]]:
+        allowed = ", ".join(cls.file_keys())
+        return [((key,), f"unknown key (allowed: {allowed})") for key in data if key not in cls.model_fields]
+
+    @classmethod
+    def _collect(cls, data: Any):
+        base = data.get("base_dir") if isinstance(data, Mapping) else None
+        if isinstance(base, str) and os.path.isabs(base):  # (a bad base_dir is reported as such)
+            data = resolve_paths(cls, data, base)
+        return super()._collect(data)
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
@@ -128,7 +153,26 @@ class Study(Section):
         content = super().to_dict()
         if content.get("cross_layers") is None:
             content.pop("cross_layers", None)
+        if content.get("base_dir") is None:
+            content.pop("base_dir", None)
         return content
+
+    def anchored(self) -> Study:
+        """The study with its relative paths resolved (:attr:`base_dir`: the working directory, unless set).
+
+        What the study record keeps, so that ``raymatch status``, ``gc`` and ``report`` find the study's files from
+        any directory; the :attr:`config_hash` is the same.
+
+        Returns
+        -------
+        Study
+        """
+        if self.base_dir is not None:
+            return self
+        content = self.to_dict()
+        if resolve_paths(type(self), content, os.getcwd()) == content:
+            return self
+        return type(self).from_dict({**content, "base_dir": os.getcwd()})
 
     @property
     def save_every(self) -> int | None:
@@ -174,12 +218,15 @@ class Study(Section):
         settings in their task id), ``null_baseline`` (its rows carry ``population = 'untrained'`` or
         ``'permuted'``), ``cross_layers`` (its rows, in ``cross_curves``, carry their layers and pooling) and
         ``population.training.save_every`` (its rows carry ``population = 'trajectory'``; the selected checkpoints
-        are the same with or without it) — plus the version of the mathematics
+        are the same with or without it) and ``base_dir`` (local paths are hashed as written, relative ones relative
+        to it) — plus the version of the mathematics
         (:data:`~raymatch.store.layout.FACTOR_VERSION`). A ``glob`` population hashes as its pattern, not as the
         checkpoints it matches. Rows of another configuration of the same study stay in the store but are never
         shown as the study's (``curves``, ``matches``, ``raymatch status``, reports).
         """
         content = self.to_dict()
+        if self.base_dir is not None:  # the paths as written, wherever the file lies
+            content = unresolved_paths(type(self), content, content.pop("base_dir"))
         if content["architecture"] is None:  # imported activations
             del content["architecture"]
         if self.probe.from_files:  # the files' bytes, not where they are

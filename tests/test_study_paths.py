@@ -69,7 +69,7 @@ def test_relative_paths_resolve_against_the_study_file_and_the_record_keeps_them
 
     study = load_study(folder / "study.yaml")  # `code: mynets`, `path: probe.npy`, from another directory
     assert study.architecture.code == f"{folder}/mynets" and study.probe.path == f"{folder}/probe.npy"
-    assert study.base_dir == str(folder)
+    assert study.base == str(folder)
     moved = tmp_path / "moved"
     shutil.copytree(folder, moved)  # the same files in another folder: the same study
     assert load_study(moved / "study.yaml").config_hash == study.config_hash
@@ -83,7 +83,7 @@ def test_relative_paths_resolve_against_the_study_file_and_the_record_keeps_them
     # a study given as text has no folder: its relative paths are the working directory's, and anchored there
     (elsewhere / "mynets").symlink_to(folder / "mynets")
     text = load_study(yaml.safe_dump({**data, "probe": {**data["probe"], "path": str(folder / "probe.npy")}}))
-    assert text.base_dir is None and text.architecture.code == "mynets"
+    assert text.base is None and text.architecture.code == "mynets"
     assert text.anchored().architecture.code == f"{elsewhere}/mynets"
     assert text.anchored().config_hash == text.config_hash == study.config_hash
 
@@ -95,8 +95,8 @@ def test_a_relative_path_in_the_wrong_place_names_the_study_folder(tmp_path, els
     (folder / "study.yaml").write_text(text)
     with pytest.raises(StudyError, match=f"architecture.code: {folder}/jobs/examples/custom-model/mynets is not a"):
         load_study(folder / "study.yaml")
-    with pytest.raises(StudyError, match="base_dir: must be an absolute folder"):
-        Study.from_dict({**load_study(EXAMPLES / "tiny.yaml").to_dict(), "base_dir": "relative/folder"})
+    with pytest.raises(StudyError, match="base: must be an absolute folder"):
+        Study.from_dict({**load_study(EXAMPLES / "tiny.yaml").to_dict(), "base": "relative/folder"})
 
 
 def _module(path: Path):

@@ -23,7 +23,15 @@ from .base import (
     relocated,
     shown,
 )
-from .paths import LOCAL_PATH, OptionalLocalPath, local_path, path_fields, resolve_paths, unresolved_paths
+from .paths import (
+    LOCAL_PATH,
+    OptionalLocalPath,
+    local_path,
+    path_fields,
+    resolve_path,
+    resolve_paths,
+    unresolved_paths,
+)
 from .types import (
     Boolean,
     Eps,
@@ -87,6 +95,7 @@ __all__ = [
     "problem_at",
     "problems_of",
     "relocated",
+    "resolve_path",
     "resolve_paths",
     "shown",
     "strings",

@@ -11,6 +11,12 @@ Nested sections are followed through the field types: a :class:`~raymatch.config
 (``ProbeSpec``, ``Architecture | None``) is searched for marked fields in turn, under the key the file spells
 (a model's ``_keys`` maps field names to file keys; its ``_inline`` names nested models whose keys sit in its own
 mapping, as a training spec's beside the seeds). A marked list holds one path per item.
+
+A marked field is for a section that opens its files itself (a probe digests its files, an architecture its code, a
+training spec its corpus), without the study around it. What the study's own code opens — a language-model
+population's ``models`` (which may be Hub ids) and ``glob`` (store keys in an image study), a text probe's ``text``
+and ``tokenizer`` — is not marked: it stays as written and is resolved where it is read, against the same folder
+(``Study.base``), with :func:`resolve_path`.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from typing import Annotated, Any
 from .base import Config
 from .types import OptionalPath
 
-__all__ = ["LOCAL_PATH", "LocalPath", "OptionalLocalPath", "local_path", "path_fields", "resolve_paths",
-           "unresolved_paths"]
+__all__ = ["LOCAL_PATH", "LocalPath", "OptionalLocalPath", "local_path", "path_fields", "resolve_path",
+           "resolve_paths", "unresolved_paths"]
 
 
 class LocalPath:
@@ -102,6 +108,23 @@ def path_fields(model: type[Config]) -> tuple[tuple[str, ...], ...]:
 def _is_relative(value: Any) -> bool:
     return isinstance(value, str) and bool(value) and not (os.path.isabs(value) or "://" in value
                                                             or value.startswith("~"))
+
+
+def resolve_path(base: str | None, path: str) -> str:
+    """One local path made absolute against ``base`` (a study file's folder; None: the working directory).
+
+    URIs (``s3://…``) are returned as they are, ``file://`` paths without the scheme, ``~`` expanded. For a value
+    read where it is used; a path field's values are resolved when the file is read (:func:`resolve_paths`).
+
+    Examples
+    --------
+    >>> resolve_path("/study", "models/seed0"), resolve_path("/study", "s3://bucket/x.txt")
+    ('/study/models/seed0', 's3://bucket/x.txt')
+    """
+    if "://" in path and not path.startswith("file://"):
+        return path
+    path = os.path.expanduser(path.removeprefix("file://"))
+    return os.path.abspath(path if os.path.isabs(path) else os.path.join(base or os.getcwd(), path))
 
 
 def _rewrite(data: Any, loc: tuple[str, ...], change: Callable[[Any], Any]) -> Any:

@@ -16,6 +16,8 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, WrapVa
 
 from ..config import (
     Loc,
+    NonNegativeInt,
+    OptionalString,
     Path,
     String,
     distinct,
@@ -134,14 +136,23 @@ def _store_key(key: str) -> str:
 Checkpoints = distinct(Annotated[String, AfterValidator(_store_key)], "checkpoint keys")
 
 
-def _relative(pattern: str) -> str:
+def store_glob_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is no pattern of store keys (it must be relative to the store root), or None."""
     if "://" in pattern or pattern.startswith("/"):
-        raise ValueError(f"must be a pattern of store keys, relative to the store root; got {pattern!r}")
-    return pattern
+        return f"must be a pattern of store keys, relative to the store root; got {pattern!r}"
+    return None
 
 
-#: A pattern of store keys (or null), relative to the store root.
-GlobPattern = optional(Annotated[String, AfterValidator(_relative)])
+#: A pattern (or null): of store keys relative to the store root (:func:`store_glob_problem`, checked with the
+#: architecture), or of a language-model population's folders.
+GlobPattern = OptionalString
+
+#: A language-model population's ``models``: distinct folders or Hub ids.
+ModelNames = strings("folders or Hub ids")
+#: A Hub population's ``seeds``: distinct non-negative integers.
+HubSeeds = distinct(NonNegativeInt, "non-negative integers")
+#: A Hub population's ``revisions``: distinct branch, tag or commit names (``step1000``).
+Revisions = strings("Hub revisions")
 
 
 # ------------------------------------------------------------------------------------------------ the study
@@ -159,6 +170,7 @@ def _study_name(value: Any, handler: Any) -> str:
 #: A study's name (:data:`NAME`).
 StudyName = Annotated[str, Field(min_length=1, pattern=f"^{NAME}$"), WrapValidator(_study_name)]
 
+
 def _absolute(path: str) -> str:
     if not os.path.isabs(path):
         raise ValueError(f"must be an absolute folder (relative paths of the study resolve against it); got {path!r}")
@@ -166,7 +178,7 @@ def _absolute(path: str) -> str:
 
 
 #: The folder a study's relative paths resolve against (or null): absolute.
-BaseDir = optional(Annotated[Path, AfterValidator(_absolute)])
+BaseFolder = optional(Annotated[Path, AfterValidator(_absolute)])
 
 #: ``pairs: {reference: final}``: each saved epoch of a seed against the seed's own final (selected) weights.
 FINAL_REFERENCE = {"reference": "final"}

@@ -18,6 +18,8 @@ from ..extract.entries import LayerEntry
 from ..extract.import_spec import ActivationImport
 from ..models.architecture import Architecture
 from ..probes import ProbeSpec, RowSample
+from ..probes.spec import TokenOptions
+from ..train.lm_spec import CausalLMSpec
 from ..train.spec import TrainingSpec
 from .models import (
     CheckpointOptions,
@@ -92,10 +94,7 @@ def load_study(source: str | os.PathLike) -> Study:
     Parameters
     ----------
     source : str or os.PathLike
-        The path of a YAML file, or YAML text (a string with a newline in it). The relative local paths of a file
-        (``architecture.code``, probe files, imported activations, data folders) resolve against the file's
-        folder, which becomes the study's ``base_dir`` when it has one (and sets none itself); those of a text,
-        against the working directory when they are used.
+        The path of a YAML file, or YAML text (a string with a newline in it).
 
     Returns
     -------
@@ -108,6 +107,13 @@ def load_study(source: str | os.PathLike) -> Study:
         study's fields at once (unknown or missing keys, wrong types, bad values), each under its field path.
     OSError
         The file cannot be read.
+
+    Notes
+    -----
+    The relative local paths of a file (every path field, :mod:`raymatch.config.paths`) resolve against the file's
+    folder, wherever the command runs: it becomes the study's :attr:`~raymatch.study.Study.base` (unless the file
+    gives one) where a path field holds a relative path, and for every language-model study (whose ``models`` and
+    ``glob`` may name folders). Those of a text resolve against the working directory.
     """
     folder = None
     if isinstance(source, str) and "\n" in source:
@@ -122,10 +128,12 @@ def load_study(source: str | os.PathLike) -> Study:
     except yaml.YAMLError as error:
         raise StudyError([_malformed(label, error)]) from None
     if not isinstance(data, Mapping):
-        raise StudyError([f"{label}: the top level must be a mapping of study fields ({', '.join(Study.file_keys())}"
+        raise StudyError([f"{label}: the top level must be a mapping of study fields ({', '.join(Study.model_fields)}"
                           f"); got {_kind(data)}"])
-    if folder is not None and "base_dir" not in data and resolve_paths(Study, data, folder) != data:
-        data = {**data, "base_dir": folder}  # only where a relative path needs it: other studies are as written
+    architecture = data.get("architecture")
+    lm = isinstance(architecture, Mapping) and architecture.get("source") == "transformers"
+    if folder is not None and "base" not in data and (lm or resolve_paths(Study, data, folder) != data):
+        data = {**data, "base": folder}  # where a path needs it (a language model's may): others as written
     return Study.from_dict(data)
 
 
@@ -133,7 +141,7 @@ def load_study(source: str | os.PathLike) -> Study:
 
 #: The models a study file is made of, whose docstrings describe their fields.
 _DOCUMENTED = (StoreConfig, StoreTimeouts, Population, CheckpointOptions, ActivationImport, Architecture, ProbeSpec,
-               RowSample, LayerEntry, SimpleMatchesConfig, CrossLayersConfig, Resources)
+               RowSample, TokenOptions, LayerEntry, SimpleMatchesConfig, CrossLayersConfig, Resources)
 
 
 def study_json_schema() -> dict[str, Any]:
@@ -154,5 +162,6 @@ def study_json_schema() -> dict[str, Any]:
     if training is not None:  # the seeds and the training spec's fields, side by side
         description = training["description"]
         describe(training, TrainingSpec)
+        describe(training, CausalLMSpec)
         training["description"] = description
     return {**schema, "title": "raymatch study"}

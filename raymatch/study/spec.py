@@ -31,6 +31,8 @@ from .checks import (
     check_trajectory,
 )
 from .imported import check_imported, check_sources, imported_layer_names
+from .lm import is_lm
+from .lm_checks import check_lm, check_population_form
 from .models import CrossLayersConfig, Population, Resources, Section, SimpleMatchesConfig, StoreConfig
 
 __all__ = ["Study", "pair_positions"]
@@ -84,12 +86,16 @@ class Study(Section):
         Also compare different layers (table ``cross_curves``); not part of :attr:`config_hash`.
     resources : Resources
         How the work is spread over the cluster (not part of :attr:`config_hash`).
-    base_dir : str, optional
-        The absolute folder that the study's relative local paths (``architecture.code``, probe files, imported
-        activations, data folders: every path field, :mod:`raymatch.config.paths`) resolve against, once, when the
-        study is built: :func:`~raymatch.study.load_study` sets it to the study file's folder. Without it they
-        resolve against the working directory when used. Not part of :attr:`config_hash`, which hashes the paths
-        as written.
+    base : str, optional
+        The absolute folder the study's relative local paths resolve against: :func:`~raymatch.study.load_study`
+        sets it to the study file's folder (unless the file gives one) where a path field holds a relative path,
+        and for every language-model study. The path fields (``architecture.code``, probe files and data folders,
+        imported activations, a training corpus and folder: :mod:`raymatch.config.paths`) are resolved against it
+        once, when the study is built; a language-model population's ``models`` and ``glob``, a text probe's
+        ``text`` and ``tokenizer`` stay as written and are resolved where they are read
+        (:func:`~raymatch.config.resolve_path`). Kept in the study's record, so that ``status``, ``gc`` and
+        ``report`` plan the study from any directory; None: the working directory. Not part of
+        :attr:`config_hash`, which hashes the paths as written.
 
     Raises
     ------
@@ -113,24 +119,14 @@ class Study(Section):
     center: Boolean = False
     cross_layers: CrossLayersConfig | None = None
     resources: Resources = Field(default_factory=Resources)
-    base_dir: fields.BaseDir = None
+    base: fields.BaseFolder = None
 
     _root: ClassVar[str] = "study"
 
     @classmethod
-    def file_keys(cls) -> tuple[str, ...]:
-        """The keys a study file is written with (every field but :attr:`base_dir`, which loading sets)."""
-        return tuple(name for name in cls.model_fields if name != "base_dir")
-
-    @classmethod
-    def _key_problems(cls, data: Mapping[Any, Any]) -> list[tuple[Loc, str]]:
-        allowed = ", ".join(cls.file_keys())
-        return [((key,), f"unknown key (allowed: {allowed})") for key in data if key not in cls.model_fields]
-
-    @classmethod
     def _collect(cls, data: Any):
-        base = data.get("base_dir") if isinstance(data, Mapping) else None
-        if isinstance(base, str) and os.path.isabs(base):  # (a bad base_dir is reported as such)
+        base = data.get("base") if isinstance(data, Mapping) else None
+        if isinstance(base, str) and os.path.isabs(base):  # (a bad base is reported as such)
             data = resolve_paths(cls, data, base)
         return super()._collect(data)
 
@@ -138,10 +134,13 @@ class Study(Section):
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         if getattr(values.get("population"), "activations", None) is not None:  # no architecture, no probe run
             return check_sources(values, data) + check_reference(values) + check_imported(values)
+        if is_lm(values):  # language models: their folders and Hub ids, tokenizers, a text probe
+            return (check_sources(values, data) + check_reference(values) + check_population_form(values)
+                    + check_lm(values))
         return (check_sources(values, data) + check_reference(values) + check_checkpoint_files(values)
                 + check_architecture_use(values)
                 + check_layers(values, data) + check_probe_fit(values) + check_trajectory(values)
-                + check_cross_layers(values))
+                + check_cross_layers(values) + check_population_form(values))
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain values, as in a study file; ``cross_layers`` only when set.
@@ -151,14 +150,13 @@ class Study(Section):
         dict
         """
         content = super().to_dict()
-        if content.get("cross_layers") is None:
-            content.pop("cross_layers", None)
-        if content.get("base_dir") is None:
-            content.pop("base_dir", None)
+        for name in ("cross_layers", "base"):
+            if content.get(name) is None:
+                content.pop(name, None)
         return content
 
     def anchored(self) -> Study:
-        """The study with its relative paths resolved (:attr:`base_dir`: the working directory, unless set).
+        """The study with its relative paths resolved (:attr:`base`: the working directory, unless set).
 
         What the study record keeps, so that ``raymatch status``, ``gc`` and ``report`` find the study's files from
         any directory; the :attr:`config_hash` is the same.
@@ -167,12 +165,43 @@ class Study(Section):
         -------
         Study
         """
-        if self.base_dir is not None:
+        if self.base is not None:
             return self
         content = self.to_dict()
-        if resolve_paths(type(self), content, os.getcwd()) == content:
+        if not self.is_lm and resolve_paths(type(self), content, os.getcwd()) == content:
             return self
-        return type(self).from_dict({**content, "base_dir": os.getcwd()})
+        return type(self).from_dict({**content, "base": os.getcwd()})
+
+    @property
+    def is_lm(self) -> bool:
+        """Whether the study compares language models (``architecture.source: transformers``)."""
+        return is_lm(self)
+
+    @property
+    def text_probe(self):
+        """A language-model study's tokenised probe (:class:`~raymatch.probes.TextProbe`), or None.
+
+        None for other studies, and while the tokenizer does not exist yet (a study that trains it). Tokenised once
+        while the texts and the tokenizer's files are unchanged (:func:`raymatch.study.lm.study_text_probe`).
+        """
+        from .lm import study_text_probe
+
+        return study_text_probe(self) if self.is_lm else None
+
+    @property
+    def probe_id(self) -> str:
+        """The id under which the study's activations are stored: the probe's, or the tokenised text probe's.
+
+        Raises
+        ------
+        ValueError
+            A language-model study whose tokenizer does not exist yet (trained by the study's train stage).
+        """
+        if not self.is_lm:
+            return self.probe.id
+        if self.text_probe is None:
+            raise ValueError("the probe's tokenizer does not exist yet: the study trains it (raymatch train)")
+        return self.text_probe.id
 
     @property
     def save_every(self) -> int | None:
@@ -201,6 +230,10 @@ class Study(Section):
     def _selected(self, selectors: Sequence[Any], calls: bool = True) -> tuple[str, ...]:
         if self.population.activations is not None:
             return tuple(imported_layer_names(self.population.activations, selectors))
+        if self.is_lm:
+            from .lm import lm_layer_names
+
+            return lm_layer_names(self, selectors) if selectors else ()
         from ..extract.layers import select_layers
         from ..extract.shapes import layer_calls
 
@@ -218,19 +251,26 @@ class Study(Section):
         settings in their task id), ``null_baseline`` (its rows carry ``population = 'untrained'`` or
         ``'permuted'``), ``cross_layers`` (its rows, in ``cross_curves``, carry their layers and pooling) and
         ``population.training.save_every`` (its rows carry ``population = 'trajectory'``; the selected checkpoints
-        are the same with or without it) and ``base_dir`` (local paths are hashed as written, relative ones relative
+        are the same with or without it) and ``base`` (local paths are hashed as written, relative ones relative
         to it) — plus the version of the mathematics
         (:data:`~raymatch.store.layout.FACTOR_VERSION`). A ``glob`` population hashes as its pattern, not as the
         checkpoints it matches. Rows of another configuration of the same study stay in the store but are never
         shown as the study's (``curves``, ``matches``, ``raymatch status``, reports).
         """
         content = self.to_dict()
-        if self.base_dir is not None:  # the paths as written, wherever the file lies
-            content = unresolved_paths(type(self), content, content.pop("base_dir"))
+        if self.base is not None:  # the paths as written, wherever the file lies
+            content = unresolved_paths(type(self), content, content.pop("base"))
         if content["architecture"] is None:  # imported activations
             del content["architecture"]
         if self.probe.from_files:  # the files' bytes, not where they are
             content["probe"]["path"] = self.probe.id
+        if self.is_lm:  # the texts' and the tokenizer's content, wherever they are
+            from .lm import probe_content
+
+            content["probe"].update(probe_content(self))
+            if content["population"].get("training"):  # the corpus's bytes, not its path (nor the folder)
+                content["population"]["training"] = {"seeds": list(self.population.training.seeds),
+                                                     "spec": self.population.training.spec.id}
         del content["store"], content["resources"], content["probe"]["data_dir"]
         del content["eps"], content["simple_matches"], content["null_baseline"]
         if self.architecture is not None and self.architecture.code:  # its content decides the numbers, not its folder

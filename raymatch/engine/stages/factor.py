@@ -31,7 +31,7 @@ def plan_factor(context: PlanContext) -> StagePlan:
     from ..tasks import FactorTask
 
     study = context.study
-    center, probe_id = study.center, study.probe.id
+    center, probe_id = study.center, study.probe_id
 
     def stored(model: str, layer: str, repeat: int) -> bool:
         return manifest_key(factor_prefix(probe_id, model, layer, repeat, center)) in context.stored_factors
@@ -51,10 +51,10 @@ def count_stored(context: PlanContext) -> int:
     from ...store.layout import factor_prefix, manifest_key
 
     study = context.study
-    return sum(manifest_key(factor_prefix(study.probe.id, context.plan.model_ids[key], layer, repeat, study.center))
+    return sum(manifest_key(factor_prefix(study.probe_id, context.plan.model_ids[key], layer, repeat, study.center))
                in context.stored_factors for group, layer, repeat, _, _ in context.pair_units
                if group.permute_b_seed is None for key in group.checkpoints)
 
 
-FACTOR = Stage("factor", "models × layers × repeats", plan_factor, factor_and_store, "pairs", reads=("extract",),
+FACTOR = Stage("factor", "models × layers × repeats", plan_factor, factor_and_store, "curves", reads=("extract",),
                recount=count_stored)  # a factor only one pair task reads is computed (and stored) in that task

@@ -31,9 +31,10 @@ def _match_tasks(context: PlanContext) -> tuple[list, int]:
     for group, layer, repeat, pairs, positions in context.pair_units:
         missing = context.missing_pairs("curves", group, layer, repeat, pairs)
         done += len(pairs) - len(missing)
-        tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
+        tasks += block_tasks(study.name, study.config_hash, study.probe_id, layer, repeat, missing,
                              block=study.resources.pair_block, center=study.center, population=group.name,
-                             positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed)
+                             positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed,
+                             kernel=study.resources.match_kernel)
     return tasks, done
 
 
@@ -49,5 +50,5 @@ def match_factor_reads(context: PlanContext) -> Iterator[tuple[str, int, str]]:
             yield task.layer, task.repeat, model
 
 
-MATCH = Stage("match", "pairs × layers × repeats", plan_match, match_task, "pairs", pairs_in, reads=("extract",),
+MATCH = Stage("match", "pairs × layers × repeats", plan_match, match_task, "curves", pairs_in, reads=("extract",),
               table="curves", prepare=record_models, factor_reads=match_factor_reads)

@@ -22,6 +22,7 @@ from raymatch.engine.record import write_study_record
 from raymatch.store import Store
 from raymatch.study import Study, StudyError, load_study
 
+from .lm_helpers import lm_study
 from .test_imported_activations import _write_authors
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "examples"
@@ -31,7 +32,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "jobs" / "examples"
 PINNED = {"fashion-mnist.yaml": "84f4d4f9e13fd2a6", "imported-activations.yaml": "74b5f40a462f997b",
           "nightly.yaml": "c68181998efee4fd", "paper-cifar10-vgg16.yaml": "ad9563e8e4633ef0",
           "quickstart.yaml": "6ce477ac6404d03f", "tiny.yaml": "24e0fdf19e1f9e2b",
-          "trajectory.yaml": "e2d94dbd08fd26f4", "custom-model/study.yaml": "96af1f925f1c191b"}
+          "trajectory.yaml": "e2d94dbd08fd26f4", "custom-model/study.yaml": "96af1f925f1c191b",
+          "lm-seeds.yaml": "3f795b0b9b2c0742"}  # (lm-seeds digests Debian's fortunes, as on main)
 
 
 @pytest.fixture
@@ -125,3 +127,34 @@ def test_status_and_gc_plan_a_recorded_study_from_any_directory(tmp_path, elsewh
     assert main(["gc", str(store_root)]) == 0
     out = capsys.readouterr().out
     assert "cannot be planned" not in out and "nothing to delete" in out
+
+
+def test_a_language_model_study_resolves_its_corpus_folder_and_text_against_the_study_file(tmp_path, elsewhere,
+                                                                                           monkeypatch):
+    """The same folder and the same rules for language models: a relative corpus, training folder and text probe."""
+    folder = tmp_path / "lm-project"
+    folder.mkdir()
+    (folder / "corpus.txt").write_text("".join(f"text number {k} of the corpus\n" for k in range(40)))
+    data = lm_study(f"file://{tmp_path / 'store'}", population={"training": {
+        "seeds": [0, 1], "task": "causal-lm", "corpus": "corpus.txt", "steps": 5, "folder": "lms"}})
+    data["probe"] = {"text": "corpus.txt", "n_examples": 4, "max_length": 16}
+    (folder / "study.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    study = load_study(folder / "study.yaml")  # from `elsewhere`, which holds no corpus.txt
+    spec = study.population.training.spec
+    assert study.base == str(folder) and spec.corpus == f"{folder}/corpus.txt" and spec.folder == f"{folder}/lms"
+    assert study.probe.to_dict()["text"] == "corpus.txt"  # read through resolve_path(study.base, …)
+    moved = tmp_path / "moved"
+    shutil.copytree(folder, moved)
+    assert load_study(moved / "study.yaml").config_hash == study.config_hash
+
+    store = Store(str(tmp_path / "store"))
+    write_study_record(study, store)
+    record = store.read_json("studies/lm.json")["config"]
+    assert record["base"] == str(folder) and record["population"]["training"]["corpus"] == f"{folder}/corpus.txt"
+    assert Study.from_dict(record).config_hash == study.config_hash
+
+    monkeypatch.chdir(folder)
+    text = load_study(yaml.safe_dump(data))  # a text: the working directory's paths, recorded with it as base
+    assert text.base is None and text.anchored().base == str(folder)
+    assert text.anchored().config_hash == text.config_hash == study.config_hash

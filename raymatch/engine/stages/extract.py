@@ -111,9 +111,15 @@ def check_distinct(model_ids: dict[str, str]) -> None:
 
 
 def extract_claim(study: Study, plan: Plan, job) -> tuple[str, str]:
-    """The lease of one extraction (or import) job: its probe and model; one driver extracts a model at a time."""
-    model = getattr(job, "model_id", None) or plan.model_ids[job.checkpoint]
-    return study.probe.id, model
+    """The lease of one extraction (import, token) job: its probe and model; one driver extracts a model at a time."""
+    model = getattr(job, "model_id", None)  # an import knows it
+    if model is None:
+        key = getattr(job, "checkpoint", None)
+        if key is None:  # a language model's token job: the checkpoint of its model in the plan
+            key = next(key for group in plan.groups for key, named in zip(group.checkpoints, group.models or ())
+                       if named.model == job.model)
+        model = plan.model_ids[key]
+    return study.probe_id, model
 
 
 EXTRACT = Stage("extract", "models", plan_extract, extract_task, "extraction", reads=("train",), stop_on_failure=True,

@@ -116,8 +116,8 @@ def extract_claim(study: Study, plan: Plan, job) -> tuple[str, str]:
     if model is None:
         key = getattr(job, "checkpoint", None)
         if key is None:  # a language model's token job: the checkpoint of its model in the plan
-            key = next(key for group in plan.groups for key, named in zip(group.checkpoints, group.models or ())
-                       if named.model == job.model)
+            key = next(key for group in plan.groups if group.models
+                       for key, named in zip(group.checkpoints, group.models, strict=True) if named.model == job.model)
         model = plan.model_ids[key]
     return study.probe_id, model
 

@@ -5,7 +5,8 @@ Two kinds of garbage:
 - *temporary objects* older than an age: a local store writes every object to ``.tmp-<hex>`` beside it and renames
   it (:meth:`raymatch.store.Store.write_bytes`), and checks that it can write with ``_raymatch_probe-<hex>`` at the
   root; a process killed in between leaves them behind. So does a driver that died: its heartbeat object
-  (``heartbeats/<run id>.json``), once older than the age at which its run counts as abandoned.
+  (``heartbeats/<run id>.json``) and its claims on tasks (``leases/…``, :mod:`raymatch.engine.leases`), once older
+  than the age at which its run counts as abandoned (a live driver renews them sooner).
 - *unreferenced objects*: what studies compute and store under content-derived keys
   (:mod:`raymatch.store.layout`) — activations ``activations/<probe id>/<model id>/…``, factors
   ``factors/<version>/<probe id>/<model id>/…`` and the checkpoints a study trains
@@ -28,10 +29,11 @@ import re
 from dataclasses import dataclass, field
 
 from ..store import Store, StoreError
-from ..store.layout import FACTOR_VERSION, MANIFEST, heartbeats_prefix, study_records_prefix
+from ..store.layout import FACTOR_VERSION, MANIFEST, heartbeats_prefix, leases_prefix, study_records_prefix
 from .record import ABANDONED_AFTER_HEARTBEATS, heartbeat_seconds, last_heard, run_state
 
-__all__ = ["GarbagePlan", "StoredObject", "collect_garbage", "live_runs", "parse_age", "plan_garbage"]
+__all__ = ["GarbagePlan", "StoredObject", "collect_garbage", "garbage_lines", "live_runs", "parse_age", "plan_garbage",
+           "size_text"]
 
 #: Names of temporary objects: a local write's ``.tmp-<hex>``, and a write check's ``_raymatch_probe-<hex>``.
 _TEMPORARY = re.compile(r"^(\.tmp-[0-9a-f]{32}|_raymatch_probe-[0-9a-f]{32})$")
@@ -198,8 +200,8 @@ def plan_garbage(store: Store, *, older_than: float, now: _dt.datetime | None = 
     plan.temporary = [item for item in objects
                       if _TEMPORARY.match(item.key.rsplit("/", 1)[-1]) and item.age >= older_than]
     silent = max(older_than, ABANDONED_AFTER_HEARTBEATS * heartbeat_seconds())  # a live driver rewrites it sooner
-    plan.temporary += [item for item in objects
-                       if item.key.startswith(f"{heartbeats_prefix()}/") and item.age > silent]
+    plan.temporary += [item for item in objects  # a dead driver's heartbeat and claims (leases)
+                       if item.key.startswith((f"{heartbeats_prefix()}/", f"{leases_prefix()}/")) and item.age > silent]
     keys: set[str] = set()
     prefixes: set[str] = set()
     for key, record in _study_records(store).items():
@@ -283,3 +285,29 @@ def _remove_empty_folders(root: str, keys: list[str]) -> None:
             except OSError:
                 break
             folder = os.path.dirname(folder)
+
+
+def size_text(n: float) -> str:
+    """A size in bytes as ``512 B``, ``3.2 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def garbage_lines(found: GarbagePlan, uri: str, older_than: str) -> list[str]:
+    """What ``raymatch gc`` prints of a plan: the totals, each object or group, and what stops it deleting."""
+    lines = [f"store {uri}: {len(found.temporary)} temporary object(s) older than {older_than} "
+             f"({size_text(sum(item.size for item in found.temporary))}), {len(found.unreferenced)} object(s) no "
+             f"recorded study references ({size_text(sum(item.size for item in found.unreferenced))})"]
+    lines += [f"  temporary     {item.key}  ({size_text(item.size)}, {item.age / 3600:.1f} h old)"
+              for item in found.temporary]
+    lines += [f"  unreferenced  {group}  ({count} object(s), {size_text(size)})"
+              for group, (count, size) in found.groups().items()]
+    lines += [f"study {name} cannot be planned ({reason}): what it references is not known, so nothing "
+              "unreferenced is deleted" for name, reason in found.unresolved.items()]
+    lines += [f"run {run['run_id']} of study {run['study']} is running (heartbeat {run['seconds']:.0f} s ago): gc "
+              "deletes nothing while a run may still write" for run in found.live_runs]
+    return lines
+

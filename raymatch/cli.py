@@ -359,11 +359,13 @@ def _parser() -> argparse.ArgumentParser:
     gc_cmd = commands.add_parser(
         "gc", help="list (--yes: delete) old temporary objects and objects no recorded study references",
         description="Clean up a store: temporary objects older than --older-than, and activations, factors and "
-                    "trained checkpoints that no recorded study (studies/*.json) references. A dry run unless "
+                    "trained checkpoints that no recorded study (studies/*.json) references, and results-table files "
+                    "that compaction replaced and no table version younger than --older-than uses. A dry run unless "
                     "--yes; nothing is deleted while a run may still write (a 'running' run with a fresh "
                     "heartbeat).", parents=[store, common])
     gc_cmd.add_argument("--older-than", default="1h", metavar="AGE",
-                        help="temporary objects at least this old (45s, 30m, 1h, 2d; default 1h)")
+                        help="temporary objects at least this old, and table files replaced at least this long ago "
+                             "(rounded up to hours) (45s, 30m, 1h, 2d; default 1h)")
     gc_cmd.add_argument("--yes", action="store_true", help="delete what is listed (default: list only)")
     gc_cmd.set_defaults(run=gc)
 

@@ -7,6 +7,8 @@ the oracle's own final state; anything else fails.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -21,8 +23,20 @@ EPS_GRID = (0.0, 0.05, 0.15, 0.2, 0.25, 0.3, 0.5, 0.8, 0.95, 1.0)
 MARGIN = 1e-6
 
 
+_ORACLE: dict = {}
+
+
+def oracle_max_match(A, B, eps):
+    """The oracle's maximum match, computed once per (A, B, ε) for every kernel and route checked against it."""
+    key = (hashlib.sha1(np.ascontiguousarray(A).tobytes()).hexdigest(),
+           hashlib.sha1(np.ascontiguousarray(B).tobytes()).hexdigest(), str(np.asarray(A).dtype), float(eps))
+    if key not in _ORACLE:
+        _ORACLE[key] = reference.max_match(A, B, eps)
+    return _ORACLE[key]
+
+
 def assert_agrees(A, B, eps, match):
-    ref_a, ref_b = reference.max_match(A, B, eps)
+    ref_a, ref_b = oracle_max_match(A, B, eps)
     if np.array_equal(match.a, ref_a) and np.array_equal(match.b, ref_b):
         return
     A64 = np.asarray(A, dtype=np.float64)

@@ -169,11 +169,12 @@ def stage_recorder(study: Study, stage: Stage, writer: TableWriter) -> Callable[
     def record(outcome: Outcome) -> None:
         if not outcome.ok:
             return
-        rows = outcome.result["rows"]
-        writer.add(stage.table, rows)
+        by_table = stage.rows_by_table(outcome.result["rows"])  # a list of its table's rows, or table → rows
+        for table, rows in by_table.items():
+            writer.add(table, rows)
         if stage.marks_done:
             writer.add("tasks", [{"study": study.name, "config_hash": study.config_hash, "stage": stage.name,
-                                  "task_id": outcome.item.task_id, "rows": len(rows)}])
+                                  "task_id": outcome.item.task_id, "rows": len(by_table.get(stage.table, []))}])
 
     return record
 
@@ -188,7 +189,7 @@ def stage_counts(stage: Stage, outcomes: list[Outcome], skipped: int, stage_star
               "errors": [o.error for o in outcomes if not o.ok][:10],
               "nodes": dict(collections.Counter(o.node for o in outcomes if o.node is not None))}
     results = [o.result for o in outcomes if o.ok and isinstance(o.result, dict)]
-    for key in ("failed", "match_seconds", "cka_seconds"):
+    for key in ("failed", "match_seconds", "cka_seconds", "measure_seconds"):
         if any(key in result for result in results):
             counts["failed_rows" if key == "failed" else key] = sum(result.get(key, 0) for result in results)
     return counts

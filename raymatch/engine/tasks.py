@@ -60,6 +60,14 @@ class MatchTask:
         The permuted-row null (population ``"permuted"``): model b's rows are permuted by
         :func:`~raymatch.match.factor.row_permutation` of this seed before matching (its stored factor's basis rows
         permuted: the same spectra, no sample correspondence with model a).
+    measures : tuple of str
+        Standard measures of the ``measures`` table to compute too, from the same factors and cross products
+        (:mod:`raymatch.engine.measuring`); none by default.
+    svcca_keep : float
+        SVCCA's share of variance.
+    curve : bool
+        Compute each pair's ε-curve (``curves`` row). False for pairs whose curves are stored and whose measures
+        are not: only ``measures`` are computed.
     """
 
     study: str
@@ -72,6 +80,9 @@ class MatchTask:
     population: str = "trained"
     cka: bool = True
     permute_b_seed: int | None = None
+    measures: tuple[str, ...] = ()
+    svcca_keep: float = 0.99
+    curve: bool = True
 
     @property
     def task_id(self) -> str:
@@ -79,6 +90,8 @@ class MatchTask:
         parts = [self.config_hash, self.probe_id, self.pairs, self.center, self.population, self.cka]
         if self.permute_b_seed is not None:  # only then: every other task keeps its id
             parts.append(self.permute_b_seed)
+        if self.measures or not self.curve:  # likewise
+            parts.append(["measures", list(self.measures), self.svcca_keep, self.curve])
         return layout.task_id(self.layer, self.repeat, parts)
 
     @property
@@ -94,12 +107,14 @@ class MatchTask:
 def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat: int,
                 pairs: list[tuple[str, str]], *, block: int, center: bool = False, population: str = "trained",
                 positions: dict[str, int] | None = None, cka: bool = True,
-                permute_b_seed: int | None = None) -> list[MatchTask]:
+                permute_b_seed: int | None = None, measures: tuple[str, ...] = (), svcca_keep: float = 0.99,
+                curve: bool = True) -> list[MatchTask]:
     """Group ``pairs`` into tasks by the blocks of their models.
 
     A model's block is its position (``positions``; default: order of first appearance in ``pairs``) divided
     by ``block``. Passing the positions of the whole population keeps a block's task the same whichever of its
-    pairs are still to do, so runs that plan from the same stored state plan the same tasks.
+    pairs are still to do, so runs that plan from the same stored state plan the same tasks. ``measures``,
+    ``svcca_keep`` and ``curve`` are those of every task (:class:`MatchTask`).
     """
     if block < 1:
         raise ValueError(f"block must be a positive integer; got {block}")
@@ -112,7 +127,7 @@ def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat:
         i, j = sorted((order[a] // block, order[b] // block))
         grouped.setdefault((i, j), []).append((a, b))
     return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), center, population, cka,
-                      permute_b_seed) for _, group in sorted(grouped.items())]
+                      permute_b_seed, tuple(measures), svcca_keep, curve) for _, group in sorted(grouped.items())]
 
 
 def chance_level(n_neurons: int, n_samples: int) -> float:
@@ -198,14 +213,14 @@ def load_factors(store: Store, keys: dict, *, center: bool,
     return factors, tolerances, errors
 
 
-def pair_fields(fa, fb, exact_tol: float, *, cka: bool, clock: dict | None = None) -> dict:
+def pair_fields(fa, fb, exact_tol: float, *, cka: bool, clock: dict | None = None, cross=None) -> dict:
     """A pair's measured row fields: its ε-curve (every neuron's critical ε), counts, chance ratio and CKA.
 
-    Both come from one cross product of the two factors' bases. ``clock`` (optional) accumulates
-    ``match_seconds`` and ``cka_seconds``.
+    Both come from one cross product of the two factors' bases (``cross``, computed here when not given).
+    ``clock`` (optional) accumulates ``match_seconds`` and ``cka_seconds``.
     """
     started = time.perf_counter()
-    cross = cross_product(fa, fb)
+    cross = cross_product(fa, fb) if cross is None else cross
     curve = match_curve(fa, fb, cross=cross, exact_tol=exact_tol)
     matched = time.perf_counter()
     value = linear_cka_factors(fa, fb, cross) if cka else None
@@ -231,7 +246,7 @@ def finish_row(row: dict, measure, started: float) -> dict:
     return row
 
 
-def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -> list[dict]:
+def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None, measurer=None) -> list[dict]:
     """One ``curves`` row per pair of ``task``: the pair's ε-curve, counts and CKA; a failing pair is a failed row.
 
     Each curve is computed, and its row's ``exact_tol`` recorded, with the exact tolerance of the stored
@@ -247,6 +262,8 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
     timings : dict, optional
         Receives ``factor_seconds`` (reading and rebuilding the factors), ``match_seconds`` (cross products and
         ε-curves) and ``cka_seconds`` (CKA from the shared cross products), summed over the task.
+    measurer : raymatch.engine.measuring.PairMeasurer, optional
+        Receives each pair's factors and cross product, for the standard measures of ``task.measures``.
     """
     clock = {"factor_seconds": 0.0, "match_seconds": 0.0, "cka_seconds": 0.0}
     started = time.perf_counter()
@@ -261,7 +278,12 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
         if task.permute_b_seed is not None:
             fb = permute_rows(fb, row_permutation(fb.n_samples, task.permute_b_seed))
         exact_tol = max(tolerances[a], tolerances[b])  # the coarser of the two stored dtypes
-        return pair_fields(factors[a], fb, exact_tol, cka=task.cka, clock=clock)
+        started = time.perf_counter()
+        cross = cross_product(factors[a], fb)
+        clock["match_seconds"] += time.perf_counter() - started
+        if measurer is not None:  # the standard measures, from the same factors and cross product
+            measurer.add(a, b, factors[a], fb, cross)
+        return pair_fields(factors[a], fb, exact_tol, cka=task.cka, clock=clock, cross=cross)
 
     rows = []
     for a, b in task.pairs:
@@ -340,11 +362,18 @@ def match_task(store: Store, task: MatchTask) -> dict:
     -------
     dict
         ``rows`` (see :func:`run_curve_task`), ``failed`` (rows with status ``failed``), and ``factor_seconds``,
-        ``match_seconds``, ``cka_seconds``.
+        ``match_seconds``, ``cka_seconds``. With ``task.measures``, ``rows`` maps ``curves``, ``measures`` and
+        ``neurons`` to their rows, and ``measure_seconds`` is added (:meth:`~.measuring.PairMeasurer.result`).
     """
+    from .measuring import PairMeasurer, measure_task
+
+    if not task.curve:  # curves stored: only the measures the store lacks
+        return measure_task(store, task)
     timings: dict = {}
-    rows = run_curve_task(store, task, timings)
-    return {"rows": rows, "failed": sum(row["status"] != "ok" for row in rows), **timings}
+    measurer = PairMeasurer(task) if task.measures else None
+    rows = run_curve_task(store, task, timings, measurer)
+    result = {"rows": rows, "failed": sum(row["status"] != "ok" for row in rows), **timings}
+    return result if measurer is None else measurer.result(result)
 
 
 def simple_task(store: Store, task: SimpleTask) -> dict:

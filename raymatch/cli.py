@@ -372,6 +372,17 @@ def _parser() -> argparse.ArgumentParser:
     report_cmd.add_arguments(report_parser)
     report_parser.set_defaults(run=report_cmd.command)
 
+    from .report import evaluation as evaluation_cmd
+
+    evaluate_parser = commands.add_parser(
+        "evaluate-measures", help="what each similarity measure sees on a study's trained population (Ding et al.)",
+        description="Run Ding et al.'s (2021) tests on a study's trained models from the store: principal-component "
+                    "deletion, depth and seed-vs-layer specificity, for every standard measure and the subspace "
+                    "match at each ε; print the measure × test table and store it for raymatch report.",
+        parents=[store, common])
+    evaluation_cmd.add_arguments(evaluate_parser)
+    evaluate_parser.set_defaults(run=evaluation_cmd.command)
+
     import_cmd = commands.add_parser("import", help="import a study's activations (population.activations) only",
                                      parents=[common])
     import_cmd.add_argument("study", metavar="STUDY.yaml")

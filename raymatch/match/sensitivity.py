@@ -123,11 +123,12 @@ def delete_components(A, k: int, *, from_top: bool = True) -> np.ndarray:
     >>> (np.linalg.svd(D - D.mean(axis=0), compute_uv=False) / 10).round(1).tolist()
     [2.0, 1.1, 0.0, 0.0]
     """
-    return _components(as_activation_matrix(A, "A"))(k, from_top)
+    means, delete = _components(as_activation_matrix(A, "A"))
+    return means + delete(k, from_top)
 
 
 def _components(a: np.ndarray):
-    """``delete(k, from_top)`` for the matrix ``a``, from one SVD."""
+    """The column means of ``a`` and ``delete(k, from_top)``: its centred part with k components deleted (one SVD)."""
     means = a.mean(axis=0)
     with one_thread(small(a.size)):
         u, s, vt = np.linalg.svd(a - means, full_matrices=False)
@@ -137,9 +138,9 @@ def _components(a: np.ndarray):
             raise ValueError(f"k must be in [0, {s.size}] (the number of principal components); got {k}")
         kept = slice(k, None) if from_top else slice(0, s.size - k)
         with one_thread(small(a.size)):
-            return means + (u[:, kept] * s[kept]) @ vt[kept]
+            return (u[:, kept] * s[kept]) @ vt[kept]
 
-    return delete
+    return means, delete
 
 
 def pc_deletion(A, ks=None, *, measures=MEASURES, eps=MATCH_EPS, svcca_keep: float = SVCCA_KEEP,
@@ -192,14 +193,20 @@ def pc_deletion(A, ks=None, *, measures=MEASURES, eps=MATCH_EPS, svcca_keep: flo
     measures, eps = tuple(measures), tuple(float(e) for e in eps)
     names = [*measures, *map(match_key, eps)]
     values = {name: np.empty(ks.size) for name in names}
-    fa, delete = factor(a, center=center), _components(a)
+    # The measures (which centre) read the centred parts themselves: with the means added back, deleting all but
+    # the smallest components leaves nearly constant columns whose centred part carries the means' rounding
+    # (1e-16 of the mean, a large share of what is left). The match reads the layer as the study does (``center``).
+    means, delete = _components(a)
+    fa, ca = factor(a, center=center), factor(a - means, center=True)
     for i, k in enumerate(ks.tolist()):
-        fk = factor(delete(k, from_top), center=center)
-        cross = cross_product(fa, fk)
-        for name, value in pair_measures(fa, fk, cross, measures=measures, svcca_keep=svcca_keep).items():
+        deleted = delete(k, from_top)
+        ck = factor(deleted, center=True)
+        for name, value in pair_measures(ca, ck, cross_product(ca, ck), measures=measures,
+                                         svcca_keep=svcca_keep).items():
             values[name][i] = value
         if eps:
-            curve = match_curve(fa, fk, cross=cross)
+            fk = ck if center else factor(means + deleted)
+            curve = match_curve(fa, fk, cross=cross_product(fa, fk))
             for e in eps:
                 values[match_key(e)][i] = curve.at(e).similarity
     spearman = {name: _spearman(ks.astype(np.float64), dissimilarity(name, values[name])) for name in names}

@@ -101,7 +101,8 @@ def universal_neurons_select() -> str:
     """
     margin = number_check_sql("margin", "universal_neurons", "margin", "a number in [0, 1]", "x BETWEEN 0 AND 1")
     most = number_check_sql("most", "universal_neurons", "most", "a number in [0, 1)", "x >= 0 AND x < 1")
-    beats = "count_if(t.correlation > greatest(coalesce(p.permuted, 0), coalesce(u.untrained, 0)) + g.margin)"
+    beats = ("count_if(coalesce(t.correlation > greatest(coalesce(p.permuted, 0), coalesce(u.untrained, 0)) "
+             "+ g.margin, false))")
     return f"""
 WITH trained AS (SELECT study, layer, repeat, model, neuron, partner_model, correlation FROM neurons
                  WHERE population = 'trained'),

@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
     if match.get("failed_rows"):
         print(f"{match['failed_rows']} result rows failed; see: raymatch query STORE "
               "\"SELECT * FROM matches WHERE status = 'failed'\"")
+    if match.get("failed_measures"):
+        print(f"{match['failed_measures']} measures rows failed; see: raymatch query STORE "
+              "\"SELECT * FROM measures WHERE status = 'failed'\"")
     for counts in summary["stages"].values():
         for error in counts.get("errors", []):
             print(f"failed task: {error}", file=sys.stderr)

@@ -78,8 +78,8 @@ def test_a_conv_layer_with_every_position_pools_to_the_stored_per_example_means(
     for seed in (20, 21):
         put_checkpoint(local_store, seed)
     path = tmp_path / "evaluated.yaml"
-    path.write_text(STUDY.format(root=local_store.root).replace("layers: [relu1, relu2, relu3]", "layers: [relu1, relu2]")
-                    + "cross_layers: {layers: [relu1, relu2], pool: mean}\n")
+    text = STUDY.format(root=local_store.root).replace("layers: [relu1, relu2, relu3]", "layers: [relu1, relu2]")
+    path.write_text(text + "cross_layers: {layers: [relu1, relu2], pool: mean}\n")
     assert main(["run", str(path), "--quiet"]) == 0
     study = load_study(path)
     model = query(local_store, "SELECT any_value(model_a) AS m FROM curves")["m"][0]

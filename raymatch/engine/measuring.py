@@ -116,6 +116,8 @@ class PairMeasurer:
     def result(self, result: dict, errors: dict[tuple[str, str], str] | None = None) -> dict:
         """A match task's ``result`` with these rows added: ``rows`` becomes table → rows.
 
+        ``failed_measures`` counts the failed ``measures`` rows (``failed`` stays the failed curves).
+
         ``errors`` default to those of the failed ``curves`` rows of ``result['rows']`` (a pair whose curve could
         not be computed, for lack of its factors, cannot be measured either).
         """
@@ -124,8 +126,8 @@ class PairMeasurer:
             errors = {(row["model_a"], row["model_b"]): row["error"] for row in curves if row["status"] != "ok"}
         rows = self.rows(errors)
         failed = sum(row["status"] != "ok" for row in rows["measures"])
-        return {**result, "rows": {"curves": curves, **rows} if curves else rows,
-                "failed": result.get("failed", 0) + failed, "measure_seconds": self.seconds}
+        return {**result, "rows": {"curves": curves, **rows} if curves else rows, "failed": result.get("failed", 0),
+                "failed_measures": failed, "measure_seconds": self.seconds}
 
 
 def measure_task(store: Store, task: MatchTask) -> dict:
@@ -134,8 +136,8 @@ def measure_task(store: Store, task: MatchTask) -> dict:
     Returns
     -------
     dict
-        ``rows`` (``measures`` and, with ``neuron_corr``, ``neurons``), ``failed`` (failed rows),
-        ``factor_seconds`` and ``measure_seconds``.
+        ``rows`` (``measures`` and, with ``neuron_corr``, ``neurons``), ``failed`` (0: no curves),
+        ``failed_measures`` (failed ``measures`` rows), ``factor_seconds`` and ``measure_seconds``.
     """
     started = time.perf_counter()
     keys = {model: ActivationKey(task.probe_id, model, task.layer, task.repeat) for model in task.models}

@@ -189,7 +189,7 @@ def stage_counts(stage: Stage, outcomes: list[Outcome], skipped: int, stage_star
               "errors": [o.error for o in outcomes if not o.ok][:10],
               "nodes": dict(collections.Counter(o.node for o in outcomes if o.node is not None))}
     results = [o.result for o in outcomes if o.ok and isinstance(o.result, dict)]
-    for key in ("failed", "match_seconds", "cka_seconds", "measure_seconds"):
+    for key in ("failed", "failed_measures", "match_seconds", "cka_seconds", "measure_seconds"):
         if any(key in result for result in results):
             counts["failed_rows" if key == "failed" else key] = sum(result.get(key, 0) for result in results)
     return counts

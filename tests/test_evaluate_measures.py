@@ -54,8 +54,10 @@ def test_evaluate_measures_stores_the_table_and_the_report_draws_it(local_store,
     assert all(content["depth_pairs_compared"].values()) and len(content["depth_pairs_compared"]) == 9
     assert content["specificity_layers"] == ["relu1", "relu2"]
     # mean CCA of a layer and itself with components deleted is 1 at every k (a span inside the other): never moves
-    assert table["cca"]["deletion_spearman"] is None and table["cca"]["deletion_stops_noticing"] == 0.0
+    assert table["cca"]["deletion_moved"] == 0.0 and table["cca"]["deletion_spearman"] == 0.0
+    assert table["cca"]["deletion_stops_noticing"] == 0.0
     assert table["cka"]["deletion_spearman"] == pytest.approx(1.0)  # it sees every deletion of the top components
+    assert table["cka"]["deletion_moved"] == 1.0
     for row in table.values():
         assert row["specificity"] is None or 0.0 <= row["specificity"] <= 1.0
         assert row["depth_spearman"] is None or -1.0 <= row["depth_spearman"] <= 1.0

@@ -12,8 +12,8 @@ The tests, for every measure of :data:`~raymatch.match.MEASURES` and the subspac
 
 - *principal-component deletion*: every layer of every trained model against itself with its top k principal
   components deleted, k on a grid below the rank of its centred activations; per measure the mean over (model,
-  layer) of the Spearman ρ of k against the dissimilarity, and the median of where it stops noticing (as a share of
-  the layer's components);
+  layer) of the Spearman ρ of k against the dissimilarity (0 where the measure never moves), the share of them in
+  which it moved at all, and the median of where it stops noticing (as a share of the layer's components);
 - *depth*: layer i of one seed against layer j of another, over every pair of different seeds and every two layers
   compared over the same rows; the Spearman ρ between |i − j| (positions in network order) and the dissimilarity;
 - *specificity*: per layer ℓ, the same layer of another seed against layer ℓ + 1 of the same seed: the probability
@@ -59,8 +59,9 @@ class Evaluation:
     ----------
     study, config_hash : str
     table : list of dict
-        One row per measure: ``measure``, ``deletion_spearman``, ``deletion_stops_noticing`` (share of the
-        components deleted from which the measure no longer moves; median over models and layers),
+        One row per measure: ``measure``, ``deletion_spearman`` (mean over models and layers; 0 where the measure
+        never moved), ``deletion_moved`` (the share of them where it moved at all), ``deletion_stops_noticing``
+        (share of the components deleted from which the measure no longer moves; median over models and layers),
         ``depth_spearman``, ``specificity`` (None where a test had nothing to compare).
     content : dict
         The stored JSON object (settings, table, per-test details).
@@ -230,7 +231,10 @@ def evaluate_measures(store: Store, study: str | None = None, *, eps=None, point
     depth_rho = depth_test(depth) if pairs else {}
     specificity = specificity_test(other_seed, next_layer) if chained else {}
     table = [{"measure": name,
-              "deletion_spearman": _mean(deletion[name]["spearman"]),
+              "deletion_spearman": _mean([0.0 if v is None or not np.isfinite(v) else v
+                                          for v in deletion[name]["spearman"]]),
+              "deletion_moved": _mean([float(v is not None and bool(np.isfinite(v)))
+                                       for v in deletion[name]["spearman"]]),
               "deletion_stops_noticing": _median(deletion[name]["stops"]),
               "depth_spearman": _finite(depth_rho.get(name)),
               "specificity": _finite(specificity.get(name))} for name in names]
@@ -270,11 +274,11 @@ def read_evaluation(store: Store, study: str, config_hash: str) -> dict | None:
 
 def evaluation_rows(content: dict) -> tuple[list[str], list[list[str]]]:
     """The header and cells of the measure × test table of a stored evaluation."""
-    header = ["measure", "PC deletion ρ", "stops noticing (share deleted)", "depth ρ", "specificity"]
+    header = ["measure", "PC deletion ρ", "moved in", "stops noticing (share deleted)", "depth ρ", "specificity"]
     cells = []
     for row in content["table"]:
-        cells.append([row["measure"], *(_number(row[key]) for key in ("deletion_spearman", "deletion_stops_noticing",
-                                                                      "depth_spearman", "specificity"))])
+        cells.append([row["measure"], *(_number(row.get(key)) for key in (
+            "deletion_spearman", "deletion_moved", "deletion_stops_noticing", "depth_spearman", "specificity"))])
     return header, cells
 
 

@@ -112,8 +112,9 @@ def measure_sections(report: MeasureReport, ctx: ReportContext) -> list[str]:
         lines += ["", "## What each measure sees", "",
                   f"`raymatch evaluate-measures` (Ding et al. 2021) on the {len(report.evaluation['models'])} trained "
                   "models: PC deletion ρ, the Spearman ρ of the number of top principal components deleted against "
-                  "the dissimilarity (1: it sees every deletion; — : the measure never moves); where it stops "
-                  "noticing, as a share of the components; depth ρ, of |depth difference| against dissimilarity "
+                  "the dissimilarity (1: it sees every deletion; 0 where the measure never moves), averaged over "
+                  "models and layers; the share of those in which it moved at all; where it stops noticing, as a "
+                  "share of the components; depth ρ, of |depth difference| against dissimilarity "
                   "across layers of different seeds; specificity, the probability that the same layer of another "
                   "seed is rated closer than the next layer of the same seed.", "",
                   markdown_table(header, cells)]
@@ -162,13 +163,13 @@ def _universal_figure(report: MeasureReport, ctx: ReportContext, out_dir: Path) 
 
 def _evaluation_figure(content: dict, study: str, out_dir: Path) -> FigureResult:
     result = FigureResult("measure_evaluation.png")
-    columns = ("deletion_spearman", "deletion_stops_noticing", "depth_spearman", "specificity")
-    labels = ("PC deletion ρ", "stops noticing\n(share deleted)", "depth ρ", "specificity")
+    columns = ("deletion_spearman", "deletion_moved", "deletion_stops_noticing", "depth_spearman", "specificity")
+    labels = ("PC deletion ρ", "moved in", "stops noticing\n(share deleted)", "depth ρ", "specificity")
     names = [row["measure"] for row in content["table"]]
-    matrix = np.array([[np.nan if row[c] is None else row[c] for c in columns] for row in content["table"]],
+    matrix = np.array([[np.nan if row.get(c) is None else row[c] for c in columns] for row in content["table"]],
                       dtype=float)
     figure = new_figure(0, height=0.42 * len(names) + 1.6)
-    figure.set_size_inches(7.5, 0.42 * len(names) + 1.8)
+    figure.set_size_inches(8.5, 0.42 * len(names) + 1.8)
     axes = figure.add_subplot(1, 1, 1)
     image = axes.imshow(matrix, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     for (i, j), value in np.ndenumerate(matrix):
@@ -181,7 +182,7 @@ def _evaluation_figure(content: dict, study: str, out_dir: Path) -> FigureResult
     figure.suptitle(f"{study}: what each measure sees ({len(content['models'])} trained models)")
     result.caption = ("Ding et al.'s tests on the study's trained models (raymatch evaluate-measures): rank "
                       "correlation with principal-component deletion and where the measure stops noticing, rank "
-                      "correlation with depth, and seed-vs-layer specificity; — where a measure never moved.")
+                      "correlation with depth, and seed-vs-layer specificity; — where a test had nothing to compare.")
     result.figure, result.data = figure, pd.DataFrame(matrix, index=names, columns=columns)
     return save_figure(result, out_dir)
 

@@ -123,7 +123,7 @@ def _print_similarity(study) -> None:
 
     matches = load(study.store.open(), "matches", study=study.name)
     if not matches.empty:
-        null = ", null baseline in brackets" if study.null_baseline else ""
+        null = ", the null baselines beside" if study.null_baseline else ""
         print(f"\nmean maximum-match similarity over pairs (layer × ε{null}):")
         print(format_similarity_table(similarity_table(matches, layers=list(study.layer_names))))
 

@@ -78,6 +78,9 @@ def neox(seed: int, vocab_size: int, *, layers: int = 2, hidden: int = 32):
 
 def save_model(model, folder: Path, tokenizer=None) -> Path:
     """``save_pretrained`` the model (and the tokenizer) into ``folder``."""
+    import transformers
+
+    transformers.logging.disable_progress_bar()
     model.save_pretrained(str(folder))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
@@ -108,3 +111,40 @@ def write_hub_repo(cache: Path, repo_id: str, revisions: dict[str, Path], *, com
         (repo / "refs" / revision).write_text(commit)
         found[revision] = commit
     return found
+
+
+def gpt2_folders(root: Path, seeds=(0, 1), *, tokenizer=None, **sizes) -> list[Path]:
+    """``root/seed<k>``: tiny GPT-2 ``save_pretrained`` folders, each with the tokenizer (one is written if None)."""
+    tokenizer = tokenizer or write_tokenizer(root.parent / f"{root.name}-tokenizer")
+    return [save_model(gpt2(seed, len(tokenizer), **sizes), root / f"seed{seed}", tokenizer) for seed in seeds]
+
+
+def lm_study(store: str, **sections) -> dict:
+    """A language-model study's fields (tiny GPT-2 folders under ``lm-seeds/``, ``texts.txt``); ``sections`` replace
+    them, ``section__field`` one field of a section."""
+    data = {
+        "name": "lm",
+        "store": {"uri": store},
+        "architecture": {"source": "transformers", "class": "AutoModelForCausalLM"},
+        "population": {"glob": "lm-seeds/*"},
+        "probe": {"text": "texts.txt", "n_examples": 40, "max_length": 48, "rows": {"rows": 400, "repeats": 1}},
+        "layers": ["transformer.h.*.mlp.act", "hidden_states"],
+        "eps": [0.0, 0.5],
+        "cka": False,
+        "resources": {"gpus_per_actor": 0, "pair_block": 2, "max_in_flight": 2},
+    }
+    for name, value in sections.items():
+        section, _, field = name.partition("__")
+        if field:
+            data[section] = {**data[section], field: value}
+        else:
+            data[section] = value
+    return data
+
+
+def lm_study_folder(root: Path, seeds=(0, 1), n_texts: int = 60) -> Path:
+    """``root`` holding ``lm-seeds/seed<k>`` (tiny GPT-2s sharing a tokenizer) and ``texts.txt`` (one per line)."""
+    root.mkdir(parents=True, exist_ok=True)
+    gpt2_folders(root / "lm-seeds", seeds)
+    (root / "texts.txt").write_text("\n".join(sentences(n_texts, seed=3)) + "\n")
+    return root

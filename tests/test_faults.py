@@ -714,7 +714,7 @@ def test_an_s3_endpoint_that_stays_down_stops_the_run_with_a_clear_error_and_a_r
     """Down for good as the match stage begins (at its first factor read: no pair task can finish, so the driver
     holds no row): the first call out of attempts stops the run with its error; with the endpoint back, a rerun
     computes the pairs."""
-    plain, store = _s3_stores(tmp_path, endpoint, "down")
+    plain, store = _s3_stores(tmp_path, endpoint, "down", retries=1)  # two tries of each call: the test stays short
     _, study = _study(tmp_path, store, endpoint=endpoint.url)
     outage = Outage(endpoint, store.beacon, 1, None)
     outage.start()
@@ -780,10 +780,9 @@ def test_a_results_commit_waits_out_a_15_second_outage(endpoint):
 def test_an_s3_endpoint_that_stays_down_while_the_driver_holds_rows_stops_the_run_with_the_workers_error(
         ray_cluster, endpoint, tmp_path):
     """As the stays-down test, but the endpoint goes down half-way through the match stage, when the driver holds
-    the rows of the tasks done so far. One attempt per S3 call (of the workers' store) keeps the test short."""
-    _, store = _s3_stores(tmp_path, endpoint, "held",
-                          storage_options={"config_kwargs": {"retries": {"mode": "standard",
-                                                                         "total_max_attempts": 1}}})
+    the rows of the tasks done so far. One attempt per S3 call and short timeouts (of the workers' store and of the
+    driver's commit of the rows it holds, which then fails at once and is logged) keep the test short."""
+    _, store = _s3_stores(tmp_path, endpoint, "held", retries=0, connect_timeout=1, read_timeout=5)
     _, study = _study(tmp_path, store, endpoint=endpoint.url)
     outage = Outage(endpoint, store.beacon, MATCH_READS // 2, None)
     outage.start()

@@ -210,3 +210,58 @@ def test_a_pair_task_imports_no_torch():
 def test_chance_level():
     assert chance_level(100, 10_000) == pytest.approx(np.sqrt(0.99))
     assert chance_level(500, 400) == 0.0
+
+
+def test_the_batched_kernel_gives_the_rows_of_the_one_pair_kernel(local_store):
+    """Issue 23: the pair tasks' batched kernel against the kernel before it, on the same stored matrices (dead
+    neurons, the permuted-row null, pairs between two blocks and within one)."""
+    import dataclasses
+
+    models = stored_population(local_store, 7, dead=True)
+    for permute in (None, 0):
+        for task in block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=3, permute_b_seed=permute):
+            batched = run_curve_task(local_store, task)
+            one_pair = run_curve_task(local_store, dataclasses.replace(task, kernel="one_pair"))
+            assert [row["status"] for row in batched] == ["ok"] * len(task.pairs)
+            for mine, theirs in zip(batched, one_pair, strict=True):
+                assert (mine["model_a"], mine["model_b"]) == (theirs["model_a"], theirs["model_b"])
+                for key in ("critical_a", "critical_b"):
+                    np.testing.assert_allclose(mine[key], theirs[key], rtol=0, atol=1e-12)
+                for key in ("max_epsilon", "cka", "chance"):
+                    assert mine[key] == pytest.approx(theirs[key], abs=1e-12)
+                assert {k: v for k, v in mine.items() if k not in ("critical_a", "critical_b", "max_epsilon",
+                                                                   "cka", "seconds")} == {
+                    k: v for k, v in theirs.items() if k not in ("critical_a", "critical_b", "max_epsilon", "cka",
+                                                                 "seconds")}
+                assert mine["seconds"] > 0
+
+
+def test_a_block_that_raises_is_computed_a_pair_at_a_time(local_store, monkeypatch):
+    """The batched call failing for the block: each pair alone, and the one pair that fails alone is one failed row."""
+    import raymatch.match as match_module
+
+    models = stored_population(local_store, 5)
+    (task,) = block_tasks("s", "h", "probe0", "relu1", 0, all_pairs(models), block=8)
+    want = run_curve_task(local_store, task)
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("the block failed")
+
+    real, first = match_module.match_curve, []
+
+    def failing_for_model0(fa, fb, **kwargs):  # model a of the first pair is model0
+        first[:] = first or [fa]
+        if fa is first[0]:
+            raise ValueError("this pair failed")
+        return real(fa, fb, **kwargs)
+
+    monkeypatch.setattr(match_module, "match_curves", broken)
+    rows = run_curve_task(local_store, task)
+    assert [row["status"] for row in rows] == ["ok"] * len(task.pairs)
+    for mine, theirs in zip(rows, want, strict=True):
+        np.testing.assert_allclose(mine["critical_a"], theirs["critical_a"], rtol=0, atol=1e-12)
+    monkeypatch.setattr(match_module, "match_curve", failing_for_model0)
+    rows = run_curve_task(local_store, task)
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert len(failed) == 4 and all(row["error"] == "ValueError: this pair failed" for row in failed)  # model0's
+    assert {row["model_a"] for row in failed} == {"model0"} and sum(row["status"] == "ok" for row in rows) == 6

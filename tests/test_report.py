@@ -157,7 +157,7 @@ def build_store(root, study: str = "vgg-demo", *, record: bool | str = True, unt
 def full(tmp_path_factory):
     root = tmp_path_factory.mktemp("full")
     store = build_store(root / "store")
-    return store, write_report(store, out_dir=root / "report")
+    return store, write_report(store, out_dir=root / "report", eps=0.25)  # one ε for every layer's panels
 
 
 def tick_labels(axes) -> list[str]:
@@ -196,7 +196,9 @@ def test_similarity_figure_has_a_line_and_band_per_eps_and_dashed_nulls(full):
     assert tick_labels(axes) == LAYERS
     trained, untrained, bands = result.artists["trained"], result.artists["untrained"], result.artists["bands"]
     assert sorted(trained) == sorted(untrained) == sorted(bands) == EPS
-    assert len(axes.lines) == 2 * len(EPS) and len(axes.collections) == len(EPS)
+    panels = result.artists["panels"]  # one per ε (issue 26.8): a line, its band and the null's line in each
+    assert list(panels) == EPS and axes is panels[EPS[0]]
+    assert all(len(panels[eps].lines) == 2 and len(panels[eps].collections) == 1 for eps in EPS)
     for eps in EPS:
         assert trained[eps].get_linestyle() == "-" and untrained[eps].get_linestyle() == "--"
         assert trained[eps].get_color() == untrained[eps].get_color()
@@ -205,7 +207,7 @@ def test_similarity_figure_has_a_line_and_band_per_eps_and_dashed_nulls(full):
     assert trained[0.25].get_ydata() == pytest.approx(expected_means(store, "trained", 0.25).tolist())
     low, high = axes.get_ylim()
     assert low <= 0 and high >= 1
-    legend = axes.get_legend().get_texts()
+    legend = result.figure.legends[0].get_texts()
     assert any("bootstrap over models" in text.get_text() for text in legend)
     assert any("untrained" in text.get_text() for text in legend)
     # the band: the 95 % bootstrap interval over models of the per-pair means (repeats averaged), which holds the mean
@@ -306,7 +308,8 @@ def test_missing_record_and_optional_tables_are_reported(tmp_path):
     assert sorted(path.name for path in tmp_path.joinpath("out").iterdir()) == [
         "eps_curve.png", "max_epsilon.png", "similarity.png", "summary.md", "universality.png"]
     similarity = report.figures["similarity.png"]
-    assert similarity.artists["untrained"] == {} and len(similarity.figure.axes[0].lines) == len(EPS)
+    panels = similarity.artists["panels"]
+    assert similarity.artists["untrained"] == {} and sum(len(axes.lines) for axes in panels.values()) == len(EPS)
     assert tick_labels(similarity.figure.axes[0]) == WRITE_ORDER
     assert "first appearance" in similarity.figure.axes[0].get_xlabel()
     assert list(report.figures["max_epsilon.png"].artists["boxes"]) == ["trained"]

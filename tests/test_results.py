@@ -49,10 +49,12 @@ from raymatch.store import layout
 CREATED = dt.datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=dt.timezone.utc)
 LATER = CREATED + dt.timedelta(minutes=5)
 
-#: The columns of 0.1.0's ``matches`` table, which the ``matches`` view keeps.
-MATCHES_COLUMNS = ["study", "population", "layer", "model_a", "model_b", "eps", "repeat", "n_samples", "n_a", "n_b",
-                   "dead_a", "dead_b", "size_a", "size_b", "similarity", "max_epsilon", "chance", "neurons_a",
-                   "neurons_b", "seconds", "status", "error", "code_version", "config_hash", "created_at"]
+#: The columns of 0.1.0's ``matches`` table, which the ``matches`` view keeps, with the models' names after their ids
+#: (issue 26.5).
+MATCHES_COLUMNS = ["study", "population", "layer", "model_a", "model_b", "name_a", "name_b", "eps", "repeat",
+                   "n_samples", "n_a", "n_b", "dead_a", "dead_b", "size_a", "size_b", "similarity", "max_epsilon",
+                   "chance", "neurons_a", "neurons_b", "seconds", "status", "error", "code_version", "config_hash",
+                   "created_at"]
 
 
 def curve_row(**fields) -> dict:
@@ -117,8 +119,8 @@ def test_stored_tables_and_view_columns():
     assert CURVES.field("created_at").type == pa.timestamp("us", tz="UTC")
     assert CURVES.field("cka").nullable and not CURVES.field("probe_id").nullable
     assert "probe_id" in SIMPLE_MATCHES.names and RUNS.names[-1] == "updated_at"
-    assert CKA.names == ["study", "population", "layer", "model_a", "model_b", "repeat", "cka", "code_version",
-                         "config_hash", "created_at"]
+    assert CKA.names == ["study", "population", "layer", "model_a", "model_b", "name_a", "name_b", "repeat", "cka",
+                         "code_version", "config_hash", "created_at"]
 
 
 def test_every_view_of_an_empty_store_has_its_columns(store):

@@ -30,7 +30,7 @@ SMALL_CNN_LEAVES = "conv1, relu1, conv2, relu2, pool, flatten, fc1, relu3, fc2"
 CREDENTIALS = "credentials do not belong in a study file; pass them through the environment (runtime_env on a cluster)"
 TOP_LEVEL_KEYS = (
     "name, store, population, architecture, probe, layers, eps, pairs, reference, simple_matches, cka, null_baseline, "
-    "center, cross_layers, resources"
+    "center, cross_layers, resources, base"
 )
 
 
@@ -286,11 +286,12 @@ CATALOGUE = {
     "unknown architecture key": (
         edited(architecture__depth=11),
         ["architecture.depth: unknown key (allowed: name, in_channels, num_classes, width, input_size, source, "
-         "factory, kwargs, code)"],
+         "factory, kwargs, code, class, torch_dtype)"],
     ),
     "unknown resources key": (
         edited(resources__gpus=1),
-        ["resources.gpus: unknown key (allowed: gpus_per_actor, cpus_per_task, pair_block, max_in_flight)"],
+        ["resources.gpus: unknown key (allowed: gpus_per_actor, cpus_per_task, pair_block, max_in_flight, "
+         "match_gpus_per_actor, match_kernel)"],
     ),
     "unknown simple_matches key": (
         edited(simple_matches__epsilon=[0.1]),
@@ -299,7 +300,7 @@ CATALOGUE = {
     "unknown probe key": (
         edited(probe__sized=10),
         ["probe.sized: unknown key (allowed: dataset, split, n_examples, seed, rows, data_dir, path, size, mean, std, "
-         "key, layout, scale, column)"],
+         "key, layout, scale, column, text, format, field, max_length, tokenizer, tokens)"],
     ),
     "probe key the dataset does not use": (
         edited(probe__size=[8, 8]),
@@ -323,7 +324,8 @@ CATALOGUE = {
     "cka not a boolean": (edited(cka="maybe"), ["cka: must be true or false; got 'maybe'"]),
     "section not a mapping": (
         edited(resources=[1, 2]),
-        ["resources: must be a mapping of gpus_per_actor, cpus_per_task, pair_block, max_in_flight; got [1, 2]"],
+        ["resources: must be a mapping of gpus_per_actor, cpus_per_task, pair_block, max_in_flight, "
+         "match_gpus_per_actor, match_kernel; got [1, 2]"],
     ),
     "width not a number": (
         edited(architecture__width="wide"),
@@ -387,7 +389,7 @@ CATALOGUE = {
     # probe
     "unknown dataset": (
         edited(probe__dataset="imagenet"),
-        ["probe.dataset: must be one of digits, fashion-mnist, cifar10, images, array, table, imported; got "
+        ["probe.dataset: must be one of digits, fashion-mnist, cifar10, images, array, table, imported, text; got "
          "'imagenet'"],
     ),
     "probe repeats 0": (
@@ -398,7 +400,7 @@ CATALOGUE = {
     "probe not a mapping": (
         edited(probe="digits"),
         ["probe: must be a mapping of dataset, split, n_examples, seed, rows, data_dir, path, size, mean, std, key, "
-         "layout, scale, column; got 'digits'"],
+         "layout, scale, column, text, format, field, max_length, tokenizer, tokens; got 'digits'"],
     ),
     # pairs
     "unknown pair policy": (edited(pairs="star"), ["pairs: must be one of all, reference, consecutive; got 'star'"]),

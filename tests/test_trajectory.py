@@ -106,6 +106,8 @@ def test_trajectory_study_end_to_end_matches_plain_numpy(tmp_path, ray_cluster, 
         # a saved epoch with the selected weights is the final model itself (recorded once, as trained)
         expected = {2, 4} - ({record["selected_epoch"]} if record["selected_epoch"] in (2, 4) else set())
         assert set(saved.loc[saved["seed"] == seed, "epoch"]) == expected
+        assert set(saved.loc[saved["seed"] == seed, "name"]) == {f"seed{seed}@epoch{epoch}" for epoch in expected}
+    assert final["name"].tolist() == [f"seed{seed}" for seed in final.index]  # models by name (issue 26.5)
 
     matches = load(store, "matches")
     rows = matches[matches["population"] == "trajectory"]

@@ -1,7 +1,7 @@
 """Benchmarks, printed as tables with the baseline measured in the same process.
 
 Run ``raymatch bench match`` (or ``python -m raymatch.bench match``); one module per benchmark:
-:mod:`.match`, :mod:`.extract`, :mod:`.pipeline`, :mod:`.population`, :mod:`.lm`. Targets are stated in
+:mod:`.match`, :mod:`.extract`, :mod:`.pipeline`, :mod:`.population`, :mod:`.lm`, :mod:`.gpu`. Targets are stated in
 ``docs/benchmarks.md``; nothing here is a timed test.
 """
 
@@ -20,9 +20,9 @@ __all__ = ["bench_blocks", "bench_extract", "bench_match", "bench_pipeline", "id
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``raymatch bench {match,extract,pipeline,population,lm}``: run one benchmark and print its table."""
+    """``raymatch bench {match,extract,pipeline,population,lm,gpu}``: run one benchmark and print its table."""
     parser = argparse.ArgumentParser(prog="raymatch bench", description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=["match", "extract", "pipeline", "population", "lm"],
+    parser.add_argument("suite", choices=["match", "extract", "pipeline", "population", "lm", "gpu"],
                         help="which benchmark to run")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (a smoke run; the targets refer to the full sizes)")
@@ -31,8 +31,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this part: population: table, layer; match: core (rows 1–6), blocks (rows 7–8 "
                              "of the batched kernel), measures (row 9: the match task with every standard measure); "
                              "default: all of the suite's")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="match: where the batched kernel and its floor run (default: cpu)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="match: where the batched kernel and its floor run (default: cpu); gpu: the device "
+                             "checked against the CPU (default: cuda; cpu tests the script itself)")
+    parser.add_argument("--models", type=int, default=None,
+                        help="population: models of the table scale (default 200; 20 with --quick)")
+    parser.add_argument("--kernel", choices=["old", "batched", "both"], default="both",
+                        help="population: the match kernels of the table scale's local runs (default both: the "
+                             "batched kernel's study, then the old one-pair kernel's on the same stored factors)")
+    parser.add_argument("--s3", choices=["run", "copy", "skip"], default="run",
+                        help="population: the table scale on moto S3: a whole run (default), the local tables "
+                             "copied there and only the queries timed, or nothing")
+    parser.add_argument("--out", default=None, help="gpu: the folder of its table (default bench-gpu)")
     parser.add_argument("--threads", type=int, default=1,
                         help="match: torch threads of the batched kernel's GEMMs and the floor (default 1: one per "
                              "task, as Ray workers run; the peels run on one thread)")
@@ -47,9 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         if not set(args.part or ()) <= {"table", "layer"}:
             print("raymatch bench population: --part must be table or layer", file=sys.stderr)
             return 2
+        if args.models is not None and args.models < 2:
+            print("raymatch bench population: --models must be at least 2", file=sys.stderr)
+            return 2
         print(f"raymatch bench population — {machine()}")
         sizes = {"n_models": 20, "vgg_models": 3, "n_images": 600, "rows": 2000} if args.quick else {}
-        return population(parts=tuple(args.part or ("table", "layer")), **sizes)
+        if args.models is not None:
+            sizes["n_models"] = args.models
+        kernels = ("batched", "old") if args.kernel == "both" else (args.kernel,)
+        return population(parts=tuple(args.part or ("table", "layer")), kernels=kernels, s3=args.s3, **sizes)
+    if args.suite == "gpu":
+        from .gpu import main as gpu
+
+        return gpu(device=args.device or "cuda", out=args.out or "bench-gpu", quick=args.quick)
     if args.suite == "pipeline":
         print(f"raymatch bench pipeline — {machine()}\n")
         repeats = max(1, min(args.repeats, 3))
@@ -81,6 +101,7 @@ def _match(args, sizes: dict) -> int:
         print(f"raymatch bench match: --part must be core, blocks or measures; got {sorted(parts - known)}",
               file=sys.stderr)
         return 2
+    args.device = args.device or "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         print("raymatch bench match: --device cuda, but torch sees no CUDA device (a CPU-only torch build?)",
               file=sys.stderr)

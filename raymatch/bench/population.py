@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .scale import DriverMemory, compare_kernels, copy_tables, table_objects
+
 PAPER_EPS = [0.15, 0.2, 0.25, 0.3, 0.5]
 QUERIES = {
     "count(*) of matches": "SELECT count(*) AS n FROM matches",
@@ -102,47 +104,89 @@ def _python_startup() -> float:
     return time.perf_counter() - started
 
 
-def _data_objects(store, table: str) -> int:
-    """Parquet objects under the table's folder: the current version's and those it replaced (until vacuum)."""
-    from ..store.layout import table_prefix
+#: ``--kernel`` names: the batched kernel, or the one-pair kernel before it (``resources.match_kernel``).
+KERNELS = {"batched": "batched", "old": "one_pair"}
+#: The tables whose objects are counted.
+COUNTED = ("curves", "simple_matches", "runs", "models", "tasks")
+#: The match stage recorded before the batched kernel (docs/benchmarks.md, 200 models, local store, 2 cores).
+RECORDED_MATCH_SECONDS = {200: 194.4}
 
-    return sum(1 for key in store.list(table_prefix(table)) if key.endswith(".parquet") and "_delta_log" not in key)
+
+def _table_config(kind: str, folder: str, endpoint: str, n_models: int, epochs: int, kernel: str) -> dict:
+    return {
+        "name": f"table-scale-{n_models}", "store": _store_section(kind, folder, endpoint, f"table-scale-{kernel}"),
+        "population": {"training": {"seeds": list(range(n_models)), "recipe": "quick", "dataset": "digits",
+                                    "epochs": epochs, "milestones": []}},
+        "architecture": {"name": "mlp", "in_channels": 1, "input_size": 8},
+        "probe": {"dataset": "digits", "split": "all"},
+        "layers": ["relu"], "eps": PAPER_EPS,
+        "resources": {"gpus_per_actor": 0, "pair_block": 16, "max_in_flight": 4, "match_kernel": KERNELS[kernel]},
+    }
 
 
-def table_scale(n_models: int, epochs: int) -> list[dict]:
-    """The M-model study on a local store and on moto S3: stage times, objects, query and rerun times."""
+def _measure_store(row: dict, study, *, queries: bool) -> dict:
+    """``row`` with the objects of every counted table and (``queries``) the query times of ``study``'s store."""
+    store = study.store.open()
+    row["objects"] = {table: table_objects(store, table) for table in COUNTED}
+    if queries:
+        row["queries"] = {label: _timed_query(study.store.uri, study.store.endpoint_url, sql)
+                          for label, sql in QUERIES.items()}
+    return row
+
+
+def _table_run(config: dict, *, queries: bool, rerun: bool) -> tuple[dict, object]:
+    """One run of the table-scale study from what its store holds: stage times, driver memory, objects, queries."""
     from ..engine.run import run_study
     from ..study import Study
 
-    rows = []
+    study = Study.from_dict(config)
+    with DriverMemory() as memory:
+        started = time.perf_counter()
+        summary = run_study(study, progress=False)
+        wall = time.perf_counter() - started
+    match = summary["stages"]["match"]
+    row = {"store": "local" if config["store"]["uri"].startswith("/") else "s3",
+           "kernel": config["resources"]["match_kernel"], "wall": wall, "memory": memory.as_row(),
+           "stages": {name: stage["seconds"] for name, stage in summary["stages"].items()},
+           "curves": match["computed"], "match_in_task": match.get("match_seconds", float("nan"))}
+    if rerun:
+        started = time.perf_counter()
+        again = run_study(study, progress=False)
+        row["rerun"] = time.perf_counter() - started
+        row["rerun_computed"] = sum(stage["computed"] for stage in again["stages"].values())
+    return _measure_store(row, study, queries=queries), study
+
+
+def table_scale(n_models: int, epochs: int, kernels: tuple[str, ...] = ("batched", "old"),
+                s3: str = "run") -> dict:
+    """The M-model study from empty stores: a local run per kernel (rows compared), then moto S3.
+
+    Each kernel's local run is the whole study in a store of its own, as the figures recorded before the batched
+    kernel were (training is deterministic: the same models, the same pairs); the first run's queries and no-op
+    rerun are timed. With ``s3='copy'`` the first local run's results tables are copied to the moto bucket and only
+    the queries are timed there (a full S3 run of 1,000 models reads every matrix about 63 times through moto);
+    ``s3='run'`` runs the batched study on moto S3 too.
+    """
+    from ..study import Study
+
+    rows, studies, comparison = [], {}, None
     with tempfile.TemporaryDirectory() as folder, moto_server() as endpoint:
-        for kind in ("local", "s3"):
-            config = {
-                "name": f"table-scale-{n_models}", "store": _store_section(kind, folder, endpoint, "table-scale"),
-                "population": {"training": {"seeds": list(range(n_models)), "recipe": "quick", "dataset": "digits",
-                                            "epochs": epochs, "milestones": []}},
-                "architecture": {"name": "mlp", "in_channels": 1, "input_size": 8},
-                "probe": {"dataset": "digits", "split": "all"},
-                "layers": ["relu"], "eps": PAPER_EPS,
-                "resources": {"gpus_per_actor": 0, "pair_block": 16, "max_in_flight": 4},
-            }
-            study = Study.from_dict(config)
-            started = time.perf_counter()
-            summary = run_study(study, progress=False)
-            wall = time.perf_counter() - started
-            started = time.perf_counter()
-            again = run_study(study, progress=False)
-            rerun = time.perf_counter() - started
-            store = study.store.open()
-            row = {"store": kind, "wall": wall, "rerun": rerun,
-                   "rerun_computed": sum(stage["computed"] for stage in again["stages"].values()),
-                   "stages": {name: stage["seconds"] for name, stage in summary["stages"].items()},
-                   "objects": {table: _data_objects(store, table) for table in
-                               ("curves", "simple_matches", "runs", "models", "tasks")},
-                   "queries": {label: _timed_query(study.store.uri, study.store.endpoint_url, sql)
-                               for label, sql in QUERIES.items()}}
+        for index, kernel in enumerate(name for name in ("batched", "old") if name in kernels):
+            config = _table_config("local", folder, endpoint, n_models, epochs, kernel)
+            row, studies[kernel] = _table_run(config, queries=index == 0, rerun=index == 0)
             rows.append(row)
-    return rows
+            if index == 0 and s3 == "copy":
+                target = Study.from_dict(_table_config("s3", folder, endpoint, n_models, epochs, kernel))
+                copied = copy_tables(studies[kernel].store.open(), target.store.open())
+                rows.append(_measure_store({"store": "s3", "kernel": "copied", "copied_mb": copied / 1e6}, target,
+                                           queries=True))
+        if len(studies) == 2:
+            comparison = compare_kernels(studies["batched"].store.open(), studies["old"].store.open(),
+                                         studies["batched"].name, (0.0, *PAPER_EPS))
+        if s3 == "run":
+            config = _table_config("s3", folder, endpoint, n_models, epochs, "batched")
+            rows.append(_table_run(config, queries=True, rerun=True)[0])
+    return {"rows": rows, "comparison": comparison}
 
 
 def _cifar_folder(folder: Path, n_images: int) -> Path:
@@ -201,27 +245,84 @@ def layer_scale(n_models: int, n_images: int, rows: int) -> list[dict]:
     return results
 
 
-def print_table_scale(rows: list[dict], n_models: int, startup: float) -> None:
-    """The table-scale results, one column per store."""
-    print(f"\n## table scale: {n_models} mlp models, {n_models * (n_models - 1) // 2} pairs, relu1 + relu2, "
-          f"ε grid {PAPER_EPS}")
-    stores = [row["store"] for row in rows]
-    print(f"{'':<42} | " + " | ".join(f"{store:>10}" for store in stores))
+def print_table_scale(result: dict, n_models: int, startup: float) -> None:
+    """The table-scale results, one column per run, then the kernels compared and the targets."""
+    rows, pairs = result["rows"], n_models * (n_models - 1) // 2
+    print(f"\n## table scale: {n_models} mlp models, {pairs} pairs, relu1 (128) + relu2 (64), ε grid {PAPER_EPS}, "
+          f"pair_block 16")
+    names = [f"{row['store']} {row['kernel'].replace('one_pair', 'old')}" for row in rows]
+    print(f"{'':<44} | " + " | ".join(f"{name:>14}" for name in names))
 
-    def line(label: str, values: list[str]) -> None:
-        print(f"{label:<42} | " + " | ".join(f"{value:>10}" for value in values))
+    def line(label: str, key, fmt: str = "{:.1f}") -> None:
+        values = []
+        for row in rows:
+            try:
+                values.append(fmt.format(key(row)))
+            except (KeyError, TypeError):
+                values.append("")
+        print(f"{label:<44} | " + " | ".join(f"{value:>14}" for value in values))
 
-    for stage in rows[0]["stages"]:
-        line(f"stage {stage} (s)", [f"{row['stages'][stage]:.1f}" for row in rows])
-    line("whole run (s)", [f"{row['wall']:.1f}" for row in rows])
-    for table in rows[0]["objects"]:
-        line(f"data objects in {table}", [str(row["objects"][table]) for row in rows])
+    ran = [row for row in rows if "stages" in row]
+    for stage in ran[0]["stages"] if ran else ():
+        line(f"stage {stage} (s)", lambda row, stage=stage: row["stages"][stage])
+    line("whole run (s)", lambda row: row["wall"])
+    line("curves computed", lambda row: row["curves"], "{:d}")
+    line("match stage, ms per curve (wall)", lambda row: 1e3 * row["stages"]["match"] / row["curves"], "{:.2f}")
+    line("… in-task cross products + curves (s)", lambda row: row["match_in_task"])
+    line("driver memory before the run (MB)", lambda row: row["memory"]["before"], "{:.0f}")
+    line("driver memory, peak during the run (MB)", lambda row: row["memory"]["peak"], "{:.0f}")
+    line("driver max RSS so far (MB)", lambda row: row["memory"]["max_rss"], "{:.0f}")
+    for table in COUNTED:
+        line(f"data objects in {table} (current / stored)",
+             lambda row, table=table: "{} / {}".format(*row["objects"][table]), "{}")
     for label in QUERIES:
-        line(f"query: {label} (s)", [f"{row['queries'][label]:.2f}" for row in rows])
-    line("rerun that computes nothing (s)", [f"{row['rerun']:.1f}" for row in rows])
-    line("… rows it computed", [str(row["rerun_computed"]) for row in rows])
+        line(f"query: {label} (s)", lambda row, label=label: row["queries"][label], "{:.2f}")
+    line("rerun that computes nothing (s)", lambda row: row["rerun"])
+    line("… rows it computed", lambda row: row["rerun_computed"], "{:d}")
     print(f"(each query time is a fresh `raymatch query` process; `python -c 'import raymatch.cli'` alone takes "
-          f"{startup:.2f} s)")
+          f"{startup:.2f} s; 'stored' objects include those compaction replaced, kept until vacuum; "
+          "'s3 copied': the local run's tables copied to moto, queries only)")
+    _print_targets(result, n_models)
+
+
+def _print_targets(result: dict, n_models: int) -> None:
+    """The kernels compared on the same pairs, and issue 23's targets at this size."""
+    rows = result["rows"]
+    by = {(row["store"], row["kernel"]): row for row in rows}
+    batched, old = by.get(("local", "batched")), by.get(("local", "one_pair"))
+    comparison = result["comparison"]
+    if comparison is not None:
+        print(f"\nthe two kernels' rows: {comparison['rows'][0]} against {comparison['rows'][1]}, same pairs: "
+              f"{comparison['same_pairs']}, largest |Δ critical ε| {comparison['max_difference']:.2e}, (pair, ε, side) "
+              f"with different maximum matches at ε = 0 and the grid: {comparison['differing_sets']}")
+    print("\n| target | measured | |\n|---|---|---|")
+    if batched and old:
+        ratio = old["stages"]["match"] / batched["stages"]["match"]
+        print(f"| match stage ≥ 3× faster end to end than the old kernel (same command) | "
+              f"{batched['stages']['match']:.1f} s against {old['stages']['match']:.1f} s: {ratio:.1f}× | "
+              f"{'met' if ratio >= 3 else 'MISSED'} |")
+    if batched and n_models in RECORDED_MATCH_SECONDS:
+        ratio = RECORDED_MATCH_SECONDS[n_models] / batched["stages"]["match"]
+        print(f"| … and than the {RECORDED_MATCH_SECONDS[n_models]} s recorded (docs/benchmarks.md) | {ratio:.1f}× | "
+              f"{'met' if ratio >= 3 else 'MISSED'} |")
+    if batched and n_models >= 1000:
+        seconds = batched["stages"]["match"]
+        print(f"| match stage ≤ 30 min | {seconds / 60:.1f} min | {'met' if seconds <= 1800 else 'MISSED'} |")
+    for store, bound in (("local", 3.0), ("s3", 6.0)):
+        row = next((row for row in rows if row["store"] == store and not row.get("again")), None)
+        if row and "queries" in row:
+            worst = max(row["queries"].values())
+            print(f"| each query ≤ {bound:.0f} s on the {store} store | {worst:.2f} s at most | "
+                  f"{'met' if worst <= bound else 'MISSED'} |")
+    for row in rows:
+        current, stored = (max(counts[i] for counts in row["objects"].values()) for i in (0, 1))
+        print(f"| ≤ 20 data objects per table ({row['store']} {row['kernel']}) | {current} current, {stored} stored "
+              f"| {'met' if stored <= 20 else ('met for the current version' if current <= 20 else 'MISSED')} |")
+    if batched:
+        grown = batched["memory"]["peak"] - batched["memory"]["before"]
+        print(f"| driver memory bounded | {batched['memory']['peak']:.0f} MB peak, {grown:.0f} MB over its "
+              f"{batched['memory']['before']:.0f} MB before the run, for {batched['curves']} curves | "
+              "(compare the sizes) |")
 
 
 def print_layer_scale(rows: list[dict], n_models: int, n_images: int, n_rows: int) -> None:
@@ -247,7 +348,8 @@ def print_layer_scale(rows: list[dict], n_models: int, n_images: int, n_rows: in
 
 
 def main(n_models: int = 200, epochs: int = 3, vgg_models: int = 8, n_images: int = 2600, rows: int = 10_000,
-         parts: tuple[str, ...] = ("table", "layer")) -> int:
+         parts: tuple[str, ...] = ("table", "layer"), kernels: tuple[str, ...] = ("batched", "old"),
+         s3: str = "run") -> int:
     """Run the chosen parts and print their tables."""
     import ray
 
@@ -258,7 +360,7 @@ def main(n_models: int = 200, epochs: int = 3, vgg_models: int = 8, n_images: in
                  runtime_env={"env_vars": CREDENTIALS})  # the moto server's fake credentials, for the workers
     if "table" in parts:
         startup = _python_startup()
-        print_table_scale(table_scale(n_models, epochs), n_models, startup)
+        print_table_scale(table_scale(n_models, epochs, kernels, s3), n_models, startup)
     if "layer" in parts:
         print_layer_scale(layer_scale(vgg_models, n_images, rows), vgg_models, n_images, rows)
     return 0

@@ -7,9 +7,12 @@ Modules, in the order data flows through them:
   run order;
 - :mod:`.plan` — what a plan holds (:class:`~.plan.Plan`, :class:`~.plan.StagePlan`, :class:`~.plan.ModelGroup`);
   :mod:`.planning` — :func:`~.planning.make_plan`, the model groups; :mod:`.context` — what the stage planners
-  share (:class:`~.context.PlanContext`);
+  share (:class:`~.context.PlanContext`); :mod:`.pairlist` — pairs and stored pairs as arrays
+  (:class:`~.pairlist.PairList`, :class:`~.pairlist.StoredPairs`), so that planning 10⁶ pairs holds no tuple each;
 - :mod:`.tasks` — the pair tasks' units and bodies (torch-free, so a cold Ray worker starts its first task fast);
-- :mod:`.executors` — where tasks run (warm local actors, Ray tasks, GPU extraction actors, training tasks), picked
+  :mod:`.curves` — the fields of a block of pairs from the batched kernel;
+- :mod:`.executors` — where tasks run (warm local actors, Ray tasks, GPU extraction actors, GPU actors of the pair
+  stages, training tasks), picked
   once per run by :func:`~.executors.choose_executors`; :mod:`.bounded` — :func:`~.bounded.run_bounded`, bounded
   work in flight; :mod:`.workers` — the warm worker actors and extraction's fan-out; :mod:`.training` —
   training's fan-out (:func:`~.training.train_population`);

@@ -10,9 +10,12 @@ pooled layers) comes in as the stages' hooks: the context imports no stage.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from .pairlist import PairList, StoredPairs, policy_positions
 from .plan import ModelGroup, Plan
 
 if TYPE_CHECKING:
@@ -23,7 +26,7 @@ __all__ = ["FactorReader", "PairUnit", "PlanContext", "PooledReader", "populatio
 
 #: ``(group, layer, repeat, pairs, positions)``: the pairs of one group for one layer and stored repeat, and the
 #: position of each of the group's models (see :attr:`PlanContext.pair_units`).
-PairUnit = tuple[ModelGroup, str, int, list[tuple[str, str]], dict[str, int]]
+PairUnit = tuple[ModelGroup, str, int, PairList, dict[str, int]]
 #: ``reader(context)``: one ``(matrix layer, repeat, model id)`` per task still to do and factor it reads.
 FactorReader = Callable[["PlanContext"], Iterable[tuple[str, int, str]]]
 #: ``reader(context)``: the conv layers whose per-example means a stage reads.
@@ -86,29 +89,48 @@ class PlanContext:
         matrices = list(dict.fromkeys(matrices))
         missing = [matrix for matrix in matrices if matrix not in self._repeats]
         if missing:
-            self._repeats.update(stored_repeats_of(self.store, self.study.probe.id, missing))
+            self._repeats.update(stored_repeats_of(self.store, self.study.probe_id, missing))
         return {matrix: self._repeats[matrix] for matrix in matrices}
 
     @functools.cached_property
     def pair_units(self) -> list[PairUnit]:
-        """``(group, layer, repeat, pairs, positions)`` for every group × layer × stored repeat."""
-        from ..study import pair_positions
+        """``(group, layer, repeat, pairs, positions)`` for every group × layer × stored repeat.
 
+        A group's ``pairs`` are one :class:`~raymatch.engine.pairlist.PairList` (two arrays of positions, shared by
+        its layers and repeats): 1,000 models' 499,500 pairs take 4 MB, not a tuple each.
+        """
         repeats = self.stored_repeats((self.plan.model_ids[group.checkpoints[0]], layer)
                                       for group in self.plan.groups if group.checkpoints for layer in self.plan.layers)
         units = []
         for group in self.plan.groups:
             ids = [self.plan.model_ids[key] for key in group.checkpoints]
             positions = {model: index for index, model in enumerate(ids)}
-            chosen = group.position_pairs
-            if chosen is None:
-                chosen = pair_positions(population_policy(self.study.pairs), len(ids), group.reference)
-            # a saved epoch that is the selected one is the final model itself: no pair
-            pairs = list(dict.fromkeys((ids[i], ids[j]) for i, j in chosen if ids[i] != ids[j]))
+            pairs = self._group_pairs(group, ids)
             for layer in self.plan.layers:
                 for repeat in range(repeats[ids[0], layer]):
                     units.append((group, layer, repeat, pairs, positions))
         return units
+
+    def _group_pairs(self, group: ModelGroup, ids: list[str]) -> PairList:
+        """The pairs of a group's models by its pair policy, each once, in order; none of a model with itself.
+
+        (A saved epoch that is the selected one is the final model itself: the same id twice in ``ids``.)
+        """
+        if group.position_pairs is not None:
+            chosen = np.array(group.position_pairs, dtype=np.int64).reshape(-1, 2).T
+        else:
+            chosen = policy_positions(population_policy(self.study.pairs), len(ids), group.reference)
+        models = tuple(dict.fromkeys(ids))
+        if len(models) == len(ids) and group.position_pairs is None:  # a policy's pairs of distinct models
+            return PairList(models, chosen[0], chosen[1])
+        number = {model: index for index, model in enumerate(models)}
+        of_position = np.array([number[model] for model in ids], dtype=np.int64)
+        a, b = of_position[chosen[0]], of_position[chosen[1]]
+        keep = a != b
+        a, b = a[keep], b[keep]
+        _, first = np.unique(a * len(models) + b, return_index=True)  # each pair once, at its first place
+        first.sort()
+        return PairList(models, a[first], b[first])
 
     @functools.cache  # noqa: B019 - one context per planning pass
     def stored_rows(self, table: str, columns: tuple[str, ...], *, ok_only: bool = False) -> frozenset[tuple]:
@@ -125,18 +147,24 @@ class PlanContext:
         rows = read_columns(self.store, table, list(columns), filters=filters)
         return frozenset(zip(*(rows.column(name).to_pylist() for name in columns), strict=True))
 
-    def stored_pairs(self, table: str) -> frozenset[tuple]:
+    @functools.cache  # noqa: B019 - one context per planning pass
+    def stored_pairs(self, table: str) -> StoredPairs:
         """(population, layer, repeat, model_a, model_b) of every pair ``table`` holds rows of for this study.
 
-        One scan of the table's log and identity columns, filtered to the study's current configuration. Work is
-        planned per pair, not per task: when the population grows, only the new pairs are computed, whichever
-        blocks they fall in. A pair with a row is done (failed rows included: ``raymatch status`` lists them),
-        unless the context retries failed pairs: then only a pair with an ``"ok"`` row is done.
+        One scan of the table's log and identity columns, filtered to the study's current configuration, read a
+        batch at a time into :class:`~raymatch.engine.pairlist.StoredPairs` (8 bytes a stored pair). Work is planned
+        per pair, not per task: when the population grows, only the new pairs are computed, whichever blocks they
+        fall in. A pair with a row is done (failed rows included: ``raymatch status`` lists them), unless the
+        context retries failed pairs: then only a pair with an ``"ok"`` row is done.
         """
+        from ..results import scan_columns
         from ..results.schema import table_schema
 
-        ok_only = self.retry_failed and "status" in table_schema(table).names
-        return self.stored_rows(table, ("population", "layer", "repeat", "model_a", "model_b"), ok_only=ok_only)
+        filters = {"study": self.study.name, "config_hash": self.study.config_hash}
+        if self.retry_failed and "status" in table_schema(table).names:
+            filters["status"] = "ok"
+        return StoredPairs(scan_columns(self.store, table, ["population", "layer", "repeat", "model_a", "model_b"],
+                                        filters=filters))
 
     @functools.cached_property
     def finished_tasks(self) -> frozenset[str]:
@@ -144,14 +172,15 @@ class PlanContext:
         return frozenset(task_id for (task_id,) in self.stored_rows("tasks", ("task_id",)))
 
     def missing_pairs(self, table: str, group: ModelGroup, layer: str, repeat: int,
-                      pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """The pairs of one unit that ``table`` holds no rows of."""
-        stored = self.stored_pairs(table)
-        return [pair for pair in pairs if (group.name, layer, repeat, *pair) not in stored]
+                      pairs: Sequence[tuple[str, str]]) -> PairList:
+        """The pairs of one unit that ``table`` holds no rows of, in order."""
+        pairs = PairList.of(pairs)
+        stored = self.stored_pairs(table).contains(group.name, layer, repeat, pairs)
+        return pairs[~stored] if stored.any() else pairs
 
     @functools.cached_property
     def stored_factors(self) -> frozenset[str]:
         """Every key under the probe's factor root (one listing)."""
         from ..store.layout import factor_root
 
-        return frozenset(self.store.list(factor_root(self.study.probe.id)))
+        return frozenset(self.store.list(factor_root(self.study.probe_id)))

@@ -1,18 +1,23 @@
 """Where a stage's tasks run: executors picked once per run from the cluster, each owning its workers.
 
 Every stage names the role of its executor (:attr:`Stage.executor <raymatch.engine.stages.Stage.executor>`:
-``training``, ``extraction`` or ``pairs``); :func:`choose_executors` looks at the cluster once, when the run
-starts (GPUs? several alive nodes?), and picks one executor per role:
+``training``, ``extraction``, ``pairs`` or ``curves``); :func:`choose_executors` looks at the cluster once, when
+the run starts (GPUs? several alive nodes?), and picks one executor per role (``curves``, the factor, match and
+cross stages, gets the ``pairs`` executor unless GPU actors are asked for and the cluster has them):
 
 - :class:`LocalActors` — on one CPU node, one pool of warm CPU actors (:class:`WarmActors`) runs extraction and
   every pair stage: the pair stages then start in warm processes (no worker start-up, torch and the store
   already loaded) instead of cold tasks.
-- :class:`RayTasks` — plain Ray tasks: the pair stages on a cluster with GPUs (pair work is CPU work and must not
-  hold a GPU), and every stage after training on several nodes, spread over them (``SPREAD``). A node lost in the
+- :class:`RayTasks` — plain Ray tasks: the pair stages on a cluster with GPUs (without
+  ``resources.match_gpus_per_actor`` pair work is CPU work and holds no GPU), and every stage after training on
+  several nodes, spread over them (``SPREAD``). A node lost in the
   middle of a run then costs only its tasks in flight, which Ray runs again on the nodes left (``max_retries``); an
   actor of the lost node would instead wait for a CPU that the other actors hold, and its calls with it, for ever
   (docs/reliability.md).
 - :class:`GpuExtraction` — extraction on GPU actors of its own, killed when extraction ends.
+- :class:`GpuActors` — the curves (factor, match and cross stages) on GPU actors of their own
+  (``resources.match_gpus_per_actor``), the batched kernel on the actor's GPU in float64; killed when the run ends.
+  Without a GPU of that size on the cluster these stages keep the pair work's executor (one warning line).
 - :class:`Training` — one Ray task per seed (:func:`~raymatch.engine.training.train_population`), one GPU each
   where the cluster has them.
 - :class:`DriverImport` — a study importing its activations: the files are read and written by this process.
@@ -37,8 +42,8 @@ if TYPE_CHECKING:
     from ..store import Store
     from ..study import Resources, Study
 
-__all__ = ["ClusterShape", "DriverImport", "Executor", "Executors", "GpuExtraction", "LocalActors", "RayTasks",
-           "Training", "WarmActors", "choose_executors", "import_population"]
+__all__ = ["ClusterShape", "DriverImport", "Executor", "Executors", "GpuActors", "GpuExtraction", "LocalActors",
+           "RayTasks", "Training", "WarmActors", "choose_executors", "import_population"]
 
 log = logging.getLogger("raymatch")
 
@@ -57,20 +62,26 @@ class ClusterShape:
         Actors of the run's size (its GPUs, else ``resources.cpus_per_task`` CPUs) the cluster holds at once.
     several_nodes : bool
         More than one node is alive.
+    match_capacity : int
+        GPU actors of ``resources.match_gpus_per_actor`` (and ``cpus_per_task``) the cluster runs at once; 0 when
+        it has no GPU of that size, or none is asked for.
     """
 
     gpus: bool
     capacity: int
     several_nodes: bool
+    match_capacity: int = 0
 
     @classmethod
     def of(cls, resources: Resources) -> ClusterShape:
         """The shape of the connected cluster for actors of ``resources``."""
-        from .workers import actor_options
+        from .workers import actor_options, gpu_actor_options
 
         options, capacity = actor_options(gpus_per_actor=resources.gpus_per_actor,
                                           cpus_per_actor=resources.cpus_per_task)
-        return cls("num_gpus" in options, capacity, len(alive_nodes()) > 1)
+        _, match_capacity = gpu_actor_options(gpus_per_actor=resources.match_gpus_per_actor,
+                                              cpus_per_actor=resources.cpus_per_task)
+        return cls("num_gpus" in options, capacity, len(alive_nodes()) > 1, match_capacity)
 
 
 class Executor:
@@ -210,6 +221,65 @@ class GpuExtraction(Executor):
         return [Outcome(job, summary) for job, summary in zip(tasks, summaries, strict=True)]
 
 
+class GpuActors(Executor):
+    """A stage's tasks on GPU actors of their own, ``resources.match_gpus_per_actor`` GPUs each.
+
+    Started when a stage first needs them, shared by the stages after it and killed when the run ends. Each task
+    runs through :func:`~raymatch.engine.workers.on_device`: a match or cross task computes its block on the actor's
+    GPU (cross products and peels in float64, so that its rows are the CPU's to float64 rounding: a float32 peel
+    moves critical ε by up to 3e-5 on near-degenerate layers, which changes the maximum match at ε that close to
+    them — ``tests/test_gpu_pairs.py``), a factor task as on any worker. When the actors' torch sees no CUDA device
+    (a CPU-only build, or the test cluster's fake GPUs) the tasks compute on the actors' CPUs, and one warning line
+    names the cause.
+
+    Parameters
+    ----------
+    capacity : int
+        Actors to start (:attr:`ClusterShape.match_capacity`).
+    """
+
+    def __init__(self, study: Study, store: Store, progress: bool | None, *, capacity: int):
+        super().__init__(study, store, progress)
+        self.capacity = capacity
+        self.actors: list | None = None
+
+    def get(self) -> list:
+        """The actors, started (and their device checked) on the first call."""
+        import ray
+
+        from .workers import start_actors, torch_build
+
+        if self.actors is None:
+            resources = self.study.resources
+            self.actors = start_actors(self.capacity, gpus_per_actor=resources.match_gpus_per_actor,
+                                       cpus_per_actor=resources.cpus_per_task)
+            where = ray.get(self.actors[0].describe.remote())
+            if where["device"] == "cpu":
+                build = ray.get(self.actors[0].run_task.remote(torch_build))[0]
+                log.warning("resources.match_gpus_per_actor = %g: Ray gave the match actors GPU %s, but their torch "
+                            "%s sees no CUDA device: the factor, match and cross stages compute on their CPUs",
+                            resources.match_gpus_per_actor, ",".join(where["gpu_ids"]) or "-", build)
+        return self.actors
+
+    def run(self, stage: Stage, tasks: list, on_outcome: OnOutcome | None = None) -> list[Outcome]:
+        """Each task a call on the least busy GPU actor, biggest first."""
+        from .workers import on_device
+
+        actors = self.get()
+        return run_bounded(on_device, sorted(tasks, key=stage.size, reverse=True), args=(stage.task, self.store),
+                           max_in_flight=max(len(actors), self.study.resources.max_in_flight), label=stage.name,
+                           progress=self.progress, actors=actors, fatal=(StoreError,), on_outcome=on_outcome,
+                           stop_on_failure=stage.stop_on_failure)
+
+    def close(self) -> None:
+        """Kill the actors (if they were started)."""
+        import ray
+
+        for actor in self.actors or ():
+            ray.kill(actor)
+        self.actors = None
+
+
 class Training(Executor):
     """Training tasks: per model group, one Ray task per seed, one GPU each where asked and the cluster has them.
 
@@ -226,9 +296,12 @@ class Training(Executor):
     def run(self, stage: Stage, tasks: list, on_outcome: OnOutcome | None = None) -> list[Outcome]:
         """Train the seeds of ``tasks`` (:class:`~raymatch.engine.stages.train.TrainTask`), group after group."""
         from ..train import recipe
-        from .training import train_population
+        from .training import train_lm_population, train_population
 
         study, resources = self.study, self.study.resources
+        if study.is_lm:  # language models: the tokenizer once, then the seeds and the untrained null (CPU tasks)
+            return train_lm_population(study, tasks, cpus_per_task=resources.cpus_per_task,
+                                       max_in_flight=resources.max_in_flight, progress=self.progress)
         training = study.population.training
         spec = training.spec if training is not None else recipe("quick", dataset=study.probe.dataset)
         groups: dict[tuple[str, bool], list[int]] = {}
@@ -329,4 +402,9 @@ def choose_executors(study: Study, store: Store, progress: bool | None = None) -
                   else GpuExtraction(*common) if cluster.gpus
                   else LocalActors(*common, pool=pool, max_in_flight=cluster.capacity) if pool is not None
                   else RayTasks(*common, max_in_flight=cluster.capacity, spread=True, code=True))
-    return Executors({"training": Training(*common, gpus=cluster.gpus), "extraction": extraction, "pairs": pairs})
+    curves = GpuActors(*common, capacity=cluster.match_capacity) if cluster.match_capacity else pairs
+    if resources.match_gpus_per_actor > 0 and not cluster.match_capacity:
+        log.warning("the cluster has no GPU for resources.match_gpus_per_actor = %g: the factor, match and cross "
+                    "stages run on CPUs", resources.match_gpus_per_actor)
+    return Executors({"training": Training(*common, gpus=cluster.gpus), "extraction": extraction, "pairs": pairs,
+                      "curves": curves})

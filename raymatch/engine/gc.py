@@ -144,7 +144,7 @@ def _references(store: Store, record: dict) -> tuple[set[str], set[str]]:
             keys.add(key)
             if key.endswith(".safetensors"):
                 keys.add(key[: -len(".safetensors")] + ".json")  # its training record
-    probe = study.probe.id
+    probe = study.probe_id
     for model in plan.model_ids.values():
         prefixes.add(f"activations/{probe}/{model}/")
         prefixes.add(f"factors/{FACTOR_VERSION}/{probe}/{model}/")

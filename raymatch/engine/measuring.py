@@ -133,6 +133,9 @@ class PairMeasurer:
 def measure_task(store: Store, task: MatchTask) -> dict:
     """The measures of pairs whose curves are stored (``task.curve`` false): factors read, cross products formed.
 
+    The cross products are the match's (:func:`~raymatch.match.cross_products` on ``task.device`` for the batched
+    kernel, one pair at a time otherwise or when the block raises).
+
     Returns
     -------
     dict
@@ -143,16 +146,29 @@ def measure_task(store: Store, task: MatchTask) -> dict:
     keys = {model: ActivationKey(task.probe_id, model, task.layer, task.repeat) for model in task.models}
     factors, _, errors = load_factors(store, keys, center=task.center)
     factor_seconds = time.perf_counter() - started
-    measurer, problems = PairMeasurer(task), {}
+    if task.permute_b_seed is not None:  # once per model b, as the match does
+        factors_b = {b: permute_rows(factors[b], row_permutation(factors[b].n_samples, task.permute_b_seed))
+                     for _, b in task.pairs if b in factors}
+    else:
+        factors_b = factors
+    measurer, problems, ready = PairMeasurer(task), {}, []
     for a, b in task.pairs:
         if a in errors or b in errors:
             problems[a, b] = errors.get(a) or errors.get(b)
-            continue
-        fb = factors[b]
-        if task.permute_b_seed is not None:
-            fb = permute_rows(fb, row_permutation(fb.n_samples, task.permute_b_seed))
+        else:
+            ready.append((a, b))
+    pairs = [(factors[a], factors_b[b]) for a, b in ready]
+    crosses = None
+    if task.kernel == "batched" and pairs:  # the match's stacked GEMMs, on the task's device
+        from ..match import cross_products
+
         try:
-            measurer.add(a, b, factors[a], fb, cross_product(factors[a], fb))
+            crosses = cross_products(pairs, device=task.device)
+        except Exception:
+            crosses = None
+    for index, ((a, b), (fa, fb)) in enumerate(zip(ready, pairs, strict=True)):
+        try:
+            measurer.add(a, b, fa, fb, crosses[index] if crosses is not None else cross_product(fa, fb))
         except Exception as error:
             problems[a, b] = f"{type(error).__name__}: {error}"
     return {**measurer.result({"rows": []}, problems), "factor_seconds": factor_seconds}

@@ -39,6 +39,9 @@ class ModelGroup:
         seed); otherwise the study's pair policy decides.
     origins : list of (int, int or None), optional
         ``(seed, epoch)`` of each checkpoint of a ``trajectory`` group (epoch None: the seed's final weights).
+    models : list of NamedModel, optional
+        A language-model study's models, one per checkpoint (:class:`raymatch.study.lm.NamedModel`: what to
+        resolve and load, the name of its ``models`` row); its checkpoints are their folders or Hub ``id@revision``.
     """
 
     name: str
@@ -49,6 +52,7 @@ class ModelGroup:
     permute_b_seed: int | None = None
     position_pairs: list[tuple[int, int]] | None = None
     origins: list[tuple[int, int | None]] | None = None
+    models: list | None = None
 
 
 @dataclass

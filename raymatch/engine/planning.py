@@ -139,6 +139,10 @@ def model_groups(study: Study, store: Store) -> list[ModelGroup]:
     from ..study import untrained_prefix
     from ..train import pending_seeds, population_keys, trajectory_epochs
 
+    if study.is_lm:  # language models: folders, Hub revisions or the seeds the study trains
+        from .lm import lm_model_groups
+
+        return lm_model_groups(study)
     checkpoints = resolve_population(study, store)
     training = study.population.training
     reference = None

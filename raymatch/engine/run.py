@@ -175,6 +175,9 @@ def stage_recorder(study: Study, stage: Stage, writer: TableWriter) -> Callable[
         if stage.marks_done:
             writer.add("tasks", [{"study": study.name, "config_hash": study.config_hash, "stage": stage.name,
                                   "task_id": outcome.item.task_id, "rows": len(by_table.get(stage.table, []))}])
+        # the rows are the writer's now: the outcome the stage keeps holds its counts and times only, so that the
+        # driver's memory does not grow with the rows of a stage of a million pairs
+        outcome.result = {key: value for key, value in outcome.result.items() if key != "rows"}
 
     return record
 
@@ -189,6 +192,9 @@ def stage_counts(stage: Stage, outcomes: list[Outcome], skipped: int, stage_star
               "errors": [o.error for o in outcomes if not o.ok][:10],
               "nodes": dict(collections.Counter(o.node for o in outcomes if o.node is not None))}
     results = [o.result for o in outcomes if o.ok and isinstance(o.result, dict)]
+    devices = collections.Counter(result["device"] for result in results if "device" in result)
+    if devices:  # tasks of actors that say where they computed (GPU actors): {"cuda": 12} or {"cpu": 12}
+        counts["devices"] = dict(devices)
     for key in ("failed", "failed_measures", "match_seconds", "cka_seconds", "measure_seconds"):
         if any(key in result for result in results):
             counts["failed_rows" if key == "failed" else key] = sum(result.get(key, 0) for result in results)

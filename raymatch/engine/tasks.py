@@ -2,23 +2,24 @@
 
 Models are split into blocks of ``block`` models; a task covers the pairs between two blocks
 (or within one) and loads each model's factor once, so over a whole study every stored matrix is
-read about ⌈M / block⌉ times for M models instead of M − 1 times. A pair's result is its ε-curve
-(every neuron's critical ε, from one ``match_curve``) and its linear CKA, both from the one cross
+read about ⌈M / block⌉ times for M models instead of M − 1 times. A task's pairs are computed together
+by the batched kernel (:mod:`.curves`: stacked cross products, peels in lockstep, on the CPU or the task's GPU);
+a pair's result is its ε-curve (every neuron's critical ε) and its linear CKA, both from the one cross
 product of the two factors' bases. Task bodies return rows; they never write tables (the driver
 commits rows in batches).
 """
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import __version__
-from ..match import cross_product, exact_tolerance, linear_cka_factors, match_curve
+from ..match import exact_tolerance
 from ..match.factor import permute_rows, row_permutation
 from ..store import ActivationKey, Store, StoreError, layout, read_manifest
 from ..store.factors import (
@@ -29,6 +30,12 @@ from ..store.factors import (
     store_factor,
     write_factor,
 )
+from .curves import block_curves, chance_level, curve_fields, pair_fields
+from .pairlist import PairList
+
+__all__ = ["CURVE_KEYS", "PERMUTATION_SEED", "FactorTask", "MatchTask", "SimpleTask", "activation_tolerance",
+           "block_tasks", "chance_level", "factor_and_store", "fail_row", "finish_row", "load_factors",
+           "match_task", "measure_rows", "pair_fields", "run_curve_task", "run_simple_task", "simple_task"]
 
 #: The keys of every ``curves`` row, in order (failed rows hold None for what was not measured).
 CURVE_KEYS = ("study", "population", "layer", "repeat", "model_a", "model_b", "probe_id", "config_hash",
@@ -50,7 +57,8 @@ class MatchTask:
         Provenance recorded in every row.
     probe_id, layer : str
     repeat : int
-    pairs : tuple of (model_a, model_b)
+    pairs : sequence of (model_a, model_b)
+        A tuple of pairs, or (as :func:`block_tasks` makes them) a :class:`~raymatch.engine.pairlist.PairList`.
     center : bool
     population : str
         ``"trained"``, or ``"untrained"`` for the null baseline's pairs.
@@ -60,6 +68,11 @@ class MatchTask:
         The permuted-row null (population ``"permuted"``): model b's rows are permuted by
         :func:`~raymatch.match.factor.row_permutation` of this seed before matching (its stored factor's basis rows
         permuted: the same spectra, no sample correspondence with model a).
+    kernel : {'batched', 'one_pair'}
+        How the curves are computed (``resources.match_kernel``; the same curves either way).
+    device : str, optional
+        Where the batched kernel computes: ``'cuda'`` once a GPU actor has taken the task, else the CPU.
+
     measures : tuple of str
         Standard measures of the ``measures`` table to compute too, from the same factors and cross products
         (:mod:`raymatch.engine.measuring`); none by default.
@@ -68,6 +81,8 @@ class MatchTask:
     curve : bool
         Compute each pair's ε-curve (``curves`` row). False for pairs whose curves are stored and whose measures
         are not: only ``measures`` are computed.
+
+    ``kernel`` and ``device`` change no result, so they are not part of the task id.
     """
 
     study: str
@@ -75,11 +90,13 @@ class MatchTask:
     probe_id: str
     layer: str
     repeat: int
-    pairs: tuple[tuple[str, str], ...]
+    pairs: Sequence[tuple[str, str]]
     center: bool = False
     population: str = "trained"
     cka: bool = True
     permute_b_seed: int | None = None
+    kernel: str = "batched"
+    device: str | None = None
     measures: tuple[str, ...] = ()
     svcca_keep: float = 0.99
     curve: bool = True
@@ -87,7 +104,8 @@ class MatchTask:
     @property
     def task_id(self) -> str:
         """Deterministic id: the same work always has the same id."""
-        parts = [self.config_hash, self.probe_id, self.pairs, self.center, self.population, self.cka]
+        parts = [self.config_hash, self.probe_id, [list(pair) for pair in self.pairs], self.center, self.population,
+                 self.cka]
         if self.permute_b_seed is not None:  # only then: every other task keeps its id
             parts.append(self.permute_b_seed)
         if self.measures or not self.curve:  # likewise
@@ -97,6 +115,8 @@ class MatchTask:
     @property
     def models(self) -> list[str]:
         """The models of the pairs, in order of first appearance."""
+        if isinstance(self.pairs, PairList):
+            return self.pairs.used_models()
         seen: dict[str, None] = {}
         for a, b in self.pairs:
             seen.setdefault(a)
@@ -105,34 +125,37 @@ class MatchTask:
 
 
 def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat: int,
-                pairs: list[tuple[str, str]], *, block: int, center: bool = False, population: str = "trained",
-                positions: dict[str, int] | None = None, cka: bool = True,
-                permute_b_seed: int | None = None, measures: tuple[str, ...] = (), svcca_keep: float = 0.99,
+                pairs: Sequence[tuple[str, str]], *, block: int, center: bool = False, population: str = "trained",
+                positions: dict[str, int] | None = None, cka: bool = True, permute_b_seed: int | None = None,
+                kernel: str = "batched", measures: Sequence[str] = (), svcca_keep: float = 0.99,
                 curve: bool = True) -> list[MatchTask]:
     """Group ``pairs`` into tasks by the blocks of their models.
 
     A model's block is its position (``positions``; default: order of first appearance in ``pairs``) divided
     by ``block``. Passing the positions of the whole population keeps a block's task the same whichever of its
-    pairs are still to do, so runs that plan from the same stored state plan the same tasks. ``measures``,
-    ``svcca_keep`` and ``curve`` are those of every task (:class:`MatchTask`).
+    pairs are still to do, so runs that plan from the same stored state plan the same tasks. Within a task the
+    pairs keep their order in ``pairs``; tasks come in order of their blocks. Each task holds its pairs as a
+    :class:`~raymatch.engine.pairlist.PairList` of its own models (8 bytes a pair). ``measures``, ``svcca_keep`` and
+    ``curve`` are those of every task (:class:`MatchTask`).
     """
     if block < 1:
         raise ValueError(f"block must be a positive integer; got {block}")
+    pairs = PairList.of(pairs)
+    if not len(pairs):
+        return []
     order: dict[str, int] = dict(positions or {})
-    for a, b in pairs:
-        order.setdefault(a, len(order))
-        order.setdefault(b, len(order))
-    grouped: dict[tuple[int, int], list[tuple[str, str]]] = {}
-    for a, b in pairs:
-        i, j = sorted((order[a] // block, order[b] // block))
-        grouped.setdefault((i, j), []).append((a, b))
-    return [MatchTask(study, config_hash, probe_id, layer, repeat, tuple(group), center, population, cka,
-                      permute_b_seed, tuple(measures), svcca_keep, curve) for _, group in sorted(grouped.items())]
-
-
-def chance_level(n_neurons: int, n_samples: int) -> float:
-    """√(1 − k/d): the ratio of a random vector against a random k-dimensional subspace of R^d."""
-    return math.sqrt(1.0 - n_neurons / n_samples) if n_neurons < n_samples else 0.0
+    for model in pairs.used_models():
+        order.setdefault(model, len(order))
+    block_of = np.array([order.get(model, -1) for model in pairs.models], dtype=np.int64) // block
+    first, second = block_of[pairs.a], block_of[pairs.b]
+    keys = np.minimum(first, second) * (int(block_of.max()) + 1) + np.maximum(first, second)
+    del first, second
+    ranked = np.argsort(keys, kind="stable")  # by block pair; the given order within each
+    bounds = np.flatnonzero(np.diff(keys[ranked])) + 1
+    del keys
+    return [MatchTask(study, config_hash, probe_id, layer, repeat, pairs[chosen].compact(), center, population, cka,
+                      permute_b_seed, kernel, measures=tuple(measures), svcca_keep=svcca_keep, curve=curve)
+            for chosen in np.split(ranked, bounds)]
 
 
 def activation_tolerance(store: Store, key: ActivationKey) -> float:
@@ -213,44 +236,70 @@ def load_factors(store: Store, keys: dict, *, center: bool,
     return factors, tolerances, errors
 
 
-def pair_fields(fa, fb, exact_tol: float, *, cka: bool, clock: dict | None = None, cross=None) -> dict:
-    """A pair's measured row fields: its ε-curve (every neuron's critical ε), counts, chance ratio and CKA.
-
-    Both come from one cross product of the two factors' bases (``cross``, computed here when not given).
-    ``clock`` (optional) accumulates ``match_seconds`` and ``cka_seconds``.
-    """
-    started = time.perf_counter()
-    cross = cross_product(fa, fb) if cross is None else cross
-    curve = match_curve(fa, fb, cross=cross, exact_tol=exact_tol)
-    matched = time.perf_counter()
-    value = linear_cka_factors(fa, fb, cross) if cka else None
-    if clock is not None:
-        clock["match_seconds"] += matched - started
-        clock["cka_seconds"] += time.perf_counter() - matched
-    return {"n_samples": int(curve.n_samples), "n_a": curve.n_a, "n_b": curve.n_b,
-            "dead_a": int(curve.dead_a.size), "dead_b": int(curve.dead_b.size),
-            "critical_a": [float(x) for x in curve.critical_a], "critical_b": [float(x) for x in curve.critical_b],
-            "exact_tol": exact_tol, "max_epsilon": curve.max_epsilon,
-            "chance": chance_level(max(curve.n_a, curve.n_b), curve.n_samples), "cka": value}
-
-
 def finish_row(row: dict, measure, started: float) -> dict:
     """``row`` with ``measure()``'s fields and status ``ok``, or status ``failed`` and the error it raised."""
     try:
         fields = measure()
     except Exception as error:
-        message = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
-        row.update({"status": "failed", "error": message, "seconds": time.perf_counter() - started})
-        return row
+        return fail_row(row, error, time.perf_counter() - started)
     row.update(fields, seconds=time.perf_counter() - started, status="ok", error=None)
     return row
+
+
+def fail_row(row: dict, error: BaseException, seconds: float = 0.0) -> dict:
+    """``row`` marked ``failed`` with ``error``'s message (a RuntimeError's message alone: a recorded cause)."""
+    message = str(error) if isinstance(error, RuntimeError) else f"{type(error).__name__}: {error}"
+    row.update({"status": "failed", "error": message, "seconds": seconds})
+    return row
+
+
+def measure_rows(rows: list[dict], pairs: list, tolerances: list[float], *, cka: bool, kernel: str = "batched",
+                 device: str | None = None, clock: dict | None = None, measurer=None) -> None:
+    """Fill each row of ``rows`` with its pair's ε-curve, counts and CKA, computed as one block; or mark it failed.
+
+    ``pairs`` are the rows' factor pairs and ``tolerances`` their exact tolerances, in the order of ``rows``. Each
+    row's ``seconds`` is its share of the block's time. ``clock`` (optional) accumulates ``match_seconds`` and
+    ``cka_seconds``. ``measurer`` (optional, a :class:`~raymatch.engine.measuring.PairMeasurer`) receives each
+    measured pair's factors and cross product, for the study's standard measures.
+    """
+    clock = clock if clock is not None else {"match_seconds": 0.0, "cka_seconds": 0.0}
+    started = time.perf_counter()
+    computed = block_curves(pairs, tolerances, kernel=kernel, device=device, clock=clock)  # (cross, curve) or error
+    crosses = [None if isinstance(result, Exception) else result[0] for result in computed]  # aligned with pairs
+    cka_started = time.perf_counter()
+    ckas = [_cka(fa, fb, cross) if cka and cross is not None else None
+            for (fa, fb), cross in zip(pairs, crosses, strict=True)]
+    clock["cka_seconds"] += time.perf_counter() - cka_started
+    if measurer is not None:  # the standard measures, from the same factors and cross products (computed later)
+        for row, (fa, fb), cross in zip(rows, pairs, crosses, strict=True):
+            if cross is not None:
+                measurer.add(row["model_a"], row["model_b"], fa, fb, cross)
+    share = (time.perf_counter() - started) / max(1, len(pairs))
+    for row, result, tol, value in zip(rows, computed, tolerances, ckas, strict=True):
+        if isinstance(result, Exception):
+            fail_row(row, result, share)
+        elif isinstance(value, Exception):
+            fail_row(row, value, share)
+        else:
+            row.update(curve_fields(result[1], tol), cka=value, seconds=share, status="ok", error=None)
+
+
+def _cka(fa, fb, cross):
+    """Linear CKA of a pair from its cross product, or the exception it raised (the pair's failed row)."""
+    from ..match import linear_cka_factors
+
+    try:
+        return linear_cka_factors(fa, fb, cross)
+    except Exception as error:
+        return error
 
 
 def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None, measurer=None) -> list[dict]:
     """One ``curves`` row per pair of ``task``: the pair's ε-curve, counts and CKA; a failing pair is a failed row.
 
-    Each curve is computed, and its row's ``exact_tol`` recorded, with the exact tolerance of the stored
-    activations' dtype (:func:`activation_tolerance`; the coarser of the pair's two); failed rows have none.
+    The task's pairs are computed together (``task.kernel``, on ``task.device``; :func:`measure_rows`). Each curve
+    is computed, and its row's ``exact_tol`` recorded, with the exact tolerance of the stored activations' dtype
+    (:func:`activation_tolerance`; the coarser of the pair's two); failed rows have none.
 
     A store that fails (:class:`~raymatch.store.StoreError`: unreachable, full) fails the task instead: no rows, so
     that a rerun computes its pairs rather than keeping a transient failure as their result.
@@ -269,29 +318,26 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None, m
     started = time.perf_counter()
     keys = {model: ActivationKey(task.probe_id, model, task.layer, task.repeat) for model in task.models}
     factors, tolerances, errors = load_factors(store, keys, center=task.center)
+    if task.permute_b_seed is not None:  # once per model b: the block's GEMMs see one object per model
+        factors_b = {b: permute_rows(factors[b], row_permutation(factors[b].n_samples, task.permute_b_seed))
+                     for _, b in task.pairs if b in factors}
+    else:
+        factors_b = factors
     clock["factor_seconds"] = time.perf_counter() - started
-
-    def measure(a: str, b: str) -> dict:
-        if a in errors or b in errors:
-            raise RuntimeError(errors.get(a) or errors.get(b))
-        fb = factors[b]
-        if task.permute_b_seed is not None:
-            fb = permute_rows(fb, row_permutation(fb.n_samples, task.permute_b_seed))
-        exact_tol = max(tolerances[a], tolerances[b])  # the coarser of the two stored dtypes
-        started = time.perf_counter()
-        cross = cross_product(factors[a], fb)
-        clock["match_seconds"] += time.perf_counter() - started
-        if measurer is not None:  # the standard measures, from the same factors and cross product
-            measurer.add(a, b, factors[a], fb, cross)
-        return pair_fields(factors[a], fb, exact_tol, cka=task.cka, clock=clock, cross=cross)
-
-    rows = []
+    rows, measured = [], []
     for a, b in task.pairs:
         row = dict.fromkeys(CURVE_KEYS)
         row.update({"study": task.study, "population": task.population, "layer": task.layer,
                     "repeat": task.repeat, "model_a": a, "model_b": b, "probe_id": task.probe_id,
                     "config_hash": task.config_hash, "code_version": __version__})
-        rows.append(finish_row(row, lambda a=a, b=b: measure(a, b), time.perf_counter()))
+        rows.append(row)
+        problem = errors.get(a) or errors.get(b)
+        if problem:
+            fail_row(row, RuntimeError(problem))
+        else:
+            measured.append((row, (factors[a], factors_b[b]), max(tolerances[a], tolerances[b])))  # coarser dtype
+    measure_rows([row for row, _, _ in measured], [pair for _, pair, _ in measured], [tol for _, _, tol in measured],
+                 cka=task.cka, kernel=task.kernel, device=task.device, clock=clock, measurer=measurer)
     if timings is not None:
         timings.update(clock)
     return rows

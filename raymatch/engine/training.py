@@ -2,7 +2,9 @@
 
 Each task runs :func:`raymatch.train.population.train_seed` (train or initialise one seed, write its checkpoint and
 then its record); the train stage (:mod:`raymatch.engine.stages.train`) runs them through the
-:class:`~raymatch.engine.executors.Training` executor, one call per model group.
+:class:`~raymatch.engine.executors.Training` executor, one call per model group. A language-model population
+(``task: causal-lm``) trains its tokenizer in one task first, then every seed and the untrained null in one task
+each (:func:`train_lm_population`, :mod:`raymatch.train.lm_population`), into ``save_pretrained`` folders.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from .bounded import Outcome, run_bounded
 
 if TYPE_CHECKING:
     from ..store import Store
+    from ..study import Study
+    from .stages.train import TrainTask
 
-__all__ = ["train_population"]
+__all__ = ["train_lm_population", "train_population"]
 
 
 def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], spec: TrainingSpec,
@@ -114,3 +118,50 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
                        progress=progress, **resources)
 
 
+
+
+def lm_seed_task(spec, roots: dict[str, str], tokenizer: str, threads: int, task: TrainTask) -> dict:
+    """Task body: one seed of a language-model population, trained or (``task.untrained``) initialised."""
+    import os
+
+    from ..train.lm_population import train_lm_seed
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the task's threads are torch's (a Ray worker forks)
+
+    return train_lm_seed(spec, roots["untrained" if task.untrained else "trained"], tokenizer, task.untrained, threads,
+                         task.seed)
+
+
+def train_lm_population(study: Study, tasks: list[TrainTask], *, cpus_per_task: int = 1, max_in_flight: int = 4,
+                        progress: bool | None = None) -> list[Outcome]:
+    """A language-model population's tokenizer (one Ray task), then its seeds and untrained null (one task each).
+
+    Parameters
+    ----------
+    study : Study
+        With ``population.training: {task: causal-lm, …}``.
+    tasks : list of TrainTask
+        The seeds whose folder is not complete (:func:`~raymatch.train.lm_population.pending_lm_seeds`).
+    cpus_per_task : int
+        Ray ``num_cpus`` and torch threads of each task (training runs on the CPU).
+    max_in_flight : int
+    progress : bool, optional
+
+    Returns
+    -------
+    list of Outcome
+        One per task, in order; only the tokenizer's when it failed.
+    """
+    from ..train.lm_population import train_lm_tokenizer
+    from .lm import lm_roots
+
+    if not tasks:
+        return []
+    spec, roots = study.population.training.spec, lm_roots(study)
+    (tokenizer,) = run_bounded(train_lm_tokenizer, [roots["trained"]], args=(spec,), max_in_flight=1,
+                               label="train the tokenizer", progress=progress, num_cpus=cpus_per_task)
+    if not tokenizer.ok:
+        return [tokenizer]
+    return run_bounded(lm_seed_task, tasks, args=(spec, roots, tokenizer.result, max(1, int(cpus_per_task))),
+                       max_in_flight=max_in_flight, label="train language models", progress=progress,
+                       num_cpus=cpus_per_task)

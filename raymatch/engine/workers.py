@@ -2,9 +2,10 @@
 
 A :class:`WorkerActor` is a long-lived Ray actor that runs task bodies (``fn(*args)``) in its own process, so
 that libraries, the store client and the loaded probe stay warm from one task to the next. On a cluster with
-GPUs, GPU actors run the extraction only (pair work is CPU work and must not hold a GPU); on a one-node CPU
-cluster one pool of CPU actors runs every stage after training. On several nodes the CPU stages run as Ray
-tasks instead (a lost node's actor would wait for a free CPU; see :mod:`raymatch.engine.executors`).
+GPUs, GPU actors run the extraction, and — with ``resources.match_gpus_per_actor`` — the factor, match and cross
+stages (:func:`on_device`); on a one-node CPU cluster one pool of CPU actors runs every stage after training. On
+several nodes the CPU stages run as Ray tasks instead (a lost node's actor would wait for a free CPU; see
+:mod:`raymatch.engine.executors`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ray
 import torch
 
 from ..extract.extractor import ExtractionJob, run_job
+from ..extract.tokens import TokenExtractionJob, run_token_job
 from ..store import Store
 
 #: The probe loaded last in this worker process (probes can be large: one is kept).
@@ -50,8 +52,11 @@ def worker_device() -> str:
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
 
-def extract_job(store: Store, job: ExtractionJob) -> dict:
+def extract_job(store: Store, job: ExtractionJob | TokenExtractionJob) -> dict:
     """Task body of the extraction stage: one model's activations, the probe kept loaded between calls.
+
+    A language model's job (:class:`~raymatch.extract.tokens.TokenExtractionJob`) carries its tokenised probe and
+    runs :func:`~raymatch.extract.tokens.run_token_job`.
 
     Returns
     -------
@@ -60,11 +65,19 @@ def extract_job(store: Store, job: ExtractionJob) -> dict:
     """
     from ..probes import load_probe
 
+    if isinstance(job, TokenExtractionJob):
+        return {**run_token_job(store, job, device=worker_device()), **_where()}
+
     if job.probe.id not in _PROBE:
         _PROBE.clear()
         _PROBE[job.probe.id] = load_probe(job.probe)
     summary = run_job(store, job, device=worker_device(), images=_PROBE[job.probe.id])
     return {**summary, **_where()}
+
+
+def torch_build() -> str:
+    """The torch of this process and its CUDA: ``2.13.0+cpu (no CUDA)``, ``2.13.0+cu126 (CUDA 12.6)``."""
+    return f"{torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'no CUDA'})"
 
 
 def _where() -> dict:
@@ -88,6 +101,41 @@ def actor_options(*, gpus_per_actor: float = 1.0, cpus_per_actor: int = 1) -> tu
     if gpus_per_actor > 0 and gpus >= gpus_per_actor:
         return {"num_gpus": gpus_per_actor, "num_cpus": cpus_per_actor}, int(gpus // gpus_per_actor)
     return {"num_cpus": cpus_per_actor}, max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+
+
+def gpu_actor_options(*, gpus_per_actor: float, cpus_per_actor: int = 1) -> tuple[dict, int]:
+    """Resources of each GPU actor of the pair work, and how many the cluster runs at once (0: it has no GPU).
+
+    Unlike :func:`actor_options` the count is bounded by the CPUs too: ``match_gpus_per_actor: 0.25`` on a node of
+    one GPU and 2 CPUs runs 2 actors, not 4 of which 2 would never start.
+    """
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if gpus_per_actor <= 0 or gpus < gpus_per_actor:
+        return {}, 0
+    capacity = min(int(gpus // gpus_per_actor + 1e-9), int(cpus // cpus_per_actor))
+    return {"num_gpus": gpus_per_actor, "num_cpus": cpus_per_actor}, capacity
+
+
+def on_device(fn, store: Store, item):
+    """A pair task's body on a GPU actor: ``fn(store, item)`` computing on this actor's device, and where it ran.
+
+    An item with a ``device`` field (match and cross tasks) gets ``'cuda'`` when torch sees the GPU Ray gave this
+    actor; otherwise (a CPU-only torch build, a fake GPU) it computes on the CPU, and the run said so once when the
+    actors started (:class:`~raymatch.engine.executors.GpuActors`). Other items (factors) run as they are: the
+    factor a store keeps is the same whichever worker computed it.
+
+    Returns
+    -------
+    dict
+        ``fn``'s result with ``pid``, ``gpu_ids``, ``device`` and ``threads`` of this actor.
+    """
+    import dataclasses
+
+    where = _where()
+    if where["device"] != "cpu" and "device" in {field.name for field in dataclasses.fields(item)}:
+        item = dataclasses.replace(item, device=where["device"])
+    return {**fn(store, item), **where}
 
 
 def uploaded(runtime_env: dict) -> dict:

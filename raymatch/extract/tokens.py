@@ -136,7 +136,7 @@ def iter_batches(probe: TextProbe, batch_size: int = DEFAULT_BATCH_SIZE,
         for b, sequence in enumerate(members):
             n = int(lengths[sequence])
             offsets[b] = width - n if probe.padding_side == "left" else 0
-            ids[b, offsets[b] : offsets[b] + n] = torch.from_numpy(probe.input_ids[sequence])
+            ids[b, offsets[b] : offsets[b] + n] = torch.tensor(probe.input_ids[sequence])  # a copy: read-only via Ray
             mask[b, offsets[b] : offsets[b] + n] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         yield TokenBatch(start, stop, ids, mask, positions, offsets)

@@ -1,4 +1,6 @@
-"""An architecture as a study file gives it (its ``architecture`` section): the zoo, torchvision, timm or a factory.
+"""An architecture as a study file gives it (its ``architecture`` section): the zoo, torchvision, timm, a factory.
+
+Or Hugging Face ``transformers`` (``source: transformers``): the population's models bring their own configs.
 
 Checking one builds it on PyTorch's ``meta`` device (:mod:`raymatch.models.meta`): torch is imported then, not when
 this module is.
@@ -21,7 +23,7 @@ from ..store import layout
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Architecture", "KeywordArguments"]
+__all__ = ["HF_CLASSES", "SOURCES", "TORCH_DTYPES", "Architecture", "KeywordArguments"]
 
 
 def _keyword_arguments(value: Any, _handler: Any) -> dict[str, Any]:
@@ -40,10 +42,22 @@ def _keyword_arguments(value: Any, _handler: Any) -> dict[str, Any]:
 #: Keyword arguments (or null): a mapping of identifier strings to YAML/JSON values.
 KeywordArguments = optional(Annotated[dict[str, Any], WrapValidator(_keyword_arguments)])
 
-class Architecture(Config):
-    """The architecture every model of the population shares: a model of the zoo, of torchvision or timm, or a factory.
+#: ``architecture.class``: which ``transformers`` auto class builds a ``source: transformers`` model.
+HF_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM")
+#: ``architecture.torch_dtype``: the dtype such a model runs in (activations are stored as float32 whatever it is).
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+#: ``architecture.source``: where a named model comes from; ``transformers`` models are the population's folders.
+SOURCES = ("zoo", "torchvision", "timm", "transformers")
+#: The keys of a ``source: transformers`` architecture (besides ``source``).
+_TRANSFORMERS_KEYS = ("hf_class", "torch_dtype")
 
-    Give ``name`` (a zoo model, or one of ``source``) or ``factory``.
+
+class Architecture(Config):
+    """The architecture every model of the population shares: the zoo, torchvision, timm, a factory, transformers.
+
+    Give ``name`` (a zoo model, or one of ``source``) or ``factory``; or ``source: transformers`` alone (with
+    ``class`` and ``torch_dtype``): each model of the population is then a ``save_pretrained`` folder or a Hub id
+    that brings its own config (:mod:`raymatch.models.transformers_source`).
 
     Parameters
     ----------
@@ -56,8 +70,9 @@ class Architecture(Config):
         Channel multiplier.
     input_size : int, default 32
         Height (= width) of the input images. The four size parameters are the zoo's only.
-    source : {'zoo', 'torchvision', 'timm'}, optional
-        Where ``name`` comes from (default the zoo); built without pretrained weights.
+    source : {'zoo', 'torchvision', 'timm', 'transformers'}, optional
+        Where ``name`` comes from (default the zoo); built without pretrained weights. ``transformers``: the models
+        are the population's Hugging Face folders or Hub ids (no ``name``).
     factory : str, optional
         ``module:callable`` returning an ``nn.Module`` (``mypkg.nets:make_net``).
     kwargs : dict, optional
@@ -67,6 +82,13 @@ class Architecture(Config):
         A local package folder holding the factory's module, shipped to every Ray worker (runtime_env
         ``py_modules``); a relative path resolves against the working directory. Its files' digest, not its
         path, is part of the config hash.
+    class : {'AutoModel', 'AutoModelForCausalLM', 'AutoModelForMaskedLM'}, optional
+        ``source: transformers`` only (:attr:`hf_class`): the ``transformers`` auto class that builds
+        each model (default ``AutoModel``: the bare model, whose module names lack the head's prefix —
+        ``h.0.mlp.act`` rather than ``transformer.h.0.mlp.act``).
+    torch_dtype : {'float32', 'bfloat16', 'float16'}, optional
+        ``source: transformers`` only: the dtype the models run in (default ``float32``); activations are stored as
+        float32 whatever it is.
     """
 
     name: OptionalString = None
@@ -74,14 +96,16 @@ class Architecture(Config):
     num_classes: PositiveInt = 10
     width: PositiveNumber = 1.0
     input_size: PositiveInt = 32
-    source: optional(one_of("zoo", "torchvision", "timm")) = None
+    source: optional(one_of(*SOURCES)) = None
     factory: OptionalString = None
     call_kwargs: KeywordArguments = None
     code: OptionalString = None
+    hf_class: optional(one_of(*HF_CLASSES)) = None
+    torch_dtype: optional(one_of(*TORCH_DTYPES)) = None
 
     _path: ClassVar[str] = "architecture"
     #: Field name → study-file key where they differ.
-    _keys: ClassVar[dict[str, str]] = {"call_kwargs": "kwargs"}
+    _keys: ClassVar[dict[str, str]] = {"call_kwargs": "kwargs", "hf_class": "class"}
     _zoo_sizes: ClassVar[tuple[str, ...]] = ("in_channels", "num_classes", "width", "input_size")
 
     def __hash__(self) -> int:
@@ -89,13 +113,14 @@ class Architecture(Config):
 
     @classmethod
     def _collect(cls, data: Any) -> tuple[dict[str, Any], list[InitErrorDetails]]:
-        if isinstance(data, Mapping) and "call_kwargs" not in data and "kwargs" in data:
-            data = {("call_kwargs" if key == "kwargs" else key): value for key, value in data.items()}
+        if isinstance(data, Mapping):
+            fields = {written: name for name, written in cls._keys.items() if name not in data}
+            data = {fields.get(key, key): value for key, value in data.items()}
         values, problems = super()._collect(data)
         for problem in problems:
             loc = tuple(problem.get("loc", ()))
-            if loc[:1] == ("call_kwargs",):
-                problem["loc"] = ("kwargs", *loc[1:])
+            if loc[:1] and loc[0] in cls._keys:
+                problem["loc"] = (cls._keys[loc[0]], *loc[1:])
         return values, problems
 
     @classmethod
@@ -107,21 +132,27 @@ class Architecture(Config):
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
         schema = handler.resolve_ref_schema(handler(core_schema))
         properties = schema.get("properties", {})
-        if "call_kwargs" in properties:
-            properties["call_kwargs"] = {**properties["call_kwargs"], "title": "Kwargs"}
-            schema["properties"] = {cls._keys.get(key, key): value for key, value in properties.items()}
+        for name, written in cls._keys.items():
+            if name in properties:
+                properties[name] = {**properties[name], "title": written.capitalize()}
+        schema["properties"] = {cls._keys.get(key, key): value for key, value in properties.items()}
         return schema
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         if len(values) < len(cls.model_fields):
             return []
+        if values["source"] == "transformers":
+            return cls._transformers_problems(values)
+        problems: list[tuple[Loc, str]] = [((cls._keys.get(key, key),), "only used with source: transformers")
+                                           for key in _TRANSFORMERS_KEYS if values[key] is not None]
+        if problems:
+            return problems
         if values["factory"] is None and values["name"] is None:
             return [(("name",), "required key is missing")]
         if values["factory"] is not None and values["name"] is not None:
             return [(("factory",), "give name or factory, not both")]
         zoo = values["factory"] is None and values["source"] in (None, "zoo")
-        problems: list[tuple[Loc, str]] = []
         if zoo:
             problems += [((key,), "only used with factory or source: torchvision|timm") for key in
                          ("kwargs", "code") if values[cls._field(key)] is not None]
@@ -133,6 +164,14 @@ class Architecture(Config):
             if values["factory"] is not None and values["source"] is not None:
                 problems.append((("source",), "only used with name"))
         return problems or cls._build_problems(values, zoo)
+
+    @classmethod
+    def _transformers_problems(cls, values: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+        """The keys a ``source: transformers`` architecture does not use (its models bring their configs)."""
+        unused = [key for key in ("name", "factory", "call_kwargs", "code") if values[key] is not None]
+        unused += [key for key in cls._zoo_sizes if values[key] != cls.model_fields[key].default]
+        return [((cls._keys.get(key, key),), "not used with source: transformers (each model of the population "
+                                              "brings its own config)") for key in unused]
 
     @classmethod
     def _build_problems(cls, values: Mapping[str, Any], zoo: bool) -> list[tuple[Loc, str]]:
@@ -158,6 +197,9 @@ class Architecture(Config):
     @classmethod
     def _content(cls, values: Mapping[str, Any]) -> dict[str, Any]:
         """The study-file content of validated fields: the zoo's sizes for a zoo model, the new keys otherwise."""
+        if values["source"] == "transformers":
+            return {"source": "transformers", "class": values["hf_class"] or HF_CLASSES[0],
+                    "torch_dtype": values["torch_dtype"] or TORCH_DTYPES[0]}
         if values["factory"] is None and values["source"] in (None, "zoo"):
             content = {"name": values["name"], **{key: values[key] for key in cls._zoo_sizes}}
             if values["source"] is not None:
@@ -181,10 +223,27 @@ class Architecture(Config):
         return self.factory is None and self.source in (None, "zoo")
 
     @property
+    def is_transformers(self) -> bool:
+        """Whether the models are Hugging Face ``transformers`` folders or Hub ids (``source: transformers``)."""
+        return self.source == "transformers"
+
+    @property
+    def model_class(self) -> str:
+        """``class``: the ``transformers`` auto class of a ``source: transformers`` architecture (default AutoModel)."""
+        return self.hf_class or HF_CLASSES[0]
+
+    @property
+    def dtype(self) -> str:
+        """``torch_dtype`` of a ``source: transformers`` architecture (default float32)."""
+        return self.torch_dtype or TORCH_DTYPES[0]
+
+    @property
     def label(self) -> str:
-        """What to call the architecture: the zoo name, ``torchvision:resnet18``, or the factory."""
+        """What to call it: the zoo name, ``torchvision:resnet18``, the factory, or ``transformers:<class>``."""
         if self.factory is not None:
             return self.factory
+        if self.is_transformers:
+            return f"transformers:{self.model_class}"
         return self.name if self.is_zoo else f"{self.source}:{self.name}"
 
     @property
@@ -203,6 +262,8 @@ class Architecture(Config):
         """
         from .factory import architecture_digest
 
+        if self.is_transformers:  # a language model's id digests its own weights and config, class and dtype
+            return None
         return architecture_digest(self.spec)
 
     @functools.cached_property
@@ -243,6 +304,9 @@ class Architecture(Config):
         """
         from .meta import architecture_tree, module_tree
 
+        if self.is_transformers:
+            raise ValueError("a transformers architecture has no module tree of its own: its models' configs give it "
+                             "(raymatch.models.meta.lm_tree)")
         if not self.is_zoo:
             return architecture_tree(layout.canonical_json(self.to_dict()))
         return module_tree(self.name, **self.kwargs)

@@ -16,7 +16,7 @@ from torch import nn
 from .factory import build_architecture
 from .zoo import build_model
 
-__all__ = ["architecture_tree", "module_tree"]
+__all__ = ["architecture_tree", "lm_tree", "module_tree"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -66,3 +66,35 @@ def architecture_tree(content: str) -> nn.Module:
     """
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         return build_architecture(json.loads(content), use_code_path=True)
+
+
+@functools.lru_cache(maxsize=16)
+def lm_tree(config: str, cls: str = "AutoModel") -> nn.Module:
+    """A ``transformers`` model built from its config on the ``meta`` device: no weights, the global RNG untouched.
+
+    What a plan checks a language-model study's layer selectors against (and a ``meta`` forward pass gives their
+    widths), without loading any weights.
+
+    Parameters
+    ----------
+    config : str
+        The model's config as JSON (``PretrainedConfig.to_json_string()``).
+    cls : str
+        A ``transformers`` auto class (:data:`~raymatch.models.architecture.HF_CLASSES`).
+
+    Returns
+    -------
+    torch.nn.Module
+        Shared between calls with the same arguments: do not modify it.
+
+    Raises
+    ------
+    ValueError
+        The class cannot build a model of that config (``transformers``' own message).
+    """
+    import transformers
+
+    content = json.loads(config)
+    settings = transformers.AutoConfig.for_model(content.pop("model_type"), **content)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return getattr(transformers, cls).from_config(settings).eval()

@@ -20,15 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..store.layout import digest
+from .architecture import HF_CLASSES, TORCH_DTYPES
 from .lm_population import LMModel, ModelSourceError, seed_of
 
 __all__ = ["HF_CLASSES", "TORCH_DTYPES", "ResolvedModel", "hub_cache_dir", "lm_model_id", "load_config", "load_lm",
            "max_positions", "resolve_model"]
 
-#: ``architecture.class``: which ``transformers`` auto class builds the model.
-HF_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM")
-#: ``architecture.torch_dtype``: the dtype the model runs in (activations are stored as float32 whatever it is).
-TORCH_DTYPES = ("float32", "bfloat16", "float16")
 #: Weights files of a ``save_pretrained`` folder (sharded weights come with an index).
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
 #: Config entries that say which library wrote a folder, not what the model computes.
@@ -217,6 +214,7 @@ def load_lm(resolved: ResolvedModel, cls: str = "AutoModel", dtype: str = "float
     import transformers
 
     model_id = lm_model_id(resolved, cls, dtype)
+    transformers.logging.disable_progress_bar()  # no "Loading weights" bar per model in the workers' logs
     try:
         model = getattr(transformers, cls).from_pretrained(resolved.path, local_files_only=True,
                                                             dtype=getattr(torch, dtype))

@@ -4,6 +4,10 @@ A :class:`ProbeSpec` names a dataset split, an optional seeded subset of it and,
 sampling protocol of Wang et al. (2018): a conv channel's activation vector runs over (image, position) pairs,
 and the paper keeps 10,000 of those rows, drawn 16 times. The rows drawn depend only on the spec and on the
 layer's spatial shape, never on the model, so every model of a population is compared on the same rows.
+
+A language-model study's probe is a text (``probe: {text: …}``, dataset ``text``): its texts are tokenised with the
+population's tokenizer (:mod:`raymatch.probes.text`), so its id is that of the tokenised probe
+(:attr:`TextProbe.id <raymatch.probes.text.TextProbe.id>`), not the spec's.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from pydantic import Field, TypeAdapter, WrapValidator
 
 from ..config import (
+    Boolean,
     Config,
     Loc,
     NonNegativeInt,
@@ -40,12 +45,19 @@ from .files import USER_DATASETS, content_digest, load_user_probe
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["IMPORTED", "ProbeSpec", "RowSample", "load_probe", "probe_size", "row_positions", "sample_rows"]
+__all__ = ["IMPORTED", "POOLS", "TEXT", "TEXT_FORMATS", "ProbeSpec", "RowSample", "TokenOptions", "load_probe",
+           "probe_size", "row_positions", "sample_rows"]
 
 #: The probe of a study that imports its activations (``population.activations``): nothing to run.
 IMPORTED = "imported"
-#: Every probe dataset: the built-in ones, those read from the user's files, and ``imported``.
-DATASETS = (*SPLITS, *USER_DATASETS, IMPORTED)
+#: The probe of a language-model study: texts from a file or URI (``probe.text``).
+TEXT = "text"
+#: ``probe.format``: how a text file holds its texts (:func:`raymatch.probes.text.parse_texts`).
+TEXT_FORMATS = ("lines", "jsonl", "parquet", "fortune")
+#: ``probe.tokens.pool``: one row per sequence, its last eligible token or the mean over its eligible tokens.
+POOLS = ("last", "mean")
+#: Every probe dataset: the built-in ones, those read from the user's files, ``imported`` and ``text``.
+DATASETS = (*SPLITS, *USER_DATASETS, IMPORTED, TEXT)
 #: The keys each dataset uses besides ``dataset`` and ``rows``; any other key set (not null, not its default) is a
 #: problem.
 USED_KEYS: dict[str, tuple[str, ...]] = {
@@ -56,11 +68,16 @@ USED_KEYS: dict[str, tuple[str, ...]] = {
     "array": ("path", "key", "layout", "scale", "mean", "std", "n_examples", "seed"),
     "table": ("path", "column", "size", "layout", "scale", "mean", "std", "n_examples", "seed"),
     IMPORTED: (),
+    TEXT: ("text", "format", "field", "n_examples", "seed", "max_length", "tokenizer", "tokens"),
 }
 #: The keys added for the user's own files: left out of :meth:`ProbeSpec.to_dict` while null, so the ids and
 #: config hashes of built-in probes are those of before.
 FILE_KEYS = ("path", "size", "mean", "std", "key", "layout", "scale", "column")
-_REQUIRED_KEYS = {"images": ("path",), "array": ("path",), "table": ("path", "column")}
+#: The keys of a text probe, left out of :meth:`ProbeSpec.to_dict` while null (as :data:`FILE_KEYS`).
+TEXT_KEYS = ("text", "format", "field", "max_length", "tokenizer", "tokens")
+_REQUIRED_KEYS = {"images": ("path",), "array": ("path",), "table": ("path", "column"), TEXT: ("text",)}
+#: Tokens kept of each text when ``probe.max_length`` is not given.
+DEFAULT_MAX_LENGTH = 128
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -105,6 +122,23 @@ class RowSample(Config):
     seed: NonNegativeInt = 0
 
     _path: ClassVar[str] = "probe.rows"
+
+
+class TokenOptions(Config):
+    """Which tokens of a text probe become activation rows (``probe.tokens``).
+
+    Parameters
+    ----------
+    special : bool, default False
+        Whether special tokens (BOS, CLS, SEP, EOS, PAD in the text) are rows too; padding never is.
+    pool : {'last', 'mean'}, optional
+        One row per text instead of one per token: its last eligible token, or the mean over its eligible tokens.
+    """
+
+    special: Boolean = False
+    pool: optional(one_of(*POOLS)) = None
+
+    _path: ClassVar[str] = "probe.tokens"
 
 
 _All = Annotated[Literal["all"], worded("'all' or a row sample {rows, repeats, seed}")]
@@ -153,6 +187,21 @@ class ProbeSpec(Config):
         Multiplies an array's values (or a table's numeric lists) first (``1/255`` for bytes).
     column : str, optional
         The Parquet column of a ``table`` probe.
+    text : str, optional
+        A language-model study's texts: a file or URI (local, ``file://``, ``s3://``); giving it makes the dataset
+        ``text``. ``n_examples`` non-empty texts are chosen with ``seed`` (:mod:`raymatch.probes.text`).
+    format : {'lines', 'jsonl', 'parquet', 'fortune'}, optional
+        How the file holds its texts (default ``lines``; ``fortune``: texts separated by ``%`` lines).
+    field : str, optional
+        The JSON key (``jsonl``) or Parquet column (``parquet``) of the texts.
+    max_length : int, optional
+        Tokens kept of each text (default 128; special tokens included), at most the models' positions.
+    tokenizer : str, optional
+        A folder holding the tokenizer to tokenise with (default: the population's own, which every model must
+        share).
+    tokens : TokenOptions, optional
+        Which tokens become rows: ``{special: false, pool: null}`` by default (every real, non-special token).
+        With ``rows`` (a row sample), that many rows are drawn from them, the same for every model.
 
     A key the dataset does not use (``data_dir`` with ``digits``, ``split`` with ``images``) is a problem; the
     ``imported`` dataset is the probe of a study that imports its activations (only ``rows`` applies).
@@ -179,8 +228,27 @@ class ProbeSpec(Config):
     layout: optional(one_of("NCHW", "NHWC")) = None
     scale: optional(Scale) = None
     column: OptionalString = None
+    text: OptionalString = None
+    format: optional(one_of(*TEXT_FORMATS)) = None
+    field: OptionalString = None
+    max_length: OptionalPositiveInt = None
+    tokenizer: OptionalPath = None
+    tokens: TokenOptions | None = None
 
     _path: ClassVar[str] = "probe"
+
+    @classmethod
+    def _collect(cls, data: Any):
+        if isinstance(data, Mapping) and "dataset" not in data and data.get("text") is not None:
+            data = {"dataset": TEXT, **data}  # a text makes the probe a text probe
+        return super()._collect(data)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema["required"] = [name for name in schema.get("required", []) if name != "dataset"]
+        schema["anyOf"] = [{"required": ["dataset"]}, {"required": ["text"]}]  # a text implies dataset text
+        return schema
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
@@ -206,7 +274,7 @@ class ProbeSpec(Config):
         dict
         """
         content = super().to_dict()
-        for key in FILE_KEYS:
+        for key in (*FILE_KEYS, *TEXT_KEYS):
             if content[key] is None:
                 del content[key]
         if self.dataset not in SPLITS:
@@ -223,6 +291,16 @@ class ProbeSpec(Config):
         return type(self).from_dict({**self.to_dict(), **changes})
 
     @property
+    def is_text(self) -> bool:
+        """Whether the probe is a language-model study's texts (dataset ``text``)."""
+        return self.dataset == TEXT
+
+    @property
+    def text_max_length(self) -> int:
+        """``max_length``, or its default (:data:`DEFAULT_MAX_LENGTH`)."""
+        return self.max_length or DEFAULT_MAX_LENGTH
+
+    @property
     def from_files(self) -> bool:
         """Whether the probe is read from the user's files (``images``, ``array``, ``table``)."""
         return self.dataset in USER_DATASETS
@@ -236,7 +314,17 @@ class ProbeSpec(Config):
         processes, machines and Python versions. A probe read from the user's files has its ``path`` replaced by
         the SHA-256 of the files' bytes (:func:`~raymatch.probes.files.content_digest`): a different file gives a
         different id, the same file anywhere the same one.
+
+        Raises
+        ------
+        ValueError
+            For a text probe, whose id is its tokenised texts' (:attr:`TextProbe.id
+            <raymatch.probes.text.TextProbe.id>`; a study's :attr:`~raymatch.study.Study.probe_id`): the spec alone
+            does not know the population's tokenizer.
         """
+        if self.is_text:
+            raise ValueError("a text probe's id is that of its tokenised texts (TextProbe.id; a study's probe_id): "
+                             "the spec alone does not know the population's tokenizer")
         return self._id
 
     @functools.cached_property
@@ -270,6 +358,8 @@ def load_probe(spec: ProbeSpec) -> torch.Tensor:
 
     if spec.dataset == IMPORTED:
         raise DatasetError("an imported probe has no images: its activations come from population.activations")
+    if spec.is_text:
+        raise DatasetError("a text probe has no images: its texts are tokenised (raymatch.probes.text)")
     images = load_user_probe(spec).copy() if spec.from_files else \
         load_dataset(spec.dataset, spec.split, spec.data_dir)[0]
     if spec.n_examples is not None:

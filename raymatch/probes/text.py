@@ -29,13 +29,11 @@ import numpy as np
 
 from ..store.layout import canonical_json, digest
 from .datasets import DatasetError
+from .spec import TEXT_FORMATS
 from .token_rows import TokenRows, candidate_rows, processing_order, sample_token_rows
 
 __all__ = ["TEXT_FORMATS", "TextProbe", "TextProbeError", "check_max_length", "choose_texts", "make_text_probe",
            "parse_texts", "read_text_bytes", "read_texts"]
-
-#: ``probe.format``: how the file holds its texts.
-TEXT_FORMATS = ("lines", "jsonl", "parquet", "fortune")
 
 
 class TextProbeError(DatasetError):

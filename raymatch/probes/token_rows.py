@@ -16,13 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .spec import RowSample
+from .spec import POOLS, RowSample
 
 __all__ = ["POOLS", "TokenRows", "batch_ranges", "candidate_rows", "padding_share", "processing_order",
            "sample_token_rows"]
-
-#: ``tokens.pool``: one row per sequence, its last eligible token or the mean over its eligible tokens.
-POOLS = ("last", "mean")
 
 
 @dataclass(frozen=True)

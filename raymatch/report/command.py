@@ -11,9 +11,11 @@ grid) and the study's record
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,11 +25,11 @@ from ..results import connect
 from ..store import Store
 from ..store.layout import study_record_key, table_prefix
 from .beyond import draw_beyond_figures
-from .context import DEFAULT_EPS, ReportContext, ordered, population_order
+from .context import REPORT_SHARE, TRAINED, ReportContext, ordered, population_order
 from .figures import FigureResult, draw_figures
 from .html import HtmlPage, write_html
 from .measures import draw_measure_figures, measure_sections, read_measure_report
-from .similarity_table import format_similarity_table, similarity_table
+from .similarity_table import TABLE_WIDTH, format_similarity_table, similarity_table
 from .summary import SUMMARY_NAME, summary_markdown
 
 
@@ -57,11 +59,13 @@ class Report:
         columns ``(population, eps)``; an ε asked for that is not in the grid has its own columns, from
         ``matches_at(eps)``.
     eps : float or None
-        The ε of the CKA and repeats figures: the one asked for (None without ``"ok"`` rows).
+        The ε asked for (``--eps``), of every layer's panels; None when each layer has its own (:attr:`layer_eps`).
     off_grid : bool
-        Whether :attr:`eps` is not in the study's ε grid (its rows were read from ``matches_at(eps)``).
+        Whether an ε used is not in the study's ε grid (its rows were read from ``matches_at(eps)``).
     summary : str
         The text of ``summary.md``.
+    layer_eps : dict of str to float
+        The ε of each layer's panels (CKA beside the match, repeats, universality, the summary's tables at ε).
     """
 
     study: str
@@ -76,6 +80,7 @@ class Report:
     summary: str
     off_grid: bool = False
     html: HtmlPage | None = None
+    layer_eps: dict[str, float] = field(default_factory=dict)
 
     @property
     def paths(self) -> list[Path]:
@@ -165,6 +170,51 @@ def _layer_order(ok: pd.DataFrame, study: str, record: dict | None, problem: str
     return present, "table", notes
 
 
+def _chosen_eps(con, study: str, populations: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+    """Each layer's report ε by :data:`~raymatch.report.context.REPORT_SHARE`, and why a layer has none.
+
+    The median over the layer's trained pairs and repeats (the first population's where it has no trained pairs)
+    of ``eps_for_share(REPORT_SHARE)``, rounded up to 3 decimals (so that the shown value is the one used).
+    """
+    rows = _frame(con, "SELECT layer, population, median(eps) AS eps, count(eps) AS reached, count(*) AS rows "
+                       "FROM eps_for_share($share) WHERE study = $study AND population <> 'trajectory' "
+                       "GROUP BY layer, population", share=REPORT_SHARE, study=study)
+    chosen, missing = {}, {}
+    for layer, group in rows.groupby("layer", sort=False):
+        present = [name for name in populations if name in set(group["population"])]
+        row = group.loc[group["population"] == (TRAINED if TRAINED in present else present[0])].iloc[0]
+        if row["reached"] == 0:
+            missing[layer] = (f"no {row['population']} pair of {layer} has a live neuron on both sides, so no ε "
+                              "matches a share of them")
+            continue
+        chosen[layer] = math.ceil(round(float(row["eps"]) * 1000, 6)) / 1000
+    return chosen, missing
+
+
+def _rows_at(con, ok: pd.DataFrame, study: str, layer_eps: dict[str, float], grid: list[float]) -> pd.DataFrame:
+    """The ``"ok"`` rows of each layer at its ε: from ``ok`` on the grid, from ``matches_at(eps)`` off it."""
+    parts = []
+    for eps in sorted(set(layer_eps.values())):
+        layers = [layer for layer, value in layer_eps.items() if value == eps]
+        if eps in grid:
+            parts.append(ok.loc[(ok["eps"] == eps) & ok["layer"].isin(layers)])
+            continue
+        rows = _frame(con, f"SELECT * FROM matches_at($eps) WHERE study = $study AND population <> 'trajectory' "
+                           f"AND status = 'ok' AND list_contains($layers, layer) {_ROW_ORDER}",
+                      eps=eps, study=study, layers=layers)
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True) if parts else ok.iloc[:0]
+
+
+def _universality_at(con, study: str, layer_eps: dict[str, float]) -> pd.DataFrame | None:
+    """``universality(eps)`` of each layer at its ε (None when no layer has one)."""
+    parts = [_frame(con, "SELECT * FROM universality($eps) WHERE study = $study AND list_contains($layers, layer) "
+                         "ORDER BY population, layer, repeat, model, neuron", eps=eps, study=study,
+                    layers=[layer for layer, value in layer_eps.items() if value == eps])
+             for eps in sorted(set(layer_eps.values()))]
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
 def read_context(store: Store, study: str | None, eps: float | None) -> ReportContext:
     """Load one study's rows, record and layer order from ``store`` (one DuckDB connection).
 
@@ -174,17 +224,19 @@ def read_context(store: Store, study: str | None, eps: float | None) -> ReportCo
         The study store.
     study : str or None
         The study; None when the store holds a single one.
-    eps : float
-        The ε asked for. In the study's grid, its rows are the ``matches`` rows at that grid value; off the grid,
-        the rows of ``matches_at(eps)`` (the stored curves at ``eps``: nothing is recomputed).
+    eps : float or None
+        The ε asked for, of every layer's panels. In the study's grid, its rows are the ``matches`` rows at that
+        grid value; off the grid, the rows of ``matches_at(eps)`` (the stored curves at ``eps``: nothing is
+        recomputed). None: each layer's own ε (:data:`~raymatch.report.context.REPORT_SHARE`, from
+        ``eps_for_share``).
 
     Returns
     -------
     ReportContext
-        The study's ``matches`` rows at its grid (every row, and the ``"ok"`` ones), the ``"ok"`` rows at ``eps``,
-        its ``simple_matches`` rows (current configuration) and ``cka`` rows, the layers in network order (from
-        the study record when usable, else order of first appearance) with notes on that order, the ε grid and
-        the populations.
+        The study's ``matches`` rows at its grid (every row, and the ``"ok"`` ones), the ``"ok"`` rows of each
+        layer at its ε, its ``simple_matches`` rows (current configuration) and ``cka`` rows, the layers in network
+        order (from the study record when usable, else order of first appearance) with notes on that order, the ε
+        grid, each layer's ε and the populations.
 
     Raises
     ------
@@ -204,16 +256,17 @@ def read_context(store: Store, study: str | None, eps: float | None) -> ReportCo
                               f"{_ROW_ORDER}", study=study)
         ok = matches.loc[matches["status"] == "ok"].reset_index(drop=True)
         grid = sorted(set(ok["eps"].astype(float)))
-        chosen, off_grid, at_eps = None, False, ok.iloc[:0]
-        if grid:
-            nearest = min(grid, key=lambda value: (abs(value - (DEFAULT_EPS if eps is None else eps)), value))
-            if eps is None or abs(nearest - eps) <= _EPS_TOLERANCE:
-                chosen, at_eps = nearest, ok.loc[ok["eps"] == nearest].reset_index(drop=True)
-            else:
-                chosen, off_grid = eps, True
-                rows = _frame(con, f"SELECT * FROM matches_at($eps) WHERE study = $study {_ROW_ORDER}",
-                              eps=eps, study=study)
-                at_eps = rows.loc[rows["status"] == "ok"].reset_index(drop=True)
+        populations = population_order(matches["population"])
+        chosen, layer_eps, missing = None, {}, {}
+        if grid and eps is not None:
+            nearest = min(grid, key=lambda value: (abs(value - eps), value))
+            chosen = nearest if abs(nearest - eps) <= _EPS_TOLERANCE else eps
+            layer_eps = dict.fromkeys(dict.fromkeys(ok["layer"]), chosen)
+        elif grid:
+            layer_eps, missing = _chosen_eps(con, study, populations)
+            layer_eps = {layer: next((value for value in grid if abs(value - eps) <= _EPS_TOLERANCE), eps)
+                         for layer, eps in layer_eps.items()}
+        at_eps = _rows_at(con, ok, study, layer_eps, grid)
         simple = _frame(con, "SELECT * FROM simple_matches SEMI JOIN studies USING (study, config_hash) "
                              "WHERE study = $study ORDER BY created_at, population, layer, model_a, model_b, repeat, "
                              "eps, match_id", study=study)
@@ -221,19 +274,18 @@ def read_context(store: Store, study: str | None, eps: float | None) -> ReportCo
                           "ORDER BY created_at, population, layer, model_a, model_b, repeat", study=study)
         curves = _frame(con, "SELECT * FROM curves WHERE study = $study AND status = 'ok' "
                              "ORDER BY population, layer, model_a, model_b, repeat", study=study)
-        universality = None
-        if chosen is not None:
-            universality = _frame(con, "SELECT * FROM universality($eps) WHERE study = $study "
-                                       "ORDER BY population, layer, repeat, model, neuron", eps=chosen, study=study)
+        universality = _universality_at(con, study, layer_eps)
     finally:
         con.close()
 
     record, problem = _read_record(store, study)
     layers, layer_order, notes = _layer_order(ok, study, record, problem)
+    layer_eps = {layer: layer_eps[layer] for layer in ordered(layer_eps, layers)}
+    missing = {layer: missing[layer] for layer in ordered(missing, layers)}
     return ReportContext(study=study, matches=matches, ok=ok, layers=layers, layer_order=layer_order, notes=notes,
-                    record=record, grid=grid, eps=chosen, populations=population_order(matches["population"]),
-                    simple=simple, cka=cka, off_grid=off_grid, at_eps=at_eps, curves=curves,
-                    universality=universality)
+                         record=record, grid=grid, eps=chosen, populations=populations, simple=simple, cka=cka,
+                         off_grid=any(value not in grid for value in layer_eps.values()), at_eps=at_eps,
+                         curves=curves, universality=universality, layer_eps=layer_eps, eps_missing=missing)
 
 
 def _safe_name(name: str) -> str:
@@ -254,9 +306,11 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
         Folder to write into (created if needed; files of the same names are replaced). Default:
         ``report-<study>`` in the working directory.
     eps : float, optional
-        ε of the CKA and repeats figures. Not in the study's ε grid, its rows are read from ``matches_at(eps)``
-        (the stored ε-curves at that ε; nothing is recomputed) and the similarity table and summary get a column
-        for it. By default, the grid's value nearest to 0.25.
+        The ε of every layer's panels (CKA beside the match, repeats, universality, the summary's tables at ε).
+        Not in the study's ε grid, its rows are read from ``matches_at(eps)`` (the stored ε-curves at that ε;
+        nothing is recomputed) and the similarity table and summary get a column for it. By default each layer
+        has its own: the median over its trained pairs of the smallest ε at which half the live neurons of each
+        side are matched (``eps_for_share(0.5)``), rounded up to 3 decimals.
     html : bool
         Also write ``index.html``, the interactive page (:mod:`raymatch.report.html`); ``summary.md`` links to it.
     html_neurons : bool
@@ -286,7 +340,7 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
     figures.update(draw_beyond_figures(store, ctx, out))  # trajectory.png, cross_layers.png: where there are rows
     measures = read_measure_report(store, ctx)  # the standard measures, universal neurons, a stored evaluation
     figures.update(draw_measure_figures(measures, ctx, out))
-    rows = pd.concat([ctx.ok, ctx.at_eps], ignore_index=True) if ctx.off_grid else ctx.ok
+    rows = pd.concat([ctx.ok, ctx.at_eps], ignore_index=True) if ctx.off_grid and ctx.eps is not None else ctx.ok
     table = similarity_table(rows, layers=ctx.layers)
     page = write_html(store, ctx, out, neurons=html_neurons) if html or html_neurons else None
     summary = summary_markdown(ctx, figures, table, html_page=page.path.name if page is not None else None,
@@ -295,7 +349,7 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
     summary_path.write_text(summary, encoding="utf-8")
     return Report(study=ctx.study, out_dir=out, summary_path=summary_path, figures=figures, layers=ctx.layers,
                   layer_order=ctx.layer_order, record=ctx.record, similarity_table=table, eps=ctx.eps,
-                  summary=summary, off_grid=ctx.off_grid, html=page)
+                  summary=summary, off_grid=ctx.off_grid, html=page, layer_eps=dict(ctx.layer_eps))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -310,9 +364,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", metavar="NAME", help="the study to report on (needed when the store holds several)")
     parser.add_argument("--out", metavar="DIR", help="folder for the figures and summary.md (default: report-<study>)")
     parser.add_argument("--eps", type=float, default=None,
-                        help="ε of the CKA and repeats figures (default: the grid's value nearest 0.25); one not in "
-                             "the study's ε grid is read from the stored curves (matches_at) and added to the "
-                             "similarity table")
+                        help="one ε for every layer's panels (CKA beside the match, repeats, universality); default: "
+                             "each layer's own, the median over its trained pairs of the smallest ε at which half "
+                             "the live neurons are matched (eps_for_share(0.5)); one not in the study's ε grid is "
+                             "read from the stored curves (matches_at) and added to the similarity table")
     parser.add_argument("--html", action="store_true",
                         help="also write index.html: one self-contained page (works offline) with an ε slider, the "
                              "model × model matrices, the ε-curves and the study's runs")
@@ -337,11 +392,16 @@ def command(args: argparse.Namespace) -> int:
     store = Store.open_existing(args.store, endpoint_url=getattr(args, "endpoint_url", None))
     report = write_report(store, study=args.study, out_dir=args.out, eps=getattr(args, "eps", None),
                           html=getattr(args, "html", False), html_neurons=getattr(args, "html_neurons", False))
-    print(f"study {report.study}: mean maximum-match similarity (null in parentheses)")
+    print(f"study {report.study}: mean maximum-match similarity over pairs (layer × ε)")
     print(format_similarity_table(report.similarity_table))
-    if report.off_grid:
+    if report.off_grid and report.eps is not None:
         print(f"ε = {report.eps:g} is not in the study's ε grid: its column is read from the stored curves "
               f"(matches_at({report.eps:g}))")
+    elif report.layer_eps and report.eps is None:
+        print(textwrap.fill(f"each layer's ε (half its live neurons matched in the median trained pair: "
+                            f"eps_for_share({REPORT_SHARE:g}); --eps sets one): "
+                            + ", ".join(f"{layer} {eps:g}" for layer, eps in report.layer_eps.items()),
+                            width=TABLE_WIDTH, subsequent_indent="  ", break_on_hyphens=False))
     print(f"wrote {', '.join(str(path) for path in report.paths)}")
     for name, reason in report.skipped.items():
         print(f"skipped {name}: {reason}")

@@ -14,7 +14,12 @@ import numpy as np
 import pandas as pd
 
 TRAINED, UNTRAINED = "trained", "untrained"
+#: Where the interactive page's ε slider starts when the report has no ε of its own (no ``"ok"`` rows).
 DEFAULT_EPS = 0.25
+#: The report's ε of a layer, unless ``--eps`` forces one: the median over the trained pairs (and repeats) of the
+#: smallest ε at which this share of the live neurons of each side is matched (``eps_for_share(0.5)``), rounded up
+#: to 3 decimals.
+REPORT_SHARE = 0.5
 
 
 def ordered(values: Sequence[str], order: Sequence[str] | None) -> list[str]:
@@ -56,13 +61,15 @@ class ReportContext:
     grid : list of float
         The ε of the ``"ok"`` rows (the study's grid), ascending.
     eps : float or None
-        The ε of the CKA and repeats figures: the ε asked for (the grid's own value when it is in the grid);
-        None without ``"ok"`` rows.
+        The ε asked for (``--eps``; the grid's own value when it is in the grid), the ε of every layer's panels;
+        None when each layer has its own (:attr:`layer_eps`), and without ``"ok"`` rows.
     off_grid : bool
-        Whether :attr:`eps` is not in the grid: its rows then come from ``matches_at(eps)`` (the stored curves at
-        that ε, nothing recomputed) and the similarity table gets a column for it.
+        Whether an ε of :attr:`layer_eps` is not in the grid: its rows then come from ``matches_at(eps)`` (the
+        stored curves at that ε, nothing recomputed); an ε asked for off the grid gets a column of the similarity
+        table.
     at_eps : pandas.DataFrame
-        The ``"ok"`` ``matches`` rows at :attr:`eps` (from :attr:`ok`, or from ``matches_at(eps)`` off the grid).
+        The ``"ok"`` ``matches`` rows of each layer at its ε of :attr:`layer_eps` (from :attr:`ok`, or from
+        ``matches_at(eps)`` off the grid).
     populations : list of str
         The populations of ``matches``, trained first.
     simple : pandas.DataFrame
@@ -72,7 +79,13 @@ class ReportContext:
     curves : pandas.DataFrame, optional
         The study's ``"ok"`` ``curves`` rows (per-neuron critical ε), for the ε-curve figure.
     universality : pandas.DataFrame, optional
-        ``universality(eps)`` rows of the study at :attr:`eps`.
+        ``universality(eps)`` rows of the study, each layer's at its ε of :attr:`layer_eps`.
+    layer_eps : dict of str to float
+        The ε of each layer's panels (CKA beside the match, repeats, universality, the summary's tables): the ε
+        asked for, else the layer's by :data:`REPORT_SHARE`. A layer with ``"ok"`` rows but no ε is in
+        :attr:`eps_missing`.
+    eps_missing : dict of str to str
+        Why a layer has no ε of its own (no pair with live neurons on both sides).
     """
 
     study: str
@@ -91,10 +104,33 @@ class ReportContext:
     at_eps: pd.DataFrame | None = None
     curves: pd.DataFrame | None = None
     universality: pd.DataFrame | None = None
+    layer_eps: dict[str, float] | None = None
+    eps_missing: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if self.at_eps is None:  # in the grid: the "ok" rows at eps
-            self.at_eps = self.ok.loc[self.ok["eps"] == self.eps].reset_index(drop=True)
+        if self.layer_eps is None:
+            self.layer_eps = {} if self.eps is None else {layer: self.eps for layer in self.layers}
+        self.eps_missing = dict(self.eps_missing or {})
+        if self.at_eps is None:  # in the grid: the "ok" rows of each layer at its ε
+            self.at_eps = rows_at_layer_eps(self.ok, self.layer_eps)
+
+    @property
+    def per_layer(self) -> bool:
+        """Whether each layer has its own ε (no ε asked for)."""
+        return self.eps is None and bool(self.layer_eps)
+
+    def eps_label(self, layer: str) -> str:
+        """``ε = 0.273`` for a layer's ε, or ``no ε`` when it has none."""
+        eps = self.layer_eps.get(layer)
+        return "no ε" if eps is None else f"ε = {eps:g}"
+
+    def eps_rule(self) -> str:
+        """One line: which ε the panels use, and how it was chosen."""
+        if self.eps is not None:
+            return f"ε = {self.eps:g} in every panel (asked for with --eps)"
+        share = "half" if REPORT_SHARE == 0.5 else f"a share {REPORT_SHARE:g}"
+        return (f"each layer's own ε, the median over its trained pairs of the smallest ε at which {share} of the "
+                f"live neurons of each side are matched (eps_for_share({REPORT_SHARE:g}), rounded up to 3 decimals)")
 
     def eps_colours(self) -> dict[float, Any]:
         """One viridis colour (RGBA tuple) per ε of :attr:`grid`, the same in every figure."""
@@ -115,6 +151,12 @@ class ReportContext:
 
         position = np.interp(eps, self.grid, np.arange(len(self.grid)))
         return colormaps["viridis"](0.85 * position / max(len(self.grid) - 1, 1))
+
+
+def rows_at_layer_eps(rows: pd.DataFrame, layer_eps: dict[str, float]) -> pd.DataFrame:
+    """The rows of ``rows`` (``matches`` at the grid) of each layer at its ε of ``layer_eps``."""
+    wanted = rows["layer"].map(layer_eps)
+    return rows.loc[wanted.notna() & (rows["eps"] == wanted)].reset_index(drop=True)
 
 
 def per_layer_chance(ctx: ReportContext) -> pd.Series:

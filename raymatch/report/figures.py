@@ -1,13 +1,13 @@
 """The figures of a report, drawn with matplotlib's object API on the Agg canvas.
 
-- ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one line per ε (mean over pairs,
+- ``similarity.png`` — the paper's figure: maximum-match similarity per layer, one panel per ε (mean over pairs,
   95 % band from a bootstrap over models), the untrained null baseline dashed in the same colour, the permuted-row
-  null dotted;
+  null dotted, both drawn over the trained line with their markers beside it;
 - ``max_epsilon.png`` — each pair's maximal ε per layer, trained beside untrained, with the chance ratio
   √(1 − k/d) of each layer marked;
 - ``simple_match_sizes.png`` — sizes |X| + |Y| of the simple matches per layer;
-- ``cka.png`` — linear CKA per layer beside the match similarity at one ε;
-- ``repeats.png`` — spread of the similarity over row-sample repeats (conv layers under the paper's protocol);
+- ``cka.png`` and ``repeats.png`` — from :mod:`.figures_at_eps`: linear CKA beside the match similarity, and the
+  spread over row-sample repeats, at each layer's report ε;
 - ``eps_curve.png`` and ``universality.png`` — from :mod:`.science`: similarity as an exact step function of ε per
   layer (nulls beside, bands from a bootstrap over models), and the share of other models each neuron is matched in.
 
@@ -37,8 +37,8 @@ FIGURE_STYLE = {
     "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
     "legend.fontsize": 10, "figure.titlesize": 13, "axes.grid": True, "grid.alpha": 0.3, "savefig.dpi": 150,
 }
-_POPULATION_COLOURS = {TRAINED: "tab:blue", UNTRAINED: "tab:gray"}
-_CKA_COLOUR = "tab:purple"
+#: The colour of each population where a figure colours by population (max_epsilon.png, repeats.png).
+POPULATION_COLOURS = {TRAINED: "tab:blue", UNTRAINED: "tab:gray", "permuted": "tab:red"}
 
 
 @dataclass
@@ -83,55 +83,82 @@ def new_figure(n_layers: int, height: float = 4.8, *, ncols: int = 1):
     return figure
 
 
-def _layer_axis(axes, layers: list[str], ctx: ReportContext) -> None:
-    """Layers as categorical ticks in the report's order; labels rotated when they would collide."""
+def layer_axis(axes, layers: list[str], ctx: ReportContext, labels: list[str] | None = None) -> None:
+    """Layers as categorical ticks in the report's order; labels rotated when they would collide.
+
+    ``labels``: the tick labels (default: the layer names), e.g. the layer and its ε on two lines.
+    """
     positions = np.arange(len(layers))
+    labels = list(layers) if labels is None else labels
     slot_inches = axes.figure.get_figwidth() * axes.get_position().width / max(len(layers), 1)
     # about 0.09 inch per character at 10 pt
-    rotate = max((len(name) for name in layers), default=0) * 0.09 > slot_inches * 0.9
-    axes.set_xticks(positions, labels=layers, rotation=40 if rotate else 0, ha="right" if rotate else "center",
+    longest = max((len(line) for name in labels for line in name.splitlines()), default=0)
+    rotate = longest * 0.09 > slot_inches * 0.9
+    axes.set_xticks(positions, labels=labels, rotation=40 if rotate else 0, ha="right" if rotate else "center",
                     rotation_mode="anchor")
     axes.set_xlim(-0.5, len(layers) - 0.5)
     axes.grid(False, axis="x")
     axes.set_xlabel("layer (network order)" if ctx.layer_order == "record" else "layer (order of first appearance)")
 
 
-def _unit_axis(axes, label: str) -> None:
-    axes.set_ylim(-0.02, 1.02)
+#: The margin below 0 and above 1 of a unit axis: a line at 0 or 1 (a null at 0, a chance ratio near 1) stays
+#: clear of the frame.
+UNIT_MARGIN = 0.06
+
+
+def unit_axis(axes, label: str) -> None:
+    """A [0, 1] value axis with margins (:data:`UNIT_MARGIN`), ticks every 0.2."""
+    axes.set_ylim(-UNIT_MARGIN, 1 + UNIT_MARGIN)
     axes.set_yticks(np.linspace(0, 1, 6))
     axes.set_ylabel(label)
 
 
-def _legend(axes, handles: list) -> None:
+def legend_beside(axes, handles: list) -> None:
     """A legend beside ``axes``, outside the data (constrained layout makes room for it)."""
     axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
-def _jitter(n: int, half_width: float, seed: int) -> np.ndarray:
+def jitter(n: int, half_width: float, seed: int) -> np.ndarray:
+    """``n`` uniform offsets in [-half_width, half_width], the same for the same seed."""
     return np.random.default_rng(seed).uniform(-half_width, half_width, n)
 
 
-def _spread_by_layer(values: pd.DataFrame, column: str, layers: list[str]) -> pd.DataFrame:
+def spread_by_layer(values: pd.DataFrame, column: str, layers: list[str]) -> pd.DataFrame:
     """Mean, min, max and count of ``column`` over the rows of each layer, reindexed to ``layers``."""
     summary = values.groupby("layer", sort=False)[column].agg(["mean", "min", "max", "count"])
     return summary.reindex(layers)
 
 
+def _panel_grid(figure, n: int, ncols: int):
+    """``n`` panels on a grid of ``ncols`` columns, each with its own layer ticks; the unused cells hidden."""
+    nrows = -(-n // ncols)
+    axes = figure.subplots(nrows, ncols, squeeze=False).flatten()
+    for extra in axes[n:]:
+        extra.set_visible(False)
+    return list(axes[:n])
+
+
+#: How each null is drawn beside the trained line (in the same colour): dashed with crosses, dotted with pluses.
+NULL_STYLE = {UNTRAINED: ("--", "x"), "permuted": (":", "+")}
+#: How far right of its layer each null's markers sit in similarity.png, so that lines at one value (0) all show.
+_NULL_DODGE = {UNTRAINED: 0.1, "permuted": 0.2}
+
+
 def _similarity_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
+    """One panel per ε of the grid: the trained mean and band, the nulls drawn over them (each line visible)."""
     result = FigureResult("similarity.png")
     data = figure_data(ctx.ok)
     data = data.loc[data["layer"].isin(ctx.layers)].reset_index(drop=True)
     n_pairs = data.groupby("population")["n_pairs"].max().to_dict()
-    figure = new_figure(len(ctx.layers))
-    axes = figure.add_subplot()
+    ncols = 2 if len(ctx.grid) in (2, 4) else min(len(ctx.grid), 3)
+    figure = new_figure(len(ctx.layers), height=1.0 + 3.3 * -(-len(ctx.grid) // ncols), ncols=ncols)
+    panels = _panel_grid(figure, len(ctx.grid), ncols)
     positions = np.arange(len(ctx.layers))
     colours = ctx.eps_colours()
     trained, bands, untrained, permuted = {}, {}, {}, {}
     intervals = bootstrap_table(ctx.ok.loc[ctx.ok["population"] == TRAINED])  # 95 % over models, per layer and ε
     intervals = intervals.set_index(["layer", "eps"]) if not intervals.empty else None
-    # overlapping bands of a fine ε grid turn to mud unless each is fainter
-    band_alpha = 0.18 if len(ctx.grid) <= 4 else max(0.06, 0.72 / len(ctx.grid))
-    for eps in ctx.grid:
+    for axes, eps in zip(panels, ctx.grid, strict=True):
         colour = colours[eps]
         for population in ctx.populations:
             rows = data.loc[(data["population"] == population) & (data["eps"] == eps)].set_index("layer")
@@ -139,46 +166,53 @@ def _similarity_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
                 continue
             rows = rows.reindex(ctx.layers)
             if population == TRAINED:
-                (trained[eps],) = axes.plot(positions, rows["similarity_mean"], color=colour, lw=2, marker="o",
-                                            ms=5, zorder=3)
+                (trained[eps],) = axes.plot(positions, rows["similarity_mean"], color=colour, lw=2.2, marker="o",
+                                            ms=6, zorder=3)
                 if intervals is not None:
                     band = intervals.reindex([(layer, eps) for layer in ctx.layers])
                     bands[eps] = axes.fill_between(positions, band["ci_low"].astype(float),
-                                                   band["ci_high"].astype(float), color=colour, alpha=band_alpha,
-                                                   lw=0, zorder=2)
-            else:
+                                                   band["ci_high"].astype(float), color=colour, alpha=0.2, lw=0,
+                                                   zorder=2)
+            else:  # over the trained line, thinner, its markers dodged: each shows where they coincide (at 0)
+                ls, marker = NULL_STYLE.get(population, ("-.", "s"))
+                dodge = _NULL_DODGE.get(population, 0.2)
                 (untrained if population == UNTRAINED else permuted)[eps], = axes.plot(
-                    positions, rows["similarity_mean"], color=colour, lw=1.6, ls="--" if population == UNTRAINED
-                    else ":", marker="x" if population == UNTRAINED else "+", ms=5, zorder=3)
-    _layer_axis(axes, ctx.layers, ctx)
-    _unit_axis(axes, "similarity (|X*| + |Y*|) / (n_a + n_b)")
-    figure.suptitle(f"{ctx.study}: maximum-match similarity per layer")
+                    positions + dodge, rows["similarity_mean"], color=colour, lw=1.4, ls=ls, marker=marker, ms=7,
+                    mew=1.6, zorder=4 if population == UNTRAINED else 5)
+        axes.set_title(f"ε = {eps:g}", color=colour, fontweight="bold")
+        layer_axis(axes, ctx.layers, ctx)
+        unit_axis(axes, "similarity" if axes.get_subplotspec().is_first_col() else "")
+    figure.suptitle(f"{ctx.study}: maximum-match similarity (|X*| + |Y*|) / (n_a + n_b) per layer, one panel per ε")
 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Line2D([], [], color=colours[eps], lw=2, label=f"ε = {eps:g}") for eps in ctx.grid]
+    key = "dimgray"  # the legend shows the styles; each panel draws them in its ε's colour (its title's)
+    handles = []
     if trained:
-        handles.append(Line2D([], [], color="black", lw=2, marker="o", ms=5,
-                              label=f"trained: mean over {n_pairs.get(TRAINED, 0)} pairs"))
-        handles.append(Patch(color="black", alpha=max(band_alpha, 0.12), lw=0,
-                             label="trained: 95 % bootstrap over models"))
+        handles += [Line2D([], [], color=key, lw=2.2, marker="o", ms=6,
+                           label=f"trained: mean over {n_pairs.get(TRAINED, 0)} pairs"),
+                    Patch(color=key, alpha=0.3, lw=0, label="trained: 95 % bootstrap over models")]
     if untrained:
-        handles.append(Line2D([], [], color="black", lw=1.6, ls="--", marker="x", ms=5,
+        handles.append(Line2D([], [], color=key, lw=1.4, ls="--", marker="x", ms=7, mew=1.6,
                               label=f"untrained (null): mean over {n_pairs.get(UNTRAINED, 0)} pairs"))
     if permuted:
-        handles.append(Line2D([], [], color="black", lw=1.6, ls=":", marker="+", ms=5,
+        handles.append(Line2D([], [], color=key, lw=1.4, ls=":", marker="+", ms=7, mew=1.6,
                               label="permuted rows (null): mean over pairs"))
-    _legend(axes, handles)
-    result.caption = ("Maximum-match similarity per layer: solid lines are the mean over trained pairs (each "
-                      "pair's repeats averaged first), bands their 95 % percentile bootstrap interval over models "
-                      f"({N_BOOT} resamples, seed {SEED}: pairs share models, so models are resampled)"
-                      + ("; dashed lines the untrained null baseline (same architecture at initialisation, "
-                         "same pairs)" if untrained else "; no untrained null baseline in the store")
-                      + ("; dotted lines the permuted-row null (the trained pairs with model b's rows permuted)"
-                         if permuted else "") + ".")
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False,
+                  title="in each panel, in the colour of its ε:")
+    result.caption = ("Maximum-match similarity per layer, one panel per ε: solid lines are the mean over trained "
+                      "pairs (each pair's repeats averaged first), bands their 95 % percentile bootstrap interval "
+                      f"over models ({N_BOOT} resamples, seed {SEED}: pairs share models, so models are resampled)"
+                      + ("; dashed lines with crosses the untrained null baseline (same architecture at "
+                         "initialisation, same pairs)" if untrained else "; no untrained null baseline in the store")
+                      + ("; dotted lines with pluses the permuted-row null (the trained pairs with model b's rows "
+                         "permuted)" if permuted else "")
+                      + ". The nulls are drawn over the trained line, their markers a little right of their layer so "
+                      "that lines at the same value (often 0) all show.")
     result.figure, result.data = figure, data
-    result.artists = {"trained": trained, "bands": bands, "untrained": untrained, "permuted": permuted}
+    result.artists = {"trained": trained, "bands": bands, "untrained": untrained, "permuted": permuted,
+                      "panels": dict(zip(ctx.grid, panels, strict=True))}
     return save_figure(result, out_dir)
 
 
@@ -195,7 +229,7 @@ def _max_epsilon_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
     boxes, points = {}, {}
     for index, population in enumerate(populations):
         offset = (index - (len(populations) - 1) / 2) * width
-        colour = _POPULATION_COLOURS.get(population, f"C{index + 2}")
+        colour = POPULATION_COLOURS.get(population, f"C{index + 2}")
         rows = data.loc[data["population"] == population]
         values, positions = [], []
         for position, layer in enumerate(ctx.layers):
@@ -211,22 +245,22 @@ def _max_epsilon_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
         boxes[population] = drawn["boxes"]
         xs = np.concatenate([np.full(len(v), p) for v, p in zip(values, positions, strict=True)])
         ys = np.concatenate(values)
-        points[population] = axes.scatter(xs + _jitter(len(xs), width * 0.2, index), ys, s=14, color=colour,
+        points[population] = axes.scatter(xs + jitter(len(xs), width * 0.2, index), ys, s=14, color=colour,
                                           edgecolor="white", linewidth=0.4, zorder=3)
     marks = axes.hlines(chance.to_numpy(), np.arange(len(ctx.layers)) - 0.4, np.arange(len(ctx.layers)) + 0.4,
                         colors="black", linestyles=":", lw=2, zorder=4)
-    _layer_axis(axes, ctx.layers, ctx)
-    _unit_axis(axes, "maximal ε (every live neuron matched)")
+    layer_axis(axes, ctx.layers, ctx)
+    unit_axis(axes, "maximal ε (every live neuron matched)")
     figure.suptitle(f"{ctx.study}: maximal ε per layer over pairs")
 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=_POPULATION_COLOURS.get(population, f"C{index + 2}"), alpha=0.5,
+    handles = [Patch(facecolor=POPULATION_COLOURS.get(population, f"C{index + 2}"), alpha=0.5,
                      label=f"{population} pairs" + (" (null)" if population == UNTRAINED else ""))
                for index, population in enumerate(populations) if population in boxes]
     handles.append(Line2D([], [], color="black", ls=":", lw=2, label="chance ratio √(1 − k/d)"))
-    _legend(axes, handles)
+    legend_beside(axes, handles)
     result.caption = ("Maximal ε per layer (the smallest ε at which every live neuron of a pair is matched), one "
                       "point per pair (repeats averaged), boxes of the quartiles; dotted: the ratio √(1 − k/d) of "
                       "a random vector against a k-dimensional span in R^d (k neurons, d samples).")
@@ -275,7 +309,7 @@ def _simple_sizes_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    _layer_axis(axes, layers, ctx)
+    layer_axis(axes, layers, ctx)
     axes.set_ylim(bottom=0)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("simple-match size |X| + |Y| (neurons)")
@@ -284,131 +318,12 @@ def _simple_sizes_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
     if any(population != TRAINED for population, _ in groups):
         handles += [Patch(facecolor="lightgray", edgecolor="black", label="trained: filled"),
                     Patch(facecolor="white", edgecolor="black", ls="--", label="untrained (null): hollow")]
-    _legend(axes, handles)
+    legend_beside(axes, handles)
     result.caption = ("Sizes |X| + |Y| of the distinct simple matches found per layer, over every pair "
                       "(boxes of the quartiles, whiskers 1.5 IQR, outliers as dots), one box per ε"
                       + (" and population" if len(populations) > 1 else "") + ".")
     result.figure, result.data = figure, data.reset_index(drop=True)
     result.artists = {"boxes": boxes}
-    return save_figure(result, out_dir)
-
-
-#: How each population's line is drawn (as in similarity.png): trained solid, untrained dashed, permuted dotted.
-_NULL_STYLE = {UNTRAINED: ("--", "x"), "permuted": (":", "+")}
-
-
-def _draw_spread(axes, summary: pd.DataFrame, colour, *, population: str):
-    """The mean per layer (a band of the min–max for the trained population; nulls as lines of their own style)."""
-    positions = np.arange(len(summary))
-    null = population != TRAINED
-    ls, marker = _NULL_STYLE.get(population, ("-.", "s")) if null else ("-", "o")
-    (line,) = axes.plot(positions, summary["mean"], color=colour, lw=1.6 if null else 2, ls=ls, marker=marker, ms=5,
-                        zorder=3)
-    band = None if null else axes.fill_between(positions, summary["min"], summary["max"], color=colour,
-                                               alpha=0.18, lw=0, zorder=2)
-    return line, band
-
-
-def _cka_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
-    result = FigureResult("cka.png")
-    if ctx.cka.empty:
-        result.skipped = "no curve of this study carries a CKA value: the cka view has no rows (cka not enabled?)"
-        return result
-    per_pair = ctx.cka.groupby(["population", "layer", "model_a", "model_b"], sort=False)["cka"].mean().reset_index()
-    layers = ordered(per_pair["layer"], ctx.layers)
-    similarity = pd.DataFrame(columns=["population", "layer", "model_a", "model_b", "similarity"])
-    if ctx.eps is not None:
-        similarity = ctx.at_eps.groupby(["population", "layer", "model_a", "model_b"], sort=False)[
-            "similarity"].mean().reset_index()
-    figure = new_figure(len(layers), ncols=2)
-    cka_axes, match_axes = figure.subplots(1, 2, sharey=True)
-    colour = ctx.eps_colour(ctx.eps)
-    artists: dict[str, dict] = {"cka": {}, "similarity": {}}
-    for population in population_order([*per_pair["population"], *similarity["population"]]):
-        for axes, values, column, line_colour, key in ((cka_axes, per_pair, "cka", _CKA_COLOUR, "cka"),
-                                                       (match_axes, similarity, "similarity", colour, "similarity")):
-            rows = values.loc[values["population"] == population]
-            if rows.empty:
-                continue
-            artists[key][population] = _draw_spread(axes, _spread_by_layer(rows, column, layers), line_colour,
-                                                    population=population)
-    _layer_axis(cka_axes, layers, ctx)
-    _layer_axis(match_axes, layers, ctx)
-    _unit_axis(cka_axes, "value")
-    match_axes.tick_params(labelleft=True)
-    cka_axes.set_title("linear CKA")
-    eps_text = f"ε = {ctx.eps:g}" if ctx.eps is not None else "no ok rows"
-    off_grid = "; ε off the grid, read from the stored curves" if ctx.off_grid else ""
-    match_axes.set_title(f"maximum-match similarity at {eps_text}" + (" (off grid)" if ctx.off_grid else ""))
-    figure.suptitle(f"{ctx.study}: linear CKA beside the subspace match")
-
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    handles = [Line2D([], [], color="black", lw=2, marker="o", ms=5, label="trained: mean over pairs"),
-               Patch(color="black", alpha=0.18, lw=0, label="trained: min–max over pairs")]
-    nulls = [population for population in _NULL_STYLE if any(population in drawn for drawn in artists.values())]
-    for population in nulls:
-        ls, marker = _NULL_STYLE[population]
-        handles.append(Line2D([], [], color="black", lw=1.6, ls=ls, marker=marker, ms=5,
-                              label=f"{'permuted rows' if population == 'permuted' else population} (null): mean"))
-    _legend(match_axes, handles)
-    result.caption = (f"Linear CKA (left) and maximum-match similarity at {eps_text} (right{off_grid}) per layer: "
-                      "solid lines the mean over trained pairs (repeats averaged), bands the min–max over pairs, "
-                      "dashed the untrained null baseline and dotted the permuted-row null where present.")
-    data = per_pair.merge(similarity, how="outer", on=["population", "layer", "model_a", "model_b"])
-    result.figure, result.data, result.artists = figure, data, artists
-    return save_figure(result, out_dir)
-
-
-def _repeats_figure(ctx: ReportContext, out_dir: Path) -> FigureResult:
-    result = FigureResult("repeats.png")
-    keys = ["population", "layer", "model_a", "model_b"]
-    if ctx.eps is None:
-        result.skipped = "no ok match rows"
-        return result
-    per_pair = ctx.at_eps.groupby(keys, sort=False)["similarity"].agg(repeats="count", std="std", mean="mean",
-                                                                   low="min", high="max").reset_index()
-    sampled = per_pair.groupby("layer", sort=False)["repeats"].max()
-    layers = [layer for layer in ctx.layers if sampled.get(layer, 0) > 1]
-    if not layers:
-        result.skipped = "every layer has a single repeat (no row sampling over several draws)"
-        return result
-    data = per_pair.loc[per_pair["layer"].isin(layers) & (per_pair["repeats"] > 1)].reset_index(drop=True)
-    populations = population_order(data["population"])
-    figure = new_figure(len(layers))
-    axes = figure.add_subplot()
-    width = 0.7 / len(populations)
-    points, means = {}, {}
-    for index, population in enumerate(populations):
-        offset = (index - (len(populations) - 1) / 2) * width
-        colour = _POPULATION_COLOURS.get(population, f"C{index + 2}")
-        rows = data.loc[data["population"] == population]
-        xs = rows["layer"].map({layer: position for position, layer in enumerate(layers)}).to_numpy(float) + offset
-        points[population] = axes.scatter(xs + _jitter(len(xs), width * 0.25, index), rows["std"], s=16,
-                                          color=colour, edgecolor="white", linewidth=0.4, zorder=3)
-        mean = rows.groupby("layer", sort=False)["std"].mean().reindex(layers)
-        centres = np.arange(len(layers)) + offset
-        means[population] = axes.hlines(mean.to_numpy(), centres - width * 0.4, centres + width * 0.4,
-                                        colors=colour, lw=2.5, zorder=4)
-    _layer_axis(axes, layers, ctx)
-    axes.set_ylim(bottom=0)
-    axes.set_ylabel("std of similarity over repeats")
-    counts = sorted(set(data["repeats"]))
-    repeats_text = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    figure.suptitle(f"{ctx.study}: spread over {repeats_text} row-sample repeats at ε = {ctx.eps:g}")
-
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=_POPULATION_COLOURS.get(population, f"C{index + 2}"), marker="o", ls="",
-                      label=f"{population}: one point per pair") for index, population in enumerate(populations)]
-    handles.append(Line2D([], [], color="black", lw=2.5, label="mean over pairs"))
-    _legend(axes, handles)
-    result.caption = (f"Sample standard deviation of each pair's similarity over its row-sample repeats at "
-                      f"ε = {ctx.eps:g}" + (" (off the ε grid: from the stored curves)" if ctx.off_grid else "")
-                      + ", for the layers sampled more than once; bars: mean over pairs.")
-    result.figure, result.data = figure, data
-    result.artists = {"points": points, "means": means}
     return save_figure(result, out_dir)
 
 
@@ -437,10 +352,12 @@ def draw_figures(ctx: ReportContext, out_dir: Path) -> dict[str, FigureResult]:
     """
     import matplotlib
 
+    from .figures_at_eps import cka_figure, repeats_figure
+
     figures: dict[str, FigureResult] = {}
     with matplotlib.rc_context(FIGURE_STYLE):
         for name, draw in zip(FIGURE_NAMES, (_similarity_figure, _max_epsilon_figure, _simple_sizes_figure,
-                                             _cka_figure, _repeats_figure, eps_curve_figure,
+                                             cka_figure, repeats_figure, eps_curve_figure,
                                              universality_figure), strict=True):
             if ctx.ok.empty:
                 figures[name] = FigureResult(name, skipped="no ok match rows (every row failed)")

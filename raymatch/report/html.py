@@ -26,6 +26,7 @@ from ..results.uncertainty import SEED, model_bootstrap_curve
 from ..store import Store
 from . import html_figures as figs
 from .beyond import cross_layer_data, trajectory_data
+from .context import DEFAULT_EPS
 from .html_data import (
     SLIDER_STEPS,
     PairCounts,
@@ -179,7 +180,8 @@ def page_payload(store: Store, ctx, *, neurons: bool = False, steps: int = SLIDE
     counts = pair_counts(curves, grid) if not curves.empty else []
     layers, populations = _ordered_layers(ctx, counts), _ordered_populations(ctx, counts)
     tables = _tables(store, ctx)
-    start = ctx.eps if ctx.eps is not None else 0.25
+    start = ctx.eps if ctx.eps is not None else (
+        float(np.median(list(ctx.layer_eps.values()))) if ctx.layer_eps else DEFAULT_EPS)
     initial = int(np.clip(round(start * steps), 0, steps))
     skipped: dict[str, str] = {}
     means = {population: {} for population in populations}
@@ -202,12 +204,13 @@ def page_payload(store: Store, ctx, *, neurons: bool = False, steps: int = SLIDE
     else:
         skipped["similarity"] = "the study has no ok curves"
     universality = ctx.universality if ctx.universality is not None else pd.DataFrame()
-    if universality.empty or ctx.eps is None:
+    if universality.empty:
         skipped["universality"] = "the study has no ok curves (universality needs them)"
     else:
         figures["universality"] = _figure_json(figs.universality_bars(
             universality, [name for name in ctx.layers if name in set(universality["layer"])],
-            [name for name in ctx.populations if name in set(universality["population"])], ctx.eps))
+            [name for name in ctx.populations if name in set(universality["population"])], ctx.layer_eps,
+            ctx.eps))
     cross = tables["cross"]
     if cross.empty or not (cross["layer_a"] != cross["layer_b"]).any():
         skipped["cross"] = "the study has no cross-layer rows (cross_layers is not enabled)"
@@ -225,8 +228,8 @@ def page_payload(store: Store, ctx, *, neurons: bool = False, steps: int = SLIDE
     record = ctx.record or {}
     payload = {
         "study": ctx.study, "steps": steps, "initial": initial, "layers": layers, "populations": populations,
-        "report_eps": ctx.eps, "means": {p: {layer: values.tolist() for layer, values in by_layer.items()}
-                                         for p, by_layer in means.items()},
+        "report_eps": ctx.eps, "layer_eps": ctx.layer_eps,
+        "means": {p: {layer: values.tolist() for layer, values in by_layer.items()} for p, by_layer in means.items()},
         "pairs": pairs, "labels": model_labels(tables["models"], names), "figures": figures,
         "neurons": neurons,
         "tables": {"config": _flatten(record.get("config") or {k: v for k, v in record.items() if k != "config"}),

@@ -224,8 +224,10 @@ def encode_neurons(curves: pd.DataFrame, counts: PairCounts) -> dict:
 def model_labels(models: pd.DataFrame, names: list[str]) -> dict[str, dict]:
     """A short label and a hover description of each model in ``names``, from ``models`` rows.
 
-    The label names the seed (else the checkpoint's file name, else the id), with the revision or epoch where the
-    table has one; labels are unique (an id prefix is added to repeated ones).
+    The label is the model's name (``models.name``: ``seed3``, a checkpoint's relative path, an imported model's
+    name); in rows without one, the seed (else the checkpoint's file name, else the id). The revision or epoch is
+    added where the table has one and the name does not say it; labels are unique (an id prefix is added to
+    repeated ones).
 
     Returns
     -------
@@ -239,15 +241,17 @@ def model_labels(models: pd.DataFrame, names: list[str]) -> dict[str, dict]:
         row = known.get(name, {})
         seed, epoch, revision = row.get("seed"), row.get("epoch"), row.get("revision")
         checkpoint = row.get("checkpoint")
-        if _given(seed):
-            label = f"seed {int(seed)}"
+        if _given(row.get("name")):
+            label = str(row["name"])
+        elif _given(seed):
+            label = f"seed{int(seed)}"
         elif _given(checkpoint):
             label = str(checkpoint).rstrip("/").rsplit("/", 1)[-1]
         else:
             label = name[:12]
-        if _given(revision):
+        if _given(revision) and str(revision) not in label:
             label += f" @{revision}"
-        elif _given(epoch):
+        elif not _given(revision) and _given(epoch) and f"epoch{int(epoch)}" not in label:
             label += f" · epoch {int(epoch)}"
         parts = [label, f"population {row['population']}" if _given(row.get("population")) else None,
                  f"test acc {row['test_accuracy']:.3f}" if _given(row.get("test_accuracy")) else None,

@@ -117,9 +117,15 @@ def eps_curves(means: dict, bands: dict, chance: dict, layers: list[str], popula
     return figure
 
 
-def universality_bars(data: pd.DataFrame, layers: list[str], populations: list[str], eps: float):
-    """Per layer, the share of neurons (every model and repeat) matched in a given share of the other models."""
+def universality_bars(data: pd.DataFrame, layers: list[str], populations: list[str], layer_eps: dict[str, float],
+                      eps: float | None = None):
+    """Per layer at its ε, the neurons (every model and repeat) matched in each possible share j/k of k others.
+
+    ``layer_eps``: each layer's ε; ``eps``: the one ε of every layer, when the report was asked for one.
+    """
     from plotly.subplots import make_subplots
+
+    from .science import possible_shares, share_label
 
     rows, cols = _grid(len(layers))
     titles = []
@@ -129,30 +135,38 @@ def universality_bars(data: pd.DataFrame, layers: list[str], populations: list[s
             shares = data.loc[(data["layer"] == layer) & (data["population"] == population), "share"]
             if len(shares):
                 parts.append(f"{population} {int((shares == 1).sum())}/{len(shares)}")
-        titles.append(f"{layer}<br><span style='font-size:11px'>neurons shared by every other model:<br>"
+        at = "" if eps is not None or layer not in layer_eps else f" at ε = {layer_eps[layer]:g}"
+        titles.append(f"{layer}{at}<br><span style='font-size:11px'>neurons shared by every other model:<br>"
                       f"{' · '.join(parts)}</span>")
     figure = make_subplots(rows=rows, cols=cols, subplot_titles=titles, shared_yaxes=True,
                            horizontal_spacing=0.06, vertical_spacing=0.28 if rows > 1 else 0.1)
-    edges = np.linspace(0.0, 1.0, 11)
-    centres = (edges[:-1] + edges[1:]) / 2
-    width = 0.08 / max(len(populations), 1)
     for index, layer in enumerate(layers):
         row, col = index // cols + 1, index % cols + 1
+        in_layer = data.loc[data["layer"] == layer]
+        positions = possible_shares(in_layer["others"])
+        gap = np.diff(positions).min() if positions.size > 1 else 1.0
+        width = min(gap, 0.25) * 0.85 / max(len(populations), 1)
         for number, population in enumerate(populations):
-            shares = data.loc[(data["layer"] == layer) & (data["population"] == population), "share"].to_numpy()
+            shares = in_layer.loc[in_layer["population"] == population, "share"].to_numpy()
             if not shares.size:
                 continue
-            counts = np.histogram(shares, bins=edges)[0]
+            counts = np.array([np.sum(np.isclose(shares, value, rtol=0, atol=1e-9)) for value in positions])
             offset = (number - (len(populations) - 1) / 2) * width
-            figure.add_bar(x=centres + offset, y=np.round(counts / shares.size, 4), width=width, name=population,
+            figure.add_bar(x=positions + offset, y=np.round(counts / shares.size, 4), width=width, name=population,
                            marker_color=colour(population, number), legendgroup=population, showlegend=index == 0,
-                           customdata=np.stack([edges[:-1], edges[1:]], axis=1),
-                           hovertemplate=f"{population}<br>share %{{customdata[0]:.1f}}–%{{customdata[1]:.1f}}: "
+                           customdata=positions,
+                           hovertemplate=f"{population}<br>share %{{customdata:.3f}}: "
                                          "%{y:.3f} of neurons<extra></extra>", row=row, col=col)
-    figure.update_xaxes(title_text="share of the other models", range=[0, 1], dtick=0.1)
+        half = width * len(populations) / 2 + 0.02
+        ks = sorted(set(map(int, in_layer["others"])))
+        ticks = {"tickvals": positions, "ticktext": [share_label(value, ks) for value in positions]} \
+            if positions.size <= 11 else {"dtick": 0.1}
+        figure.update_xaxes(range=[positions[0] - half, positions[-1] + half], row=row, col=col, **ticks)
+    figure.update_xaxes(title_text="share of the other models")
     figure.update_yaxes(title_text="fraction of neurons", col=1)
+    at = f"ε = {eps:g}" if eps is not None else "each layer's ε"
     _layout(figure, height=140 + 300 * rows,
-            title=f"Neuron universality at ε = {eps:g}: in how many of its model's pairs a neuron is matched")
+            title=f"Neuron universality at {at}: in how many of its model's pairs a neuron is matched")
     figure.update_layout(margin={"t": 125}, title={"y": 0.985, "yanchor": "top"})
     return figure
 

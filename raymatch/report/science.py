@@ -2,15 +2,17 @@
 
 - ``eps_curve.png`` — similarity as a continuous function of ε per layer, from ``curves``: the mean over pairs of
   each pair's step function (exact, no grid: it steps at the critical ε of the neurons), trained beside the nulls,
-  with a 95 % band from a bootstrap over models (:mod:`raymatch.results.uncertainty`) and the chance ratio marked;
+  with a 95 % band from a bootstrap over models (:mod:`raymatch.results.uncertainty`), the chance ratio and the
+  layer's report ε marked;
 - ``universality.png`` — per layer, the distribution of a neuron's ``share`` (of the other models in whose maximum
-  match with its model it lies, ``universality(eps)``) at the report's ε, per population, with the number of
-  neurons shared by every other model.
+  match with its model it lies, ``universality(eps)``) at the layer's report ε, per population: a bar at each
+  possible share j/k (k other models), with the number of neurons shared by every other model.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -149,12 +151,14 @@ def eps_curve_figure(ctx: ReportContext, out_dir: Path):
             rows += [{"layer": layer, "population": population, "eps": e, "similarity": s} for e, s in
                      zip(eps, level, strict=True)]
         chance = float(steps.loc[steps["layer"] == layer, "chance"].mean())
-        artists["chance"][layer] = axes.axvline(chance, color="black", ls=(0, (1, 2)), lw=1.2)
-        if ctx.eps is not None:
-            axes.axvline(ctx.eps, color="tab:green", lw=0.8, alpha=0.6)
-        axes.set_title(layer)
-        axes.set_xlim(0, 1)
-        axes.set_ylim(0, 1.02)
+        artists["chance"][layer] = axes.axvline(chance, color="black", ls=(0, (1, 2)), lw=1.4, zorder=4)
+        if layer in ctx.layer_eps:
+            artists.setdefault("report_eps", {})[layer] = axes.axvline(ctx.layer_eps[layer], color="tab:green",
+                                                                       lw=1.0, alpha=0.8)
+        axes.set_title(f"{layer} (report {ctx.eps_label(layer)})" if ctx.per_layer else layer)
+        # margins: a null at 0 and a chance ratio near 1 stay off the frame
+        axes.set_xlim(-0.03, 1.06)
+        axes.set_ylim(-0.05, 1.05)
     for axes in figure.axes:
         if axes.get_visible() and axes.get_subplotspec().is_last_row():
             axes.set_xlabel("ε")
@@ -167,8 +171,9 @@ def eps_curve_figure(ctx: ReportContext, out_dir: Path):
                for i, p in enumerate(populations)]
     handles += [Patch(color="black", alpha=0.15, lw=0, label="95 % bootstrap over models"),
                 Line2D([], [], color="black", ls=(0, (1, 2)), lw=1.2, label="chance ratio √(1 − k/d)")]
-    if ctx.eps is not None:
-        handles.append(Line2D([], [], color="tab:green", lw=0.8, label=f"report ε = {ctx.eps:g}"))
+    if ctx.layer_eps:
+        handles.append(Line2D([], [], color="tab:green", lw=1.0, label=f"report ε = {ctx.eps:g}" if ctx.eps is not None
+                              else "the layer's report ε"))
     figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
     figure.suptitle(f"{ctx.study}: similarity as a function of ε (exact step functions from the stored curves)")
     result.caption = ("Mean maximum-match similarity over pairs as a function of ε, per layer: the exact step "
@@ -179,49 +184,57 @@ def eps_curve_figure(ctx: ReportContext, out_dir: Path):
     return save_figure(result, out_dir)
 
 
-def _share_positions(shares: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Where the bars of one layer go: its distinct shares (few), else the centres of 10 bins (``binned``)."""
-    distinct = np.unique(np.round(shares, 9))
-    if distinct.size <= 11:
-        return distinct, False
-    return np.linspace(0.05, 0.95, 10), True
+def possible_shares(others) -> np.ndarray:
+    """Every share a neuron can have: ``j / k`` for j = 0 … k, for each number ``k`` of other models in ``others``."""
+    return np.unique(np.round(np.concatenate([np.arange(k + 1) / k for k in set(map(int, others)) if k > 0]), 12))
 
 
 def universality_figure(ctx: ReportContext, out_dir: Path):
-    """``universality.png``: per layer, how many neurons lie in the maximum match with a share of the other models."""
+    """``universality.png``: per layer, how many neurons lie in the maximum match with a share of the other models.
+
+    One bar per possible share ``j / k`` (k: the other models a model was compared with), at each layer's ε.
+    """
     from .figures import FigureResult, save_figure
 
     result = FigureResult("universality.png")
     data = ctx.universality if ctx.universality is not None else pd.DataFrame()
-    if data.empty or ctx.eps is None:
-        result.skipped = "no ok curves"
+    if data.empty:
+        result.skipped = ("no layer has an ε: " + "; ".join(ctx.eps_missing.values()) if ctx.eps_missing
+                          else "no ok curves")
         return result
     layers = ordered(data["layer"], ctx.layers)
     populations = population_order(data["population"])
     figure = _new_grid_figure(len(layers))
-    artists: dict = {"bars": {}, "all": {}}
+    artists: dict = {"bars": {}, "all": {}, "positions": {}}
     for axes, layer in zip(_grid_axes(figure, len(layers)), layers, strict=True):
         in_layer = data.loc[data["layer"] == layer]
-        positions, binned = _share_positions(in_layer["share"].to_numpy())
+        positions = possible_shares(in_layer["others"])
+        artists["positions"][layer] = positions
         gap = np.diff(positions).min() if positions.size > 1 else 1.0
-        width = min(gap, 0.25) / (len(populations) + 0.5)
+        width = min(gap, 0.25) * 0.85 / len(populations)
         lines = []
         for index, population in enumerate(populations):
             shares = in_layer.loc[in_layer["population"] == population, "share"].to_numpy()
             if not shares.size:
                 continue
-            if binned:
-                counts = np.histogram(shares, bins=np.linspace(0.0, 1.0, 11))[0]
-            else:
-                counts = np.array([np.sum(np.isclose(shares, value)) for value in positions])
+            counts = np.array([np.sum(np.isclose(shares, value, rtol=0, atol=1e-9)) for value in positions])
             offset = (index - (len(populations) - 1) / 2) * width
             artists["bars"][(layer, population)] = axes.bar(positions + offset, counts / shares.size, width=width,
                                                             color=_colour(population, index), alpha=0.8)
             everyone = int((shares == 1.0).sum())
             artists["all"][(layer, population)] = everyone
-            lines.append(f"{population} {everyone}/{shares.size}")
-        axes.set_title(f"{layer}\nneurons shared by all others:\n" + ", ".join(lines), fontsize=8)
-        axes.set_xlim(-0.08, 1.08)
+            others = sorted(set(map(int, in_layer.loc[in_layer["population"] == population, "others"])))
+            lines.append(f"{population} {everyone}/{shares.size}"
+                         + (f" (k = {'/'.join(map(str, others))})" if len(set(in_layer["others"])) > 1 else ""))
+        ks = sorted(set(map(int, in_layer["others"])))
+        k_text = f", k = {ks[0]} others" if len(ks) == 1 else ""
+        axes.set_title(f"{layer} at {ctx.eps_label(layer)}{k_text}\n"
+                       + textwrap.fill("shared by all others: " + ", ".join(lines), 50), fontsize=8)
+        half = width * len(populations) / 2 + 0.02
+        axes.set_xlim(positions[0] - half, positions[-1] + half)
+        if positions.size <= 11:
+            axes.set_xticks(positions, [share_label(value, ks) for value in positions],
+                            fontsize=8 if positions.size > 6 else None)
     for axes in figure.axes:
         if axes.get_visible() and axes.get_subplotspec().is_last_row():
             axes.set_xlabel("share of the other models")
@@ -231,26 +244,38 @@ def universality_figure(ctx: ReportContext, out_dir: Path):
 
     figure.legend(handles=[Patch(color=_colour(p, i), alpha=0.75, label=p) for i, p in enumerate(populations)],
                   loc="outside lower center", ncols=len(populations), frameon=False)
-    figure.suptitle(f"{ctx.study}: neuron universality at ε = {ctx.eps:g}")
+    at = f"ε = {ctx.eps:g}" if ctx.eps is not None else "each layer's ε"
+    figure.suptitle(f"{ctx.study}: neuron universality at {at}")
     result.caption = (f"Per layer, the distribution over neurons (every model, every repeat) of the share of the other "
-                      f"models in whose maximum match at ε = {ctx.eps:g} the neuron lies (universality({ctx.eps:g})), "
-                      "one bar per share value (in bins of 0.1 when there are many); the counts of neurons shared by "
-                      "every other model (share = 1) per population are in each panel's title.")
+                      f"models in whose maximum match at {at} the neuron lies (universality(ε)), one bar per possible "
+                      "share j/k (k other models); the counts of neurons shared by every other model (share = 1) per "
+                      "population are in each panel's title.")
     result.figure, result.data, result.artists = figure, data, artists
     return save_figure(result, out_dir)
+
+
+def share_label(value: float, ks: list[int]) -> str:
+    """A share as a tick label: ``0``, ``1``, or ``j/k`` with the first ``k`` that gives it exactly."""
+    if value in (0.0, 1.0):
+        return f"{value:g}"
+    for k in ks:
+        j = round(value * k)
+        if abs(j / k - value) < 1e-9:
+            return f"{j}/{k}"
+    return f"{value:.2f}"
 
 
 def bootstrap_lines(ctx: ReportContext) -> list[str]:
     """Summary lines: mean similarity at the report's ε with its 95 % bootstrap interval over models, per layer."""
     from .similarity_table import markdown_table
 
-    if ctx.eps is None or ctx.at_eps is None or ctx.at_eps.empty:
-        return []
+    if ctx.at_eps is None or ctx.at_eps.empty:
+        return _empty_lines(ctx, "Mean similarity at the report's ε")
     table = bootstrap_table(ctx.at_eps)
     populations = population_order(table["population"])
     rows = []
     for layer in ordered(table["layer"], ctx.layers):
-        row = [layer]
+        row = [layer] + ([f"{ctx.layer_eps[layer]:g}"] if ctx.per_layer else [])
         for population in populations:
             cell = table.loc[(table["layer"] == layer) & (table["population"] == population)]
             if cell.empty:
@@ -261,12 +286,13 @@ def bootstrap_lines(ctx: ReportContext) -> list[str]:
                        if np.isfinite(cell.ci_low) else f"{cell.similarity_mean:.3f}")
         rows.append(row)
     n_models = ", ".join(f"{p} {int(table.loc[table['population'] == p, 'n_models'].max())}" for p in populations)
-    return ["", f"## Mean similarity at ε = {ctx.eps:g} with a 95 % interval over models", "",
+    title = f"at ε = {ctx.eps:g}" if ctx.eps is not None else "at each layer's report ε"
+    return ["", f"## Mean similarity {title} with a 95 % interval over models", "",
             f"Percentile bootstrap over models ({N_BOOT} resamples, seed {SEED}; models: {n_models}): models are "
             "resampled with replacement and the mean recomputed over the pairs among the models drawn (a model drawn "
             "twice counts twice, two draws of one model make no pair); each pair's repeats are averaged first. With "
-            "few models the interval is too narrow (see docs/science.md).", "",
-            markdown_table(["layer", *populations], rows)]
+            "few models the interval is too narrow (see docs/science.md).", *_missing_lines(ctx), "",
+            markdown_table(["layer", *(["ε"] if ctx.per_layer else []), *populations], rows)]
 
 
 def universality_lines(ctx: ReportContext) -> list[str]:
@@ -274,22 +300,37 @@ def universality_lines(ctx: ReportContext) -> list[str]:
     from .similarity_table import markdown_table
 
     data = ctx.universality
-    if data is None or data.empty or ctx.eps is None:
-        return []
+    if data is None or data.empty:
+        return _empty_lines(ctx, "Neurons shared by every other model")
     populations = population_order(data["population"])
     rows = []
     for layer in ordered(data["layer"], ctx.layers):
-        row = [layer]
+        row = [layer] + ([f"{ctx.layer_eps[layer]:g}"] if ctx.per_layer else [])
         for population in populations:
             shares = data.loc[(data["layer"] == layer) & (data["population"] == population), "share"]
             row.append(f"{int((shares == 1).sum())}/{len(shares)} (mean share {shares.mean():.2f})"
                        if len(shares) else "—")
         rows.append(row)
-    return ["", f"## Neurons shared by every other model at ε = {ctx.eps:g}", "",
+    at = f"at ε = {ctx.eps:g}" if ctx.eps is not None else "at each layer's report ε"
+    query = f"universality({ctx.eps:g})" if ctx.eps is not None else "universality(ε)"
+    return ["", f"## Neurons shared by every other model {at}", "",
             f"Neurons (over every model and repeat) in the maximum match with every other model they were compared "
-            f"with, of all neurons, and the mean share (`SELECT * FROM universality({ctx.eps:g})`).", "",
-            markdown_table(["layer", *populations], rows)]
+            f"with, of all neurons, and the mean share (`SELECT * FROM {query}`).", *_missing_lines(ctx), "",
+            markdown_table(["layer", *(["ε"] if ctx.per_layer else []), *populations], rows)]
 
 
-__all__ = ["SCIENCE_FIGURES", "bootstrap_lines", "eps_curve_figure", "mean_curve", "pair_steps", "similarity_at",
-           "universality_figure", "universality_lines"]
+def _missing_lines(ctx: ReportContext) -> list[str]:
+    """One line per layer left out of the tables at ε because it has no ε of its own."""
+    return [f"{layer} is left out: {reason}." for layer, reason in ctx.eps_missing.items()]
+
+
+def _empty_lines(ctx: ReportContext, title: str) -> list[str]:
+    """A section without rows at ε: one line saying why (nothing without ``"ok"`` rows)."""
+    if not ctx.eps_missing:
+        return []
+    return ["", f"## {title}", "", "No layer has an ε: " + "; ".join(ctx.eps_missing.values()) + "."]
+
+
+__all__ = ["SCIENCE_FIGURES", "bootstrap_lines", "eps_curve_figure", "mean_curve", "pair_steps", "possible_shares",
+           "share_label",
+           "similarity_at", "universality_figure", "universality_lines"]

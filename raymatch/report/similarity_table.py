@@ -89,13 +89,87 @@ def similarity_cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def format_similarity_table(table: pd.DataFrame) -> str:
-    """Aligned plain text of a :func:`similarity_table`: one line per layer, ``0.62 (null 0.21)`` per ε.
+#: The widest line :func:`format_similarity_table` prints: a terminal of 100 columns.
+TABLE_WIDTH = 100
+#: A layer name longer than this is shortened in the middle (``features.1…conv2.relu``) in the printed table.
+_LAYER_WIDTH = 40
+#: How the nulls are named in the printed table.
+_NULL_LABELS = {UNTRAINED: "untrained (null)", "permuted": "permuted (null)"}
+
+
+def _short(name: str, width: int = _LAYER_WIDTH) -> str:
+    if len(name) <= width:
+        return name
+    keep = width - 1
+    return name[: (keep + 1) // 2] + "…" + name[len(name) - keep // 2:]
+
+
+def _aligned(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as lines: the first column left-aligned, the others right-aligned, two spaces between."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
+                                                    zip(row[1:], widths[1:], strict=True)]).rstrip() for row in rows]
+
+
+def _value(table: pd.DataFrame, layer, population: str, eps: float) -> float:
+    return table.at[layer, (population, eps)] if (population, eps) in table.columns else math.nan
+
+
+def _labelled(table: pd.DataFrame, grid: list[float]) -> list[str]:
+    """One line per layer, ``0.62 (null 0.21)`` per ε: the cells of :func:`similarity_cells`."""
+    header, rows = similarity_cells(table.loc[:, [column for column in table.columns if column[1] in grid]])
+    return _aligned([header] + [[_short(row[0]), *row[1:]] for row in rows])
+
+
+def _compact(table: pd.DataFrame, grid: list[float]) -> list[str]:
+    """One line per layer, ``0.62 | 0.21 | 0.03`` per ε (the populations in order), under a legend line."""
+    populations = list(dict.fromkeys(table.columns.get_level_values("population")))
+    rows = [["layer", *(f"ε={eps:g}" for eps in grid)]]
+    for layer in table.index:
+        rows.append([_short(str(layer)), *(" | ".join(format_number(_value(table, layer, population, eps))
+                                                       for population in populations) for eps in grid)])
+    legend = "each cell: " + " | ".join(_NULL_LABELS.get(population, population) for population in populations)
+    return [legend, *_aligned(rows)]
+
+
+def _stacked(table: pd.DataFrame, grid: list[float]) -> list[str]:
+    """One value per cell: a line per layer for the first population, the nulls on the lines below it."""
+    populations = list(dict.fromkeys(table.columns.get_level_values("population")))
+    label = "layer" if populations[0] == TRAINED else f"layer ({populations[0]})"
+    if len(populations) > 1:
+        label += ", nulls below" if populations[0] == TRAINED else "; nulls below"
+    rows = [[label, *(f"ε={eps:g}" for eps in grid)]]
+    for layer in table.index:
+        for index, population in enumerate(populations):
+            name = _short(str(layer)) if index == 0 else f"  {_NULL_LABELS.get(population, population)}"
+            rows.append([name, *(format_number(_value(table, layer, population, eps)) for eps in grid)])
+    return _aligned(rows)
+
+
+def _fitting_grid(table: pd.DataFrame, grid: list[float], width: int) -> list[float]:
+    """The most ε of ``grid`` (evenly spread, first and last kept) whose one-value-per-cell table fits ``width``."""
+    for count in range(len(grid) - 1, 1, -1):
+        chosen = [grid[int(i)] for i in np.unique(np.round(np.linspace(0, len(grid) - 1, count)))]
+        if max(map(len, _stacked(table, chosen))) <= width:
+            return chosen
+    return grid[:1]
+
+
+def format_similarity_table(table: pd.DataFrame, *, width: int = TABLE_WIDTH) -> str:
+    """Aligned plain text of a :func:`similarity_table` that fits ``width`` columns (a terminal's 100).
+
+    The first form that fits: one line per layer with ``0.62 (null 0.21)`` per ε; the same with a compact
+    ``0.62 | 0.21 | 0.03`` per ε and a legend line naming the populations; one value per cell with the nulls on
+    lines of their own under each layer; and, when even that is too wide, as many ε of the grid as fit (evenly
+    spread, the first and the last kept), with a line naming those left out and the ``raymatch query`` that gives
+    them all. Layer names longer than 40 characters are shortened in the middle.
 
     Parameters
     ----------
     table : pandas.DataFrame
         As returned by :func:`similarity_table`.
+    width : int, default :data:`TABLE_WIDTH`
+        The widest line allowed.
 
     Returns
     -------
@@ -104,14 +178,18 @@ def format_similarity_table(table: pd.DataFrame) -> str:
     """
     if table.empty:
         return "(no ok match rows)"
-    header, rows = similarity_cells(table)
-    widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
-    lines = []
-    for line in [header, *rows]:
-        cells = [line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(line[1:], widths[1:],
-                                                                                           strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    grid = sorted(set(table.columns.get_level_values("eps")))
+    for form in (_labelled, _compact, _stacked):
+        lines = form(table, grid)
+        if max(map(len, lines)) <= width:
+            return "\n".join(lines)
+    chosen = _fitting_grid(table, grid, width)
+    left_out = [eps for eps in grid if eps not in chosen]
+    named = f"{len(left_out)} more ε not shown ({', '.join(f'{eps:g}' for eps in left_out)}); every ε of every layer:"
+    return "\n".join([*_stacked(table, chosen),
+                      named if len(named) <= width else f"{len(left_out)} more ε not shown; every ε of every layer:",
+                      "  raymatch query STORE \\",
+                      "    \"SELECT layer, population, eps, avg(similarity) FROM matches GROUP BY ALL ORDER BY ALL\""])
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

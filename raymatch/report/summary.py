@@ -44,9 +44,11 @@ def _population_lines(ctx: ReportContext) -> list[str]:
     lines = []
     for population in ctx.populations:
         rows = ctx.matches.loc[ctx.matches["population"] == population]
-        models = sorted(set(rows["model_a"]) | set(rows["model_b"]))
+        names = dict(zip(rows["model_a"], rows["name_a"], strict=True)) | dict(
+            zip(rows["model_b"], rows["name_b"], strict=True))
+        models = sorted(names.values())
         pairs = len(rows[["model_a", "model_b"]].drop_duplicates())
-        shown = f" ({', '.join(models)})" if len(models) <= 6 else ""
+        shown = f" ({', '.join(models)})" if len(models) <= 6 else f" ({', '.join(models[:5])}, …)"
         lines.append(f"- {population.capitalize()}: {len(models)} models{shown}, {pairs} pairs")
     return lines
 
@@ -160,7 +162,13 @@ def summary_markdown(ctx: ReportContext, figures: dict[str, FigureResult], table
     if ctx.eps is not None:
         lines.append(f"- ε of the CKA and repeats figures: {ctx.eps:g}" + (
             f" (not in the grid: read from the stored curves with matches_at({ctx.eps:g}), nothing recomputed; "
-            "it has its own column in the similarity table)" if ctx.off_grid else ""))
+            "it has its own column in the similarity table)" if ctx.off_grid else "") + " (asked for with --eps)")
+    elif ctx.layer_eps or ctx.eps_missing:
+        values = [f"{layer} {eps:g}" for layer, eps in ctx.layer_eps.items()] + [
+            f"{layer} none ({reason})" for layer, reason in ctx.eps_missing.items()]
+        lines.append(f"- ε of the CKA, repeats and universality figures and of the tables at ε: {', '.join(values)}: "
+                     f"{ctx.eps_rule()}" + ("; off the grid, so read from the stored curves (matches_at), nothing "
+                                           "recomputed" if ctx.off_grid else "") + "; --eps sets one for every layer")
     lines += _count_lines(ctx)
     lines += ["", "## Mean maximum-match similarity", ""]
     if table.empty:
@@ -172,7 +180,7 @@ def summary_markdown(ctx: ReportContext, figures: dict[str, FigureResult], table
             + (" The permuted-row null (model b's rows permuted) follows as `perm`."
                if "permuted" in set(table.columns.get_level_values("population")) else "")
             + (f" The ε={ctx.eps:g} column is off the grid: the stored curves at that ε (matches_at)."
-               if ctx.off_grid else ""))
+               if ctx.off_grid and ctx.eps is not None else ""))
         lines += ["", markdown_table(*similarity_cells(table))]
     lines += bootstrap_lines(ctx)
     lines += universality_lines(ctx)

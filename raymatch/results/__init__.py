@@ -41,30 +41,37 @@ see the latest ``updated_at`` per ``run_id``. A running driver's heartbeat is no
 ``computed``, ``skipped``, ``failed``, ``stages`` (JSON), ``error``, ``updated_at``.
 
 ``models`` (:data:`MODELS`) — one row per model of a study: ``study``, ``config_hash``, ``population``,
-``model_id``, ``seed``, ``checkpoint`` (store key or URI), ``architecture``, ``holdout_accuracy``,
-``test_accuracy``, ``epochs``, ``selected_epoch``, ``epoch`` (a trajectory's saved epoch), ``created_at``.
+``model_id``, ``name`` (``seed3``; ``seed3@epoch2`` for a saved epoch; a checkpoint's path relative to the folder
+the population's checkpoints share; an imported model's name; null in older rows), ``seed``, ``checkpoint``
+(store key or URI), ``architecture``, ``holdout_accuracy``, ``test_accuracy``, ``epochs``, ``selected_epoch``,
+``epoch`` (a trajectory's saved epoch), ``created_at``.
 
 ``tasks`` (:data:`TASKS`) — completion markers (a simple-match task may produce no row): ``study``,
 ``config_hash``, ``stage``, ``task_id``, ``rows``, ``created_at``.
 
 Views (:func:`connect`, :func:`query`, :func:`load`)
 -----------------------------------------------------
-``curves_all``, ``studies``, ``curves`` (current configurations only), ``matches`` (the columns of
-:data:`MATCHES`, at each study's ε grid), the table macros ``matches_at(eps)`` and ``universality(eps)``
-(:data:`UNIVERSALITY`), ``cka`` (:data:`CKA`), ``cross_curves`` and ``cross_matches`` (:data:`CROSS_MATCHES`),
-``simple_matches``, ``runs``, ``models``, ``tasks``, and ``<table>_raw`` (every stored row).
+``curves_all``, ``studies``, ``curves`` (current configurations only, :data:`CURVES_VIEW`), ``matches`` (the
+columns of :data:`MATCHES`, at each study's ε grid), the table macros ``matches_at(eps)``, ``universality(eps)``
+(:data:`UNIVERSALITY`) and ``eps_for_share(share)`` (:data:`EPS_FOR_SHARE`), ``cka`` (:data:`CKA`),
+``cross_curves`` and ``cross_matches`` (:data:`CROSS_MATCHES`), ``simple_matches``, ``runs``, ``models``,
+``tasks``, and ``<table>_raw`` (every stored row). The views that name models carry ``name_a`` and ``name_b``
+(the ``models`` names, else the ids) beside ``model_a`` and ``model_b``.
 
 A store written by raymatch 0.1.0 (one Parquet object per task under ``results/matches``) is refused with a
 clear message (:func:`check_store_version`).
 """
 
 from .legacy import check_store_version
-from .reading import data_files, dataset, read_columns, storage_options, table_uri
+from .reading import data_files, dataset, read_columns, scan_columns, storage_options, table_uri
 from .schema import (
     CKA,
     CROSS_CURVES,
+    CROSS_CURVES_VIEW,
     CROSS_MATCHES,
     CURVES,
+    CURVES_VIEW,
+    EPS_FOR_SHARE,
     KEYS,
     MATCHES,
     MODELS,
@@ -88,8 +95,11 @@ from .writing import TableWriter, append_rows, compact_table, vacuum_table
 __all__ = [
     "CKA",
     "CROSS_CURVES",
+    "CROSS_CURVES_VIEW",
     "CROSS_MATCHES",
     "CURVES",
+    "CURVES_VIEW",
+    "EPS_FOR_SHARE",
     "FIGURE_COLUMNS",
     "FORMATS",
     "KEYS",
@@ -119,6 +129,7 @@ __all__ = [
     "pair_summary",
     "query",
     "read_columns",
+    "scan_columns",
     "similarity_column",
     "storage_options",
     "table_schema",

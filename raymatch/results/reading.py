@@ -6,7 +6,7 @@ filesystem of its scans come from the store's :class:`~raymatch.store.StoreLocat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -15,7 +15,8 @@ from ..store import Store, StoreError, layout
 from .legacy import ensure_current_format
 from .schema import table_schema
 
-__all__ = ["data_files", "dataset", "open_table", "read_columns", "storage_options", "table_error", "table_uri"]
+__all__ = ["data_files", "dataset", "open_table", "read_columns", "scan_columns", "storage_options", "table_error",
+           "table_uri"]
 
 
 def storage_options(store: Store) -> dict[str, str]:
@@ -71,15 +72,24 @@ def _arrow_filesystem(store: Store, table: str):
 def dataset(store: Store, table: str):
     """A lazy pyarrow dataset of the current version of ``table``, or None when the table does not exist.
 
-    Only the Delta log is read here; scanning reads the needed columns of the data files.
+    Only the Delta log is read here; scanning reads the needed columns of the data files. The dataset has the
+    columns of today's schema in its order (a column added since the table was written, such as ``models.name``,
+    reads as null in the older rows), then any other stored column.
     """
     delta = open_table(store, table)
     if delta is None:
         return None
     try:
-        return delta.to_pyarrow_dataset(filesystem=_arrow_filesystem(store, table))
+        data = delta.to_pyarrow_dataset(filesystem=_arrow_filesystem(store, table))
+        return data.replace_schema(_current_schema(data.schema, table_schema(table)))
     except Exception as error:
         raise table_error(store, table, "read", error) from None
+
+
+def _current_schema(stored: pa.Schema, current: pa.Schema) -> pa.Schema:
+    """``current``'s columns in its order (the stored field where there is one), then the other stored columns."""
+    fields = [stored.field(item.name) if item.name in stored.names else item for item in current]
+    return pa.schema(fields + [item for item in stored if item.name not in current.names])
 
 
 def _filter(schema: pa.Schema, table: str, filters: Mapping | None):
@@ -134,6 +144,36 @@ def read_columns(store: Store, table: str, columns: list[str] | None = None, *,
     StoreError
         The store cannot be read.
     """
+    data, columns, expression, wanted = _scan(store, table, columns, filters)
+    if data is None:
+        return wanted.empty_table()
+    try:
+        result = data.to_table(columns=columns, filter=expression)
+    except Exception as error:
+        raise table_error(store, table, "read", error) from None
+    return result.cast(wanted)
+
+
+def scan_columns(store: Store, table: str, columns: list[str] | None = None, *, filters: Mapping | None = None,
+                 batch_rows: int = 2**16) -> Iterator[pa.RecordBatch]:
+    """:func:`read_columns`, a batch of at most ``batch_rows`` rows at a time (nothing when the table is missing).
+
+    For readers of millions of rows that keep less than the rows themselves (the planner's stored pairs): only one
+    batch of the scan is in memory at a time.
+    """
+    data, columns, expression, wanted = _scan(store, table, columns, filters)
+    if data is None:
+        return
+    try:
+        for batch in data.to_batches(columns=columns, filter=expression, batch_size=batch_rows,
+                                     batch_readahead=2, fragment_readahead=2):  # a few batches ahead, not all
+            yield batch.cast(wanted)
+    except Exception as error:
+        raise table_error(store, table, "read", error) from None
+
+
+def _scan(store: Store, table: str, columns: list[str] | None, filters: Mapping | None):
+    """The dataset (None when the table is missing), columns, filter expression and schema of a column read."""
     schema = table_schema(table)
     columns = list(schema.names) if columns is None else list(columns)
     unknown = [name for name in columns if name not in schema.names]
@@ -142,12 +182,4 @@ def read_columns(store: Store, table: str, columns: list[str] | None = None, *,
                          f"(its columns are: {', '.join(schema.names)})")
     expression = _filter(schema, table, filters)
     ensure_current_format(store)
-    data = dataset(store, table)
-    wanted = pa.schema([schema.field(name) for name in columns])
-    if data is None:
-        return wanted.empty_table()
-    try:
-        result = data.to_table(columns=columns, filter=expression)
-    except Exception as error:
-        raise table_error(store, table, "read", error) from None
-    return result.cast(wanted)
+    return dataset(store, table), columns, expression, pa.schema([schema.field(name) for name in columns])

@@ -28,9 +28,13 @@ def _field(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
     return pa.field(name, type_, nullable=nullable)
 
 
-def _pair_identity(*, with_eps: bool) -> list[pa.Field]:
+#: The models' names that the views put beside their ids (``models.name``, else the id).
+_NAMES = [_field("name_a", pa.string()), _field("name_b", pa.string())]
+
+
+def _pair_identity(*, with_eps: bool, names: bool = False) -> list[pa.Field]:
     fields = [_field("study", pa.string()), _field("population", pa.string()), _field("layer", pa.string()),
-              _field("model_a", pa.string()), _field("model_b", pa.string())]
+              _field("model_a", pa.string()), _field("model_b", pa.string()), *(_NAMES if names else [])]
     if with_eps:
         fields.append(_field("eps", pa.float64()))
     fields.append(_field("repeat", _INT32))
@@ -65,6 +69,19 @@ CURVES = pa.schema([
     _field("created_at", _TIMESTAMP),
 ])
 
+
+def with_names(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with ``name_a`` and ``name_b`` right after ``model_b``: the columns of a view that names models."""
+    fields = []
+    for item in schema:
+        fields += [item, *_NAMES] if item.name == "model_b" else [item]
+    return pa.schema(fields)
+
+
+#: Columns of the ``curves`` view: the ``curves`` table's with ``name_a`` and ``name_b`` (see :data:`MODELS`).
+CURVES_VIEW = with_names(CURVES)
+
+
 def _cross_columns(schema: pa.Schema) -> list[pa.Field]:
     """``schema``'s fields with ``layer`` replaced by ``layer_a``, ``layer_b`` and ``pool``."""
     fields = []
@@ -78,6 +95,8 @@ def _cross_columns(schema: pa.Schema) -> list[pa.Field]:
 #: columns with ``layer`` replaced by ``layer_a`` (of model a), ``layer_b`` (of model b) and ``pool`` (``'none'``:
 #: the layers' stored rows; ``'mean'``: conv layers averaged over positions, one row per example).
 CROSS_CURVES = pa.schema(_cross_columns(CURVES))
+#: Columns of the ``cross_curves`` view: :data:`CROSS_CURVES` with ``name_a`` and ``name_b``.
+CROSS_CURVES_VIEW = with_names(CROSS_CURVES)
 
 #: ``simple_matches``: one row per simple (v-minimal) match found.
 SIMPLE_MATCHES = pa.schema([
@@ -111,12 +130,16 @@ RUNS = pa.schema([
     _field("updated_at", _TIMESTAMP),
 ])
 
-#: ``models``: one row per model of a study.
+#: ``models``: one row per model of a study. ``name`` is how the views and the report name it: ``seed3`` for a
+#: trained (or untrained) seed, ``seed3@epoch2`` for a trajectory's saved epoch, the checkpoint's path relative to
+#: the population's common folder for checkpoints given, the imported model's name for imported activations, the
+#: folder or Hub id of a language model; null in rows written before it existed (the views then show the id).
 MODELS = pa.schema([
     _field("study", pa.string()),
     _field("config_hash", pa.string()),
     _field("population", pa.string()),
     _field("model_id", pa.string()),
+    pa.field("name", pa.string()),
     _field("seed", pa.int64(), True),
     _field("checkpoint", pa.string(), True),
     _field("architecture", pa.string()),
@@ -126,6 +149,8 @@ MODELS = pa.schema([
     _field("selected_epoch", pa.int64(), True),
     _field("created_at", _TIMESTAMP),
     _field("epoch", pa.int64(), True),  # epochs trained of these weights (0: untrained; trajectories: e)
+    _field("revision", pa.string(), True),  # a language model's Hub revision (its checkpoint along training)
+    _field("step", pa.int64(), True),  # the training step that revision (or a trained language model) is at
 ])
 
 #: ``tasks``: completion markers of tasks (e.g. simple-match tasks, which may produce no row).
@@ -147,7 +172,7 @@ TABLES["neurons"] = NEURON_ROWS
 
 #: Columns of the ``matches`` view (and of ``matches_at(eps)``): one row per (pair, layer, ε, repeat).
 MATCHES = pa.schema([
-    *_pair_identity(with_eps=True),
+    *_pair_identity(with_eps=True, names=True),
     _field("n_samples", pa.int64(), True),
     *(_field(name, _INT32, True) for name in ("n_a", "n_b", "dead_a", "dead_b", "size_a", "size_b")),
     _field("similarity", pa.float64(), True),
@@ -166,7 +191,7 @@ CROSS_MATCHES = pa.schema(_cross_columns(MATCHES))
 
 #: Columns of the ``cka`` view: one row per (pair, layer, repeat) whose curve carries a CKA value.
 CKA = pa.schema([
-    *_pair_identity(with_eps=False),
+    *_pair_identity(with_eps=False, names=True),
     _field("cka", pa.float64()),
     *_PROVENANCE,
 ])
@@ -190,11 +215,26 @@ UNIVERSALITY = pa.schema([
     _field("layer", pa.string()),
     _field("repeat", _INT32),
     _field("model", pa.string()),
+    _field("name", pa.string()),
     _field("neuron", _INT32),
     _field("eps", pa.float64()),
     _field("matched_in", _INT32),
     _field("others", _INT32),
     _field("share", pa.float64()),
+])
+
+#: Columns of the ``eps_for_share(share)`` table macro: one row per ``"ok"`` (pair, layer, repeat) of ``curves``,
+#: the smallest ε at which at least ``share`` of the live neurons of each side lie in the maximum match
+#: (``needed_a`` and ``needed_b`` of them); ``eps`` is null when a side has no live neuron.
+EPS_FOR_SHARE = pa.schema([
+    *_pair_identity(with_eps=False, names=True),
+    _field("share", pa.float64()),
+    _field("eps", pa.float64(), True),
+    _field("needed_a", _INT32),
+    _field("needed_b", _INT32),
+    _field("live_a", _INT32),
+    _field("live_b", _INT32),
+    _field("chance", pa.float64(), True),
 ])
 
 #: The columns that identify one result: a reader sees one row per key (see :func:`raymatch.results.connect`).
@@ -224,9 +264,9 @@ FILLED_TIME: dict[str, str] = {"curves": "created_at", "simple_matches": "create
 
 #: The views of :func:`raymatch.results.connect` and their columns (stored tables' views keep their schema).
 VIEW_COLUMNS: dict[str, pa.Schema] = {
-    "curves": CURVES, "curves_all": CURVES, "matches": MATCHES, "cka": CKA, "studies": STUDIES,
+    "curves": CURVES_VIEW, "curves_all": CURVES, "matches": MATCHES, "cka": CKA, "studies": STUDIES,
     "simple_matches": SIMPLE_MATCHES, "runs": RUNS, "models": MODELS, "tasks": TASKS,
-    "cross_curves": CROSS_CURVES, "cross_matches": CROSS_MATCHES, "measures": MEASURE_ROWS, "neurons": NEURONS,
+    "cross_curves": CROSS_CURVES_VIEW, "cross_matches": CROSS_MATCHES, "measures": MEASURE_ROWS, "neurons": NEURONS,
     **{f"{table}_raw": schema for table, schema in TABLES.items()},
 }
 VIEWS = tuple(VIEW_COLUMNS)
@@ -387,8 +427,11 @@ def to_table(table: str, rows: list[dict]) -> pa.Table:
 __all__ = [
     "CKA",
     "CROSS_CURVES",
+    "CROSS_CURVES_VIEW",
     "CROSS_MATCHES",
     "CURVES",
+    "CURVES_VIEW",
+    "EPS_FOR_SHARE",
     "KEYS",
     "MATCHES",
     "MEASURE_ROWS",
@@ -408,4 +451,5 @@ __all__ = [
     "VIEW_COLUMNS",
     "table_schema",
     "to_table",
+    "with_names",
 ]

@@ -1,5 +1,8 @@
 """DuckDB views over the Delta tables: ``matches`` at each study's ε grid, ``matches_at(eps)`` at any ε, and more.
 
+The views that name models (``curves``, ``matches``, ``cka``, ``cross_curves``, ``cross_matches`` and the macros)
+carry their names beside their ids: ``name_a`` and ``name_b`` (``name`` in ``universality``).
+
 :func:`connect` registers each stored table's pyarrow dataset (lazily: DuckDB reads only the columns and row
 groups a query needs) as ``<table>_raw`` and builds the views on top. No DuckDB extension is loaded or
 downloaded.
@@ -17,7 +20,20 @@ from ..store import Store, layout
 from .legacy import ensure_current_format
 from .measure_views import MEASURE_MACROS, measure_views
 from .reading import dataset
-from .schema import CKA, CROSS_MATCHES, KEYS, MATCHES, ORDER_BY, STUDIES, TABLES, VIEW_COLUMNS, VIEWS
+from .schema import (
+    CKA,
+    CROSS_CURVES_VIEW,
+    CROSS_MATCHES,
+    CURVES_VIEW,
+    EPS_FOR_SHARE,
+    KEYS,
+    MATCHES,
+    ORDER_BY,
+    STUDIES,
+    TABLES,
+    VIEW_COLUMNS,
+    VIEWS,
+)
 
 
 def _quote(name: str) -> str:
@@ -59,6 +75,14 @@ def membership_sql(critical: str, eps: str, exact_tol: str) -> str:
     return f"({critical} <= greatest({eps}, {exact_tol}))"
 
 
+def _range_check_sql(value: str, macro: str, name: str, rule: str, holds: str) -> str:
+    """``value`` as a DOUBLE where ``holds`` (SQL with ``{x}`` for it) is true, else the error naming the rule."""
+    number = f"TRY_CAST({value} AS DOUBLE)"
+    got = f"coalesce(CAST({value} AS VARCHAR), 'NULL')"
+    message = f"'{macro}: {name} must be {rule}; got ' || {got}"
+    return f"CASE WHEN {number} IS NULL OR NOT ({holds.format(x=number)}) THEN error({message}) ELSE {number} END"
+
+
 def eps_check_sql(value: str, macro: str) -> str:
     """SQL of :func:`raymatch.match.inputs.check_eps` for the ε argument of a table macro.
 
@@ -77,20 +101,41 @@ def eps_check_sql(value: str, macro: str) -> str:
     str
         A DOUBLE SQL expression.
     """
-    number = f"TRY_CAST({value} AS DOUBLE)"
-    got = f"coalesce(CAST({value} AS VARCHAR), 'NULL')"
-    message = f"'{macro}: eps must be {EPS_RULE}; got ' || {got}"
-    return (f"CASE WHEN {number} IS NULL OR NOT ({number} BETWEEN {EPS_MIN!r} AND {EPS_MAX!r}) "
-            f"THEN error({message}) ELSE {number} END")
+    return _range_check_sql(value, macro, "eps", EPS_RULE, f"{{x}} BETWEEN {EPS_MIN!r} AND {EPS_MAX!r}")
 
 
-def _checked_eps(value: str, macro: str) -> str:
+#: The range of the ``share`` argument of ``eps_for_share(share)``: a share of the live neurons.
+SHARE_RULE = "a number in (0, 1]"
+
+
+def share_check_sql(value: str, macro: str) -> str:
+    """SQL of the check of a share argument: ``value`` as a DOUBLE in (0, 1], else one DuckDB error.
+
+    The error reads ``<macro>: share must be a number in (0, 1]; got <value>`` (NULL, NaN and text included).
+
+    Parameters
+    ----------
+    value : str
+        SQL expression of the macro's argument.
+    macro : str
+        The macro's name, for the message.
+
+    Returns
+    -------
+    str
+        A DOUBLE SQL expression.
+    """
+    return _range_check_sql(value, macro, "share", SHARE_RULE, "{x} > 0 AND {x} <= 1")
+
+
+def _checked_eps(value: str, macro: str, check=eps_check_sql) -> str:
     """One row ``g`` with the checked ε of a macro's argument: join it, and filter on :data:`_EPS_KEPT`.
 
     DuckDB drops the columns a query does not use (``SELECT count(*) FROM universality(2)`` reads no ``eps``),
-    and an unused column's error is never raised; a filter on it always runs.
+    and an unused column's error is never raised; a filter on it always runs. ``check`` makes the SQL of the
+    check (:func:`eps_check_sql`, or :func:`share_check_sql`: the column is still ``g.eps``).
     """
-    return f"(SELECT {eps_check_sql(value, macro)} AS eps) g"
+    return f"(SELECT {check(value, macro)} AS eps) g"
 
 
 _EPS_KEPT = "g.eps IS NOT NULL"
@@ -135,41 +180,82 @@ def _universality_select() -> str:
     The rule is that of ``matches`` (:func:`membership_sql`; dead neurons, critical ε ``inf``, are never matched).
     """
     sides = " UNION ALL ".join(
-        f"SELECT study, population, layer, repeat, model_{side} AS model, "
+        f"SELECT study, population, layer, repeat, model_{side} AS model, name_{side} AS name, "
         f"unnest(generate_series(0, len(critical_{side}) - 1)) AS neuron, unnest(critical_{side}) AS critical, "
         f"exact_tol, g.eps AS eps FROM curves CROSS JOIN {_checked_eps('eps_value', 'universality')} "
         f"WHERE {_EPS_KEPT} AND status = 'ok'"
         for side in ("a", "b"))
     matched = f"count_if({membership_sql('critical', 'eps', 'exact_tol')})"
-    return (f"SELECT study, population, layer, repeat, model, neuron::INTEGER AS neuron, any_value(eps) AS eps, "
+    return (f"SELECT study, population, layer, repeat, model, any_value(name) AS name, neuron::INTEGER AS neuron, "
+            f"any_value(eps) AS eps, "
             f"{matched}::INTEGER AS matched_in, count(*)::INTEGER AS others, "
             f"{matched}::DOUBLE / count(*) AS share FROM ({sides}) "
             f"GROUP BY study, population, layer, repeat, model, neuron")
 
 
-#: The table macros over the views: name(argument) → SQL of their rows (each checks its ε when called).
-MACROS = {"matches_at(eps_value)": _matches_at_select, "universality(eps_value)": _universality_select}
+def _eps_for_share_select() -> str:
+    """SQL of the ``eps_for_share(share_value)`` macro's rows from the ``"ok"`` curves.
+
+    On each side, ``needed`` = ⌈share · live⌉ of its live (finite critical ε) neurons must be matched; the side's
+    ``needed``-th smallest critical ε is the smallest ε at which they are, and the pair's is the larger of its two
+    sides, or 0 when that is in the exact match (:func:`membership_sql` at ε = 0). ``share · live`` is rounded to 9
+    decimals first, so that 0.3 · 10 needs 3 neurons, not 4.
+    """
+    live = "len(list_filter(critical_{s}, lambda x: NOT isinf(x)))::INTEGER"
+    needed = "greatest(1, ceil(round(g.eps * " + live + ", 9)))::INTEGER"
+    kth = "list_sort(list_filter(critical_{s}, lambda x: NOT isinf(x)))[needed_{s}]"
+    sides = ", ".join(f"{live.format(s=s)} AS live_{s}, {needed.format(s=s)} AS needed_{s}" for s in "ab")
+    counted = (f"SELECT c.*, g.eps AS share, {sides} FROM curves c CROSS JOIN "
+               f"{_checked_eps('share_value', 'eps_for_share', share_check_sql)} "
+               f"WHERE {_EPS_KEPT} AND c.status = 'ok'")
+    reached = (f"SELECT *, CASE WHEN needed_a <= live_a AND needed_b <= live_b "
+               f"THEN greatest({kth.format(s='a')}, {kth.format(s='b')}) END AS _reached FROM ({counted})")
+    eps = (f"CASE WHEN {membership_sql('_reached', '0.0', 'exact_tol')} THEN 0.0 ELSE _reached END")
+    columns = ", ".join(f"{eps} AS eps" if name == "eps" else _quote(name) for name in EPS_FOR_SHARE.names)
+    return f"SELECT {columns} FROM ({reached})"
+
+
+#: The table macros over the views: name(argument) → SQL of their rows (each checks its argument when called).
+MACROS = {"matches_at(eps_value)": _matches_at_select, "universality(eps_value)": _universality_select,
+          "eps_for_share(share_value)": _eps_for_share_select}
+
+
+def _named(source: str, names: list[str]) -> str:
+    """``source``'s columns ``names``, ``name_a`` and ``name_b`` among them: the models' names, else their ids.
+
+    The names come from the ``models`` view (one row per study, configuration and model id); a model without a
+    row there, or a row written before ``models.name`` existed, is named by its id.
+    """
+    columns = [f"coalesce(m{name[-1]}.name, c.model_{name[-1]}) AS {name}" if name in ("name_a", "name_b")
+               else f"c.{_quote(name)}" for name in names]
+    joins = " ".join(f"LEFT JOIN models m{s} ON m{s}.study = c.study AND m{s}.config_hash = c.config_hash "
+                     f"AND m{s}.model_id = c.model_{s}" for s in "ab")
+    return f"SELECT {', '.join(columns)} FROM ({source}) c {joins}"
 
 
 def _view_sql() -> dict[str, str]:
     """The SQL of every view, in creation order (``<table>_raw`` are the registered datasets)."""
     grid = "(SELECT study, config_hash, unnest(eps) AS eps FROM studies)"
-    current = "(SELECT * FROM curves_raw SEMI JOIN studies USING (study, config_hash))"
-    cka = ", ".join(_quote(name) for name in CKA.names)
-    views = {
-        "curves_all": _latest("curves_raw", "curves"),
-        "curves": _latest(current, "curves"),
-        "matches": _matches_select(f"curves c JOIN {grid} g ON c.study = g.study AND c.config_hash = g.config_hash"),
-        "cka": f"SELECT {cka} FROM curves WHERE status = 'ok' AND cka IS NOT NULL",
-    }
-    cross_grid = f"cross_curves c JOIN {grid} g ON c.study = g.study AND c.config_hash = g.config_hash"
-    cross = {"cross_matches": _matches_select(cross_grid, CROSS_MATCHES.names)}  # after the cross_curves view
+    views = {}
     for table in TABLES:
         if table == "runs":  # every run of every configuration: the history
             views[table] = _latest(f"{table}_raw", table)
-        elif table != "curves":  # like curves: each study's current configuration only
+        elif table not in ("curves", "cross_curves"):  # like curves: each study's current configuration only
             views[table] = _latest(f"(SELECT * FROM {table}_raw SEMI JOIN studies USING (study, config_hash))", table)
-    return {**views, **cross, **measure_views()}  # measures, neurons: their own views over the stored tables
+    current = "(SELECT * FROM {table}_raw SEMI JOIN studies USING (study, config_hash))"
+    cka = ", ".join(_quote(name) for name in CKA.names)
+    views |= {
+        "curves_all": _latest("curves_raw", "curves"),
+        "curves": _named(_latest(current.format(table="curves"), "curves"), CURVES_VIEW.names),
+        "matches": _matches_select(f"curves c JOIN {grid} g ON c.study = g.study AND c.config_hash = g.config_hash"),
+        "cka": f"SELECT {cka} FROM curves WHERE status = 'ok' AND cka IS NOT NULL",
+        "cross_curves": _named(_latest(current.format(table="cross_curves"), "cross_curves"),
+                               CROSS_CURVES_VIEW.names),
+    }
+    cross_grid = f"cross_curves c JOIN {grid} g ON c.study = g.study AND c.config_hash = g.config_hash"
+    views["cross_matches"] = _matches_select(cross_grid, CROSS_MATCHES.names)
+    measures = measure_views()  # measures, neurons: their own views over the stored tables, after curves
+    return {**{name: sql for name, sql in views.items() if name not in measures}, **measures}
 
 
 def _study_records(store: Store) -> pa.Table:
@@ -200,15 +286,21 @@ def connect(store: Store):
     - ``studies``: each study's current configuration from its record ``studies/<name>.json``: ``study``,
       ``config_hash``, ``eps`` (its ε grid), ``layers``, ``measures`` and ``svcca_keep``.
     - ``curves``: the ``curves_all`` rows of each study's current configuration (a study without a record has
-      none).
+      none), with ``name_a`` and ``name_b`` after ``model_b``: the models' names from ``models.name`` (``seed3``,
+      a checkpoint's relative path, an imported model's name), their ids where the store has no name.
     - ``matches``: ``curves`` at each ε of its study's grid, with the columns of
       :data:`~raymatch.results.MATCHES`; a failed curve gives a failed row at every ε.
     - ``matches_at(eps)``: a table macro, the same columns at any ε in [0, 1]
       (``SELECT * FROM matches_at(0.22)``); another ε is an error.
     - ``universality(eps)``: a table macro over the ``"ok"`` curves, one row per (study, population, layer, repeat,
-      model, neuron): ``matched_in``, in how many of the model's pairs the neuron lies in the maximum match at ε;
-      ``others``, how many pairs the model has (the other models it was compared with); ``share`` their ratio;
-      columns of :data:`~raymatch.results.schema.UNIVERSALITY`.
+      model, neuron): ``name``, the model's name; ``matched_in``, in how many of the model's pairs the neuron lies
+      in the maximum match at ε; ``others``, how many pairs the model has (the other models it was compared with);
+      ``share`` their ratio; columns of :data:`~raymatch.results.schema.UNIVERSALITY`.
+    - ``eps_for_share(share)``: a table macro over the ``"ok"`` curves, one row per (pair, layer, repeat): ``eps``,
+      the smallest ε at which at least ``share`` (in (0, 1]; another is an error) of the live neurons of each side
+      are in the maximum match (``needed_a`` and ``needed_b`` of ``live_a`` and ``live_b``; null when a side has
+      none live); columns of :data:`~raymatch.results.schema.EPS_FOR_SHARE`
+      (``SELECT layer, median(eps) FROM eps_for_share(0.5) GROUP BY layer``).
     - ``cka``: the ``"ok"`` curves with a CKA value, columns of :data:`~raymatch.results.CKA`.
     - ``simple_matches``, ``models``, ``tasks``: one row per key (the latest); ``runs``: the latest row of
       each run.

@@ -38,6 +38,7 @@ __all__ = [
     "heartbeat_key",
     "heartbeats_prefix",
     "layer_key",
+    "lm_prefix",
     "manifest_key",
     "pooled_layer",
     "study_record_key",
@@ -153,6 +154,17 @@ def trained_prefix(arch_name: str, architecture: Any, training_id: str) -> str:
 def untrained_prefix(arch_name: str, architecture: Any) -> str:
     """``checkpoints/<arch>/untrained-<digest>``: the null baseline's initialisation-only checkpoints."""
     return f"checkpoints/{arch_name}/untrained-{digest(architecture)}"
+
+
+def lm_prefix(kind: str, training_id: str) -> str:
+    """``checkpoints/lm/<trained|untrained>-<training id>``: a language-model population's ``save_pretrained`` folders.
+
+    Under it: ``tokenizer/`` (trained once, shared by every seed) and ``seed<k>/`` (one folder per seed, with its
+    ``training.json`` record; the folder appears whole).
+    """
+    if kind not in ("trained", "untrained"):
+        raise ValueError(f"kind must be trained or untrained; got {kind!r}")
+    return f"checkpoints/lm/{kind}-{training_id}"
 
 
 def checkpoint_key(prefix: str, seed: int) -> str:

@@ -305,6 +305,10 @@ def few_samples(study: Study) -> list[tuple[str, int, int, str]]:
         In network order; empty when every layer has more samples than neurons.
     """
     probe = study.probe
+    if study.is_lm:  # token rows against each layer's width (a meta forward pass)
+        from .lm import lm_few_samples
+
+        return lm_few_samples(study)
     if study.architecture is None:  # imported activations: the shapes in the files' headers
         from .imported import imported_few_samples
 

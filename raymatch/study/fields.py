@@ -15,6 +15,8 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, WrapVa
 
 from ..config import (
     Loc,
+    NonNegativeInt,
+    OptionalString,
     String,
     distinct,
     is_list,
@@ -134,14 +136,23 @@ def _store_key(key: str) -> str:
 Checkpoints = distinct(Annotated[String, AfterValidator(_store_key)], "checkpoint keys")
 
 
-def _relative(pattern: str) -> str:
+def store_glob_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is no pattern of store keys (it must be relative to the store root), or None."""
     if "://" in pattern or pattern.startswith("/"):
-        raise ValueError(f"must be a pattern of store keys, relative to the store root; got {pattern!r}")
-    return pattern
+        return f"must be a pattern of store keys, relative to the store root; got {pattern!r}"
+    return None
 
 
-#: A pattern of store keys (or null), relative to the store root.
-GlobPattern = optional(Annotated[String, AfterValidator(_relative)])
+#: A pattern (or null): of store keys relative to the store root (:func:`store_glob_problem`, checked with the
+#: architecture), or of a language-model population's folders.
+GlobPattern = OptionalString
+
+#: A language-model population's ``models``: distinct folders or Hub ids.
+ModelNames = strings("folders or Hub ids")
+#: A Hub population's ``seeds``: distinct non-negative integers.
+HubSeeds = distinct(NonNegativeInt, "non-negative integers")
+#: A Hub population's ``revisions``: distinct branch, tag or commit names (``step1000``).
+Revisions = strings("Hub revisions")
 
 
 # ------------------------------------------------------------------------------------------------ the study

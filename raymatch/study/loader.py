@@ -18,6 +18,8 @@ from ..extract.entries import LayerEntry
 from ..extract.import_spec import ActivationImport
 from ..models.architecture import Architecture
 from ..probes import ProbeSpec, RowSample
+from ..probes.spec import TokenOptions
+from ..train.lm_spec import CausalLMSpec
 from ..train.spec import TrainingSpec
 from .models import (
     CheckpointOptions,
@@ -105,6 +107,12 @@ def load_study(source: str | os.PathLike) -> Study:
         study's fields at once (unknown or missing keys, wrong types, bad values), each under its field path.
     OSError
         The file cannot be read.
+
+    Notes
+    -----
+    A language-model study read from a file gets the file's folder as :attr:`Study.base
+    <raymatch.study.Study.base>` (unless it gives one): its relative folders and files resolve against it, wherever
+    the command runs.
     """
     if isinstance(source, str) and "\n" in source:
         label, text = _TEXT_LABEL, source
@@ -119,6 +127,10 @@ def load_study(source: str | os.PathLike) -> Study:
     if not isinstance(data, Mapping):
         raise StudyError([f"{label}: the top level must be a mapping of study fields ({', '.join(Study.model_fields)}"
                           f"); got {_kind(data)}"])
+    architecture = data.get("architecture")
+    lm = isinstance(architecture, Mapping) and architecture.get("source") == "transformers"
+    if lm and label != _TEXT_LABEL and "base" not in data:  # (the paths of language-model studies)
+        data = {**data, "base": os.path.dirname(os.path.abspath(label))}
     return Study.from_dict(data)
 
 
@@ -126,7 +138,7 @@ def load_study(source: str | os.PathLike) -> Study:
 
 #: The models a study file is made of, whose docstrings describe their fields.
 _DOCUMENTED = (StoreConfig, StoreTimeouts, Population, CheckpointOptions, ActivationImport, Architecture, ProbeSpec,
-               RowSample, LayerEntry, SimpleMatchesConfig, CrossLayersConfig, Resources)
+               RowSample, TokenOptions, LayerEntry, SimpleMatchesConfig, CrossLayersConfig, Resources)
 
 
 def study_json_schema() -> dict[str, Any]:
@@ -147,5 +159,6 @@ def study_json_schema() -> dict[str, Any]:
     if training is not None:  # the seeds and the training spec's fields, side by side
         description = training["description"]
         describe(training, TrainingSpec)
+        describe(training, CausalLMSpec)
         training["description"] = description
     return {**schema, "title": "raymatch study"}

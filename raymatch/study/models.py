@@ -209,7 +209,9 @@ class CheckpointOptions(Section):
 class Population(Section):
     """Which trained models a study compares: checkpoints, a glob of store keys, or seeds the study trains itself.
 
-    Give exactly one of ``checkpoints``, ``glob`` and ``training``.
+    Give exactly one of ``checkpoints``, ``glob``, ``training`` and ``activations``; a language-model study
+    (``architecture.source: transformers``) gives ``models``, ``glob`` (over folders), ``hub`` (with ``seeds`` and
+    ``revisions``) or ``training`` (``task: causal-lm``).
 
     Parameters
     ----------
@@ -228,6 +230,20 @@ class Population(Section):
         unwrapped state dict (:func:`~raymatch.models.checkpoint.model_id_of`).
     activations : ActivationImport, optional
         Activations computed elsewhere, imported into the store: no architecture, no probe to run.
+    models : tuple of str
+        Language models: ``save_pretrained`` folders or Hub ids (resolved in the offline Hugging Face cache), at least
+        two, in population order. With ``glob`` a language-model study's pattern is over folders.
+    hub : str, optional
+        A Hub id pattern with ``{seed}`` (``google/multiberts-seed_{seed}``), expanded for every seed in ``seeds``
+        and every revision in ``revisions``: one model per seed × revision (:func:`~raymatch.models.expand_population`).
+    seeds : tuple of int
+        The seeds of ``hub``.
+    revisions : tuple of str
+        Hub revisions (branches, tags, commits: ``step1000`` is step 1000), in training order: each seed's last one
+        is its final model, and the others its training trajectory (``pairs: consecutive`` or ``{reference:
+        final}`` along them, within the seed). None: the Hub's ``main``.
+
+    Relative folders (``models``, ``glob`` of a language-model study) resolve against the study file's folder.
     """
 
     checkpoints: fields.Checkpoints = ()
@@ -235,21 +251,30 @@ class Population(Section):
     training: Training | None = None
     checkpoint: CheckpointOptions | None = None
     activations: ActivationImport | None = None
+    models: fields.ModelNames = ()
+    hub: OptionalString = None
+    seeds: fields.HubSeeds = ()
+    revisions: fields.Revisions = ()
 
     _path: ClassVar[str] = "population"
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as in a study file; ``checkpoint`` and ``activations`` only when given (older hashes hold).
+        """The fields as in a study file; those added later only when given (older hashes hold).
 
         Returns
         -------
         dict
         """
         content = super().to_dict()
-        for name in ("checkpoint", "activations"):
-            if content[name] is None:
+        for name in ("checkpoint", "activations", "models", "hub", "seeds", "revisions"):
+            if not content[name]:
                 del content[name]
         return content
+
+    @property
+    def lists_models(self) -> bool:
+        """Whether the population lists language models (``models`` or ``hub``)."""
+        return bool(self.models or self.hub)
 
     @property
     def checkpoint_options(self) -> dict[str, Any]:
@@ -262,15 +287,24 @@ class Population(Section):
             return []
         training = values["training"] if "training" in values else data.get("training")
         activations = values["activations"] if "activations" in values else data.get("activations")
+        hub = values.get("hub", data.get("hub"))
         given = [name for name, value in (("checkpoints", values["checkpoints"]), ("glob", values["glob"]),
-                                          ("training", training), ("activations", activations)) if value]
+                                          ("training", training), ("activations", activations),
+                                          ("models", values.get("models", data.get("models"))), ("hub", hub))
+                 if value]
         if len(given) > 1:
-            return [((), f"give one of checkpoints, glob, training and activations, not {' and '.join(given)}")]
+            keys = "training, activations, models and hub" if {"models", "hub"} & set(given) else \
+                "training and activations"
+            return [((), f"give one of checkpoints, glob, {keys}, not {' and '.join(given)}")]
         if not given:
             return [((), "give checkpoints (a list of store keys), glob (a pattern of store keys), training "
                          "(seeds and a recipe) or activations (files to import)")]
-        if len(values["checkpoints"]) == 1:
-            return [(("checkpoints",), "a study needs at least 2 models; got 1")]
+        unused = [((name,), "only used with hub") for name in ("seeds", "revisions") if values.get(name) and not hub]
+        if unused:
+            return unused
+        for name in ("checkpoints", "models"):
+            if len(values.get(name, ())) == 1:
+                return [((name,), "a study needs at least 2 models; got 1")]
         if values.get("checkpoint") is not None and (training or activations):
             return [(("checkpoint",), "only used with checkpoints or glob (a trained population's checkpoints are "
                                       "the study's own; imported activations have none)")]
@@ -338,15 +372,26 @@ class Resources(Section):
         GPUs per extraction actor (fractions share a GPU; 0 runs on CPUs).
     cpus_per_task : int, default 1
     pair_block : int, default 4
-        Pairs per match task.
+        Models per block: a match task covers the pairs between two blocks (or within one).
     max_in_flight : int, default 8
         Match tasks submitted at once.
+    match_gpus_per_actor : float, default 0
+        GPUs per actor of the factor, match and cross stages (fractions share a GPU, ``0.25`` runs four actors on
+        one): on a cluster with GPUs their tasks run on GPU actors, the cross products and peels on the GPU in
+        float64 (the rows are the CPU's to float64 rounding). 0 keeps them on CPUs; so does a cluster without GPUs
+        (one warning line).
+    match_kernel : {'batched', 'one_pair'}, default 'batched'
+        How a match task computes its curves: the pairs of the task together (``raymatch.match.match_curves``), or
+        one pair at a time (``raymatch.match.match_curve``, the kernel before it; the same curves, kept for
+        benchmarks).
     """
 
     gpus_per_actor: NonNegativeNumber = 1.0
     cpus_per_task: PositiveInt = 1
     pair_block: PositiveInt = 4
     max_in_flight: PositiveInt = 8
+    match_gpus_per_actor: NonNegativeNumber = 0.0
+    match_kernel: one_of("batched", "one_pair") = "batched"
 
     _path: ClassVar[str] = "resources"
 

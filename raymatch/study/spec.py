@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ..config import Boolean, Loc, OptionalString, eps_grid
+from ..config import Boolean, Loc, OptionalPath, OptionalString, eps_grid
 from ..extract.entries import LayerEntries
 from ..models.architecture import Architecture
 from ..probes import ProbeSpec
@@ -31,6 +31,8 @@ from .checks import (
     check_trajectory,
 )
 from .imported import check_imported, check_sources, imported_layer_names
+from .lm import is_lm
+from .lm_checks import check_lm, check_population_form
 from .models import CrossLayersConfig, Population, Resources, Section, SimpleMatchesConfig, StoreConfig
 
 __all__ = ["Study", "pair_positions"]
@@ -95,6 +97,12 @@ class Study(Section):
         Also compare different layers (table ``cross_curves``); not part of :attr:`config_hash`.
     resources : Resources
         How the work is spread over the cluster (not part of :attr:`config_hash`).
+    base : str, optional
+        The folder a language-model study's relative folders and files resolve against (``population.models``,
+        ``glob``, ``training.corpus`` and ``folder``, ``probe.text`` and ``tokenizer``): set to the study file's
+        folder by :func:`~raymatch.study.load_study` for a language-model study when not given (and kept in the
+        study's record, so that ``status``, ``gc`` and ``report`` resolve them from anywhere); None: the working
+        directory. Not part of :attr:`config_hash`.
 
     Raises
     ------
@@ -120,6 +128,7 @@ class Study(Section):
     center: Boolean = False
     cross_layers: CrossLayersConfig | None = None
     resources: Resources = Field(default_factory=Resources)
+    base: OptionalPath = None
 
     _root: ClassVar[str] = "study"
 
@@ -128,11 +137,14 @@ class Study(Section):
         if getattr(values.get("population"), "activations", None) is not None:  # no architecture, no probe run
             return (check_sources(values, data) + check_reference(values) + check_imported(values)
                     + check_measures(values, data))
+        if is_lm(values):  # language models: their folders and Hub ids, tokenizers, a text probe
+            return (check_sources(values, data) + check_reference(values) + check_population_form(values)
+                    + check_lm(values) + check_measures(values, data))
         return (check_sources(values, data) + check_reference(values) + check_checkpoint_files(values)
                 + check_measures(values, data)
                 + check_architecture_use(values)
                 + check_layers(values, data) + check_probe_fit(values) + check_trajectory(values)
-                + check_cross_layers(values))
+                + check_cross_layers(values) + check_population_form(values))
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain values, as in a study file; ``cross_layers`` only when set.
@@ -142,8 +154,9 @@ class Study(Section):
         dict
         """
         content = super().to_dict()
-        if content.get("cross_layers") is None:
-            content.pop("cross_layers", None)
+        for name in ("cross_layers", "base"):
+            if content.get(name) is None:
+                content.pop(name, None)
         return content
 
     @property
@@ -155,6 +168,37 @@ class Study(Section):
     def table_measures(self) -> tuple[str, ...]:
         """The measures whose rows go to the ``measures`` table: all but ``max_match`` and ``cka`` (``curves``)."""
         return tuple(name for name in self.measure_names if name not in ("max_match", "cka"))
+
+    @property
+    def is_lm(self) -> bool:
+        """Whether the study compares language models (``architecture.source: transformers``)."""
+        return is_lm(self)
+
+    @property
+    def text_probe(self):
+        """A language-model study's tokenised probe (:class:`~raymatch.probes.TextProbe`), or None.
+
+        None for other studies, and while the tokenizer does not exist yet (a study that trains it). Tokenised once
+        while the texts and the tokenizer's files are unchanged (:func:`raymatch.study.lm.study_text_probe`).
+        """
+        from .lm import study_text_probe
+
+        return study_text_probe(self) if self.is_lm else None
+
+    @property
+    def probe_id(self) -> str:
+        """The id under which the study's activations are stored: the probe's, or the tokenised text probe's.
+
+        Raises
+        ------
+        ValueError
+            A language-model study whose tokenizer does not exist yet (trained by the study's train stage).
+        """
+        if not self.is_lm:
+            return self.probe.id
+        if self.text_probe is None:
+            raise ValueError("the probe's tokenizer does not exist yet: the study trains it (raymatch train)")
+        return self.text_probe.id
 
     @property
     def save_every(self) -> int | None:
@@ -183,6 +227,10 @@ class Study(Section):
     def _selected(self, selectors: Sequence[Any], calls: bool = True) -> tuple[str, ...]:
         if self.population.activations is not None:
             return tuple(imported_layer_names(self.population.activations, selectors))
+        if self.is_lm:
+            from .lm import lm_layer_names
+
+            return lm_layer_names(self, selectors) if selectors else ()
         from ..extract.layers import select_layers
         from ..extract.shapes import layer_calls
 
@@ -212,6 +260,14 @@ class Study(Section):
             del content["architecture"]
         if self.probe.from_files:  # the files' bytes, not where they are
             content["probe"]["path"] = self.probe.id
+        content.pop("base", None)  # where the study file is: its paths' content decides the numbers
+        if self.is_lm:  # the texts' and the tokenizer's content, wherever they are
+            from .lm import probe_content
+
+            content["probe"].update(probe_content(self))
+            if content["population"].get("training"):  # the corpus's bytes, not its path (nor the folder)
+                content["population"]["training"] = {"seeds": list(self.population.training.seeds),
+                                                     "spec": self.population.training.spec.id}
         del content["store"], content["resources"], content["probe"]["data_dir"]
         del content["eps"], content["simple_matches"], content["null_baseline"]
         del content["measures"], content["svcca_keep"]

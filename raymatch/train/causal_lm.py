@@ -184,6 +184,9 @@ def heldout_loss(model: Any, stream: np.ndarray, block_size: int, max_blocks: in
 
 def _save(model: Any, tokenizer: Any, folder: str, record: dict) -> None:
     """Save model, tokenizer and record under a temporary name beside ``folder``, then rename it to ``folder``."""
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # no "Writing model shards" bar per seed in the workers' logs
     parent = os.path.dirname(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
     temporary = os.path.join(parent, f".{os.path.basename(folder)}.{uuid.uuid4().hex}.tmp")

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, TypeAdapter
+from pydantic import AfterValidator, TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails
 
 from ..config import (
@@ -26,12 +26,14 @@ from ..config import (
     is_list,
     one_of,
     problem_at,
+    relocated,
     shown,
     worded,
 )
 from ..probes.datasets import SPLITS
 from ..store import layout
 from ..store.layout import digest
+from .lm_spec import CAUSAL_LM, CausalLMSpec
 
 #: The recipe names a :class:`TrainingSpec` may carry.
 RECIPES = ("quick", "paper-cifar")
@@ -256,8 +258,10 @@ class Training(Config):
     ----------
     seeds : tuple of int
         Distinct non-negative seeds, at least two; their order is the population order.
-    spec : raymatch.train.TrainingSpec
-        The recipe and its settings (dataset, epochs, optimiser, held-out split …).
+    spec : raymatch.train.TrainingSpec or raymatch.train.lm_spec.CausalLMSpec
+        The recipe and its settings (dataset, epochs, optimiser, held-out split …); with ``task: causal-lm``
+        (a ``source: transformers`` architecture) a :class:`~raymatch.train.lm_spec.CausalLMSpec` (corpus,
+        tokenizer and GPT-2 sizes, steps …).
     save_every : int, optional
         Also keep each seed's weights after every ``save_every``-th epoch: its training trajectory, compared
         within the seed (see :attr:`Study.pairs <raymatch.study.Study.pairs>`). Not part of the study's config hash.
@@ -268,10 +272,11 @@ class Training(Config):
     defaults (:func:`recipe`)::
 
         training: {seeds: [0, 1, 2, 3], recipe: quick, dataset: digits, epochs: 8}
+        training: {seeds: [0, 1, 2, 3], task: causal-lm, corpus: /usr/share/games/fortunes, steps: 400}
     """
 
     seeds: Seeds
-    spec: TrainingSpec
+    spec: TrainingSpec | CausalLMSpec
     save_every: OptionalPositiveInt = None
 
     _path: ClassVar[str] = "population.training"
@@ -281,19 +286,27 @@ class Training(Config):
         if not isinstance(data, Mapping):
             return {}, [problem_at((), "must be a mapping of seeds, recipe and training settings; got "
                                        f"{shown(data)}", data)]
-        if isinstance(data.get("spec"), TrainingSpec):
+        if isinstance(data.get("spec"), (TrainingSpec, CausalLMSpec)):
             return super()._collect(data)  # built in code: Training(seeds=..., spec=...)
         own = ("seeds", "save_every")
-        allowed = ", ".join((*own, *TrainingSpec.model_fields))
+        spec_class = CausalLMSpec if data.get("task") == CAUSAL_LM else TrainingSpec
+        allowed = ", ".join((*own, *spec_class.model_fields))
         unknown = [problem_at((key,), f"unknown key (allowed: {allowed})", data) for key in data
-                   if key not in own and key not in TrainingSpec.model_fields]
-        settings = {key: value for key, value in data.items() if key in TrainingSpec.model_fields}
+                   if key not in (*own, "task") and key not in spec_class.model_fields]
+        if "task" in data and data["task"] != CAUSAL_LM:
+            unknown.append(problem_at(("task",), f"must be {CAUSAL_LM} (a language model; without task: an image "
+                                                 f"classifier of the zoo); got {shown(data['task'])}", data))
+        settings = {key: value for key, value in data.items() if key in spec_class.model_fields}
+        try:
+            spec = spec_class.model_validate(with_recipe_defaults(settings) if spec_class is TrainingSpec
+                                             else settings)
+            spec_problems = []
+        except ValidationError as error:  # located among the seeds: the spec's fields sit beside them
+            spec, spec_problems = None, relocated(error)
         values, problems = super()._collect({**{key: data[key] for key in own if key in data},
-                                             "spec": with_recipe_defaults(settings)})
-        for problem in problems:  # the spec's fields sit beside the seeds
-            if tuple(problem["loc"])[:1] == ("spec",):
-                problem["loc"] = tuple(problem["loc"])[1:]
-        return values, unknown + problems
+                                             **({"spec": spec} if spec is not None else {})})
+        problems = [problem for problem in problems if tuple(problem["loc"]) != ("spec",)]
+        return values, unknown + problems + spec_problems
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
@@ -302,12 +315,18 @@ class Training(Config):
                  "description": "Distinct non-negative seeds, one model each, in population order."}
         save_every = {**TypeAdapter(OptionalPositiveInt).json_schema(),
                       "description": "Keep every k-th epoch's weights: the seed's training trajectory."}
+        language = CausalLMSpec.model_json_schema()
         properties = {"seeds": seeds, "save_every": save_every,
                       **{name: {key: value for key, value in schema.items() if key != "default"}
-                         for name, schema in spec["properties"].items()}}
+                         for name, schema in spec["properties"].items()},
+                      **{name: schema for name, schema in language["properties"].items()
+                         if name not in spec["properties"]}}
+        properties["task"] = {**properties["task"], "description": "causal-lm: a language model (a transformers "
+                              "architecture); the corpus and the GPT-2's sizes replace the image recipe's fields."}
         return {"title": "Training", "type": "object", "properties": properties, "required": ["seeds"],
                 "additionalProperties": False,
-                "description": "Seeds trained with one recipe; fields left out take the recipe's defaults."}
+                "description": "Seeds trained with one recipe; fields left out take the recipe's defaults. With "
+                               "task: causal-lm, a language model's corpus and sizes (CausalLMSpec)."}
 
     def to_dict(self) -> dict[str, Any]:
         """The seeds and the spec's fields side by side, as in a study file (``save_every`` only when set).
@@ -318,6 +337,11 @@ class Training(Config):
         """
         every = {} if self.save_every is None else {"save_every": self.save_every}
         return {"seeds": list(self.seeds), **every, **self.spec.to_dict()}
+
+    @property
+    def is_lm(self) -> bool:
+        """Whether the seeds are language models (``task: causal-lm``)."""
+        return isinstance(self.spec, CausalLMSpec)
 
     def prefix(self, architecture: Any) -> str:
         """Store prefix of the trained checkpoints: ``checkpoints/<arch>/trained-<digest of architecture and spec>``.
@@ -330,4 +354,6 @@ class Training(Config):
         -------
         str
         """
+        if self.is_lm:
+            return layout.lm_prefix("trained", self.spec.id)
         return layout.trained_prefix(architecture.name, architecture.to_dict(), self.spec.id)

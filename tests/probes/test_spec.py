@@ -104,9 +104,9 @@ def test_specs_are_frozen_and_hashable():
     ("fields", "message"),
     [
         ({"dataset": "mnist"}, "probe.dataset: must be one of digits, fashion-mnist, cifar10, images, array, table, "
-                                "imported; got 'mnist'"),
+                                "imported, text; got 'mnist'"),
         ({"dataset": 3}, "probe.dataset: must be one of digits, fashion-mnist, cifar10, images, array, table, "
-                         "imported; got 3"),
+                         "imported, text; got 3"),
         ({"dataset": "digits", "split": "val"}, "probe.split: must be one of train, test, all for digits; got 'val'"),
         ({"dataset": "cifar10", "split": "all"}, "probe.split: must be one of train, test for cifar10; got 'all'"),
         ({"dataset": "digits", "split": None}, "probe.split: must be a non-empty string; got null"),

@@ -17,7 +17,6 @@ The trajectory group is not compared across layers.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ from ... import __version__
 from ...store import ActivationKey, Store, layout
 from ..model_rows import record_models
 from ..plan import ModelGroup, StagePlan
-from ..tasks import CURVE_KEYS, finish_row, load_factors, pair_fields
+from ..tasks import CURVE_KEYS, fail_row, load_factors, measure_rows
 from .stage import Stage, pairs_in
 
 if TYPE_CHECKING:
@@ -77,6 +76,9 @@ class CrossTask:
     pairs : tuple of (model_a, model_b)
         ``model_a == model_b`` for a model against itself.
     center, cka : bool
+    kernel : {'batched', 'one_pair'}
+    device : str, optional
+        As for :class:`~raymatch.engine.tasks.MatchTask` (not part of the task id).
     """
 
     study: str
@@ -92,6 +94,8 @@ class CrossTask:
     pairs: tuple[tuple[str, str], ...]
     center: bool = False
     cka: bool = True
+    kernel: str = "batched"
+    device: str | None = None
 
     @property
     def task_id(self) -> str:
@@ -102,7 +106,7 @@ class CrossTask:
 
 
 def run_cross_task(store: Store, task: CrossTask) -> list[dict]:
-    """One ``cross_curves`` row per pair of ``task``; a pair that cannot be matched is a failed row.
+    """One ``cross_curves`` row per pair of ``task``, computed as one block; a pair that fails is a failed row.
 
     A failing store (:class:`~raymatch.store.StoreError`) fails the task instead, with no rows.
     """
@@ -110,21 +114,21 @@ def run_cross_task(store: Store, task: CrossTask) -> list[dict]:
             for model in dict.fromkeys(model for pair in task.pairs for model in pair)
             for matrix in dict.fromkeys((task.matrix_a, task.matrix_b))}
     factors, tolerances, errors = load_factors(store, keys, center=task.center)
-
-    def measure(a: str, b: str) -> dict:
-        problem = errors.get((a, task.matrix_a)) or errors.get((b, task.matrix_b))
-        if problem:
-            raise RuntimeError(problem)
-        exact_tol = max(tolerances[a, task.matrix_a], tolerances[b, task.matrix_b])  # the coarser dtype's
-        return pair_fields(factors[a, task.matrix_a], factors[b, task.matrix_b], exact_tol, cka=task.cka)
-
-    rows = []
+    rows, measured = [], []
     for a, b in task.pairs:
         row = dict.fromkeys(CROSS_KEYS)
         row.update({"study": task.study, "population": task.population, "layer_a": task.layer_a,
                     "layer_b": task.layer_b, "pool": task.pool, "repeat": task.repeat, "model_a": a, "model_b": b,
                     "probe_id": task.probe_id, "config_hash": task.config_hash, "code_version": __version__})
-        rows.append(finish_row(row, lambda a=a, b=b: measure(a, b), time.perf_counter()))
+        rows.append(row)
+        side_a, side_b = (a, task.matrix_a), (b, task.matrix_b)
+        problem = errors.get(side_a) or errors.get(side_b)
+        if problem:
+            fail_row(row, RuntimeError(problem))
+        else:  # the coarser of the two stored dtypes' tolerances
+            measured.append((row, (factors[side_a], factors[side_b]), max(tolerances[side_a], tolerances[side_b])))
+    measure_rows([row for row, _, _ in measured], [pair for _, pair, _ in measured], [tol for _, _, tol in measured],
+                 cka=task.cka, kernel=task.kernel, device=task.device)
     return rows
 
 
@@ -215,9 +219,9 @@ def _cross_tasks(context: PlanContext) -> tuple[list[CrossTask], int]:
         missing = missing_cross(context, group, layer_a, layer_b, repeat, pairs)
         done += len(pairs) - len(missing)
         block = study.resources.pair_block ** 2  # as many pairs as a block of match tasks
-        tasks += [CrossTask(study.name, study.config_hash, study.probe.id, group.name, layer_a, layer_b, matrix_a,
+        tasks += [CrossTask(study.name, study.config_hash, study.probe_id, group.name, layer_a, layer_b, matrix_a,
                             matrix_b, study.cross_layers.pool, repeat, tuple(missing[start:start + block]),
-                            study.center, "cka" in study.measure_names)
+                            study.center, "cka" in study.measure_names, study.resources.match_kernel)
                   for start in range(0, len(missing), block)]
     return tasks, done
 
@@ -238,6 +242,6 @@ def _asks_for_cross(study: Study) -> bool:
     return study.cross_layers is not None
 
 
-CROSS = Stage("cross", "pairs × layer pairs × repeats", plan_cross, cross_task, "pairs", pairs_in, reads=("extract",),
-              enabled=_asks_for_cross, table="cross_curves", prepare=record_models, factor_reads=cross_factor_reads,
-              pooled_layers=pooled_layers)
+CROSS = Stage("cross", "pairs × layer pairs × repeats", plan_cross, cross_task, "curves", pairs_in,
+              reads=("extract",), enabled=_asks_for_cross, table="cross_curves", prepare=record_models,
+              factor_reads=cross_factor_reads, pooled_layers=pooled_layers)

@@ -38,6 +38,10 @@ def plan_extract(context: PlanContext) -> StagePlan:
     study, store, plan = context.study, context.store, context.plan
     if study.population.activations is not None:
         return plan_import(context)
+    if study.is_lm:  # one token job per language model (raymatch.engine.lm)
+        from ..lm import plan_token_extraction
+
+        return plan_token_extraction(context)
     todo, seen = [], set()
     options = study.population.checkpoint_options  # a nested state dict, a prefix to strip
     pooled = pooled_layers(context)

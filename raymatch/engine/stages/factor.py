@@ -31,7 +31,7 @@ def plan_factor(context: PlanContext) -> StagePlan:
     from ..tasks import FactorTask
 
     study = context.study
-    center, probe_id = study.center, study.probe.id
+    center, probe_id = study.center, study.probe_id
 
     def stored(model: str, layer: str, repeat: int) -> bool:
         return manifest_key(factor_prefix(probe_id, model, layer, repeat, center)) in context.stored_factors
@@ -48,4 +48,4 @@ def plan_factor(context: PlanContext) -> StagePlan:
     return StagePlan(tasks, done)
 
 
-FACTOR = Stage("factor", "models × layers × repeats", plan_factor, factor_and_store, "pairs", reads=("extract",))
+FACTOR = Stage("factor", "models × layers × repeats", plan_factor, factor_and_store, "curves", reads=("extract",))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..measuring import missing_measures
 from ..model_rows import record_models
+from ..pairlist import PairList
 from ..plan import StagePlan
 from ..tasks import block_tasks, match_task
 from .stage import Stage, pairs_in
@@ -34,16 +35,21 @@ def _match_tasks(context: PlanContext) -> tuple[list, int]:
     tasks, done = [], 0
     for group, layer, repeat, pairs, positions in context.pair_units:
         missing = context.missing_pairs("curves", group, layer, repeat, pairs)
-        # pairs whose curves are stored but not every measure: tasks of their own, the curves not recomputed
-        lacking = missing_measures(context, group, layer, repeat, [p for p in pairs if p not in set(missing)])
+        if study.table_measures:  # pairs whose curves are stored but not every measure: tasks of their own
+            listed = PairList.of(pairs)
+            stored = listed[context.stored_pairs("curves").contains(group.name, layer, repeat, listed)]
+            lacking = missing_measures(context, group, layer, repeat, list(stored))
+        else:
+            lacking = {}
         done += len(pairs) - len(missing) - sum(map(len, lacking.values()))
         common = {"block": study.resources.pair_block, "center": study.center, "population": group.name,
                   "positions": positions, "cka": "cka" in study.measure_names,
-                  "permute_b_seed": group.permute_b_seed, "svcca_keep": study.svcca_keep}
-        tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, missing,
+                  "permute_b_seed": group.permute_b_seed, "kernel": study.resources.match_kernel,
+                  "svcca_keep": study.svcca_keep}
+        tasks += block_tasks(study.name, study.config_hash, study.probe_id, layer, repeat, missing,
                              measures=study.table_measures, **common)
         for measures, more in lacking.items():
-            tasks += block_tasks(study.name, study.config_hash, study.probe.id, layer, repeat, more,
+            tasks += block_tasks(study.name, study.config_hash, study.probe_id, layer, repeat, more,
                                  measures=measures, curve=False, **common)
     return tasks, done
 
@@ -60,5 +66,5 @@ def match_factor_reads(context: PlanContext) -> Iterator[tuple[str, int, str]]:
             yield task.layer, task.repeat, model
 
 
-MATCH = Stage("match", "pairs × layers × repeats", plan_match, match_task, "pairs", pairs_in, reads=("extract",),
+MATCH = Stage("match", "pairs × layers × repeats", plan_match, match_task, "curves", pairs_in, reads=("extract",),
               table="curves", tables=("measures", "neurons"), prepare=record_models, factor_reads=match_factor_reads)

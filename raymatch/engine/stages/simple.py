@@ -36,7 +36,7 @@ def _simple_tasks(context: PlanContext) -> tuple[list[SimpleTask], int]:
             continue
         for pair in pairs:
             for eps in simple.eps:
-                task = SimpleTask(study.name, study.config_hash, study.probe.id, layer, repeat, pair, eps,
+                task = SimpleTask(study.name, study.config_hash, study.probe_id, layer, repeat, pair, eps,
                                   study.center, simple.max_neurons)
                 if task.task_id in context.finished_tasks:
                     done += 1

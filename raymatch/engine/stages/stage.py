@@ -16,8 +16,10 @@ __all__ = ["EXECUTORS", "Stage", "one", "pairs_in"]
 
 #: Where a stage's tasks run (:func:`raymatch.engine.executors.choose_executors` picks one executor for each, once
 #: per run): Ray tasks that train (one GPU each where asked), extraction (GPU actors where the cluster has GPUs,
-#: this process for imported activations), or the pair work (warm CPU actors on one CPU node, Ray tasks otherwise).
-EXECUTORS = ("training", "extraction", "pairs")
+#: this process for imported activations), the pair work (warm CPU actors on one CPU node, Ray tasks otherwise),
+#: or the curves — the pair work of the batched kernel and the factors it reads (GPU actors where
+#: ``resources.match_gpus_per_actor`` asks for them and the cluster has GPUs, else as the pair work).
+EXECUTORS = ("training", "extraction", "pairs", "curves")
 
 
 def one(_task: Any) -> int:

@@ -146,7 +146,8 @@ def _universal_figure(report: MeasureReport, ctx: ReportContext, out_dir: Path) 
         (lines[column],) = right.plot(positions, values.to_numpy(dtype=float), style, label=label)
     right.set_ylim(0, 1.02)
     right.set_ylabel("mean best |Pearson r| with another model")
-    right.legend(loc="lower right", fontsize=9)
+    right.set_xlim(-0.4, len(layers) - 0.6)  # the end points clear of the frame
+    right.legend(loc="best", fontsize=9)  # where it hides no line
     for axes in (left, right):
         axes.set_xticks(positions, layers, rotation=30 if len(layers) > 4 else 0, ha="right" if len(layers) > 4
                         else "center")

@@ -92,3 +92,13 @@ def test_a_conv_layer_with_every_position_pools_to_the_stored_per_example_means(
     assert rows == "all:100" and pooled.shape == extracted.shape == (100, 8)
     np.testing.assert_allclose(pooled, extracted, rtol=1e-5, atol=1e-6)
     assert json.loads(json.dumps(read_manifest(local_store, key)))["row_policy"] == "all"
+
+
+def test_depth_order_puts_the_residual_stream_between_the_blocks_it_separates():
+    from raymatch.report.evaluation import depth_order
+
+    lm = ["gpt_neox.embed_in", "gpt_neox.layers.0.mlp.act", "gpt_neox.layers.1.mlp.act", "embed_out",
+          "hidden_states.0", "hidden_states.1", "hidden_states.2"]
+    assert depth_order(lm) == ["gpt_neox.embed_in", "hidden_states.0", "gpt_neox.layers.0.mlp.act", "hidden_states.1",
+                               "gpt_neox.layers.1.mlp.act", "hidden_states.2", "embed_out"]
+    assert depth_order(["relu1", "features.10", "classifier.1"]) == ["relu1", "features.10", "classifier.1"]

@@ -3,8 +3,9 @@
 The tests themselves are :mod:`raymatch.match.sensitivity` (pure, on arrays); this module reads what they need
 from a study store, runs them and stores the result:
 
-- the study (its record ``studies/<name>.json``: layers in network order, ε grid, ``center``), its trained models
-  (the ``models`` view, by seed) and its probe (the ``curves`` rows), all of its current configuration;
+- the study (its record ``studies/<name>.json``: layers, put in network order by :func:`depth_order`, ε grid,
+  ``center``), its trained models (the ``models`` view, by seed) and its probe (the ``curves`` rows), all of its
+  current configuration;
 - each trained model's stored activations of every layer (repeat 0), read with
   :func:`~raymatch.store.read_activations`.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +47,7 @@ from ..match.sensitivity import depth_test, match_key, pc_deletion, specificity_
 from ..store import ActivationKey, Store, layout, read_activations
 from ..store.activations import read_manifest
 
-__all__ = ["Evaluation", "evaluate_measures", "evaluation_rows", "format_evaluation", "read_evaluation"]
+__all__ = ["Evaluation", "depth_order", "evaluate_measures", "evaluation_rows", "format_evaluation", "read_evaluation"]
 
 #: Deleted components: this many values of k, 0 and a geometric grid below the layer's number of components.
 DELETION_POINTS = 8
@@ -74,6 +76,43 @@ class Evaluation:
     table: list[dict]
     content: dict
     key: str
+
+
+_HIDDEN = re.compile(r"hidden_states\.(\d+)")
+_BLOCK = re.compile(r"\.(\d+)(?:\.|$)")
+
+
+def depth_order(layers) -> list[str]:
+    """A study's layers in the order the forward pass reaches them (what the depth and specificity tests rank).
+
+    A study records its layers in network order, except that a language-model study lists the modules first and
+    then the residual stream ``hidden_states.k`` (:func:`raymatch.extract.tokens.token_layers`). Here
+    ``hidden_states.k``, the output of block ``k − 1`` (``k = 0``: the embeddings), goes after the modules of that
+    block and before those of block ``k``; a module's block is the first number in its path
+    (``transformer.h.3.mlp.act``: 3); a module without one keeps its place before or after the numbered ones.
+    Lists without ``hidden_states.k`` come back as they are.
+
+    >>> depth_order(["transformer.h.0.mlp.act", "transformer.h.1.mlp.act", "hidden_states.1", "hidden_states.2"])
+    ['transformer.h.0.mlp.act', 'hidden_states.1', 'transformer.h.1.mlp.act', 'hidden_states.2']
+    """
+    layers = list(layers)
+    if not any(_HIDDEN.fullmatch(layer) for layer in layers):
+        return layers
+    seen_block = False
+
+    def key(item: tuple[int, str]) -> tuple[float, int, int]:
+        nonlocal seen_block
+        index, layer = item
+        hidden = _HIDDEN.fullmatch(layer)
+        if hidden:
+            return int(hidden.group(1)) - 1, 2, index
+        block = _BLOCK.search(layer)
+        if block:
+            seen_block = True
+            return int(block.group(1)), 1, index
+        return (math.inf if seen_block else -math.inf), 1, index
+
+    return [layer for _, layer in sorted(enumerate(layers), key=key)]
 
 
 def _study(con, store: Store, study: str | None) -> tuple[str, dict]:
@@ -178,7 +217,7 @@ def evaluate_measures(store: Store, study: str | None = None, *, eps=None, point
     finally:
         con.close()
     config = record.get("config") or {}
-    layers = list(record.get("layers") or [])
+    layers = depth_order(record.get("layers") or [])
     eps = tuple(float(e) for e in (record.get("eps") or [] if eps is None else eps))
     center, keep = bool(config.get("center", False)), float(record.get("svcca_keep", 0.99))
     measures = tuple(MEASURES)

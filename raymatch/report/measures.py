@@ -103,8 +103,9 @@ def measure_sections(report: MeasureReport, ctx: ReportContext) -> list[str]:
         lines += ["", "## Universal neurons", "",
                   f"Neurons of the trained models whose best correlation with the other trained models beats both "
                   f"nulls (the same neuron against row-permuted partners; the layer's mean among the untrained "
-                  f"models) by {margin:g} in more than {most:.0%} of them (`universal_neurons(margin := {margin:g}, "
-                  f"most := {most:g})`), over every (model, neuron); mean best correlations beside.", "",
+                  f"models; a null the study lacks, shown —, counts as 0) by {margin:g} in more than {most:.0%} of "
+                  f"them (`universal_neurons(margin := {margin:g}, "
+                  f"most := {most:g})`), over every (model, neuron, row repeat); mean best correlations beside.", "",
                   markdown_table(["layer", "universal", "best |r| trained", "permuted null", "untrained null"],
                                  rows)]
     if report.evaluation is not None:

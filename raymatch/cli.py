@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -55,20 +56,22 @@ def query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local one; reuse a live session."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports: no traffic off this machine
-    import ray
+def _note(line: str) -> None:
+    """One line to stderr, now (``raymatch: …``); nothing when nobody reads stderr any more."""
+    try:
+        print(f"raymatch: {line}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local":
-        # A Ray started here serves this process only: keep it on the loopback interface (DESIGN.md §5).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(address="local", logging_level="ERROR", include_dashboard=False, num_cpus=num_cpus)
-    else:
-        ray.init(address=address, logging_level="ERROR")
+
+def _connect_ray(address: str | None, num_cpus: int | None, timeout: float | None = None) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray; reuse a live session.
+
+    ``address`` has ``timeout`` seconds to answer (:func:`raymatch.engine.connect.connect_ray`).
+    """
+    from .engine.connect import DEFAULT_CONNECT_TIMEOUT, connect_ray
+
+    connect_ray(address, num_cpus, DEFAULT_CONNECT_TIMEOUT if timeout is None else timeout, on_start=_note)
 
 
 def _load_checked(args: argparse.Namespace):
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     study = _load_checked(args)
     summary = run_study(study, progress=None, retry_failed=args.retry_failed,
-                        connect=lambda: _connect_ray(args.address, args.num_cpus))  # Ray once the inputs are good
+                        connect=lambda: _connect_ray(args.address, args.num_cpus, args.connect_timeout))  # inputs good
     print(f"study {summary['study']} (config {summary['config_hash']}, run {summary['run_id']}) finished in "
           f"{summary['seconds']:.1f} s")
     print(f"{'stage':<8} {'computed':>9} {'skipped':>8} {'failed':>7} {'seconds':>8}")
@@ -137,7 +140,8 @@ def train(args: argparse.Namespace) -> int:
     if study.population.training is None and "untrained" not in study.null_baseline:
         raise ValueError(f"{args.study}: the study trains nothing (no population.training, no null_baseline)")
     counts = run_study(study, progress=None, only="train",
-                       connect=lambda: _connect_ray(args.address, args.num_cpus))["stages"]["train"]
+                       connect=lambda: _connect_ray(args.address, args.num_cpus, args.connect_timeout)
+                       )["stages"]["train"]
     print(f"study {study.name}: trained {counts['computed']} model(s), {counts['skipped']} already stored, "
           f"{counts['failed']} failed ({counts['seconds']:.1f} s)")
     return 1 if counts["failed"] else 0
@@ -170,70 +174,28 @@ def import_activations(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """Print a store's latest runs, what each recorded study still has to do, and the failed rows."""
-    from .engine.status import store_status
-    from .results import format_frame
+    from .engine.status import status_lines, store_status
     from .store import Store
 
     store = Store.open_existing(args.store, endpoint_url=args.endpoint_url)
-    report = store_status(store, runs=args.runs)
-    runs = report["runs"]
-    print(f"latest runs in {store.uri}:" if not runs.empty else f"no runs recorded in {store.uri}")
-    if not runs.empty:
-        shown = runs[["run_id", "status", "started_at", "ended_at", "updated_at", "computed", "skipped", "failed",
-                      "host"]]
-        print(format_frame(shown, "table"))
-        if (runs["status"] == "running").any():
-            print("(a run still 'running' is going on, or its driver died: rerun the study to finish it)")
-        if (runs["status"] == "abandoned").any():
-            print("(an 'abandoned' run's driver stopped sending heartbeats (updated_at): it died or lost the store; "
-                  "rerun the study to finish it)")
-    for name, counts in report["pending"].items():
-        if isinstance(counts, str):
-            print(f"study {name}: cannot plan: {counts}")
-            continue
-        todo = ", ".join(f"{stage} {left}" for stage, (_, left) in counts.items() if left)
-        print(f"study {name}: " + (f"to do: {todo}" if todo else "complete"))
-    failed = report["failed"]
-    if not failed.empty:
-        print(f"{len(failed)} failed match row(s):")
-        print(format_frame(failed.drop_duplicates(["study", "population", "layer", "model_a", "model_b"]), "table"))
+    print("\n".join(status_lines(store_status(store, runs=args.runs), store.uri)))
     return 0
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def gc(args: argparse.Namespace) -> int:
     """List (or with --yes delete) a store's old temporary objects and what no recorded study references."""
-    from .engine.gc import collect_garbage, parse_age, plan_garbage
+    from .engine.gc import collect_garbage, garbage_lines, parse_age, plan_garbage, size_text
     from .store import Store
 
     older_than = parse_age(args.older_than)
     store = Store.open_existing(args.store, endpoint_url=args.endpoint_url)
     found = plan_garbage(store, older_than=older_than)
-    print(f"store {store.uri}: {len(found.temporary)} temporary object(s) older than {args.older_than} "
-          f"({_size(sum(item.size for item in found.temporary))}), {len(found.unreferenced)} object(s) no recorded "
-          f"study references ({_size(sum(item.size for item in found.unreferenced))})")
-    for item in found.temporary:
-        print(f"  temporary     {item.key}  ({_size(item.size)}, {item.age / 3600:.1f} h old)")
-    for group, (count, size) in found.groups().items():
-        print(f"  unreferenced  {group}  ({count} object(s), {_size(size)})")
-    for name, reason in found.unresolved.items():
-        print(f"study {name} cannot be planned ({reason}): what it references is not known, so nothing "
-              "unreferenced is deleted")
-    for run in found.live_runs:
-        print(f"run {run['run_id']} of study {run['study']} is running (heartbeat {run['seconds']:.0f} s ago): "
-              "gc deletes nothing while a run may still write")
+    print("\n".join(garbage_lines(found, store.uri, args.older_than)))
     if not args.yes:
         print("dry run: nothing deleted (--yes deletes the objects listed)" if found.objects else "nothing to delete")
         return 0
     count, size = collect_garbage(store, found)
-    print(f"deleted {count} object(s) ({_size(size)})")
+    print(f"deleted {count} object(s) ({size_text(size)})")
     return 0
 
 
@@ -278,9 +240,21 @@ def _user_error(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds; got {text!r}")
+    return value
+
+
 def _add_ray_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     command.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
+    command.add_argument("--connect-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                         help="how long the cluster at --address has to answer before the command fails (default 30)")
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -399,11 +373,13 @@ def _parser() -> argparse.ArgumentParser:
     gc_cmd = commands.add_parser(
         "gc", help="list (--yes: delete) old temporary objects and objects no recorded study references",
         description="Clean up a store: temporary objects older than --older-than, and activations, factors and "
-                    "trained checkpoints that no recorded study (studies/*.json) references. A dry run unless "
+                    "trained checkpoints that no recorded study (studies/*.json) references, and results-table files "
+                    "that compaction replaced and no table version younger than --older-than uses. A dry run unless "
                     "--yes; nothing is deleted while a run may still write (a 'running' run with a fresh "
                     "heartbeat).", parents=[store, common])
     gc_cmd.add_argument("--older-than", default="1h", metavar="AGE",
-                        help="temporary objects at least this old (45s, 30m, 1h, 2d; default 1h)")
+                        help="temporary objects at least this old, and table files replaced at least this long ago "
+                             "(rounded up to hours) (45s, 30m, 1h, 2d; default 1h)")
     gc_cmd.add_argument("--yes", action="store_true", help="delete what is listed (default: list only)")
     gc_cmd.set_defaults(run=gc)
 
@@ -418,11 +394,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``raymatch`` command: parse ``argv`` and run the subcommand; returns the exit status."""
+    """The ``raymatch`` command: parse ``argv`` and run the subcommand; returns the exit status.
+
+    A reader of stdout that goes away (``raymatch plan … | head``) ends the command quietly, status 0; an
+    interrupted run keeps its 130 when nobody reads its output any more (``| tee`` interrupted with it).
+    """
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     args.debug, args.verbose = getattr(args, "debug", False), getattr(args, "verbose", False)
     _log_to_stderr(args.verbose)
+    try:
+        code = _command(parser, args, rest)
+    except BrokenPipeError:  # whoever read stdout is gone: what is left unprinted is not wanted
+        code = 0
+    return _finished(code)
+
+
+def _command(parser: argparse.ArgumentParser, args: argparse.Namespace, rest: list[str]) -> int:
     if args.command == "bench":
         from .bench import main as bench_main
 
@@ -435,28 +423,46 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
+    except BrokenPipeError:
+        raise
     except KeyboardInterrupt as error:  # SIGINT/SIGTERM: a run records itself as cancelled
         if args.debug:
             raise
         from .engine.cancel import RunCancelled
 
-        if isinstance(error, RunCancelled):
-            print(f"{parser.prog}: {error}: rows computed so far are stored; rerun to finish", file=sys.stderr)
-        else:
-            print(f"{parser.prog}: interrupted", file=sys.stderr)
+        _note(f"{error}: rows computed so far are stored; rerun to finish" if isinstance(error, RunCancelled)
+              else "interrupted")
         return 130
     except ConfigError as error:  # every problem of the file, one per line (a StudyError)
         if args.debug:
             raise
-        print(f"{parser.prog}: error: {args.study}: {len(error.problems)} problem(s)", file=sys.stderr)
-        for problem in error.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _note("\n".join([f"error: {args.study}: {len(error.problems)} problem(s)",
+                         *(f"  {problem}" for problem in error.problems)]))
         return 2
     except (ValueError, OSError) as error:
         if args.debug:
             raise
-        print(f"{parser.prog}: error: {_user_error(error)}", file=sys.stderr)
+        _note(f"error: {_user_error(error)}")
         return 2
+
+
+def _finished(code: int) -> int:
+    """Flush stdout before the interpreter does: a closed pipe then changes nothing (Python would exit 120).
+
+    Ray's copy of colorama resets the terminal's colours at exit, a stray ``ESC[0m`` after the last line: not
+    wanted either (nothing here leaves a colour set).
+    """
+    try:
+        sys.stdout.flush()
+    except OSError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+    colorama = sys.modules.get("colorama.initialise")
+    if colorama is not None:
+        atexit.unregister(colorama.reset_all)
+    return code
 
 
 if __name__ == "__main__":

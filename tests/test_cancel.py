@@ -129,6 +129,48 @@ def test_sigterm_to_raymatch_run_cancels_commits_what_it_has_exits_130_and_a_rer
 
 
 @pytest.mark.slow
+def test_interrupted_under_tee_the_cancel_line_comes_first_and_the_exit_stays_130(ray_cluster, tmp_path):
+    """``raymatch run … 2>&1 | tee log`` and Ctrl-C (issue 26 point 10): the reader of the output goes away with the
+    signal. Before: exit 1 and the cancel line lost. The line is printed (and flushed) when the signal arrives,
+    before the teardown; writes after the pipe closed change nothing: exit 130."""
+    store = Store(str(tmp_path / "store"))
+    study_file, _ = _study(tmp_path, store)
+    script, beacon = tmp_path / "driver.py", tmp_path / "beacon"
+    script.write_text(DRIVER.format(root=ROOT, beacon=str(beacon)))
+    mark = f"RAYMATCH_CANCEL_TEST={uuid.uuid4().hex}"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_ADDRESS")}
+    env.update(dict([mark.split("=", 1)]), RAY_TMPDIR="/tmp", RAYMATCH_HEARTBEAT_S="1")
+    driver = subprocess.Popen([sys.executable, str(script), "run", str(study_file), "--num-cpus", "2"], env=env,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    seen, alive_at_line = [], None
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and driver.poll() is None and _received(beacon) < 2:
+            time.sleep(0.05)
+        received = _received(beacon)
+        assert driver.poll() is None and 2 <= received < N_TASKS
+        os.kill(driver.pid, signal.SIGINT)
+        for line in driver.stdout:  # what `tee` shows before it goes
+            seen.append(line)
+            if "cancelled by SIGINT" in line:
+                alive_at_line = driver.poll() is None
+                break
+        driver.stdout.close()  # `tee` is gone
+        code = driver.wait(timeout=60)
+        while _marked(mark) and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
+    finally:
+        for pid in _marked(mark):  # only what this test started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert "cancelled by SIGINT: stopping; committing the rows computed so far" in seen[-1], "".join(seen)[-3000:]
+    assert alive_at_line, "the cancel line came only after the teardown"
+    assert code == 130
+    _assert_cancelled(store, received, "SIGINT")
+
+
+@pytest.mark.slow
 def test_sigint_to_a_driver_in_the_match_stage_raises_run_cancelled(ray_cluster, tmp_path, monkeypatch):
     """Ctrl-C in a Python driver calling ``run_study`` (here: this process, on the session's cluster)."""
     import raymatch.engine.run as run_module

@@ -39,7 +39,7 @@ def custom_run(tmp_path_factory, ray_cluster):
                                                          steps=5)
     text = (EXAMPLE / "study.yaml").read_text()
     text = text.replace("uri: file://./raymatch-store", f"uri: file://{store}")
-    text = text.replace("code: jobs/examples/custom-model/mynets", f"code: {EXAMPLE / 'mynets'}")
+    text = text.replace("code: mynets", f"code: {EXAMPLE / 'mynets'}")
     study_file = root / "study.yaml"
     study_file.write_text(text)
     assert "mynets" not in sys.modules or EXAMPLE.as_posix() in str(sys.modules["mynets"].__file__)

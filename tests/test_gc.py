@@ -164,3 +164,28 @@ def test_gc_lists_the_heartbeat_of_a_driver_that_died_and_keeps_a_fresh_one(tmp_
     _age(store, heartbeat_key("dead"), 0.05)  # 3 minutes: silent for longer than 3 intervals
     assert [item.key for item in plan_garbage(store, older_than=0).temporary] == [heartbeat_key("dead")]
     assert plan_garbage(store, older_than=3600).temporary == []  # younger than the age asked for
+
+
+def test_gc_vacuums_the_table_files_compaction_replaced_and_keeps_every_row(tmp_path, capsys):
+    from raymatch.results import compact_table, data_files, query
+
+    store = Store(str(tmp_path / "store"))
+    now = _dt.datetime.now(_dt.timezone.utc)
+    for run in range(3):  # three appends: three files; compaction replaces them with one
+        append_rows(store, "runs", [{"run_id": f"r{run}", "study": "s", "config_hash": "h", "host": "x",
+                                     "code_version": "0", "started_at": now, "ended_at": now, "status": "succeeded",
+                                     "computed": 0, "skipped": 0, "failed": 0, "stages": "{}", "error": None,
+                                     "updated_at": now}])
+    compact_table(store, "runs")
+    parquet = sorted(key for key in store.list("results/runs") if key.endswith(".parquet"))
+    assert len(parquet) == 4 and len(data_files(store, "runs")) == 1
+    assert cli.main(["gc", str(store.root)]) == 0  # at the default age (1 h) the replaced files are kept
+    assert "0 results-table file(s) replaced by compaction" in capsys.readouterr().out
+    assert cli.main(["gc", str(store.root), "--older-than", "0s"]) == 0
+    out = capsys.readouterr().out
+    assert "3 results-table file(s) replaced by compaction" in out and "replaced      results/runs/" in out, out
+    assert sorted(key for key in store.list("results/runs") if key.endswith(".parquet")) == parquet  # a dry run
+    assert cli.main(["gc", str(store.root), "--older-than", "0s", "--yes"]) == 0
+    assert "deleted 3 object(s)" in capsys.readouterr().out
+    left = [key for key in store.list("results/runs") if key.endswith(".parquet")]
+    assert len(left) == 1 and sorted(query(store, "SELECT run_id FROM runs")["run_id"]) == ["r0", "r1", "r2"]

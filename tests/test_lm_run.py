@@ -105,3 +105,19 @@ def test_hub_revisions_run_as_the_trajectory_of_each_seed(tmp_path, capsys, monk
          "step": 100},
         {"population": "trajectory", "name": "org/pythia-seed2@step100", "seed": 2, "revision": "step100",
          "step": 100}]
+
+    # The report draws the revisions along their training steps: one point per (layer, ε) at step 100, the mean
+    # over the two seeds of each revision's similarity to its seed's last revision.
+    from raymatch.report.beyond import trajectory_data
+    from raymatch.results import connect
+
+    con = connect(store)
+    try:
+        data, against = trajectory_data(con, "lm", {"reference": "final"})
+    finally:
+        con.close()
+    assert against == "the seed's final weights" and data["by_step"].all()
+    assert sorted(set(data["epoch"])) == [100] and sorted(set(data["seed"])) == [1, 2]
+    capsys.readouterr()
+    assert main(["report", str(store.root), "--out", str(tmp_path / "report")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "report" / "trajectory.png").is_file()

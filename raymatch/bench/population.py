@@ -280,7 +280,7 @@ def print_table_scale(result: dict, n_models: int, startup: float) -> None:
     line("rerun that computes nothing (s)", lambda row: row["rerun"])
     line("… rows it computed", lambda row: row["rerun_computed"], "{:d}")
     print(f"(each query time is a fresh `raymatch query` process; `python -c 'import raymatch.cli'` alone takes "
-          f"{startup:.2f} s; 'stored' objects include those compaction replaced, kept until vacuum; "
+          f"{startup:.2f} s; 'stored' objects include those compaction replaced, kept until raymatch gc removes them; "
           "'s3 copied': the local run's tables copied to moto, queries only)")
     _print_targets(result, n_models)
 

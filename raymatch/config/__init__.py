@@ -23,6 +23,15 @@ from .base import (
     relocated,
     shown,
 )
+from .paths import (
+    LOCAL_PATH,
+    OptionalLocalPath,
+    local_path,
+    path_fields,
+    resolve_path,
+    resolve_paths,
+    unresolved_paths,
+)
 from .types import (
     Boolean,
     Eps,
@@ -50,6 +59,7 @@ from .types import (
 )
 
 __all__ = [
+    "LOCAL_PATH",
     "Boolean",
     "Config",
     "ConfigError",
@@ -58,6 +68,7 @@ __all__ = [
     "NonNegativeInt",
     "NonNegativeNumber",
     "Number",
+    "OptionalLocalPath",
     "OptionalNonNegativeInt",
     "OptionalPath",
     "OptionalPositiveInt",
@@ -77,12 +88,17 @@ __all__ = [
     "is_integer",
     "is_list",
     "is_number",
+    "local_path",
     "one_of",
     "optional",
+    "path_fields",
     "problem_at",
     "problems_of",
     "relocated",
+    "resolve_path",
+    "resolve_paths",
     "shown",
     "strings",
+    "unresolved_paths",
     "worded",
 ]

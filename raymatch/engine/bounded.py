@@ -8,14 +8,14 @@ study records them as failed rows instead of failing as a whole.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from tqdm import tqdm
+
+from .progress import Progress
 
 
 @dataclass
@@ -47,7 +47,8 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
                 progress: bool | None = None, actors: list | None = None,
                 fatal: tuple[type[BaseException], ...] = (),
                 on_outcome: Callable[[Outcome], None] | None = None,
-                stop_on_failure: bool = False, task_options: dict | None = None) -> list[Outcome]:
+                stop_on_failure: bool = False, task_options: dict | None = None,
+                size: Callable[[Any], int] | None = None, unit: str = "tasks") -> list[Outcome]:
     """Run ``fn(*args, item)`` for every item on Ray, at most ``max_in_flight`` at once.
 
     Two interchangeable executors: Ray tasks (default), or method calls ``actor.run_task.remote(fn, *args,
@@ -61,7 +62,8 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
     can kill them without Ray reporting each call in flight ("… failed … killed by ray.kill").
 
     Returns the outcomes in the order of ``items``. ``progress`` shows a bar on an interactive
-    terminal and periodic lines otherwise (default: on when stderr is a terminal). ``on_outcome`` is called on
+    terminal and periodic lines otherwise (default: on when stderr is a terminal; :class:`~.progress.Progress`),
+    counting ``size(item)`` units of ``unit`` per item (default: one task each). ``on_outcome`` is called on
     the driver with each outcome as it arrives (the driver batches result rows into its tables there).
     With ``stop_on_failure``, the first failed item stops the submission of further items (those in flight end
     first, Ray tasks cancelled): only the outcomes of the items that ran are returned, the failure last.
@@ -80,7 +82,8 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
                          ray_options=ray_options)
     outcomes: list[Outcome | None] = [None] * len(items)
     pending: dict[ray.ObjectRef, tuple[int, int]] = {}
-    reporter = Progress(len(items), label, progress)
+    size = size or (lambda _item: 1)
+    reporter = Progress(sum(map(size, items)), label, progress, unit=unit)
     next_index, stopped = 0, False
     try:
         while (next_index < len(items) and not stopped) or pending:
@@ -88,7 +91,9 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
                 ref = executor.submit(items[next_index])
                 pending[ref] = (next_index, executor.last_actor)
                 next_index += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=reporter.wait())
+            if not done:  # nothing finished for a while: say how far the stage is
+                reporter.tick()
             for ref in done:
                 index, actor = pending.pop(ref)
                 outcome = outcomes[index] = executor.collect(ref, actor, items[index])
@@ -100,7 +105,7 @@ def run_bounded(fn: Callable, items: Iterable, *, args: tuple = (), max_in_fligh
                     stopped = True  # no progress line for it: the caller reports the failure
                     executor.cancel(pending)
                     continue
-                reporter.step()
+                reporter.step(size(items[index]))
     except BaseException:  # a fatal outcome, an interrupt, the run cancelled (SIGINT/SIGTERM): nothing more runs
         executor.cancel(pending, calls_on_actors=True)
         reporter.close()
@@ -178,33 +183,3 @@ def timed(fn: Callable, *args) -> tuple[Any, float, str]:
     started = time.perf_counter()
     result = fn(*args)
     return result, time.perf_counter() - started, ray.get_runtime_context().get_node_id()
-
-
-class Progress:
-    """done / total / ETA on the driver: a tqdm bar on a terminal, a plain line every 10 % otherwise."""
-
-    def __init__(self, total: int, label: str, enabled: bool | None):
-        self.total, self.label, self.done = total, label, 0
-        self.started = time.monotonic()
-        interactive = sys.stderr.isatty() if enabled is None else enabled
-        self.quiet = enabled is False or not total
-        show_bar = interactive and not self.quiet
-        self.bar = tqdm(total=total, desc=label, unit="task", file=sys.stderr) if show_bar else None
-        self.next_report = 0.1
-
-    def step(self) -> None:
-        """Count one finished task (a line every 10 % when there is no bar)."""
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update()
-        elif not self.quiet and (self.done / self.total >= self.next_report or self.done == self.total):
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / self.done * (self.total - self.done)
-            print(f"{self.label}: {self.done}/{self.total} done, {elapsed:.0f} s elapsed, ETA {eta:.0f} s",
-                  file=sys.stderr, flush=True)
-            self.next_report += 0.1
-
-    def close(self) -> None:
-        """Close the bar, if any."""
-        if self.bar is not None:
-            self.bar.close()

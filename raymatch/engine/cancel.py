@@ -29,6 +29,8 @@ class RunCancelled(KeyboardInterrupt):
 def cancel_on_signals() -> Iterator[list[int]]:
     """SIGINT and SIGTERM raise :class:`RunCancelled` in the driver's main thread (once; later ones are noted).
 
+    The first one is logged at once (a warning of the ``raymatch`` logger, which the CLI prints to stderr).
+
     Ray's blocking calls check for signals, so the exception reaches the loop that submits work, which cancels
     what is in flight (Ray turns it into a plain ``KeyboardInterrupt`` on the way: the list yielded holds the
     signal received). Outside the main thread (no signal handlers there) this does nothing.
@@ -43,6 +45,8 @@ def cancel_on_signals() -> Iterator[list[int]]:
             log.warning("%s received again: still stopping", signal.Signals(signum).name)
             return
         received.append(signum)
+        # said now, before the teardown (seconds, and a reader of the output may be going away with this signal)
+        log.warning("cancelled by %s: stopping; committing the rows computed so far", signal.Signals(signum).name)
         raise RunCancelled(signum)
 
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -111,7 +111,8 @@ class Executor:
         # biggest blocks first: no CPU is left alone with a long task at the end
         return run_bounded(stage.task, sorted(tasks, key=stage.size, reverse=True), args=(self.store,),
                            label=stage.name, progress=self.progress, fatal=(StoreError,),  # the store is down or full
-                           on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure, **options)
+                           on_outcome=on_outcome, stop_on_failure=stage.stop_on_failure, size=stage.size,
+                           unit=stage.unit, **options)
 
 
 class WarmActors:

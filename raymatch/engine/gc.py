@@ -5,7 +5,8 @@ Two kinds of garbage:
 - *temporary objects* older than an age: a local store writes every object to ``.tmp-<hex>`` beside it and renames
   it (:meth:`raymatch.store.Store.write_bytes`), and checks that it can write with ``_raymatch_probe-<hex>`` at the
   root; a process killed in between leaves them behind. So does a driver that died: its heartbeat object
-  (``heartbeats/<run id>.json``), once older than the age at which its run counts as abandoned.
+  (``heartbeats/<run id>.json``) and its claims on tasks (``leases/…``, :mod:`raymatch.engine.leases`), once older
+  than the age at which its run counts as abandoned (a live driver renews them sooner).
 - *unreferenced objects*: what studies compute and store under content-derived keys
   (:mod:`raymatch.store.layout`) — activations ``activations/<probe id>/<model id>/…``, factors
   ``factors/<version>/<probe id>/<model id>/…`` and the checkpoints a study trains
@@ -14,6 +15,10 @@ Two kinds of garbage:
   reference their activations and factors of the current :data:`~raymatch.store.layout.FACTOR_VERSION`; its
   population references its checkpoints and their training records. Anything else (user checkpoints,
   ``studies/``, ``results/``) is never a candidate.
+- *replaced table files*: the Parquet files of a results table (``results/<table>/``) that compaction replaced and
+  that no version of the table younger than the age uses (Delta Lake's ``vacuum``, its retention rounded up to
+  whole hours). Until then a reader of an older version (another driver, a running query) keeps its files; after,
+  a query reads only the current files, and the table's folder holds only those.
 
 Nothing is deleted while a run may still write: a ``running`` run whose heartbeat is fresh (not ``abandoned``,
 :func:`raymatch.engine.record.run_state`) makes :func:`collect_garbage` refuse. Nor is anything unreferenced deleted
@@ -23,15 +28,24 @@ while a study record cannot be planned (its checkpoints missing, say): what it r
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import re
 from dataclasses import dataclass, field
 
 from ..store import Store, StoreError
-from ..store.layout import FACTOR_VERSION, MANIFEST, heartbeats_prefix, study_records_prefix
+from ..store.layout import (
+    FACTOR_VERSION,
+    MANIFEST,
+    heartbeats_prefix,
+    leases_prefix,
+    study_records_prefix,
+    table_prefix,
+)
 from .record import ABANDONED_AFTER_HEARTBEATS, heartbeat_seconds, last_heard, run_state
 
-__all__ = ["GarbagePlan", "StoredObject", "collect_garbage", "live_runs", "parse_age", "plan_garbage"]
+__all__ = ["GarbagePlan", "StoredObject", "collect_garbage", "garbage_lines", "live_runs", "parse_age", "plan_garbage",
+           "size_text"]
 
 #: Names of temporary objects: a local write's ``.tmp-<hex>``, and a write check's ``_raymatch_probe-<hex>``.
 _TEMPORARY = re.compile(r"^(\.tmp-[0-9a-f]{32}|_raymatch_probe-[0-9a-f]{32})$")
@@ -71,6 +85,8 @@ class GarbagePlan:
         Derived objects no recorded study references (empty while ``unresolved`` is not).
     live_runs : list of dict
         ``run_id``, ``study`` and ``seconds`` since the heartbeat of each run that may still write.
+    replaced : dict
+        Results table → its files that compaction replaced and no version younger than the age uses.
     unresolved : dict
         Study name → why its references are not known (nothing unreferenced is deleted then).
     records : dict
@@ -79,14 +95,16 @@ class GarbagePlan:
 
     temporary: list[StoredObject] = field(default_factory=list)
     unreferenced: list[StoredObject] = field(default_factory=list)
+    replaced: dict[str, list[StoredObject]] = field(default_factory=dict)
     live_runs: list[dict] = field(default_factory=list)
     unresolved: dict[str, str] = field(default_factory=dict)
     records: dict[str, str] = field(default_factory=dict)
+    older_than: float = 3600.0
 
     @property
     def objects(self) -> list[StoredObject]:
         """Everything to delete."""
-        return self.temporary + self.unreferenced
+        return self.temporary + self.unreferenced + [item for items in self.replaced.values() for item in items]
 
     def groups(self) -> dict[str, tuple[int, int]]:
         """Unreferenced objects by group (``activations/<probe>/<model>/`` …): (objects, bytes)."""
@@ -193,13 +211,13 @@ def plan_garbage(store: Store, *, older_than: float, now: _dt.datetime | None = 
     GarbagePlan
     """
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    plan = GarbagePlan(live_runs=live_runs(store, now))
+    plan = GarbagePlan(live_runs=live_runs(store, now), older_than=older_than)
     objects = _objects(store, now)
     plan.temporary = [item for item in objects
                       if _TEMPORARY.match(item.key.rsplit("/", 1)[-1]) and item.age >= older_than]
     silent = max(older_than, ABANDONED_AFTER_HEARTBEATS * heartbeat_seconds())  # a live driver rewrites it sooner
-    plan.temporary += [item for item in objects
-                       if item.key.startswith(f"{heartbeats_prefix()}/") and item.age > silent]
+    plan.temporary += [item for item in objects  # a dead driver's heartbeat and claims (leases)
+                       if item.key.startswith((f"{heartbeats_prefix()}/", f"{leases_prefix()}/")) and item.age > silent]
     keys: set[str] = set()
     prefixes: set[str] = set()
     for key, record in _study_records(store).items():
@@ -211,10 +229,32 @@ def plan_garbage(store: Store, *, older_than: float, now: _dt.datetime | None = 
             continue
         keys |= found_keys
         prefixes |= found_prefixes
+    plan.replaced = _replaced_table_files(store, objects, older_than)
     if not plan.unresolved:
         plan.unreferenced = [item for item in objects if _is_candidate(item.key) and item.key not in keys
                              and not any(item.key.startswith(prefix) for prefix in prefixes)]
     return plan
+
+
+def _retention_hours(older_than: float) -> int:
+    """Delta Lake's vacuum retention for an age in seconds: whole hours, rounded up (never younger than asked)."""
+    return math.ceil(older_than / 3600)
+
+
+def _replaced_table_files(store: Store, objects: list[StoredObject], older_than: float) -> dict[str, list]:
+    """Per results table, its files that no version younger than ``older_than`` seconds uses (a vacuum's dry run)."""
+    from ..results import vacuum_table
+
+    sizes = {item.key: item for item in objects}
+    tables = sorted({item.key.split("/")[1] for item in objects
+                     if item.key.startswith("results/") and "/_delta_log/" in item.key})
+    replaced = {}
+    for table in tables:
+        files = vacuum_table(store, table, retention_hours=_retention_hours(older_than), dry_run=True)
+        keys = [f"{table_prefix(table)}/{name}" for name in files]
+        if keys:
+            replaced[table] = [sizes.get(key, StoredObject(key, 0, 0.0)) for key in keys]
+    return replaced
 
 
 def _delete_order(item: StoredObject) -> tuple[int, str]:
@@ -257,7 +297,7 @@ def collect_garbage(store: Store, plan: GarbagePlan) -> tuple[int, int]:
     if records != plan.records:
         raise ValueError("gc refused: the store's study records changed while gc was planning (a run started?); "
                          "nothing deleted: run gc again")
-    items = sorted(plan.objects, key=_delete_order)
+    items = sorted(plan.temporary + plan.unreferenced, key=_delete_order)
     for start in range(0, len(items), 500):
         paths = [store.path(item.key) if not item.key.rsplit("/", 1)[-1].startswith(".")
                  else f"{store.root}/{item.key}" for item in items[start:start + 500]]
@@ -269,6 +309,11 @@ def collect_garbage(store: Store, plan: GarbagePlan) -> tuple[int, int]:
             raise StoreError(f"cannot delete from store {store.uri}: {error or type(error).__name__}") from None
     if store.is_local:
         _remove_empty_folders(store.root, [item.key for item in items])
+    from ..results import vacuum_table
+
+    for table, files in plan.replaced.items():  # through the table's own vacuum, which logs what it removed
+        vacuum_table(store, table, retention_hours=_retention_hours(plan.older_than))
+        items += files
     return len(items), sum(item.size for item in items)
 
 
@@ -283,3 +328,32 @@ def _remove_empty_folders(root: str, keys: list[str]) -> None:
             except OSError:
                 break
             folder = os.path.dirname(folder)
+
+
+def size_text(n: float) -> str:
+    """A size in bytes as ``512 B``, ``3.2 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def garbage_lines(found: GarbagePlan, uri: str, older_than: str) -> list[str]:
+    """What ``raymatch gc`` prints of a plan: the totals, each object or group, and what stops it deleting."""
+    lines = [f"store {uri}: {len(found.temporary)} temporary object(s) older than {older_than} "
+             f"({size_text(sum(item.size for item in found.temporary))}), {len(found.unreferenced)} object(s) no "
+             f"recorded study references ({size_text(sum(item.size for item in found.unreferenced))}), "
+             f"{sum(map(len, found.replaced.values()))} results-table file(s) replaced by compaction"]
+    lines += [f"  temporary     {item.key}  ({size_text(item.size)}, {item.age / 3600:.1f} h old)"
+              for item in found.temporary]
+    lines += [f"  unreferenced  {group}  ({count} object(s), {size_text(size)})"
+              for group, (count, size) in found.groups().items()]
+    lines += [f"  replaced      {table_prefix(table)}/  ({len(files)} file(s) compaction replaced, "
+              f"{size_text(sum(item.size for item in files))})" for table, files in found.replaced.items()]
+    lines += [f"study {name} cannot be planned ({reason}): what it references is not known, so nothing "
+              "unreferenced is deleted" for name, reason in found.unresolved.items()]
+    lines += [f"run {run['run_id']} of study {run['study']} is running (heartbeat {run['seconds']:.0f} s ago): gc "
+              "deletes nothing while a run may still write" for run in found.live_runs]
+    return lines
+

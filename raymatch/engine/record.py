@@ -106,7 +106,12 @@ def last_heard(store: Store, runs) -> list:
 
 
 def write_study_record(study: Study, store: Store) -> None:
-    """``studies/<name>.json``: the study's configuration and its layers in network order (for status, report)."""
+    """``studies/<name>.json``: the study's configuration and its layers in network order (for status, gc, report).
+
+    Its local paths are recorded absolute (:meth:`Study.anchored <raymatch.study.Study.anchored>`), so that the
+    record plans the study from any directory.
+    """
+    study = study.anchored()
     store.write_json(study_record_key(study.name), {
         "name": study.name, "config_hash": study.config_hash, "code_version": __version__,
         "layers": list(study.layer_names), "eps": list(study.eps),

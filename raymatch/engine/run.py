@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING
 
 from ..results import TableWriter, check_store_version
 from ..store import Store, StoreError
+from ..store.layout import lease_key
 from .bounded import Outcome
 from .cancel import RunCancelled, as_cancelled, cancel_on_signals
 from .cluster import check_store_in_job, check_store_on_cluster
 from .executors import choose_executors
+from .leases import Leases, claimed_runs
 from .plan import Plan
 from .planning import make_plan
 from .record import RunRecord, heartbeat_seconds, write_study_record
@@ -119,6 +121,7 @@ def run_stages(study: Study, store: Store, plan: Plan, summary: dict, *, progres
     """
     executors = choose_executors(study, store, progress)
     writer = TableWriter(store)  # rows of every task, committed by the driver in batches
+    leases = Leases(store, summary.get("run_id", "?"), heartbeat_seconds())  # claims on tasks (extraction)
     finished = False
     try:
         for stage in STAGES:
@@ -131,8 +134,9 @@ def run_stages(study: Study, store: Store, plan: Plan, summary: dict, *, progres
             log.info("stage %s: %d task(s) to do, %d %s stored", stage.name, len(planned.tasks), planned.done,
                      stage.unit)
             recorder = stage_recorder(study, stage, writer) if stage.table else None
-            outcomes = executors.run(stage, planned.tasks, recorder) if planned.tasks else []
-            counts = summary["stages"][stage.name] = stage_counts(stage, outcomes, planned.done, stage_start)
+            outcomes, found = _run_tasks(study, store, plan, stage, planned.tasks, _Runner(executors, stage, recorder),
+                                         leases, retry_failed)
+            counts = summary["stages"][stage.name] = stage_counts(stage, outcomes, planned.done + found, stage_start)
             log.info("stage %s: %d computed, %d skipped, %d failed in %.1f s", stage.name, counts["computed"],
                      counts["skipped"], counts["failed"], counts["seconds"])
             if stage.stop_on_failure and counts["failed"]:
@@ -142,10 +146,61 @@ def run_stages(study: Study, store: Store, plan: Plan, summary: dict, *, progres
                 first.reraise()
             if stage.name == only:
                 break
+        _recount(study, store, plan, summary["stages"])
         finished = True
     finally:
+        leases.close()
         executors.close()
         _close_writer(writer, finished)
+
+
+class _Runner:
+    """``runner(tasks)``: a stage's tasks run by its executor, outcomes to its recorder."""
+
+    def __init__(self, executors, stage: Stage, recorder: Callable[[Outcome], None] | None):
+        self.executors, self.stage, self.recorder = executors, stage, recorder
+
+    def __call__(self, tasks: list) -> list[Outcome]:
+        return self.executors.run(self.stage, tasks, self.recorder)
+
+
+def _run_tasks(study: Study, store: Store, plan: Plan, stage: Stage, tasks: list, run: _Runner, leases: Leases,
+               retry_failed: bool) -> tuple[list[Outcome], int]:
+    """The outcomes of a stage's tasks, and the units another driver did meanwhile (a stage that claims its tasks).
+
+    A stage with :attr:`Stage.claim <raymatch.engine.stages.Stage.claim>` runs only the tasks it could claim, waits
+    for those another driver holds and plans again (:func:`~.leases.claimed_runs`).
+    """
+    if not tasks:
+        return [], 0
+    if stage.claim is None:
+        return run(tasks), 0
+
+    def key_of(task) -> str:
+        return lease_key(stage.name, *stage.claim(study, plan, task))
+
+    def replan() -> list:
+        return make_plan(study, store, retry_failed=retry_failed, known_ids=plan.model_ids)[stage.name].tasks
+
+    outcomes, found = claimed_runs(tasks, key_of, leases, run, replan, stage.name,
+                                   stop_on_failure=stage.stop_on_failure)
+    return outcomes, sum(map(stage.size, found))
+
+
+def _recount(study: Study, store: Store, plan: Plan, stages: dict) -> None:
+    """Count what later stages' tasks did for a stage (:attr:`Stage.recount <raymatch.engine.stages.Stage.recount>`)."""
+    from .context import PlanContext
+
+    for stage in STAGES:
+        counts = stages.get(stage.name)
+        if stage.recount is None or counts is None:
+            continue
+        try:
+            stored = stage.recount(PlanContext(study, store, plan))
+        except StoreError as error:  # only a count: the run itself went well
+            log.warning("could not count what stage %s stored: %s", stage.name, error)
+            continue
+        counts["computed"] = max(counts["computed"], stored - counts["skipped"])
 
 
 def _close_writer(writer: TableWriter, finished: bool) -> None:

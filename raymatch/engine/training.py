@@ -114,7 +114,7 @@ def train_population(store: Store, arch: str, arch_kwargs: Mapping[str, Any], sp
     device = "cuda" if gpus_per_task > 0 else "cpu"
     label = f"{'initialise' if untrained else 'train'} {prefix}"
     task_args = (store, arch, arch_kwargs, spec, prefix, untrained, threads, device, None if untrained else save_every)
-    return run_bounded(train_seed, todo, args=task_args, max_in_flight=max_in_flight, label=label,
+    return run_bounded(train_seed, todo, args=task_args, max_in_flight=max_in_flight, label=label, unit="models",
                        progress=progress, **resources)
 
 

@@ -214,7 +214,7 @@ def extract_population(store: Store, jobs: list[ExtractionJob], *, gpus_per_acto
                               cpus_per_actor=cpus_per_actor, runtime_env=runtime_env)
     try:
         outcomes = run_bounded(extract_job, jobs, args=(store,), max_in_flight=len(actors), label="extract",
-                               progress=progress, actors=actors, stop_on_failure=True)
+                               unit="models", progress=progress, actors=actors, stop_on_failure=True)
     finally:
         if own:
             for actor in actors:

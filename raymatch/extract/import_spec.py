@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, WrapValidator
 
-from ..config import Config, Loc, OptionalString, Seeds, String, distinct, one_of, optional
+from ..config import Config, Loc, OptionalString, Seeds, String, distinct, local_path, one_of, optional
 from ..store.store import check_name
 
 __all__ = ["ActivationImport", "ModelNames", "PathTemplate"]
@@ -46,17 +46,17 @@ class ActivationImport(Config):
     seeds : tuple of int
         ``authors-npz`` only: at least two distinct seeds, in population order.
     path : str
-        ``npy`` only: a template such as ``acts/{model}/{layer}.npy`` (relative paths resolve against the working
-        directory); every file matching it with ``{layer}`` free is a layer.
+        ``npy`` only: a template such as ``acts/{model}/{layer}.npy`` (in a study file relative paths resolve
+        against the file's folder); every file matching it with ``{layer}`` free is a layer.
     models : tuple of str
         ``npy`` only: at least two distinct model names, in population order.
     """
 
     layout: one_of("authors-npz", "npy")
-    dir: OptionalString = None
+    dir: local_path(OptionalString) = None
     prefix: OptionalString = None
     seeds: Annotated[Seeds, WrapValidator(_unless_empty)] = ()
-    path: PathTemplate = None
+    path: local_path(PathTemplate) = None
     models: ModelNames = ()
 
     _path: ClassVar[str] = "population.activations"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import WrapValidator
 from pydantic_core import InitErrorDetails
 
-from ..config import Config, Loc, OptionalString, PositiveInt, PositiveNumber, one_of, optional, shown
+from ..config import Config, Loc, OptionalString, PositiveInt, PositiveNumber, local_path, one_of, optional, shown
 from ..store import layout
 
 if TYPE_CHECKING:
@@ -80,8 +80,9 @@ class Architecture(Config):
         :attr:`kwargs` is the zoo's size parameters, :attr:`call_kwargs` these).
     code : str, optional
         A local package folder holding the factory's module, shipped to every Ray worker (runtime_env
-        ``py_modules``); a relative path resolves against the working directory. Its files' digest, not its
-        path, is part of the config hash.
+        ``py_modules``); in a study file a relative path resolves against the file's folder
+        (:mod:`raymatch.config.paths`), elsewhere against the working directory. Its files' digest, not its path,
+        is part of the config hash.
     class : {'AutoModel', 'AutoModelForCausalLM', 'AutoModelForMaskedLM'}, optional
         ``source: transformers`` only (:attr:`hf_class`): the ``transformers`` auto class that builds
         each model (default ``AutoModel``: the bare model, whose module names lack the head's prefix —
@@ -99,7 +100,7 @@ class Architecture(Config):
     source: optional(one_of(*SOURCES)) = None
     factory: OptionalString = None
     call_kwargs: KeywordArguments = None
-    code: OptionalString = None
+    code: local_path(OptionalString) = None
     hf_class: optional(one_of(*HF_CLASSES)) = None
     torch_dtype: optional(one_of(*TORCH_DTYPES)) = None
 

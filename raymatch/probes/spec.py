@@ -25,6 +25,7 @@ from ..config import (
     Loc,
     NonNegativeInt,
     Number,
+    OptionalLocalPath,
     OptionalPath,
     OptionalPositiveInt,
     OptionalString,
@@ -219,8 +220,8 @@ class ProbeSpec(Config):
     n_examples: OptionalPositiveInt = None
     seed: NonNegativeInt = 0
     rows: Annotated[_All | RowSample, WrapValidator(_rows)] = "all"
-    data_dir: OptionalPath = None
-    path: OptionalPath = None
+    data_dir: OptionalLocalPath = None
+    path: OptionalLocalPath = None
     size: optional(Size) = None
     mean: optional(ChannelValues) = None
     std: optional(ChannelScales) = None

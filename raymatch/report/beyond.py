@@ -29,8 +29,8 @@ WITH pair AS (
     FROM matches WHERE study = $study AND population = 'trajectory' AND status = 'ok'
     GROUP BY ALL
 )
-SELECT p.layer, p.eps, a.seed, a.epoch AS epoch_a, b.epoch AS epoch_b, b.population AS population_b,
-       p.similarity
+SELECT p.layer, p.eps, a.seed, coalesce(a.epoch, a.step) AS epoch_a, coalesce(b.epoch, b.step) AS epoch_b,
+       b.population AS population_b, a.epoch IS NULL AS by_step, p.similarity
 FROM pair p
 JOIN models a ON a.study = $study AND a.config_hash = p.config_hash AND a.model_id = p.model_a
 JOIN models b ON b.study = $study AND b.config_hash = p.config_hash AND b.model_id = p.model_b
@@ -53,7 +53,8 @@ def trajectory_data(con, study: str, pairs) -> tuple[pd.DataFrame, str]:
     Returns
     -------
     data : pandas.DataFrame
-        Columns ``layer``, ``eps``, ``seed``, ``epoch`` (of model a), ``similarity``; one row per pair.
+        Columns ``layer``, ``eps``, ``seed``, ``epoch`` (of model a: its saved epoch, or for a language model's
+        Hub revision its training step), ``by_step`` (the axis is training steps), ``similarity``; one row per pair.
     against : str
         What epoch e is compared with, for the axis label.
     """
@@ -63,7 +64,7 @@ def trajectory_data(con, study: str, pairs) -> tuple[pd.DataFrame, str]:
     else:
         frame = frame.loc[frame["population_b"] == "trained"]
         against = "the seed's final weights"
-    frame = frame.rename(columns={"epoch_a": "epoch"})[["layer", "eps", "seed", "epoch", "similarity"]]
+    frame = frame.rename(columns={"epoch_a": "epoch"})[["layer", "eps", "seed", "epoch", "by_step", "similarity"]]
     return frame.reset_index(drop=True), against
 
 
@@ -94,8 +95,12 @@ def _trajectory_figure(data: pd.DataFrame, against: str, ctx: ReportContext, stu
             axes.set_ylabel(f"similarity to {against}")
             axes.legend(loc="lower right", fontsize=8)
     seeds = data["seed"].nunique()
+    if data["by_step"].all():  # a language model's revisions: the axis is its training step
+        for axes in figure.axes:
+            axes.set_xlabel("training step")
     figure.suptitle(f"{study}: maximum-match similarity along training")
-    result.caption = (f"Similarity of each saved epoch to {against}, per layer: mean over {seeds} seeds (each pair's "
+    saved = "revision (by training step)" if data["by_step"].all() else "saved epoch"
+    result.caption = (f"Similarity of each {saved} to {against}, per layer: mean over {seeds} seeds (each pair's "
                       "repeats averaged first), band min–max over seeds.")
     result.figure, result.data, result.artists = figure, summary, {"lines": lines}
     return save_figure(result, out_dir)

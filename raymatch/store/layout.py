@@ -4,6 +4,8 @@ A key is derived from what determines the object's content (DESIGN.md §3), so a
 wrote and never duplicates it. The layout of a store::
 
     studies/<study>.json                                          a study's configuration (status, report)
+    heartbeats/<run id>.json                                      a running driver's heartbeat
+    leases/<stage>/<…>.json                                       a running driver's claim on a task (extraction)
     checkpoints/<arch>/trained-<digest>/seed<k>.safetensors       a trained population's weights …
     checkpoints/<arch>/trained-<digest>/seed<k>.json              … and each seed's record, written last
     checkpoints/<arch>/untrained-<digest>/seed<k>.safetensors     the null baseline's initialisations
@@ -38,6 +40,8 @@ __all__ = [
     "heartbeat_key",
     "heartbeats_prefix",
     "layer_key",
+    "lease_key",
+    "leases_prefix",
     "lm_prefix",
     "manifest_key",
     "pooled_layer",
@@ -119,6 +123,22 @@ def heartbeats_prefix() -> str:
 def heartbeat_key(run_id: str) -> str:
     """``heartbeats/<run id>.json``: a running driver's latest heartbeat, overwritten every interval."""
     return f"{heartbeats_prefix()}/{run_id}.json"
+
+
+def leases_prefix() -> str:
+    """The prefix of the running drivers' claims on tasks (:mod:`raymatch.engine.leases`)."""
+    return "leases"
+
+
+def lease_key(stage: str, *parts: str) -> str:
+    """``leases/<stage>/<part>/…/<last part>.json``: one driver's claim on one task of a stage, renewed while it runs.
+
+    Examples
+    --------
+    >>> lease_key("extract", "78ce100eaafcbec0", "0123456789abcdef")
+    'leases/extract/78ce100eaafcbec0/0123456789abcdef.json'
+    """
+    return f"{leases_prefix()}/{stage}/{'/'.join(parts)}.json"
 
 
 def study_record_key(name: str) -> str:

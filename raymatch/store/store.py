@@ -266,6 +266,36 @@ class Store:
         except Exception as error:
             raise self._fail("write", key, error) from None
 
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Write ``data`` under ``key`` whole, only if nothing is stored there; whether it was written.
+
+        Locally a temporary file hard-linked to its name (the link fails if the name exists: atomic, never seen
+        half-written); on S3 a conditional PUT (``If-None-Match: *``). An S3-compatible store that ignores the
+        condition overwrites instead: two processes creating the same key at the same moment may then both see
+        True (a claim, :mod:`raymatch.engine.leases`, then costs duplicated work, never a wrong object).
+        """
+        path = self.path(key)
+        try:
+            if not self.is_local:
+                self.fs.pipe_file(path, bytes(data), mode="create")
+                return True
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+            try:
+                with open(temporary, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.link(temporary, path)
+            finally:
+                os.remove(temporary)
+            return True
+        except FileExistsError:
+            return False
+        except Exception as error:
+            raise self._fail("create", key, error) from None
+
     def delete(self, key: str) -> None:
         """Delete the object at ``key`` (nothing when it does not exist)."""
         try:

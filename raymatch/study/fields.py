@@ -8,6 +8,7 @@ YAML spells them (``null``, ``true``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,7 @@ from ..config import (
     Loc,
     NonNegativeInt,
     OptionalString,
+    Path,
     String,
     distinct,
     is_list,
@@ -169,6 +171,16 @@ def _study_name(value: Any, handler: Any) -> str:
 
 #: A study's name (:data:`NAME`).
 StudyName = Annotated[str, Field(min_length=1, pattern=f"^{NAME}$"), WrapValidator(_study_name)]
+
+
+def _absolute(path: str) -> str:
+    if not os.path.isabs(path):
+        raise ValueError(f"must be an absolute folder (relative paths of the study resolve against it); got {path!r}")
+    return path
+
+
+#: The folder a study's relative paths resolve against (or null): absolute.
+BaseFolder = optional(Annotated[Path, AfterValidator(_absolute)])
 
 #: ``pairs: {reference: final}``: each saved epoch of a seed against the seed's own final (selected) weights.
 FINAL_REFERENCE = {"reference": "final"}

@@ -3,7 +3,9 @@
 The population names its models (``models``, ``glob`` over folders, ``hub`` × ``seeds`` × ``revisions``) or trains
 them (``training: {task: causal-lm}``); each model is a ``save_pretrained`` folder or a Hub id resolved in the
 offline Hugging Face cache (:mod:`raymatch.models.transformers_source`). Relative folders and files resolve against
-:attr:`Study.base <raymatch.study.Study.base>`, the study file's folder. The probe's texts are tokenised with the
+:attr:`Study.base <raymatch.study.Study.base>`, the study file's folder: the path fields (``probe.text`` and
+``tokenizer``, ``training.corpus`` and ``folder``) when the study is built, ``models`` and ``glob`` here
+(:func:`~raymatch.config.resolve_path`: a listed name may be a Hub id). The probe's texts are tokenised with the
 population's tokenizer (or ``probe.tokenizer``): the tokenised probe's id is the study's
 :attr:`~raymatch.study.Study.probe_id`. Layer names come from a model built from its config on the ``meta`` device
 (:func:`raymatch.models.meta.lm_tree`): no weights are loaded here. Reads are remembered while the files are
@@ -18,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config import Loc
+from ..config import Loc, resolve_path
 
 if TYPE_CHECKING:
     from ..models import LMModel, ResolvedModel
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from .spec import Study
 
 __all__ = ["NamedModel", "config_json", "is_lm", "lm_few_samples", "lm_layer_names", "lm_tree_of", "make_probe",
-           "named_models", "probe_content", "probe_texts", "resolve_path", "study_models", "study_text_probe",
+           "named_models", "probe_content", "probe_texts", "study_models", "study_text_probe",
            "tokenizer_folder", "training_root"]
 
 @dataclass(frozen=True)
@@ -54,17 +56,6 @@ def is_lm(values: Mapping[str, Any] | Study) -> bool:
     """Whether a study (or the fields that validated) has a ``source: transformers`` architecture."""
     architecture = values.get("architecture") if isinstance(values, Mapping) else values.architecture
     return architecture is not None and architecture.is_transformers
-
-
-def resolve_path(base: str | None, path: str) -> str:
-    """A local path made absolute against ``base`` (the study file's folder; None: the working directory).
-
-    URIs (``s3://…``) are returned as they are, ``file://`` paths without the scheme.
-    """
-    if "://" in path and not path.startswith("file://"):
-        return path
-    path = os.path.expanduser(path.removeprefix("file://"))
-    return os.path.abspath(path if os.path.isabs(path) else os.path.join(base or os.getcwd(), path))
 
 
 def _glob_root(pattern: str) -> str:

@@ -17,7 +17,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import Loc
+from ..config import Loc, resolve_path
 from .fields import store_glob_problem
 from .lm import (
     config_json,
@@ -27,7 +27,6 @@ from .lm import (
     make_probe,
     named_models,
     probe_texts,
-    resolve_path,
     training_root,
 )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..config import shown
+from ..config import resolve_paths, shown
 from ..config.schema import describe, described_schema
 from ..extract.entries import LayerEntry
 from ..extract.import_spec import ActivationImport
@@ -110,16 +110,19 @@ def load_study(source: str | os.PathLike) -> Study:
 
     Notes
     -----
-    A language-model study read from a file gets the file's folder as :attr:`Study.base
-    <raymatch.study.Study.base>` (unless it gives one): its relative folders and files resolve against it, wherever
-    the command runs.
+    The relative local paths of a file (every path field, :mod:`raymatch.config.paths`) resolve against the file's
+    folder, wherever the command runs: it becomes the study's :attr:`~raymatch.study.Study.base` (unless the file
+    gives one) where a path field holds a relative path, and for every language-model study (whose ``models`` and
+    ``glob`` may name folders). Those of a text resolve against the working directory.
     """
+    folder = None
     if isinstance(source, str) and "\n" in source:
         label, text = _TEXT_LABEL, source
     else:
         label = os.fsdecode(source)
         with open(label, encoding="utf-8") as handle:
             text = handle.read()
+        folder = os.path.dirname(os.path.abspath(label))
     try:
         data = yaml.load(text, Loader=_StudyLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as error:
@@ -129,8 +132,8 @@ def load_study(source: str | os.PathLike) -> Study:
                           f"); got {_kind(data)}"])
     architecture = data.get("architecture")
     lm = isinstance(architecture, Mapping) and architecture.get("source") == "transformers"
-    if lm and label != _TEXT_LABEL and "base" not in data:  # (the paths of language-model studies)
-        data = {**data, "base": os.path.dirname(os.path.abspath(label))}
+    if folder is not None and "base" not in data and (lm or resolve_paths(Study, data, folder) != data):
+        data = {**data, "base": folder}  # where a path needs it (a language model's may): others as written
     return Study.from_dict(data)
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ..config import Boolean, Loc, OptionalPath, OptionalString, eps_grid
+from ..config import Boolean, Loc, OptionalString, eps_grid, resolve_paths, unresolved_paths
 from ..extract.entries import LayerEntries
 from ..models.architecture import Architecture
 from ..probes import ProbeSpec
@@ -98,11 +99,15 @@ class Study(Section):
     resources : Resources
         How the work is spread over the cluster (not part of :attr:`config_hash`).
     base : str, optional
-        The folder a language-model study's relative folders and files resolve against (``population.models``,
-        ``glob``, ``training.corpus`` and ``folder``, ``probe.text`` and ``tokenizer``): set to the study file's
-        folder by :func:`~raymatch.study.load_study` for a language-model study when not given (and kept in the
-        study's record, so that ``status``, ``gc`` and ``report`` resolve them from anywhere); None: the working
-        directory. Not part of :attr:`config_hash`.
+        The absolute folder the study's relative local paths resolve against: :func:`~raymatch.study.load_study`
+        sets it to the study file's folder (unless the file gives one) where a path field holds a relative path,
+        and for every language-model study. The path fields (``architecture.code``, probe files and data folders,
+        imported activations, a training corpus and folder: :mod:`raymatch.config.paths`) are resolved against it
+        once, when the study is built; a language-model population's ``models`` and ``glob``, a text probe's
+        ``text`` and ``tokenizer`` stay as written and are resolved where they are read
+        (:func:`~raymatch.config.resolve_path`). Kept in the study's record, so that ``status``, ``gc`` and
+        ``report`` plan the study from any directory; None: the working directory. Not part of
+        :attr:`config_hash`, which hashes the paths as written.
 
     Raises
     ------
@@ -128,9 +133,16 @@ class Study(Section):
     center: Boolean = False
     cross_layers: CrossLayersConfig | None = None
     resources: Resources = Field(default_factory=Resources)
-    base: OptionalPath = None
+    base: fields.BaseFolder = None
 
     _root: ClassVar[str] = "study"
+
+    @classmethod
+    def _collect(cls, data: Any):
+        base = data.get("base") if isinstance(data, Mapping) else None
+        if isinstance(base, str) and os.path.isabs(base):  # (a bad base is reported as such)
+            data = resolve_paths(cls, data, base)
+        return super()._collect(data)
 
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
@@ -158,6 +170,23 @@ class Study(Section):
             if content.get(name) is None:
                 content.pop(name, None)
         return content
+
+    def anchored(self) -> Study:
+        """The study with its relative paths resolved (:attr:`base`: the working directory, unless set).
+
+        What the study record keeps, so that ``raymatch status``, ``gc`` and ``report`` find the study's files from
+        any directory; the :attr:`config_hash` is the same.
+
+        Returns
+        -------
+        Study
+        """
+        if self.base is not None:
+            return self
+        content = self.to_dict()
+        if not self.is_lm and resolve_paths(type(self), content, os.getcwd()) == content:
+            return self
+        return type(self).from_dict({**content, "base": os.getcwd()})
 
     @property
     def measure_names(self) -> tuple[str, ...]:
@@ -248,19 +277,21 @@ class Study(Section):
         settings in their task id), ``null_baseline`` (its rows carry ``population = 'untrained'`` or
         ``'permuted'``), ``cross_layers`` (its rows, in ``cross_curves``, carry their layers and pooling) and
         ``population.training.save_every`` (its rows carry ``population = 'trajectory'``; the selected checkpoints
-        are the same with or without it), ``measures`` and ``svcca_keep`` (the rows of the ``measures`` table
-        carry their measure and SVCCA's share; whether ``curves`` has CKA is ``cka``, hashed as whether CKA is
-        among :attr:`measure_names`) — plus the version of the mathematics
+        are the same with or without it), ``base`` (local paths are hashed as written, relative ones relative
+        to it), ``measures`` and ``svcca_keep`` (the rows of the ``measures`` table carry their measure and SVCCA's
+        share; whether ``curves`` has CKA is ``cka``, hashed as whether CKA is among :attr:`measure_names`) — plus
+        the version of the mathematics
         (:data:`~raymatch.store.layout.FACTOR_VERSION`). A ``glob`` population hashes as its pattern, not as the
         checkpoints it matches. Rows of another configuration of the same study stay in the store but are never
         shown as the study's (``curves``, ``matches``, ``raymatch status``, reports).
         """
         content = self.to_dict()
+        if self.base is not None:  # the paths as written, wherever the file lies
+            content = unresolved_paths(type(self), content, content.pop("base"))
         if content["architecture"] is None:  # imported activations
             del content["architecture"]
         if self.probe.from_files:  # the files' bytes, not where they are
             content["probe"]["path"] = self.probe.id
-        content.pop("base", None)  # where the study file is: its paths' content decides the numbers
         if self.is_lm:  # the texts' and the tokenizer's content, wherever they are
             from .lm import probe_content
 

@@ -17,12 +17,13 @@ from ..config import (
     Loc,
     NonNegativeInt,
     NonNegativeNumber,
-    OptionalPath,
+    OptionalLocalPath,
     OptionalString,
     Path,
     PositiveInt,
     PositiveNumber,
     ProperFraction,
+    local_path,
     one_of,
     optional,
     strings,
@@ -111,7 +112,7 @@ class CausalLMSpec(Config):
     """
 
     task: Literal["causal-lm"] = CAUSAL_LM
-    corpus: Path
+    corpus: local_path(Path)
     format: optional(one_of(*TEXT_FORMATS)) = None
     field: OptionalString = None
     exclude: strings("file names") = ()
@@ -127,7 +128,7 @@ class CausalLMSpec(Config):
     lr: PositiveNumber = 3e-3
     warmup: NonNegativeInt = 20
     weight_decay: NonNegativeNumber = 0.01
-    folder: OptionalPath = None
+    folder: OptionalLocalPath = None
 
     _root: ClassVar[str] = "training spec"
 

@@ -16,7 +16,7 @@ from ..config import (
     Loc,
     NonNegativeInt,
     NonNegativeNumber,
-    OptionalPath,
+    OptionalLocalPath,
     OptionalPositiveInt,
     PositiveInt,
     PositiveNumber,
@@ -152,7 +152,7 @@ class TrainingSpec(Config):
     augment: Boolean
     holdout: ProperFraction = 0.1
     n_train: OptionalPositiveInt = None
-    data_dir: OptionalPath = None
+    data_dir: OptionalLocalPath = None
     select: one_of(*SELECTIONS) = "best-holdout"
 
     _root: ClassVar[str] = "training spec"
@@ -280,6 +280,8 @@ class Training(Config):
     save_every: OptionalPositiveInt = None
 
     _path: ClassVar[str] = "population.training"
+    #: The spec's fields sit beside the seeds in a study file (:mod:`raymatch.config.paths` follows them there).
+    _inline: ClassVar[tuple[str, ...]] = ("spec",)
 
     @classmethod
     def _collect(cls, data: Any) -> tuple[dict[str, Any], list[InitErrorDetails]]:

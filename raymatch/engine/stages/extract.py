@@ -16,9 +16,11 @@ from .stage import Stage
 if TYPE_CHECKING:
     from ...extract import ExtractionJob
     from ...store import Store
+    from ...study import Study
     from ..context import PlanContext
+    from ..plan import Plan
 
-__all__ = ["EXTRACT", "check_distinct", "extract_task", "plan_extract", "plan_import"]
+__all__ = ["EXTRACT", "check_distinct", "extract_claim", "extract_task", "plan_extract", "plan_import"]
 
 
 def extract_task(store: Store, job: ExtractionJob) -> dict:
@@ -108,4 +110,17 @@ def check_distinct(model_ids: dict[str, str]) -> None:
         seen[model] = key
 
 
-EXTRACT = Stage("extract", "models", plan_extract, extract_task, "extraction", reads=("train",), stop_on_failure=True)
+def extract_claim(study: Study, plan: Plan, job) -> tuple[str, str]:
+    """The lease of one extraction (import, token) job: its probe and model; one driver extracts a model at a time."""
+    model = getattr(job, "model_id", None)  # an import knows it
+    if model is None:
+        key = getattr(job, "checkpoint", None)
+        if key is None:  # a language model's token job: the checkpoint of its model in the plan
+            key = next(key for group in plan.groups if group.models
+                       for key, named in zip(group.checkpoints, group.models, strict=True) if named.model == job.model)
+        model = plan.model_ids[key]
+    return study.probe_id, model
+
+
+EXTRACT = Stage("extract", "models", plan_extract, extract_task, "extraction", reads=("train",), stop_on_failure=True,
+                claim=extract_claim)

@@ -18,7 +18,7 @@ from .stage import Stage
 if TYPE_CHECKING:
     from ..context import PlanContext
 
-__all__ = ["FACTOR", "plan_factor"]
+__all__ = ["FACTOR", "count_stored", "plan_factor"]
 
 
 def plan_factor(context: PlanContext) -> StagePlan:
@@ -36,9 +36,7 @@ def plan_factor(context: PlanContext) -> StagePlan:
     def stored(model: str, layer: str, repeat: int) -> bool:
         return manifest_key(factor_prefix(probe_id, model, layer, repeat, center)) in context.stored_factors
 
-    done = sum(stored(context.plan.model_ids[key], layer, repeat)  # the permuted null's models: counted once
-               for group, layer, repeat, _, _ in context.pair_units if group.permute_b_seed is None
-               for key in group.checkpoints)
+    done = count_stored(context)
     readers: collections.Counter = collections.Counter()  # (layer, repeat, model) → pair tasks that need it
     for reads in context.factor_readers:
         readers.update(reads(context))
@@ -48,4 +46,15 @@ def plan_factor(context: PlanContext) -> StagePlan:
     return StagePlan(tasks, done)
 
 
-FACTOR = Stage("factor", "models × layers × repeats", plan_factor, factor_and_store, "curves", reads=("extract",))
+def count_stored(context: PlanContext) -> int:
+    """The study's (model, layer, repeat) matrices whose factor is stored (the permuted null's models once)."""
+    from ...store.layout import factor_prefix, manifest_key
+
+    study = context.study
+    return sum(manifest_key(factor_prefix(study.probe_id, context.plan.model_ids[key], layer, repeat, study.center))
+               in context.stored_factors for group, layer, repeat, _, _ in context.pair_units
+               if group.permute_b_seed is None for key in group.checkpoints)
+
+
+FACTOR = Stage("factor", "models × layers × repeats", plan_factor, factor_and_store, "curves", reads=("extract",),
+               recount=count_stored)  # a factor only one pair task reads is computed (and stored) in that task

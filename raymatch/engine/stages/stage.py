@@ -83,6 +83,14 @@ class Stage:
     pooled_layers : callable, optional
         ``pooled_layers(context)``: conv layers whose per-example means (``<layer>+mean``) this stage reads;
         extraction stores them beside the layers.
+    claim : callable, optional
+        ``claim(study, plan, task) -> tuple of str``: the key parts of the lease (:mod:`raymatch.engine.leases`) a
+        driver takes on a task before running it, so that another driver of the same study on the same store waits
+        for it instead of doing it again (extraction: the probe and the model).
+    recount : callable, optional
+        ``recount(context)``: the units of this stage stored now. Called once every stage has run: what the tasks
+        of later stages stored for this one (a factor that only one pair task reads, computed in that task) counts
+        as computed in the run's summary.
     """
 
     name: str
@@ -101,6 +109,8 @@ class Stage:
     prepare: Callable[[Study, Store, Plan], None] | None = None
     factor_reads: FactorReader | None = None
     pooled_layers: PooledReader | None = None
+    claim: Callable[[Study, Plan, Any], tuple[str, ...]] | None = None
+    recount: Callable[[PlanContext], int] | None = None
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:

@@ -30,12 +30,17 @@ class TrainTask:
 
 
 def plan_train(context: PlanContext) -> StagePlan:
-    """One task per (group, seed) whose checkpoint record is not stored."""
+    """One task per (group, seed) whose checkpoint record is not stored; the models the study trains, counted.
+
+    Only groups the study trains or initialises itself count (a ``prefix``): checkpoints given by the user are no
+    training skipped.
+    """
     groups = context.plan.groups
     tasks = [TrainTask(group.name, group.prefix, seed, untrained=group.name == "untrained")
              for group in groups for seed in group.train_todo]
     # each checkpoint once (the permuted null reuses the trained ones); a trajectory's epochs are no models here
-    models = {key for group in groups if group.origins is None for key in group.checkpoints}
+    models = {key for group in groups if group.prefix is not None and group.origins is None
+              for key in group.checkpoints}
     return StagePlan(tasks, len(models) - len(tasks))
 
 

@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     if match.get("failed_rows"):
         print(f"{match['failed_rows']} result rows failed; see: raymatch query STORE "
               "\"SELECT * FROM matches WHERE status = 'failed'\"")
+    if match.get("failed_measures"):
+        print(f"{match['failed_measures']} measures rows failed; see: raymatch query STORE "
+              "\"SELECT * FROM measures WHERE status = 'failed'\"")
     for counts in summary["stages"].values():
         for error in counts.get("errors", []):
             print(f"failed task: {error}", file=sys.stderr)
@@ -345,6 +348,17 @@ def _parser() -> argparse.ArgumentParser:
         parents=[store, common])
     report_cmd.add_arguments(report_parser)
     report_parser.set_defaults(run=report_cmd.command)
+
+    from .report import evaluation as evaluation_cmd
+
+    evaluate_parser = commands.add_parser(
+        "evaluate-measures", help="what each similarity measure sees on a study's trained population (Ding et al.)",
+        description="Run Ding et al.'s (2021) tests on a study's trained models from the store: principal-component "
+                    "deletion, depth and seed-vs-layer specificity, for every standard measure and the subspace "
+                    "match at each ε; print the measure × test table and store it for raymatch report.",
+        parents=[store, common])
+    evaluation_cmd.add_arguments(evaluate_parser)
+    evaluate_parser.set_defaults(run=evaluation_cmd.command)
 
     import_cmd = commands.add_parser("import", help="import a study's activations (population.activations) only",
                                      parents=[common])

@@ -36,7 +36,7 @@ def test_bench_match_blocks_alone_and_bad_devices(capsys):
     out = capsys.readouterr().out
     assert "\n7a" in out and "\n6a" not in out
     assert bench_main(["match", "--quick", "--part", "table"]) == 2
-    assert "--part must be core or blocks" in capsys.readouterr().err
+    assert "--part must be core, blocks or measures" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -112,7 +112,8 @@ def write_study(store, name="s1", config_hash="abc123", eps=(0.1, 0.5), layers=(
 
 
 def test_stored_tables_and_view_columns():
-    assert list(TABLES) == ["curves", "simple_matches", "runs", "models", "tasks", "cross_curves"]
+    assert list(TABLES) == ["curves", "simple_matches", "runs", "models", "tasks", "cross_curves", "measures",
+                            "neurons"]
     assert MATCHES.names == MATCHES_COLUMNS
     assert CURVES.field("critical_a").type == pa.list_(pa.float64())
     assert CURVES.field("created_at").type == pa.timestamp("us", tz="UTC")

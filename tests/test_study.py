@@ -29,8 +29,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "jobs" / "examples" / "tiny.yaml
 SMALL_CNN_LEAVES = "conv1, relu1, conv2, relu2, pool, flatten, fc1, relu3, fc2"
 CREDENTIALS = "credentials do not belong in a study file; pass them through the environment (runtime_env on a cluster)"
 TOP_LEVEL_KEYS = (
-    "name, store, population, architecture, probe, layers, eps, pairs, reference, simple_matches, cka, null_baseline, "
-    "center, cross_layers, resources, base"
+    "name, store, population, architecture, probe, layers, eps, pairs, reference, simple_matches, cka, measures, "
+    "svcca_keep, null_baseline, center, cross_layers, resources, base"
 )
 
 

@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes (a smoke run; the targets refer to the full sizes)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per fast row (median reported)")
-    parser.add_argument("--part", choices=["table", "layer", "core", "blocks"], action="append",
+    parser.add_argument("--part", choices=["table", "layer", "core", "blocks", "measures"], action="append",
                         help="run only this part: population: table, layer; match: core (rows 1–6), blocks (rows 7–8 "
-                             "of the batched kernel); default: all of the suite's")
+                             "of the batched kernel), measures (row 9: the match task with every standard measure); "
+                             "default: all of the suite's")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="match: where the batched kernel and its floor run (default: cpu); gpu: the device "
                              "checked against the CPU (default: cuda; cpu tests the script itself)")
@@ -91,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _match(args, sizes: dict) -> int:
-    """``raymatch bench match``: rows 1–6 (the match core), then rows 7–8 (the batched kernel)."""
+    """``raymatch bench match``: rows 1–6 (the match core), rows 7–8 (the batched kernel), row 9 (the measures)."""
     import torch
 
-    parts = set(args.part or ("core", "blocks"))
-    if not parts <= {"core", "blocks"}:
-        print(f"raymatch bench match: --part must be core or blocks; got {sorted(parts - {'core', 'blocks'})}",
+    known = {"core", "blocks", "measures"}
+    parts = set(args.part or known)
+    if not parts <= known:
+        print(f"raymatch bench match: --part must be core, blocks or measures; got {sorted(parts - known)}",
               file=sys.stderr)
         return 2
     args.device = args.device or "cpu"
@@ -111,12 +113,18 @@ def _match(args, sizes: dict) -> int:
         rows = bench_match(repeats=max(1, args.repeats), **sizes)
         judge(rows)
         print_table(rows)
-    if "blocks" not in parts:
-        return 0
-    torch.set_num_threads(max(1, args.threads))
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\nrows 7–8: milliseconds per curve; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"device {name}; today's kernel: numpy/scipy, one BLAS thread")
-    print_blocks(bench_blocks(quick=args.quick, repeats=max(1, min(args.repeats, 3)), device=device))
+    if "blocks" in parts:
+        torch.set_num_threads(max(1, args.threads))
+        device = torch.device(args.device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        print(f"\nrows 7–8: milliseconds per curve; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+              f"device {name}; today's kernel: numpy/scipy, one BLAS thread")
+        print_blocks(bench_blocks(quick=args.quick, repeats=max(1, min(args.repeats, 3)), device=device))
+    if "measures" in parts:
+        from .measure_stage import STAGE_MEASURES, bench_measure_stage, print_measure_stage
+
+        repeats = max(1, min(args.repeats, 5))
+        print(f"\nrow 9: the match task (raymatch.engine.tasks.match_task, local store) with measures "
+              f"[max_match, cka] and with {', '.join(STAGE_MEASURES)} too; median of {repeats} rounds")
+        print_measure_stage(bench_measure_stage(quick=args.quick, repeats=repeats), repeats=repeats)
     return 0

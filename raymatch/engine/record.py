@@ -115,6 +115,7 @@ def write_study_record(study: Study, store: Store) -> None:
     store.write_json(study_record_key(study.name), {
         "name": study.name, "config_hash": study.config_hash, "code_version": __version__,
         "layers": list(study.layer_names), "eps": list(study.eps),
+        "measures": list(study.measure_names), "svcca_keep": study.svcca_keep,
         "architecture": study.architecture.to_dict() if study.architecture is not None else None,
         "probe": study.probe.to_dict(), "config": study.to_dict(),
     })

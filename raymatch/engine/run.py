@@ -224,11 +224,12 @@ def stage_recorder(study: Study, stage: Stage, writer: TableWriter) -> Callable[
     def record(outcome: Outcome) -> None:
         if not outcome.ok:
             return
-        rows = outcome.result["rows"]
-        writer.add(stage.table, rows)
+        by_table = stage.rows_by_table(outcome.result["rows"])  # a list of its table's rows, or table → rows
+        for table, rows in by_table.items():
+            writer.add(table, rows)
         if stage.marks_done:
             writer.add("tasks", [{"study": study.name, "config_hash": study.config_hash, "stage": stage.name,
-                                  "task_id": outcome.item.task_id, "rows": len(rows)}])
+                                  "task_id": outcome.item.task_id, "rows": len(by_table.get(stage.table, []))}])
         # the rows are the writer's now: the outcome the stage keeps holds its counts and times only, so that the
         # driver's memory does not grow with the rows of a stage of a million pairs
         outcome.result = {key: value for key, value in outcome.result.items() if key != "rows"}
@@ -249,7 +250,7 @@ def stage_counts(stage: Stage, outcomes: list[Outcome], skipped: int, stage_star
     devices = collections.Counter(result["device"] for result in results if "device" in result)
     if devices:  # tasks of actors that say where they computed (GPU actors): {"cuda": 12} or {"cpu": 12}
         counts["devices"] = dict(devices)
-    for key in ("failed", "match_seconds", "cka_seconds"):
+    for key in ("failed", "failed_measures", "match_seconds", "cka_seconds", "measure_seconds"):
         if any(key in result for result in results):
             counts["failed_rows" if key == "failed" else key] = sum(result.get(key, 0) for result in results)
     return counts

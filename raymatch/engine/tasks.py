@@ -73,6 +73,15 @@ class MatchTask:
     device : str, optional
         Where the batched kernel computes: ``'cuda'`` once a GPU actor has taken the task, else the CPU.
 
+    measures : tuple of str
+        Standard measures of the ``measures`` table to compute too, from the same factors and cross products
+        (:mod:`raymatch.engine.measuring`); none by default.
+    svcca_keep : float
+        SVCCA's share of variance.
+    curve : bool
+        Compute each pair's ε-curve (``curves`` row). False for pairs whose curves are stored and whose measures
+        are not: only ``measures`` are computed.
+
     ``kernel`` and ``device`` change no result, so they are not part of the task id.
     """
 
@@ -88,6 +97,9 @@ class MatchTask:
     permute_b_seed: int | None = None
     kernel: str = "batched"
     device: str | None = None
+    measures: tuple[str, ...] = ()
+    svcca_keep: float = 0.99
+    curve: bool = True
 
     @property
     def task_id(self) -> str:
@@ -96,6 +108,8 @@ class MatchTask:
                  self.cka]
         if self.permute_b_seed is not None:  # only then: every other task keeps its id
             parts.append(self.permute_b_seed)
+        if self.measures or not self.curve:  # likewise
+            parts.append(["measures", list(self.measures), self.svcca_keep, self.curve])
         return layout.task_id(self.layer, self.repeat, parts)
 
     @property
@@ -113,14 +127,16 @@ class MatchTask:
 def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat: int,
                 pairs: Sequence[tuple[str, str]], *, block: int, center: bool = False, population: str = "trained",
                 positions: dict[str, int] | None = None, cka: bool = True, permute_b_seed: int | None = None,
-                kernel: str = "batched") -> list[MatchTask]:
+                kernel: str = "batched", measures: Sequence[str] = (), svcca_keep: float = 0.99,
+                curve: bool = True) -> list[MatchTask]:
     """Group ``pairs`` into tasks by the blocks of their models.
 
     A model's block is its position (``positions``; default: order of first appearance in ``pairs``) divided
     by ``block``. Passing the positions of the whole population keeps a block's task the same whichever of its
     pairs are still to do, so runs that plan from the same stored state plan the same tasks. Within a task the
     pairs keep their order in ``pairs``; tasks come in order of their blocks. Each task holds its pairs as a
-    :class:`~raymatch.engine.pairlist.PairList` of its own models (8 bytes a pair).
+    :class:`~raymatch.engine.pairlist.PairList` of its own models (8 bytes a pair). ``measures``, ``svcca_keep`` and
+    ``curve`` are those of every task (:class:`MatchTask`).
     """
     if block < 1:
         raise ValueError(f"block must be a positive integer; got {block}")
@@ -138,7 +154,7 @@ def block_tasks(study: str, config_hash: str, probe_id: str, layer: str, repeat:
     bounds = np.flatnonzero(np.diff(keys[ranked])) + 1
     del keys
     return [MatchTask(study, config_hash, probe_id, layer, repeat, pairs[chosen].compact(), center, population, cka,
-                      permute_b_seed, kernel)
+                      permute_b_seed, kernel, measures=tuple(measures), svcca_keep=svcca_keep, curve=curve)
             for chosen in np.split(ranked, bounds)]
 
 
@@ -238,12 +254,13 @@ def fail_row(row: dict, error: BaseException, seconds: float = 0.0) -> dict:
 
 
 def measure_rows(rows: list[dict], pairs: list, tolerances: list[float], *, cka: bool, kernel: str = "batched",
-                 device: str | None = None, clock: dict | None = None) -> None:
+                 device: str | None = None, clock: dict | None = None, measurer=None) -> None:
     """Fill each row of ``rows`` with its pair's ε-curve, counts and CKA, computed as one block; or mark it failed.
 
     ``pairs`` are the rows' factor pairs and ``tolerances`` their exact tolerances, in the order of ``rows``. Each
     row's ``seconds`` is its share of the block's time. ``clock`` (optional) accumulates ``match_seconds`` and
-    ``cka_seconds``.
+    ``cka_seconds``. ``measurer`` (optional, a :class:`~raymatch.engine.measuring.PairMeasurer`) receives each
+    measured pair's factors and cross product, for the study's standard measures.
     """
     clock = clock if clock is not None else {"match_seconds": 0.0, "cka_seconds": 0.0}
     started = time.perf_counter()
@@ -252,8 +269,11 @@ def measure_rows(rows: list[dict], pairs: list, tolerances: list[float], *, cka:
     cka_started = time.perf_counter()
     ckas = [_cka(fa, fb, cross) if cka and cross is not None else None
             for (fa, fb), cross in zip(pairs, crosses, strict=True)]
-    # More measures of a pair come from the same (fa, fb, cross) here, aligned with `pairs` as `ckas` is.
     clock["cka_seconds"] += time.perf_counter() - cka_started
+    if measurer is not None:  # the standard measures, from the same factors and cross products (computed later)
+        for row, (fa, fb), cross in zip(rows, pairs, crosses, strict=True):
+            if cross is not None:
+                measurer.add(row["model_a"], row["model_b"], fa, fb, cross)
     share = (time.perf_counter() - started) / max(1, len(pairs))
     for row, result, tol, value in zip(rows, computed, tolerances, ckas, strict=True):
         if isinstance(result, Exception):
@@ -274,7 +294,7 @@ def _cka(fa, fb, cross):
         return error
 
 
-def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -> list[dict]:
+def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None, measurer=None) -> list[dict]:
     """One ``curves`` row per pair of ``task``: the pair's ε-curve, counts and CKA; a failing pair is a failed row.
 
     The task's pairs are computed together (``task.kernel``, on ``task.device``; :func:`measure_rows`). Each curve
@@ -291,6 +311,8 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
     timings : dict, optional
         Receives ``factor_seconds`` (reading and rebuilding the factors), ``match_seconds`` (cross products and
         ε-curves) and ``cka_seconds`` (CKA from the shared cross products), summed over the task.
+    measurer : raymatch.engine.measuring.PairMeasurer, optional
+        Receives each pair's factors and cross product, for the standard measures of ``task.measures``.
     """
     clock = {"factor_seconds": 0.0, "match_seconds": 0.0, "cka_seconds": 0.0}
     started = time.perf_counter()
@@ -315,7 +337,7 @@ def run_curve_task(store: Store, task: MatchTask, timings: dict | None = None) -
         else:
             measured.append((row, (factors[a], factors_b[b]), max(tolerances[a], tolerances[b])))  # coarser dtype
     measure_rows([row for row, _, _ in measured], [pair for _, pair, _ in measured], [tol for _, _, tol in measured],
-                 cka=task.cka, kernel=task.kernel, device=task.device, clock=clock)
+                 cka=task.cka, kernel=task.kernel, device=task.device, clock=clock, measurer=measurer)
     if timings is not None:
         timings.update(clock)
     return rows
@@ -386,11 +408,18 @@ def match_task(store: Store, task: MatchTask) -> dict:
     -------
     dict
         ``rows`` (see :func:`run_curve_task`), ``failed`` (rows with status ``failed``), and ``factor_seconds``,
-        ``match_seconds``, ``cka_seconds``.
+        ``match_seconds``, ``cka_seconds``. With ``task.measures``, ``rows`` maps ``curves``, ``measures`` and
+        ``neurons`` to their rows, and ``measure_seconds`` is added (:meth:`~.measuring.PairMeasurer.result`).
     """
+    from .measuring import PairMeasurer, measure_task
+
+    if not task.curve:  # curves stored: only the measures the store lacks
+        return measure_task(store, task)
     timings: dict = {}
-    rows = run_curve_task(store, task, timings)
-    return {"rows": rows, "failed": sum(row["status"] != "ok" for row in rows), **timings}
+    measurer = PairMeasurer(task) if task.measures else None
+    rows = run_curve_task(store, task, timings, measurer)
+    result = {"rows": rows, "failed": sum(row["status"] != "ok" for row in rows), **timings}
+    return result if measurer is None else measurer.result(result)
 
 
 def simple_task(store: Store, task: SimpleTask) -> dict:

@@ -29,6 +29,7 @@ shares), so a layer in many pairs pays its small SVDs once.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass
 
@@ -78,6 +79,8 @@ class CentredLayer:
         ``Φᵀ basisᵀ 1``, the part of the constant vector the frame sees (zero but for its last entry).
     n_samples, n_neurons : int
         Shape of the factored matrix.
+    weights : numpy.ndarray, shape (rank, n_kept)
+        ``M`` on the kept columns: the kept (uncentred) neurons in the factor's basis coordinates.
     """
 
     kept: np.ndarray
@@ -91,11 +94,29 @@ class CentredLayer:
     ones: np.ndarray
     n_samples: int
     n_neurons: int
+    weights: np.ndarray
 
     @property
     def rank(self) -> int:
         """Dimension of the span of the centred unit-norm kept neurons (what CCA sees)."""
         return self.span.shape[1]
+
+    # Products every pair of this layer uses, formed once (a layer is in many pairs of a task).
+
+    @functools.cached_property
+    def principal_frame(self) -> np.ndarray:
+        """``Φ V`` (rank × rank_v): the principal directions in basis coordinates, less the constant's share."""
+        return self.frame @ self.directions
+
+    @functools.cached_property
+    def principal_ones(self) -> np.ndarray:
+        """``Vᵀ Φᵀ basisᵀ 1`` (rank_v,): the principal directions' share of the constant vector."""
+        return self.directions.T @ self.ones
+
+    @functools.cached_property
+    def span_coords(self) -> np.ndarray:
+        """``Sᵀ T`` (rank_c × n_kept): the centred kept neurons in the span's orthonormal basis."""
+        return self.span.T @ self.coords
 
 
 def centred_layer(f: Factor) -> CentredLayer:
@@ -159,7 +180,7 @@ def _centred_layer(f: Factor) -> CentredLayer:
     # A layer of full rank in its frame spans it whichever way its neurons are scaled: one basis serves both.
     span = directions if _unit_full_rank(coords, norms, singular) else _left_singular(coords / norms)[0]
     return CentredLayer(f.live[columns].astype(np.int64), columns.astype(np.int64), frame, coords, norms, span,
-                        directions, singular**2, ones, f.n_samples, f.n_neurons)
+                        directions, singular**2, ones, f.n_samples, f.n_neurons, weights[:, columns])
 
 
 def _column_sums(f: Factor) -> np.ndarray:
@@ -235,16 +256,27 @@ def frame_cross(la: CentredLayer, fa: Factor, lb: CentredLayer, fb: Factor, cros
     return g
 
 
+def principal_cross(la: CentredLayer, fa: Factor, lb: CentredLayer, fb: Factor, cross: np.ndarray) -> np.ndarray:
+    """``H = Vₐᵀ G V_b``: inner products of the two layers' principal directions, shape (rank_v_a, rank_v_b).
+
+    ``(Φₐ Vₐ)ᵀ C (Φ_b V_b)`` less the constant vector's share: two products with the per-layer
+    :attr:`~CentredLayer.principal_frame` instead of four.
+    """
+    check_same_samples(fa.n_samples, fb.n_samples)
+    with one_thread():
+        h = la.principal_frame.T @ (cross @ lb.principal_frame)
+        h -= np.outer(la.principal_ones, lb.principal_ones) / fa.n_samples
+    return h
+
+
 def centred_cross(la: CentredLayer, fa: Factor, lb: CentredLayer, fb: Factor, cross: np.ndarray) -> np.ndarray:
     """``X_aᵀ X_b``: centred inner products of the kept neurons, shape (n_kept_a, n_kept_b).
 
     ``Mₐᵀ C M_b − d μₐ μ_bᵀ`` on the kept columns; μ is zero for a centred factor.
     """
     check_same_samples(fa.n_samples, fb.n_samples)
-    wa = fa.coords[:, la.columns] * fa.norms[la.columns]
-    wb = fb.coords[:, lb.columns] * fb.norms[lb.columns]
     with one_thread():
-        product = wa.T @ (cross @ wb)
+        product = la.weights.T @ (cross @ lb.weights)
     if not (fa.centered or fb.centered):
         product -= fa.n_samples * np.outer(fa.means[la.kept], fb.means[lb.kept])
     return product

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.linalg
 
 from ._blas import one_thread, one_thread_method
-from .centred import CentredLayer, centred_cross, centred_layer, frame_cross
+from .centred import CentredLayer, centred_cross, centred_layer, frame_cross, principal_cross
 from .cka import linear_cka_factors
 from .factor import Factor, cross_product, factor
 from .inputs import check_same_samples
@@ -78,7 +78,7 @@ class _Pair:
     @cached_property
     def principal(self) -> np.ndarray:
         """``Vₐᵀ G V_b``: inner products of the two layers' principal directions (rank_v_a × rank_v_b)."""
-        return self.la.directions.T @ self.frames @ self.lb.directions
+        return principal_cross(self.la, self.fa, self.lb, self.fb, self.cross)
 
     def spans(self) -> np.ndarray:
         """Inner products of orthonormal bases of the two centred spans (``principal`` when both are full rank)."""
@@ -157,7 +157,7 @@ def _weighted(layer: CentredLayer, variates: np.ndarray, rho: np.ndarray) -> flo
     The canonical variates h_i are ``span @ variates`` in frame coordinates; within a group of tied correlations
     they are first rotated onto the principal directions of the neurons' projections (:func:`tie_groups`).
     """
-    projections = (layer.span @ variates).T @ layer.coords  # ⟨h_i, x_j⟩, r × n_kept
+    projections = variates.T @ layer.span_coords  # ⟨h_i, x_j⟩ = ((S L)ᵀ T)_ij, r × n_kept
     return float(projection_weights(projections, rho) @ rho)
 
 

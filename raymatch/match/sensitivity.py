@@ -25,8 +25,8 @@ from scipy import stats
 
 from ._blas import one_thread, small
 from .api import match_curve
-from .factor import cross_product, factor
-from .inputs import as_activation_matrix
+from .factor import Factor, cross_product, factor
+from .inputs import DEAD_RTOL, RANK_RTOL, as_activation_matrix
 from .measures import MEASURES, SVCCA_KEEP, pair_measures
 
 #: The paper's ε grid: the subspace match is one measure per ε.
@@ -123,23 +123,44 @@ def delete_components(A, k: int, *, from_top: bool = True) -> np.ndarray:
     >>> (np.linalg.svd(D - D.mean(axis=0), compute_uv=False) / 10).round(1).tolist()
     [2.0, 1.1, 0.0, 0.0]
     """
-    return _components(as_activation_matrix(A, "A"))(k, from_top)
+    means, delete, _ = _components(as_activation_matrix(A, "A"))
+    return means + delete(k, from_top)
 
 
 def _components(a: np.ndarray):
-    """``delete(k, from_top)`` for the matrix ``a``, from one SVD."""
+    """From one SVD of ``a``'s centred columns: their means, and the centred part with k components deleted.
+
+    ``delete(k, from_top)`` gives that part as a matrix, ``deleted_factor(k, from_top)`` its centred factor, exactly.
+    """
     means = a.mean(axis=0)
     with one_thread(small(a.size)):
         u, s, vt = np.linalg.svd(a - means, full_matrices=False)
 
-    def delete(k: int, from_top: bool) -> np.ndarray:
+    def kept(k: int, from_top: bool) -> slice:
         if not 0 <= k <= s.size:
             raise ValueError(f"k must be in [0, {s.size}] (the number of principal components); got {k}")
-        kept = slice(k, None) if from_top else slice(0, s.size - k)
-        with one_thread(small(a.size)):
-            return means + (u[:, kept] * s[kept]) @ vt[kept]
+        return slice(k, None) if from_top else slice(0, s.size - k)
 
-    return delete
+    def delete(k: int, from_top: bool) -> np.ndarray:
+        rest = kept(k, from_top)
+        with one_thread(small(a.size)):
+            return (u[:, rest] * s[rest]) @ vt[rest]
+
+    def deleted_factor(k: int, from_top: bool) -> Factor:
+        # The deleted layer's span is that of the remaining left singular vectors, exactly: factoring the product
+        # again would let the rounding of nearly flat neurons (1e-16 of the largest, much more of their own norm
+        # once normalised) add directions the layer does not have.
+        rest = kept(k, from_top)
+        significant = s[rest] > RANK_RTOL * s[0] if s.size else np.zeros(0, bool)
+        weights = s[rest][significant, None] * vt[rest][significant]  # rank × n_neurons
+        norms = np.linalg.norm(weights, axis=0)
+        live = np.flatnonzero(norms > DEAD_RTOL * norms.max(initial=0.0)) if norms.size else np.zeros(0, np.int64)
+        if live.size == 0:
+            return factor(np.zeros_like(a), center=True)
+        return Factor(np.ascontiguousarray(u[:, rest][:, significant]), weights[:, live] / norms[live], live,
+                      a.shape[0], a.shape[1], True, norms[live], np.zeros(a.shape[1]))
+
+    return means, delete, deleted_factor
 
 
 def pc_deletion(A, ks=None, *, measures=MEASURES, eps=MATCH_EPS, svcca_keep: float = SVCCA_KEEP,
@@ -192,14 +213,21 @@ def pc_deletion(A, ks=None, *, measures=MEASURES, eps=MATCH_EPS, svcca_keep: flo
     measures, eps = tuple(measures), tuple(float(e) for e in eps)
     names = [*measures, *map(match_key, eps)]
     values = {name: np.empty(ks.size) for name in names}
-    fa, delete = factor(a, center=center), _components(a)
+    # The measures (which centre) read the centred parts, the deleted copy's as its exact factor: with the means
+    # added back, deleting all but the smallest components leaves nearly constant columns whose centred part
+    # carries the means' rounding (1e-16 of the mean, a large share of what is left). The match reads the layer as
+    # the study does (``center``).
+    means, delete, deleted_factor = _components(a)
+    fa, ca = factor(a, center=center), factor(a - means, center=True)
     for i, k in enumerate(ks.tolist()):
-        fk = factor(delete(k, from_top), center=center)
-        cross = cross_product(fa, fk)
-        for name, value in pair_measures(fa, fk, cross, measures=measures, svcca_keep=svcca_keep).items():
+        deleted = delete(k, from_top)
+        ck = deleted_factor(k, from_top)
+        for name, value in pair_measures(ca, ck, cross_product(ca, ck), measures=measures,
+                                         svcca_keep=svcca_keep).items():
             values[name][i] = value
         if eps:
-            curve = match_curve(fa, fk, cross=cross)
+            fk = ck if center else factor(means + deleted)
+            curve = match_curve(fa, fk, cross=cross_product(fa, fk))
             for e in eps:
                 values[match_key(e)][i] = curve.at(e).similarity
     spearman = {name: _spearman(ks.astype(np.float64), dissimilarity(name, values[name])) for name in names}

@@ -28,6 +28,7 @@ from .beyond import draw_beyond_figures
 from .context import REPORT_SHARE, TRAINED, ReportContext, ordered, population_order
 from .figures import FigureResult, draw_figures
 from .html import HtmlPage, write_html
+from .measures import draw_measure_figures, measure_sections, read_measure_report
 from .similarity_table import TABLE_WIDTH, format_similarity_table, similarity_table
 from .summary import SUMMARY_NAME, summary_markdown
 
@@ -337,10 +338,13 @@ def write_report(store: Store, *, study: str | None = None, out_dir: str | os.Pa
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(ctx, out)
     figures.update(draw_beyond_figures(store, ctx, out))  # trajectory.png, cross_layers.png: where there are rows
+    measures = read_measure_report(store, ctx)  # the standard measures, universal neurons, a stored evaluation
+    figures.update(draw_measure_figures(measures, ctx, out))
     rows = pd.concat([ctx.ok, ctx.at_eps], ignore_index=True) if ctx.off_grid and ctx.eps is not None else ctx.ok
     table = similarity_table(rows, layers=ctx.layers)
     page = write_html(store, ctx, out, neurons=html_neurons) if html or html_neurons else None
-    summary = summary_markdown(ctx, figures, table, html_page=page.path.name if page is not None else None)
+    summary = summary_markdown(ctx, figures, table, html_page=page.path.name if page is not None else None,
+                               sections=measure_sections(measures, ctx))
     summary_path = out / SUMMARY_NAME
     summary_path.write_text(summary, encoding="utf-8")
     return Report(study=ctx.study, out_dir=out, summary_path=summary_path, figures=figures, layers=ctx.layers,

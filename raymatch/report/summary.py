@@ -133,10 +133,11 @@ def _caveats(ctx: ReportContext) -> str:
 
 
 def summary_markdown(ctx: ReportContext, figures: dict[str, FigureResult], table: pd.DataFrame,
-                     html_page: str | None = None) -> str:
+                     html_page: str | None = None, sections: list[str] | None = None) -> str:
     """The text of ``summary.md``: counts, tables, the figures written or skipped (``figures``) and caveats.
 
-    ``html_page``: the name of the interactive page written beside it, linked at the top.
+    ``html_page``: the name of the interactive page written beside it, linked at the top. ``sections``: more lines
+    before the list of figures (the standard measures, :func:`raymatch.report.measures.measure_sections`).
     """
     record = ctx.record or {}
     hashes = sorted(set(ctx.matches["config_hash"].dropna()))
@@ -201,6 +202,7 @@ def summary_markdown(ctx: ReportContext, figures: dict[str, FigureResult], table
                 for layer in ordered(sizes["layer"], ctx.layers)
                 for eps, group in sizes.loc[sizes["layer"] == layer].groupby("eps")]
         lines.append(markdown_table(["layer", "ε", "found", "median size", "largest"], rows))
+    lines += sections or []
     lines += ["", "## Figures", ""]
     for name, result in figures.items():
         lines.append(f"- `{name}`: {result.caption}" if result.path is not None

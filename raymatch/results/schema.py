@@ -1,6 +1,7 @@
 """The schemas of the stored results tables and of the views, and the validation of rows before they are written.
 
-Stored tables (:data:`TABLES`): ``curves``, ``simple_matches``, ``runs``, ``models`` and ``tasks``. Views
+Stored tables (:data:`TABLES`): ``curves``, ``simple_matches``, ``runs``, ``models``, ``tasks``, ``cross_curves``,
+and the standard measures' ``measures`` and ``neurons`` (their schemas: :mod:`raymatch.results.measure_schema`). Views
 (:data:`VIEWS`, built by :func:`raymatch.results.connect`) have the columns of :data:`VIEW_COLUMNS`; ``matches``
 has exactly the columns of :data:`MATCHES` and ``cka`` those of :data:`CKA`.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..config import is_integer, is_number
+from .measure_schema import MEASURE_ROWS, NEURON_ROWS, NEURONS, UNIVERSAL_NEURONS
 
 _INT32 = pa.int32()
 _LIST_INT32 = pa.list_(pa.int32())
@@ -165,6 +167,8 @@ TASKS = pa.schema([
 TABLES: dict[str, pa.Schema] = {"curves": CURVES, "simple_matches": SIMPLE_MATCHES, "runs": RUNS,
                                 "models": MODELS, "tasks": TASKS}
 TABLES["cross_curves"] = CROSS_CURVES
+TABLES["measures"] = MEASURE_ROWS
+TABLES["neurons"] = NEURON_ROWS
 
 #: Columns of the ``matches`` view (and of ``matches_at(eps)``): one row per (pair, layer, ε, repeat).
 MATCHES = pa.schema([
@@ -192,12 +196,16 @@ CKA = pa.schema([
     *_PROVENANCE,
 ])
 
-#: Columns of the ``studies`` view: each study's current configuration, from its record ``studies/<name>.json``.
+#: Columns of the ``studies`` view: each study's current configuration, from its record ``studies/<name>.json``
+#: (``measures``: what each pair gets, ``cka`` only when computed; records of raymatch before the measures hold
+#: neither, and read as ``[max_match, cka]`` and 0.99).
 STUDIES = pa.schema([
     _field("study", pa.string()),
     _field("config_hash", pa.string()),
     _field("eps", pa.list_(pa.float64())),
     _field("layers", pa.list_(pa.string())),
+    _field("measures", pa.list_(pa.string())),
+    _field("svcca_keep", pa.float64()),
 ])
 
 #: Columns of the ``universality(eps)`` table macro: one row per (study, population, layer, repeat, model, neuron).
@@ -239,21 +247,26 @@ KEYS: dict[str, tuple[str, ...]] = {
     "tasks": ("study", "config_hash", "stage", "task_id"),
     "cross_curves": ("study", "config_hash", "population", "layer_a", "layer_b", "pool", "repeat", "model_a",
                      "model_b"),
+    "measures": ("study", "config_hash", "population", "layer", "repeat", "model_a", "model_b", "measure",
+                 "svcca_keep"),
+    "neurons": ("study", "config_hash", "population", "layer", "repeat", "model_a", "model_b"),
 }
 
 #: The column that orders the rows of one key: the latest wins (``curves`` prefer ``"ok"`` rows first).
 ORDER_BY: dict[str, str] = {"curves": "created_at", "simple_matches": "created_at", "runs": "updated_at",
-                            "models": "created_at", "tasks": "created_at", "cross_curves": "created_at"}
+                            "models": "created_at", "tasks": "created_at", "cross_curves": "created_at",
+                            "measures": "created_at", "neurons": "created_at"}
 
 #: Column filled with the current UTC time when a row leaves it out.
 FILLED_TIME: dict[str, str] = {"curves": "created_at", "simple_matches": "created_at", "runs": "updated_at",
-                               "models": "created_at", "tasks": "created_at", "cross_curves": "created_at"}
+                               "models": "created_at", "tasks": "created_at", "cross_curves": "created_at",
+                               "measures": "created_at", "neurons": "created_at"}
 
 #: The views of :func:`raymatch.results.connect` and their columns (stored tables' views keep their schema).
 VIEW_COLUMNS: dict[str, pa.Schema] = {
     "curves": CURVES_VIEW, "curves_all": CURVES, "matches": MATCHES, "cka": CKA, "studies": STUDIES,
     "simple_matches": SIMPLE_MATCHES, "runs": RUNS, "models": MODELS, "tasks": TASKS,
-    "cross_curves": CROSS_CURVES_VIEW, "cross_matches": CROSS_MATCHES,
+    "cross_curves": CROSS_CURVES_VIEW, "cross_matches": CROSS_MATCHES, "measures": MEASURE_ROWS, "neurons": NEURONS,
     **{f"{table}_raw": schema for table, schema in TABLES.items()},
 }
 VIEWS = tuple(VIEW_COLUMNS)
@@ -269,6 +282,12 @@ STATUSES = ("ok", "failed")
 #: ``curves`` fields an ``"ok"`` row must have (``cka`` and ``error`` aside).
 _CURVE_MEASUREMENTS = ("n_samples", "n_a", "n_b", "dead_a", "dead_b", "critical_a", "critical_b", "exact_tol",
                        "max_epsilon", "chance", "seconds")
+
+
+#: ``measures`` and ``neurons`` fields an ``"ok"`` row must have.
+_PAIR_MEASUREMENTS = {"measures": ("value", "n_samples", "n_a", "n_b"),
+                      "neurons": ("n_samples", "n_a", "n_b", "correlation_a", "partner_a", "correlation_b",
+                                  "partner_b")}
 
 
 def table_schema(table: str) -> pa.Schema:
@@ -361,6 +380,8 @@ def _check_row(schema: pa.Schema, table: str, row: Mapping, index: int) -> None:
         _check_value(field, value, where)
     if table in ("curves", "cross_curves"):
         _check_curve(row, where)
+    elif table in _PAIR_MEASUREMENTS:
+        _check_status(row, where, _PAIR_MEASUREMENTS[table])
     elif table == "runs" and row["status"] not in RUN_STATUSES:
         raise ValueError(f"{where}: field 'status' must be one of {', '.join(map(repr, RUN_STATUSES))}; "
                          f"got {row['status']!r}")
@@ -413,7 +434,10 @@ __all__ = [
     "EPS_FOR_SHARE",
     "KEYS",
     "MATCHES",
+    "MEASURE_ROWS",
     "MODELS",
+    "NEURONS",
+    "NEURON_ROWS",
     "RUNS",
     "RUN_STATUSES",
     "SIMPLE_MATCHES",
@@ -422,6 +446,7 @@ __all__ = [
     "TABLES",
     "TASKS",
     "UNIVERSALITY",
+    "UNIVERSAL_NEURONS",
     "VIEWS",
     "VIEW_COLUMNS",
     "table_schema",

@@ -18,6 +18,7 @@ import pyarrow as pa
 from ..match.inputs import EPS_MAX, EPS_MIN, EPS_RULE
 from ..store import Store, layout
 from .legacy import ensure_current_format
+from .measure_views import MEASURE_MACROS, measure_views
 from .reading import dataset
 from .schema import (
     CKA,
@@ -253,7 +254,8 @@ def _view_sql() -> dict[str, str]:
     }
     cross_grid = f"cross_curves c JOIN {grid} g ON c.study = g.study AND c.config_hash = g.config_hash"
     views["cross_matches"] = _matches_select(cross_grid, CROSS_MATCHES.names)
-    return views
+    measures = measure_views()  # measures, neurons: their own views over the stored tables, after curves
+    return {**{name: sql for name, sql in views.items() if name not in measures}, **measures}
 
 
 def _study_records(store: Store) -> pa.Table:
@@ -270,7 +272,9 @@ def _study_records(store: Store) -> pa.Table:
             raise ValueError(f"study record {key} in store {store.uri} has an ε grid that is not a list of numbers")
         rows.append({"study": record.get("name") or key.rsplit("/", 1)[-1][: -len(".json")],
                      "config_hash": record["config_hash"], "eps": [float(value) for value in eps],
-                     "layers": [str(layer) for layer in record.get("layers") or []]})
+                     "layers": [str(layer) for layer in record.get("layers") or []],
+                     "measures": [str(name) for name in record.get("measures") or ("max_match", "cka")],
+                     "svcca_keep": float(record.get("svcca_keep", 0.99))})
     return pa.Table.from_pylist(rows, schema=STUDIES)
 
 
@@ -280,7 +284,7 @@ def connect(store: Store):
     - ``curves_all``: every ``curves`` row, one per (study, config_hash, population, layer, repeat, model_a,
       model_b): an ``"ok"`` row before a ``"failed"`` one, then the latest ``created_at``.
     - ``studies``: each study's current configuration from its record ``studies/<name>.json``: ``study``,
-      ``config_hash``, ``eps`` (its ε grid), ``layers``.
+      ``config_hash``, ``eps`` (its ε grid), ``layers``, ``measures`` and ``svcca_keep``.
     - ``curves``: the ``curves_all`` rows of each study's current configuration (a study without a record has
       none), with ``name_a`` and ``name_b`` after ``model_b``: the models' names from ``models.name`` (``seed3``,
       a checkpoint's relative path, an imported model's name), their ids where the store has no name.
@@ -303,6 +307,8 @@ def connect(store: Store):
     - ``cross_curves``: like ``curves``, the rows of ``cross_layers`` (one per pair, layer of a, layer of b,
       pool and repeat); ``cross_matches``: those at each ε of the study's grid, the ``matches`` columns with
       ``layer_a``, ``layer_b`` and ``pool`` for ``layer``.
+    - ``measures``, ``neurons`` and ``universal_neurons(margin, most)``: the standard measures of each pair, the
+      per-neuron correlations, and which neurons are universal (:mod:`raymatch.results.measure_views`).
     - ``<table>_raw``: every stored row of each table, duplicates included.
 
     Parameters
@@ -335,7 +341,7 @@ def connect(store: Store):
         con.register("studies", studies)
         for name, sql in _view_sql().items():
             con.execute(f"CREATE VIEW {_quote(name)} AS {sql}")
-        for macro, sql in MACROS.items():
+        for macro, sql in {**MACROS, **MEASURE_MACROS}.items():
             con.execute(f"CREATE MACRO {macro} AS TABLE {sql()}")
     except BaseException:
         con.close()

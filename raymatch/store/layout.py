@@ -146,6 +146,23 @@ def study_record_key(name: str) -> str:
     return f"{study_records_prefix()}/{name}.json"
 
 
+def evaluations_prefix() -> str:
+    """The prefix of the stored evaluations of the measures (``raymatch evaluate-measures``)."""
+    return "evaluations"
+
+
+def evaluation_key(study: str, config_hash: str) -> str:
+    """``evaluations/<study>/<config hash>.json``: what each measure sees on a study's population, per configuration.
+
+    Examples
+    --------
+    >>> from raymatch.store.layout import evaluation_key
+    >>> evaluation_key("quickstart", "6ce477ac6404d03f")
+    'evaluations/quickstart/6ce477ac6404d03f.json'
+    """
+    return f"{evaluations_prefix()}/{study}/{config_hash}.json"
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 

@@ -26,14 +26,23 @@ if TYPE_CHECKING:
     from ..models.architecture import Architecture
     from .spec import Study
 
-__all__ = ["check_architecture_use", "check_checkpoint_files", "check_cross_layers", "check_layers", "check_probe_fit",
-           "check_reference", "check_sampled_rows", "check_trajectory", "few_samples"]
+__all__ = ["check_architecture_use", "check_checkpoint_files", "check_cross_layers", "check_layers", "check_measures",
+           "check_probe_fit", "check_reference", "check_sampled_rows", "check_trajectory", "few_samples"]
 
 #: What a checkpoint is, for the problem of a folder given as one.
 CHECKPOINT_FILE = ("a checkpoint is a file, safetensors or a torch.save state dict (a Hugging Face save_pretrained "
                    "folder is not one)")
 
 Problems = list[tuple[Loc, str]]
+
+
+def check_measures(values: Mapping[str, Any], data: Mapping[str, Any]) -> Problems:
+    """``measures`` lists ``max_match`` (the subspace match every study computes)."""
+    measures = values.get("measures")
+    if measures is None or "max_match" in measures:
+        return []
+    return [(("measures",), f"must list max_match (every study computes the subspace match; the other measures "
+                            f"come beside it); got {list(measures)}")]
 
 
 def check_reference(values: Mapping[str, Any]) -> Problems:

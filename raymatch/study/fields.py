@@ -22,10 +22,12 @@ from ..config import (
     String,
     distinct,
     is_list,
+    is_number,
     one_of,
     optional,
     shown,
     strings,
+    worded,
 )
 from ..store import StoreURIError, check_endpoint, check_key, check_uri
 
@@ -227,3 +229,20 @@ def _null_baselines(value: Any, _handler: Any) -> tuple[str, ...]:
 NullBaselines = Annotated[bool | Annotated[tuple[Literal[NULL_BASELINES], ...],
                                           Field(json_schema_extra={"uniqueItems": True})],
                           WrapValidator(_null_baselines)]
+
+
+# ------------------------------------------------------------------------------------------------ measures
+
+#: The measures a study may compute per pair: the subspace match (``max_match``: every pair's ε-curve, always
+#: computed) and the standard measures of :data:`raymatch.match.MEASURES`, in that order (the same names:
+#: tests/test_measures_study.py checks; spelled here so that loading a study imports no scipy).
+MEASURE_NAMES = ("max_match", "cka", "cca", "svcca", "pwcca", "procrustes", "neuron_corr")
+#: ``measures`` when a study file leaves it out: the match and linear CKA, as before the key existed.
+DEFAULT_MEASURES = ("max_match", "cka")
+
+#: ``measures``: distinct names of :data:`MEASURE_NAMES`, in the given order.
+Measures = distinct(one_of(*MEASURE_NAMES), "measure names", non_empty=True)
+
+#: ``svcca_keep``: the share of each layer's variance SVCCA keeps, in (0, 1].
+KeepShare = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False),
+                      worded("a number in (0, 1]", accept=is_number, convert=float)]

@@ -26,6 +26,7 @@ from .checks import (
     check_checkpoint_files,
     check_cross_layers,
     check_layers,
+    check_measures,
     check_probe_fit,
     check_reference,
     check_trajectory,
@@ -72,7 +73,18 @@ class Study(Section):
         and one of the checkpoints when the population lists them.
     simple_matches : SimpleMatchesConfig, default disabled
     cka : bool, default True
-        Also compute linear CKA per pair and layer.
+        Also compute linear CKA per pair and layer (into ``curves``). ``false`` takes ``cka`` out of ``measures``
+        (:attr:`measure_names`).
+    measures : tuple of str, default ('max_match', 'cka')
+        What each pair gets, any of :data:`~raymatch.study.fields.MEASURE_NAMES`: ``max_match`` (its ε-curve,
+        always: it must be listed), ``cka`` (a column of ``curves``), and the standard measures ``cca``,
+        ``svcca``, ``pwcca``, ``procrustes`` and ``neuron_corr``, computed in the same pair task from the same
+        factors and cross product, into the ``measures`` table (and the per-neuron correlations into
+        ``neurons``). Not part of :attr:`config_hash` (its rows carry their measure): a study that adds a
+        measure later computes only that measure for the pairs already stored (docs/measures.md).
+    svcca_keep : float, default 0.99
+        The share of each layer's variance SVCCA keeps, in (0, 1]; ``svcca`` rows carry it (not part of
+        :attr:`config_hash`).
     null_baseline : tuple of {'untrained', 'permuted'}, default ()
         Null baselines beside the trained population (``true`` means ``('untrained',)``, ``false`` none).
         ``untrained``: untrained networks of the same architecture (one per model of the population, seeds 0, 1,
@@ -115,6 +127,8 @@ class Study(Section):
     reference: OptionalString = None
     simple_matches: SimpleMatchesConfig = Field(default_factory=SimpleMatchesConfig)
     cka: Boolean = True
+    measures: fields.Measures = fields.DEFAULT_MEASURES
+    svcca_keep: fields.KeepShare = 0.99
     null_baseline: fields.NullBaselines = ()
     center: Boolean = False
     cross_layers: CrossLayersConfig | None = None
@@ -133,11 +147,13 @@ class Study(Section):
     @classmethod
     def _check_together(cls, values: dict[str, Any], data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         if getattr(values.get("population"), "activations", None) is not None:  # no architecture, no probe run
-            return check_sources(values, data) + check_reference(values) + check_imported(values)
+            return (check_sources(values, data) + check_reference(values) + check_imported(values)
+                    + check_measures(values, data))
         if is_lm(values):  # language models: their folders and Hub ids, tokenizers, a text probe
             return (check_sources(values, data) + check_reference(values) + check_population_form(values)
-                    + check_lm(values))
+                    + check_lm(values) + check_measures(values, data))
         return (check_sources(values, data) + check_reference(values) + check_checkpoint_files(values)
+                + check_measures(values, data)
                 + check_architecture_use(values)
                 + check_layers(values, data) + check_probe_fit(values) + check_trajectory(values)
                 + check_cross_layers(values) + check_population_form(values))
@@ -171,6 +187,16 @@ class Study(Section):
         if not self.is_lm and resolve_paths(type(self), content, os.getcwd()) == content:
             return self
         return type(self).from_dict({**content, "base": os.getcwd()})
+
+    @property
+    def measure_names(self) -> tuple[str, ...]:
+        """The measures each pair gets: :attr:`measures`, without ``cka`` when ``cka`` is false."""
+        return tuple(name for name in self.measures if name != "cka" or self.cka)
+
+    @property
+    def table_measures(self) -> tuple[str, ...]:
+        """The measures whose rows go to the ``measures`` table: all but ``max_match`` and ``cka`` (``curves``)."""
+        return tuple(name for name in self.measure_names if name not in ("max_match", "cka"))
 
     @property
     def is_lm(self) -> bool:
@@ -251,8 +277,10 @@ class Study(Section):
         settings in their task id), ``null_baseline`` (its rows carry ``population = 'untrained'`` or
         ``'permuted'``), ``cross_layers`` (its rows, in ``cross_curves``, carry their layers and pooling) and
         ``population.training.save_every`` (its rows carry ``population = 'trajectory'``; the selected checkpoints
-        are the same with or without it) and ``base`` (local paths are hashed as written, relative ones relative
-        to it) — plus the version of the mathematics
+        are the same with or without it), ``base`` (local paths are hashed as written, relative ones relative
+        to it), ``measures`` and ``svcca_keep`` (the rows of the ``measures`` table carry their measure and SVCCA's
+        share; whether ``curves`` has CKA is ``cka``, hashed as whether CKA is among :attr:`measure_names`) — plus
+        the version of the mathematics
         (:data:`~raymatch.store.layout.FACTOR_VERSION`). A ``glob`` population hashes as its pattern, not as the
         checkpoints it matches. Rows of another configuration of the same study stay in the store but are never
         shown as the study's (``curves``, ``matches``, ``raymatch status``, reports).
@@ -273,6 +301,8 @@ class Study(Section):
                                                      "spec": self.population.training.spec.id}
         del content["store"], content["resources"], content["probe"]["data_dir"]
         del content["eps"], content["simple_matches"], content["null_baseline"]
+        del content["measures"], content["svcca_keep"]
+        content["cka"] = "cka" in self.measure_names  # the curves' own column
         if self.architecture is not None and self.architecture.code:  # its content decides the numbers, not its folder
             content["architecture"]["code"] = self.architecture.code_digest
         content.pop("cross_layers", None)  # its rows (cross_curves) carry their layers and pooling

@@ -221,7 +221,7 @@ def _cross_tasks(context: PlanContext) -> tuple[list[CrossTask], int]:
         block = study.resources.pair_block ** 2  # as many pairs as a block of match tasks
         tasks += [CrossTask(study.name, study.config_hash, study.probe_id, group.name, layer_a, layer_b, matrix_a,
                             matrix_b, study.cross_layers.pool, repeat, tuple(missing[start:start + block]),
-                            study.center, study.cka, study.resources.match_kernel)
+                            study.center, "cka" in study.measure_names, study.resources.match_kernel)
                   for start in range(0, len(missing), block)]
     return tasks, done
 

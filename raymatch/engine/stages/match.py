@@ -1,7 +1,10 @@
-"""The match stage: every pair's whole ε-curve and CKA, into ``curves``, by blocks of models.
+"""The match stage: every pair's whole ε-curve and CKA, into ``curves``, by blocks of models; and its measures.
 
 The pairs ``curves`` lacks are grouped into tasks by the blocks of their models (:func:`~raymatch.engine.tasks
-.block_tasks`); each task (:func:`~raymatch.engine.tasks.match_task`) reads each model's factor once.
+.block_tasks`); each task (:func:`~raymatch.engine.tasks.match_task`) reads each model's factor once. A study
+listing the standard measures (``measures``) gets them in the same tasks, into ``measures`` and ``neurons``
+(:mod:`raymatch.engine.measuring`); pairs whose curves are stored and some of whose measures are not get tasks
+that compute only those measures.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from ..measuring import missing_measures
 from ..model_rows import record_models
+from ..pairlist import PairList
 from ..plan import StagePlan
 from ..tasks import block_tasks, match_task
 from .stage import Stage, pairs_in
@@ -30,11 +35,22 @@ def _match_tasks(context: PlanContext) -> tuple[list, int]:
     tasks, done = [], 0
     for group, layer, repeat, pairs, positions in context.pair_units:
         missing = context.missing_pairs("curves", group, layer, repeat, pairs)
-        done += len(pairs) - len(missing)
+        if study.table_measures:  # pairs whose curves are stored but not every measure: tasks of their own
+            listed = PairList.of(pairs)
+            stored = listed[context.stored_pairs("curves").contains(group.name, layer, repeat, listed)]
+            lacking = missing_measures(context, group, layer, repeat, list(stored))
+        else:
+            lacking = {}
+        done += len(pairs) - len(missing) - sum(map(len, lacking.values()))
+        common = {"block": study.resources.pair_block, "center": study.center, "population": group.name,
+                  "positions": positions, "cka": "cka" in study.measure_names,
+                  "permute_b_seed": group.permute_b_seed, "kernel": study.resources.match_kernel,
+                  "svcca_keep": study.svcca_keep}
         tasks += block_tasks(study.name, study.config_hash, study.probe_id, layer, repeat, missing,
-                             block=study.resources.pair_block, center=study.center, population=group.name,
-                             positions=positions, cka=study.cka, permute_b_seed=group.permute_b_seed,
-                             kernel=study.resources.match_kernel)
+                             measures=study.table_measures, **common)
+        for measures, more in lacking.items():
+            tasks += block_tasks(study.name, study.config_hash, study.probe_id, layer, repeat, more,
+                                 measures=measures, curve=False, **common)
     return tasks, done
 
 
@@ -51,4 +67,4 @@ def match_factor_reads(context: PlanContext) -> Iterator[tuple[str, int, str]]:
 
 
 MATCH = Stage("match", "pairs × layers × repeats", plan_match, match_task, "curves", pairs_in, reads=("extract",),
-              table="curves", prepare=record_models, factor_reads=match_factor_reads)
+              table="curves", tables=("measures", "neurons"), prepare=record_models, factor_reads=match_factor_reads)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +47,8 @@ class Stage:
         :class:`~raymatch.engine.context.PlanContext`). Called only once the stages it ``reads`` have no work left.
     task : callable or None
         The task body ``task(store, item) -> dict`` (None for training, whose executor runs its own tasks).
-        Tasks never write results tables: a stage with a ``table`` returns its rows (``result['rows']``) and
+        Tasks never write results tables: a stage with a ``table`` returns its rows (``result['rows']``: a list of
+        the ``table``'s rows, or a mapping of table name to rows for a stage that also writes ``tables``) and
         the driver commits them in batches. Its module imports no torch: a cold Ray worker imports it.
     executor : str
         One of :data:`EXECUTORS`.
@@ -67,6 +68,10 @@ class Stage:
         task's own error, raised again).
     table : str, optional
         The results table the rows of its tasks go to.
+    tables : tuple of str
+        Further tables its tasks may write: their ``result['rows']`` is then a mapping of table name (``table`` or
+        one of these) to rows (the match stage: ``curves``, and ``measures`` and ``neurons`` for a study that lists
+        the standard measures).
     marks_done : bool
         Record each finished task in the ``tasks`` table (a task may find no rows, and must not run again).
     prepare : callable, optional
@@ -99,6 +104,7 @@ class Stage:
     stop_on_failure: bool = False
     failure: str | None = None
     table: str | None = None
+    tables: tuple[str, ...] = ()
     marks_done: bool = False
     prepare: Callable[[Study, Store, Plan], None] | None = None
     factor_reads: FactorReader | None = None
@@ -109,6 +115,21 @@ class Stage:
     def __post_init__(self):
         if self.executor not in EXECUTORS:
             raise ValueError(f"stage {self.name!r}: executor {self.executor!r} is not one of {EXECUTORS}")
+
+    def rows_by_table(self, rows: Any) -> dict[str, list]:
+        """A task's ``result['rows']`` as table name → rows: a list is the rows of :attr:`table`.
+
+        Raises
+        ------
+        ValueError
+            A table the stage does not declare (neither :attr:`table` nor one of :attr:`tables`).
+        """
+        by_table = dict(rows) if isinstance(rows, Mapping) else {self.table: rows}
+        unknown = [name for name in by_table if name != self.table and name not in self.tables]
+        if unknown:
+            raise ValueError(f"stage {self.name!r} returned rows of table {unknown[0]!r}, which it does not declare "
+                             f"(table {self.table!r}, tables {list(self.tables)})")
+        return by_table
 
     def wanted(self, study: Study) -> bool:
         """Whether ``study`` asks for this stage (see :attr:`enabled`)."""

@@ -300,7 +300,9 @@ def test_a_nan_in_one_models_activations_fails_only_its_pairs(ray_cluster, clean
     assert main(["status", store.root]) == 0
     out = capsys.readouterr().out
     assert f"{N_MODELS - 1} failed match row(s)" in out  # one failed curve per pair (each gives a row per ε)
-    assert out.count("non-finite") == N_MODELS - 1  # one line per failed pair
+    pairs = [line for line in out.splitlines() if line.startswith("faults ") and line.rstrip().endswith("[1]")]
+    assert len(pairs) == N_MODELS - 1  # one line per failed pair, its error a note: the one error, whole, below
+    assert out.count("non-finite") == 1 and f"[1] {message}"[:100] in out.replace("\n    ", " "), out
     assert "study faults: complete" in out  # failed rows are done work: a rerun does not retry them
 
 

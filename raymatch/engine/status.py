@@ -35,7 +35,8 @@ def store_status(store: Store, *, runs: int = 10) -> dict:
         ``runs``: a DataFrame of the latest runs (newest first; a ``running`` run whose heartbeat is older than
         three intervals has the status ``abandoned``, see :func:`run_state`); ``pending``: per study name, its plan's
         ``{stage: (done, to do)}`` or the error that stopped the planning; ``failed``: the failed ``curves``
-        rows of each study's current configuration (study, population, layer, repeat, model_a, model_b, error).
+        rows of each study's current configuration (study, population, layer, repeat, model_a, model_b — the
+        models' names —, error).
     """
     from ..results import load, query
     from ..study import Study
@@ -54,8 +55,8 @@ def store_status(store: Store, *, runs: int = 10) -> dict:
             pending[record["name"]] = make_plan(Study.from_dict(record["config"]), store).counts()
         except Exception as error:  # a study whose checkpoints went missing still lists the others
             pending[record["name"]] = f"{type(error).__name__}: {error}"
-    failed = query(store, "SELECT study, population, layer, repeat, model_a, model_b, error FROM curves "
-                          "WHERE status = 'failed' ORDER BY ALL")
+    failed = query(store, "SELECT study, population, layer, repeat, name_a AS model_a, name_b AS model_b, error "
+                          "FROM curves WHERE status = 'failed' ORDER BY ALL")
     return {"runs": history, "pending": pending, "failed": failed}
 
 
@@ -160,6 +161,19 @@ def status_lines(report: dict, uri: str) -> list[str]:
     failed = report["failed"]
     if not failed.empty:
         lines.append(f"{len(failed)} failed match row(s):")
-        lines.append(fit_table(failed.drop_duplicates(["study", "population", "layer", "model_a", "model_b"])))
+        lines += _failed_lines(failed.drop_duplicates(["study", "population", "layer", "model_a", "model_b"]))
+    return lines
+
+
+def _failed_lines(failed) -> list[str]:
+    """One line per failed pair, its error as a note number; then each distinct error once, whole, wrapped."""
+    import textwrap
+
+    errors = list(dict.fromkeys(failed["error"].fillna("(no error recorded)")))
+    shown = failed.assign(error=[f"[{errors.index(error) + 1}]" for error in failed["error"].fillna(
+        "(no error recorded)")])
+    lines = [fit_table(shown)]
+    for number, error in enumerate(errors, 1):
+        lines += textwrap.wrap(error, WIDTH, initial_indent=f"[{number}] ", subsequent_indent="    ")
     return lines
 

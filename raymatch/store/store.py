@@ -249,18 +249,7 @@ class Store:
         path = self.path(key)
         try:
             if self.is_local:
-                folder = os.path.dirname(path)
-                os.makedirs(folder, exist_ok=True)
-                temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-                try:
-                    with open(temporary, "wb") as handle:
-                        handle.write(data)
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    os.replace(temporary, path)
-                finally:
-                    if os.path.exists(temporary):
-                        os.remove(temporary)
+                _publish_local(path, data, os.replace)
             else:
                 self.fs.pipe_file(path, bytes(data))  # one PUT (multipart completes atomically too)
         except Exception as error:
@@ -279,17 +268,7 @@ class Store:
             if not self.is_local:
                 self.fs.pipe_file(path, bytes(data), mode="create")
                 return True
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-            try:
-                with open(temporary, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.link(temporary, path)
-            finally:
-                os.remove(temporary)
+            _publish_local(path, data, os.link)
             return True
         except FileExistsError:
             return False
@@ -334,3 +313,23 @@ class Store:
     def read_table(self, key: str) -> pa.Table:
         """The Parquet table at ``key``."""
         return pq.read_table(io.BytesIO(self.read_bytes(key)))
+
+
+def _publish_local(path: str, data, publish) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then ``publish(temporary, path)``.
+
+    ``os.replace`` overwrites atomically; ``os.link`` fails with ``FileExistsError`` if ``path`` exists. Either
+    way no reader sees a half-written object, and the temporary file is gone afterwards.
+    """
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        publish(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)

@@ -23,7 +23,7 @@ import torch
 
 from ..match import EXACT_TOL, cross_product, cross_products, factor, match_curve, match_curves
 from ..match.synthetic import relu_pair
-from .timing import PAPER_EPS
+from .timing import PAPER_EPS, text_table
 
 __all__ = ["bench_blocks", "differing_sets", "print_blocks"]
 
@@ -133,7 +133,7 @@ def print_blocks(rows: list[dict], out=None) -> None:
     lines = [(r["row"], r["shape"], str(r["curves"]), *(f"{1e3 * r[k] / r['curves']:.3f}"
                                                        for k in ("today", "batched", "floor")),
               str(r["runs"]), r["target"], r["result"]) for r in rows]
-    _table(header, lines, out)
+    text_table(header, lines, out)
     print("\nwhere the batched kernel's time goes (ms per curve, one more run; `other`: checks, chunking, results):",
           file=out)
     parts = ("cross", "setup", "steps", "flushes", "one_pair")
@@ -143,12 +143,5 @@ def print_blocks(rows: list[dict], out=None) -> None:
         values = [r["parts"].get(k, 0.0) for k in parts]
         lines.append((r["row"], *(f"{1e3 * v / r['curves']:.3f}" for v in values),
                       f"{1e3 * max(0.0, r['batched'] - sum(values)) / r['curves']:.3f}"))
-    _table(header, lines, out)
+    text_table(header, lines, out)
 
-
-def _table(header, lines, out) -> None:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=out)
-    print("-+-".join("-" * w for w in widths), file=out)
-    for line in lines:
-        print(" | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)), file=out)

@@ -23,6 +23,7 @@ from ..match.synthetic import relu_pair
 from ..store import ActivationKey, Store
 from ..store.activations import write_activations
 from .measures import TARGET, measure_costs
+from .timing import text_table
 
 __all__ = ["STAGE_MEASURES", "bench_measure_stage", "print_measure_stage"]
 
@@ -89,7 +90,7 @@ def print_measure_stage(rows: list[dict], out=None, *, repeats: int = 3) -> None
     lines = [(r["row"], r["shape"], str(r["pairs"]), f"{1e3 * r['baseline'] / r['pairs']:.3f}",
               f"{1e3 * r['measures'] / r['pairs']:.3f}", f"{r['ratio']:.3f}", "met" if r["met"] else "MISSED")
              for r in rows]
-    _table(header, lines, out)
+    text_table(header, lines, out)
     print("\nwhere the measured task's time goes (ms per pair; the task's own clocks):", file=out)
     header = ("row", "factors (read, rebuild)", "cross products + ε-curves", "CKA", "measures + rows", "other")
     lines = []
@@ -97,16 +98,9 @@ def print_measure_stage(rows: list[dict], out=None, *, repeats: int = 3) -> None
         values = [r["parts"][part] for part in _PARTS]
         lines.append((r["row"], *(f"{1e3 * v / r['pairs']:.3f}" for v in values),
                       f"{1e3 * max(0.0, r['measures'] - sum(values)) / r['pairs']:.3f}"))
-    _table(header, lines, out)
+    text_table(header, lines, out)
     first = rows[0]
     costs = measure_costs(first["n_samples"], (first["n_neurons"], first["n_neurons"]), repeats)
     print(f"\neach alone, {first['n_neurons']} + {first['n_neurons']} neurons, warm factors, cross product given "
           "(median ms): " + ", ".join(f"{name} {seconds * 1e3:.2f}" for name, seconds in costs.items()), file=out)
 
-
-def _table(header, lines, out) -> None:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=out)
-    print("-+-".join("-" * w for w in widths), file=out)
-    for line in lines:
-        print(" | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)), file=out)

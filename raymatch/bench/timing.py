@@ -13,7 +13,7 @@ import scipy
 
 from .. import __version__
 
-__all__ = ["PAPER_EPS", "machine", "median_time"]
+__all__ = ["PAPER_EPS", "machine", "median_time", "text_table"]
 
 #: The paper's ε grid.
 PAPER_EPS = (0.15, 0.2, 0.25, 0.3, 0.5)
@@ -44,3 +44,12 @@ def machine() -> str:
         pass
     return (f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}, numpy {np.__version__}, "
             f"scipy {scipy.__version__}, raymatch {__version__}")
+
+
+def text_table(header, lines, out=None) -> None:
+    """Print ``lines`` (tuples of strings) under ``header`` as aligned columns separated by ``|``."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=out)
+    print("-+-".join("-" * w for w in widths), file=out)
+    for line in lines:
+        print(" | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)), file=out)
